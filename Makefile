@@ -1,0 +1,51 @@
+# layerparity: two commands do everything on a fresh Debian 12 machine.
+#   make demo   run the parity check on the bundled example (fixtures/demo)
+#   make test   run the whole suite against real Caffe and real TensorFlow
+# Each sets up what it needs on first use (Debian packages, .venv, the Caffe
+# build, cached in ~/.cache/layerparity) and reuses it afterwards.
+# CAFFE_PYTHON=/path/to/folder/holding/caffe uses an existing pycaffe instead.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.layerparity-deps
+export GLOG_minloglevel ?= 2
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench fuzz lint validation clean
+
+setup: $(STAMP)
+	@./scripts/ensure-debs.sh
+	@./scripts/build-caffe.sh $(PY)
+
+$(STAMP): pyproject.toml
+	@./scripts/ensure-debs.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[tf,dev]'
+	@touch $@
+
+demo: setup
+	@$(PY) -m layerparity.cli demo
+
+test: setup
+	LAYERPARITY_REQUIRE_FRAMEWORKS=1 $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+test-fast: setup
+	LAYERPARITY_REQUIRE_FRAMEWORKS=1 $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+
+validation: setup
+	LAYERPARITY_WRITE_VALIDATION=1 $(PY) -m pytest -n 2 --dist loadgroup tests/zoo $(PYTEST_ARGS)
+
+bench: setup
+	@$(PY) benchmarks/run.py
+
+fuzz: setup
+	@$(PY) fuzz/run.py
+
+lint: setup
+	@$(PY) -m ruff check src tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

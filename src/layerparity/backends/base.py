@@ -1,0 +1,138 @@
+"""The one small interface every framework runner implements.
+
+Public methods validate and convert; subclasses override only the ``_*_impl``
+hooks. Backends are context managers and import their framework lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputDataError
+from ..trace import Probe, Trace
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, shape (batch first; None for a free dimension), layout."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    layout: str = ""
+
+
+class Backend:
+    framework: str = ""
+
+    def __init__(self, source: str = "") -> None:
+        self.source = source
+
+    # -- public ------------------------------------------------------------
+    def input_specs(self) -> list[InputSpec]:
+        return self._input_specs_impl()
+
+    def iter_capture(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> Iterator[Probe]:
+        """Run the model once and yield one probe per layer output, in execution order.
+
+        ``inputs`` are in Caffe's NCHW layout (a dict by input name, or one array
+        for a single-input model).
+        """
+        return self._iter_capture_impl(self.normalize_inputs(inputs))
+
+    def capture(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> Trace:
+        feed = self.normalize_inputs(inputs)
+        return Trace(self.framework, self.source, self._iter_capture_impl(feed), inputs=feed, meta=self.meta())
+
+    def weights(self) -> dict[str, list[np.ndarray]]:
+        return self._weights_impl()
+
+    def can_replay(self, probe_name: str) -> bool:
+        return False
+
+    def replay(self, probe_name: str, inputs: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} cannot run {probe_name!r} on its own")
+
+    def meta(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers -----------------------------------------------------------
+    def normalize_inputs(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Check inputs against :meth:`input_specs`: names, rank, shape, dtype, finiteness."""
+        specs = self.input_specs()
+        if not isinstance(inputs, Mapping):
+            if len(specs) != 1:
+                names = ", ".join(s.name for s in specs)
+                raise InputDataError(
+                    f"{self.source}: the model has {len(specs)} inputs ({names}); pass a dict name -> array"
+                )
+            inputs = {specs[0].name: inputs}
+        known = {s.name: s for s in specs}
+        unknown = [k for k in inputs if k not in known]
+        if unknown:
+            raise InputDataError(
+                f"{self.source}: unknown input {unknown[0]!r}; the model's inputs are {sorted(known)}"
+            )
+        missing = [k for k in known if k not in inputs]
+        if missing:
+            raise InputDataError(f"{self.source}: input {missing[0]!r} was not given")
+        out = {}
+        for name, arr in inputs.items():
+            out[name] = check_input_array(self.source, name, arr, known[name])
+        return out
+
+    # -- hooks -------------------------------------------------------------
+    def _input_specs_impl(self) -> list[InputSpec]:
+        raise NotImplementedError
+
+    def _iter_capture_impl(self, inputs: dict[str, np.ndarray]) -> Iterator[Probe]:
+        raise NotImplementedError
+
+    def _weights_impl(self) -> dict[str, list[np.ndarray]]:
+        return {}
+
+
+def check_input_array(source: str, name: str, arr: object, spec: InputSpec) -> np.ndarray:
+    """Validate one input array (given in NCHW) against its spec; return it as float32."""
+    try:
+        a = np.asarray(arr)
+    except Exception as e:  # noqa: BLE001
+        raise InputDataError(f"{source}: input {name!r} is not an array ({e})") from None
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise InputDataError(f"{source}: input {name!r} has dtype {a.dtype}; expected a numeric array")
+    if a.size == 0:
+        raise InputDataError(f"{source}: input {name!r} is empty (shape {a.shape})")
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise InputDataError(f"{source}: input {name!r} is complex; expected real numbers")
+    a = a.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(a)):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        raise InputDataError(f"{source}: input {name!r} holds {bad} NaN/Inf values")
+    if spec.shape:
+        if a.ndim != len(spec.shape):
+            raise InputDataError(
+                f"{source}: input {name!r} has rank {a.ndim} (shape {a.shape}); "
+                f"the model expects rank {len(spec.shape)} {_fmt(spec.shape)} in NCHW"
+            )
+        for i, (got, want) in enumerate(zip(a.shape, spec.shape)):
+            if i > 0 and want is not None and got != want:
+                raise InputDataError(
+                    f"{source}: input {name!r} has shape {a.shape}; the model expects "
+                    f"{_fmt(spec.shape)} in NCHW (axis {i} differs)"
+                )
+    return a
+
+
+def _fmt(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"

@@ -1,0 +1,137 @@
+"""Layouts: moving tensors and weights between Caffe's and TensorFlow's axis orders.
+
+Every conversion here is a transpose (or a transpose inside a flatten), never a
+reshape: a reshape across NCHW/NHWC is the classic porting bug this library hunts.
+
+Layouts are declared by strings of axis labels (see :mod:`layerparity.trace`):
+
+>>> import numpy as np
+>>> x = np.arange(24).reshape(1, 2, 3, 4)          # NCHW
+>>> convert(x, "NCHW", "NHWC").shape
+(1, 3, 4, 2)
+>>> np.array_equal(convert(convert(x, "NCHW", "NHWC"), "NHWC", "NCHW"), x)
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputDataError
+
+NCHW_TO_NHWC = (0, 2, 3, 1)
+NHWC_TO_NCHW = (0, 3, 1, 2)
+
+#: Caffe's layouts, and the TF layout each corresponds to.
+CAFFE_TO_TF = {"NCHW": "NHWC", "NCDHW": "NDHWC", "NCW": "NWC", "NC": "NC", "": ""}
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.transpose(x, NCHW_TO_NHWC)
+
+
+def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
+    return np.transpose(x, NHWC_TO_NCHW)
+
+
+def is_flat(layout: str) -> bool:
+    return layout.startswith("flat:")
+
+
+def axes_permutation(src: str, dst: str) -> tuple[int, ...]:
+    """The ``np.transpose`` axes that turn a ``src``-labelled array into ``dst``.
+
+    >>> axes_permutation("NHWC", "NCHW")
+    (0, 3, 1, 2)
+    """
+    if sorted(src) != sorted(dst) or len(set(src)) != len(src):
+        raise ValueError(f"layouts {src!r} and {dst!r} do not name the same axes")
+    return tuple(src.index(a) for a in dst)
+
+
+def convert(x: np.ndarray, src: str, dst: str, flat_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Re-express ``x`` (declared ``src``) in layout ``dst``.
+
+    Plain layouts are transposed by label. ``flat:XYZ`` layouts are unflattened
+    with ``flat_shape`` (the per-item shape in ``XYZ`` order, without N), transposed
+    and flattened again, so a Keras ``Flatten`` on NHWC (H*W*C order) can be held
+    against a Caffe ``Flatten`` (C*H*W order). An empty layout on either side means
+    "compare as is".
+    """
+    if not src or not dst or src == dst:
+        return x
+    if is_flat(src) != is_flat(dst):
+        raise ValueError(f"cannot convert between {src!r} and {dst!r}: only one is flattened")
+    if not is_flat(src):
+        if x.ndim != len(src):
+            raise InputDataError(f"a {x.ndim}-D array cannot be in layout {src!r}")
+        return np.transpose(x, axes_permutation(src, dst))
+    s, d = src[5:], dst[5:]
+    if flat_shape is None:
+        raise ValueError(f"converting {src!r} needs flat_shape")
+    per_item = int(np.prod(flat_shape))
+    if x.ndim != 2 or x.shape[1] != per_item:
+        raise InputDataError(f"array of shape {x.shape} is not a flattening of {flat_shape}")
+    inner = s.replace("N", "")
+    unflat = x.reshape((x.shape[0], *flat_shape))
+    moved = np.transpose(unflat, (0, *(1 + a for a in axes_permutation(inner, d.replace("N", "")))))
+    return moved.reshape(x.shape[0], per_item)
+
+
+def flatten_permutation(c: int, h: int, w: int) -> np.ndarray:
+    """``perm`` such that ``nhwc_flat[:, perm] == nchw_flat``.
+
+    The i-th element of Caffe's C*H*W flattening sits at ``perm[i]`` in the
+    Keras H*W*C flattening of the same tensor.
+
+    >>> flatten_permutation(2, 1, 2).tolist()
+    [0, 2, 1, 3]
+    """
+    return np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
+
+
+def same_shape_in(x_shape: tuple[int, ...], src: str, dst: str) -> tuple[int, ...]:
+    """The shape an array of ``x_shape`` in ``src`` would have in ``dst``."""
+    if not src or not dst or src == dst or is_flat(src):
+        return tuple(x_shape)
+    return tuple(x_shape[i] for i in axes_permutation(src, dst))
+
+
+# -- weight layouts -----------------------------------------------------------
+
+
+def conv_weight_caffe_to_tf(w: np.ndarray) -> np.ndarray:
+    """Caffe Convolution (O, I/g, kH, kW) -> TF/Keras Conv2D (kH, kW, I/g, O)."""
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def conv_weight_tf_to_caffe(w: np.ndarray) -> np.ndarray:
+    """TF/Keras Conv2D (kH, kW, I/g, O) -> Caffe Convolution (O, I/g, kH, kW)."""
+    return np.transpose(w, (3, 2, 0, 1))
+
+
+def depthwise_weight(w: np.ndarray, channels: int) -> np.ndarray:
+    """Caffe (C*M, 1, kH, kW), group=C -> TF DepthwiseConv2D (kH, kW, C, M)."""
+    cm, one, kh, kw = w.shape
+    if one != 1 or cm % channels:
+        raise ValueError(f"weights {w.shape} are not depthwise for {channels} channels")
+    m = cm // channels
+    return w.reshape(channels, m, kh, kw).transpose(2, 3, 0, 1)
+
+
+def deconv_weight_caffe_to_tf(w: np.ndarray) -> np.ndarray:
+    """Caffe Deconvolution (C_in, C_out/g, kH, kW) -> tf.nn.conv2d_transpose (kH, kW, C_out, C_in)."""
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def inner_product_weight_caffe_to_tf(w: np.ndarray, chw: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Caffe InnerProduct (N_out, K) -> Keras Dense kernel (K, N_out).
+
+    If the InnerProduct reads a spatial blob of per-item shape ``chw = (C, H, W)``,
+    the rows are permuted from Caffe's C*H*W order to Keras' H*W*C flatten order.
+    """
+    n = w.shape[0]
+    if chw is None or (chw[1] == 1 and chw[2] == 1):
+        return w.T
+    c, h, ww = chw
+    return w.reshape(n, c, h, ww).transpose(2, 3, 1, 0).reshape(-1, n)

@@ -1,0 +1,26 @@
+"""Suite-wide setup. Every test runs against real Caffe and real TensorFlow:
+a missing framework is an error, never a skip."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = []
+    for mod in ("caffe", "tensorflow"):
+        try:
+            __import__(mod)
+        except Exception as e:  # noqa: BLE001
+            missing.append(f"{mod} ({type(e).__name__}: {e})")
+    if missing:
+        raise pytest.UsageError(
+            "layerparity's tests need real Caffe and real TensorFlow; not importable: "
+            + "; ".join(missing)
+            + ". Run `make test`, which builds and installs both."
+        )
