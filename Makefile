@@ -23,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@./scripts/ensure-debs.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[tf,dev]'
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[tf,dev]' 2> >(grep -v 'is ignored: it is neither' >&2)
 	@touch $@
 
 demo: setup
