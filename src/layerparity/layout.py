@@ -69,10 +69,12 @@ def convert(x: np.ndarray, src: str, dst: str, flat_shape: tuple[int, ...] | Non
     s, d = src[5:], dst[5:]
     if flat_shape is None:
         raise ValueError(f"converting {src!r} needs flat_shape")
+    inner = s.replace("N", "")
+    if len(flat_shape) != len(inner) or sorted(inner) != sorted(d.replace("N", "")):
+        raise InputDataError(f"flat_shape {tuple(flat_shape)} does not fit layouts {src!r} -> {dst!r}")
     per_item = int(np.prod(flat_shape))
     if x.ndim != 2 or x.shape[1] != per_item:
         raise InputDataError(f"array of shape {x.shape} is not a flattening of {flat_shape}")
-    inner = s.replace("N", "")
     unflat = x.reshape((x.shape[0], *flat_shape))
     moved = np.transpose(unflat, (0, *(1 + a for a in axes_permutation(inner, d.replace("N", "")))))
     return moved.reshape(x.shape[0], per_item)

@@ -324,6 +324,13 @@ class ArchiveReader:
         for e in self._probe_entries:
             yield self._probe(e, with_value=True)
 
+    def probe(self, name: str) -> Probe:
+        """One probe with its value, by name (random access; reads only that array)."""
+        for e in self._probe_entries:
+            if isinstance(e, dict) and e.get("name") == name:
+                return self._probe(e, with_value=True)
+        raise KeyError(f"{self.path}: no probe {name!r}")
+
     def _probe(self, e: Any, with_value: bool) -> Probe:
         if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not e["name"]:
             raise ArchiveError(f"{self.path}: malformed probe entry {str(e)[:80]!r}")

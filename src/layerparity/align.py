@@ -1,0 +1,627 @@
+"""Aligning two traces: which TF probe holds the value of which Caffe layer (chain).
+
+Three rules, in order of authority:
+
+1. **explicit**: a mapping ``{caffe_layer: tf_name}`` (dict, or a YAML/JSON file
+   read by :func:`load_mapping`). It always wins. Unknown or duplicated names
+   raise :class:`~layerparity.errors.MappingError` naming the mapping file.
+2. **name**: TF names with scopes and op suffixes normalized
+   (``model/conv1/BiasAdd:0``, ``conv1/Conv2D``, ``functional/conv1/Relu``,
+   ``StatefulPartitionedCall/model/conv1/...`` all mean ``conv1``; ``/`` and ``-``
+   count as ``_``). Graph ops are grouped by ``probe.layer``; the last op of a
+   group (in execution order) is the group's output.
+3. **structural**: for ports whose names are lost (converter output). Caffe probes
+   are walked in order; a Caffe layer whose inputs are aligned is matched to an
+   unaligned TF layer that reads the TF counterparts of those inputs (through
+   TF-only ``Pad``/``Identity``/``Reshape``...), of a compatible canonical kind
+   (:mod:`layerparity.kinds`); ties are broken by output shape in the converted
+   layout, then by the cosine of the values. Inception branches in another order
+   are found because candidates are chosen by edges, not by position.
+
+N:1 chains: Caffe layers that a TF layer computes as part of itself (in-place
+ReLU after a Convolution when the TF layer has a fused/trailing activation;
+BatchNorm + Scale against one Keras BatchNormalization; a BatchNorm folded into
+the TF convolution) extend the Caffe chain, and the chain's *last* value is
+compared. On the TF side a trailing ``BiasAdd`` (or ``x + const``) after a
+converter's convolution op likewise extends the TF group.
+
+Trivial Caffe layers (Dropout at TEST, Split, Silence...) without a TF partner
+are never dropped: in-place ones extend the chain they follow, the others are
+paired with the TF probe of their input (``how="identity"``). Everything else
+left over is listed in ``unmapped_caffe`` / ``unmapped_tf``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import MappingError
+from .kinds import ABSORBABLE, INCLUDES, PASS_THROUGH, TRIVIAL, canonical_kind, compatible, fused_kinds
+from .trace import Probe, Trace
+
+ROOT = "\x00root"
+
+
+@dataclass
+class Pair:
+    """One compared pair: a Caffe chain (its last probe is compared) and a TF probe."""
+
+    caffe_chain: list[str]
+    tf: str
+    how: str  # "explicit" | "name" | "structural" | "identity"
+    tf_group: list[str] = field(default_factory=list)  # every TF probe folded into this pair, in order
+    note: str = ""
+
+    @property
+    def caffe(self) -> str:
+        return self.caffe_chain[-1]
+
+
+@dataclass
+class Alignment:
+    pairs: list[Pair]
+    unmapped_caffe: list[str]
+    unmapped_tf: list[str]
+    absorbed: dict[str, str] = field(default_factory=dict)  # caffe probe -> why it is in a chain
+    mapping_source: str = ""
+
+    def pair_for(self, caffe_name: str) -> Pair | None:
+        for p in self.pairs:
+            if caffe_name in p.caffe_chain:
+                return p
+        return None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.pairs:
+            out[p.how] = out.get(p.how, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pairs": [{"caffe_chain": p.caffe_chain, "tf": p.tf, "how": p.how, "tf_group": p.tf_group, "note": p.note}
+                      for p in self.pairs],
+            "unmapped_caffe": self.unmapped_caffe,
+            "unmapped_tf": self.unmapped_tf,
+            "absorbed": self.absorbed,
+        }
+
+
+# -- mapping files -------------------------------------------------------------
+
+
+class LayerMapping(dict):
+    """``{caffe_layer: tf_name}`` plus where it came from (for error messages)."""
+
+    source: str = "<mapping>"
+
+
+def load_mapping(path: str | os.PathLike[str]) -> LayerMapping:
+    """Read ``{caffe_layer: tf_name}`` from a JSON or YAML file.
+
+    The file is one object/mapping of strings to strings, optionally under a
+    top-level key ``mapping``::
+
+        # mapping.yaml
+        conv1: model/tf.nn.convolution_3
+        "inception_3a/1x1": inception_3a_1x1
+
+    A key given twice, a TF name given for two Caffe layers, or a non-string entry
+    is a :class:`MappingError` naming the file and the entry.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise MappingError(f"{path}: cannot read the layer mapping ({e.strerror or e})") from None
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".json" or (ext not in (".yaml", ".yml") and text.lstrip().startswith("{")):
+        data = _load_json(path, text)
+    else:
+        data = _load_yaml(path, text)
+    if isinstance(data, dict) and set(data) == {"mapping"} and isinstance(data["mapping"], dict):
+        data = data["mapping"]
+    if not isinstance(data, dict):
+        raise MappingError(f"{path}: a layer mapping is one mapping caffe_layer -> tf_name, got {type(data).__name__}")
+    return _as_mapping(data, path)
+
+
+def _load_json(path: str, text: str) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for k, v in items:
+            if k in out:
+                raise MappingError(f"{path}: Caffe layer {k!r} is mapped twice")
+            out[k] = v
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as e:
+        raise MappingError(f"{path}: not valid JSON ({e})") from None
+
+
+def _load_yaml(path: str, text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - pyyaml is a dev/cli dependency
+        raise MappingError(f"{path}: reading a YAML mapping needs PyYAML (pip install pyyaml), or use JSON") from None
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: Any, node: Any, deep: bool = False) -> dict:
+        out: dict = {}
+        for k_node, v_node in node.value:
+            k = loader.construct_object(k_node, deep=deep)
+            if k in out:
+                raise MappingError(f"{path}: Caffe layer {k!r} is mapped twice (line {k_node.start_mark.line + 1})")
+            out[k] = loader.construct_object(v_node, deep=deep)
+        return out
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise MappingError(f"{path}: not valid YAML ({e})") from None
+
+
+def _as_mapping(data: Mapping[Any, Any], source: str) -> LayerMapping:
+    m = LayerMapping()
+    m.source = source
+    seen: dict[str, str] = {}
+    for k, v in data.items():
+        if not isinstance(k, str) or not k:
+            raise MappingError(f"{source}: mapping key {k!r} is not a Caffe layer name")
+        if not isinstance(v, str) or not v:
+            raise MappingError(f"{source}: Caffe layer {k!r} maps to {v!r}; expected a TF layer/op name")
+        if v in seen:
+            raise MappingError(f"{source}: TF name {v!r} is mapped from two Caffe layers ({seen[v]!r} and {k!r})")
+        seen[v] = k
+        m[k] = v
+    return m
+
+
+def as_mapping(mapping: Any) -> LayerMapping | None:
+    if mapping is None:
+        return None
+    if isinstance(mapping, (str, os.PathLike)):
+        return load_mapping(mapping)
+    if isinstance(mapping, LayerMapping):
+        return mapping
+    if isinstance(mapping, Mapping):
+        return _as_mapping(mapping, "mapping argument")
+    raise MappingError(f"mapping must be a dict caffe_layer -> tf_name or a path to a YAML/JSON file, got {type(mapping).__name__}")
+
+
+# -- names -----------------------------------------------------------------------
+
+_WRAPPER = re.compile(
+    r"^(StatefulPartitionedCall|PartitionedCall|functional|model|sequential|import|"
+    r"__inference_.*|inference_.*|serving_default)(_\d+)?$"
+)
+_OP_TAILS = {
+    "Conv2D", "BiasAdd", "Relu", "Relu6", "LeakyRelu", "MatMul", "MaxPool", "AvgPool", "LRN", "ConcatV2",
+    "AddV2", "Add", "Mul", "Sub", "FusedBatchNormV3", "FusedBatchNorm", "Softmax", "Reshape", "Pad",
+    "Identity", "Sigmoid", "Tanh", "Mean", "Squeeze", "Transpose", "DepthwiseConv2dNative",
+    "Conv2DBackpropInput", "ResizeBilinear", "convolution", "conv2d", "BiasAdd_1", "batchnorm",
+    "add", "mul", "truediv", "Maximum", "concat", "Elu", "Selu", "StridedSlice", "Rsqrt",
+}
+
+
+def canon(name: str) -> str:
+    """Comparable form of a layer name: separators folded to ``_``."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
+
+
+def tf_name_keys(name: str, kind: str = "") -> list[str]:
+    """Candidate Caffe names for a TF layer/op name, most specific first.
+
+    >>> tf_name_keys("StatefulPartitionedCall/model/conv1/BiasAdd:0")[-2:]
+    ['conv1', 'BiasAdd']
+    >>> tf_name_keys("inception_3a/1x1")[0]
+    'inception_3a_1x1'
+    """
+    base = re.sub(r":\d+$", "", name)
+    comps = [c for c in base.split("/") if c]
+    comps = [c for c in comps if not _WRAPPER.match(c)] or comps
+    tail_is_op = len(comps) > 1 and (comps[-1] == kind or re.sub(r"_\d+$", "", comps[-1]) in _OP_TAILS)
+    keys: list[str] = []
+    for n in range(len(comps), 0, -1):
+        if tail_is_op and n <= len(comps) - 1:
+            keys.append(canon("_".join(comps[-1 - n:-1])))
+        keys.append(canon("_".join(comps[-n:])))
+    seen: set[str] = set()
+    return [k for k in keys if k and not (k in seen or seen.add(k))]
+
+
+# -- graph model ----------------------------------------------------------------
+
+
+@dataclass
+class _Unit:
+    """A TF layer: one probe, or the ops of one scope (``probe.layer``)."""
+
+    key: str
+    members: list[str]
+    order: int
+    kinds: list[str] = field(default_factory=list)
+    fused: set[str] = field(default_factory=set)
+    ext_inputs: list[str] = field(default_factory=list)  # unit keys
+    consumers: list[str] = field(default_factory=list)
+    out: str = ""
+
+    @property
+    def primary(self) -> str:
+        return self.kinds[0] if self.kinds else ""
+
+
+def _metas(t: Trace | Iterable[Probe]) -> list[Probe]:
+    return list(t)
+
+
+def _probe_kind(p: Probe) -> str:
+    return canonical_kind(p.kind, p.params, len(p.inputs))
+
+
+class _Aligner:
+    def __init__(self, caffe: list[Probe], tf: list[Probe], caffe_value: Callable[[str], np.ndarray | None] | None,
+                 tf_value: Callable[[str], np.ndarray | None] | None) -> None:
+        self.c = caffe
+        self.t = tf
+        self.cp = {p.name: p for p in caffe}
+        self.tp = {p.name: p for p in tf}
+        self.cidx = {p.name: i for i, p in enumerate(caffe)}
+        self.ckind = {p.name: _probe_kind(p) for p in caffe}
+        self.cons: dict[str, list[str]] = {p.name: [] for p in caffe}
+        for p in caffe:
+            for i in p.inputs:
+                if i in self.cons:
+                    self.cons[i].append(p.name)
+        self.caffe_value = caffe_value
+        self.tf_value = tf_value
+        self._build_units()
+        self.pairs: list[Pair] = []
+        self.pair_of_c: dict[str, Pair] = {}
+        self.pair_units: dict[int, list[str]] = {}  # id(pair) -> TF unit keys, in order
+        self.matched: set[str] = set()
+        self.absorbed: dict[str, str] = {}
+
+    # units ---------------------------------------------------------------
+    def _build_units(self) -> None:
+        units: dict[str, _Unit] = {}
+        self.unit_of: dict[str, str] = {}
+        for i, p in enumerate(self.t):
+            key = p.layer or p.name
+            u = units.get(key)
+            if u is None:
+                u = units[key] = _Unit(key=key, members=[], order=i)
+            u.members.append(p.name)
+            u.kinds.append(_probe_kind(p))
+            u.fused |= fused_kinds(p.fused)
+            self.unit_of[p.name] = key
+        for u in units.values():
+            outs = [m for m in u.members if not re.search(r":[1-9]\d*$", m)] or u.members
+            u.out = outs[-1]
+            ext: list[str] = []
+            for m in u.members:
+                for i in self.tp[m].inputs:
+                    k = self.unit_of.get(i)
+                    if k is not None and k != u.key and k not in ext:
+                        ext.append(k)
+            u.ext_inputs = ext
+        for u in units.values():
+            for k in u.ext_inputs:
+                units[k].consumers.append(u.key)
+        self.units = units
+        self.uorder = sorted(units.values(), key=lambda u: u.order)
+
+    def includes(self, pair: Pair) -> set[str]:
+        inc: set[str] = set()
+        for k in self.pair_units.get(id(pair), []):
+            u = self.units[k]
+            inc |= set(u.kinds) | u.fused
+            for kd in u.kinds:
+                inc |= INCLUDES.get(kd, frozenset())
+        return inc
+
+    # pairing ---------------------------------------------------------------
+    def add_pair(self, chain: list[str], unit_key: str | None, how: str, tf_probe: str | None = None,
+                 extend_tf: bool = True) -> Pair:
+        units: list[str] = []
+        if unit_key is not None:
+            u = self.units[unit_key]
+            tf_name = tf_probe or u.out
+            units = [unit_key]
+            group = list(u.members) if tf_probe is None else [tf_probe]
+            self.matched.add(unit_key)
+            if extend_tf and how != "identity":
+                inc = INCLUDES.get(self.ckind[chain[0]], frozenset())
+                while True:
+                    last = self.units[units[-1]]
+                    nxt = [self.units[k] for k in last.consumers]
+                    if len(nxt) != 1 or len(last.consumers) != 1:
+                        break
+                    v = nxt[0]
+                    if v.key in self.matched or v.ext_inputs != [last.key] or not v.kinds or v.primary not in inc:
+                        break
+                    units.append(v.key)
+                    group.extend(v.members)
+                    self.matched.add(v.key)
+                    tf_name = v.out
+        else:
+            tf_name, group = tf_probe or "", []
+        pair = Pair(caffe_chain=list(chain), tf=tf_name, how=how, tf_group=group)
+        self.pairs.append(pair)
+        self.pair_units[id(pair)] = units
+        for c in chain:
+            self.pair_of_c[c] = pair
+        return pair
+
+    def extend(self, pair: Pair, c: str, why: str) -> None:
+        pair.caffe_chain.append(c)
+        self.pair_of_c[c] = pair
+        self.absorbed[c] = why
+
+    # phase 1 ------------------------------------------------------------------
+    def explicit(self, mapping: LayerMapping) -> None:
+        src = mapping.source
+        by_layer: dict[str, list[str]] = {}
+        for p in self.c:
+            by_layer.setdefault(p.layer, []).append(p.name)
+        for ck, tv in mapping.items():
+            if ck in self.cp:
+                cname = ck
+            elif ck in by_layer and len(by_layer[ck]) == 1:
+                cname = by_layer[ck][0]
+            else:
+                near = _near(ck, list(self.cp))
+                raise MappingError(f"{src}: Caffe layer {ck!r} is not in the Caffe trace{near}")
+            if cname in self.pair_of_c:
+                raise MappingError(f"{src}: Caffe layer {ck!r} is mapped twice")
+            if tv in self.tp:
+                ukey, probe = self.unit_of[tv], tv
+                if self.units[ukey].out == tv:
+                    probe = None
+            elif tv in self.units:
+                ukey, probe = tv, None
+            else:
+                hits = [u.key for u in self.uorder if canon(tv) in tf_name_keys(u.key, self.tp[u.out].kind)[:1]]
+                if len(hits) != 1:
+                    near = _near(tv, list(self.tp))
+                    raise MappingError(f"{src}: TF name {tv!r} (for Caffe layer {ck!r}) is not in the TF trace{near}")
+                ukey, probe = hits[0], None
+            if ukey in self.matched:
+                raise MappingError(f"{src}: TF name {tv!r} is mapped from two Caffe layers")
+            self.add_pair([cname], ukey, "explicit", tf_probe=probe, extend_tf=probe is None)
+
+    # phase 2 ------------------------------------------------------------------
+    def by_name(self) -> None:
+        cindex: dict[str, str] = {}
+        for p in self.c:
+            cindex.setdefault(canon(p.name), p.name)
+        best: dict[str, tuple[int, int, str]] = {}  # caffe -> (score, -order, unit)
+        for u in self.uorder:
+            if u.key in self.matched:
+                continue
+            keys = tf_name_keys(u.key, self.tp[u.out].kind)
+            if u.key != u.out and len(u.members) == 1:
+                keys += [k for k in tf_name_keys(u.out, self.tp[u.out].kind) if k not in keys]
+            for rank, k in enumerate(keys):
+                c = cindex.get(k)
+                if c is None or c in self.pair_of_c:
+                    continue
+                score = (-rank, -u.order)
+                if c not in best or score > best[c][:2]:
+                    best[c] = (*score, u.key)
+                break
+        # one unit may have won two Caffe names: keep its best
+        taken: dict[str, tuple[tuple[int, int], str]] = {}
+        for c, (r, o, uk) in best.items():
+            if uk not in taken or (r, -self.cidx[c]) > taken[uk][0]:
+                taken[uk] = ((r, -self.cidx[c]), c)
+        for uk, (_, c) in sorted(taken.items(), key=lambda kv: self.cidx[kv[1][1]]):
+            self.add_pair([c], uk, "name")
+
+    # phase 3 ------------------------------------------------------------------
+    def walk(self) -> None:
+        for p in self.c:
+            c = p.name
+            if c in self.pair_of_c:
+                continue
+            k = self.ckind[c]
+            if k == "input":
+                self._match_input(p)
+                continue
+            ins = [i for i in p.inputs if i in self.cp]
+            if len(ins) == 1 and ins[0] in self.pair_of_c and (k in TRIVIAL or k in ABSORBABLE):
+                P = self.pair_of_c[ins[0]]
+                linear = ins[0] == P.caffe_chain[-1] and P.how != "identity"
+                in_place = p.blob == self.cp[ins[0]].blob
+                sole = self.cons.get(ins[0], []) == [c]
+                if k in TRIVIAL:
+                    if linear and (in_place or sole):
+                        self.extend(P, c, f"identity at inference, compared within {P.caffe_chain[0]}")
+                    else:
+                        q = self.add_pair([c], None, "identity", tf_probe=P.tf)
+                        self.pair_units[id(q)] = self.pair_units.get(id(P), [])
+                        q.note = f"identity at inference: compared against the TF value of its input {ins[0]!r}"
+                    continue
+                if linear and k in self.includes(P):
+                    self.extend(P, c, f"TF {P.tf!r} computes {k} as part of itself")
+                    continue
+                if linear:
+                    u = self._choose(p, self._candidates(p))
+                    if u is not None:
+                        self.add_pair([c], u, "structural")
+                        continue
+                    if in_place or sole:
+                        self.extend(P, c, f"no separate TF {k}: compared after it (folded into {P.tf!r}, or missing)")
+                        continue
+            u = self._choose(p, self._candidates(p))
+            if u is not None:
+                self.add_pair([c], u, "structural")
+
+    def _match_input(self, p: Probe) -> None:
+        cands = [u for u in self.uorder if u.key not in self.matched and "input" in u.kinds]
+        if not cands:
+            return
+        same = [u for u in cands if self._shape_ok(p, u)]
+        self.add_pair([p.name], (same or cands)[0].key, "structural")
+
+    def _tf_inputs_of(self, p: Probe) -> set[str] | None:
+        want: set[str] = set()
+        for i in p.inputs:
+            if i not in self.cp:
+                continue
+            P = self.pair_of_c.get(i)
+            if P is None:
+                if self.ckind[i] == "input":
+                    want.add(ROOT)
+                    continue
+                return None
+            units = self.pair_units.get(id(P), [])
+            if not units:
+                return None
+            want.add(units[-1])
+        return want or {ROOT}
+
+    def _resolved_inputs(self, u: _Unit) -> set[str]:
+        out: set[str] = set()
+        for k in u.ext_inputs:
+            seen = 0
+            while k not in self.matched and self.units[k].primary in PASS_THROUGH and len(self.units[k].ext_inputs) == 1 and seen < 50:
+                k = self.units[k].ext_inputs[0]
+                seen += 1
+            if k not in self.matched and self.units[k].primary in PASS_THROUGH and not self.units[k].ext_inputs:
+                k = ROOT
+            if k not in self.matched and "input" in self.units[k].kinds:
+                k = ROOT
+            out.add(k)
+        return out or {ROOT}
+
+    def _candidates(self, p: Probe) -> list[_Unit]:
+        want = self._tf_inputs_of(p)
+        if want is None:
+            return []
+        k = self.ckind[p.name]
+        out = []
+        for u in self.uorder:
+            if u.key in self.matched or not u.kinds or u.primary in ("input", "const"):
+                continue
+            if not any(compatible(k, uk) for uk in u.kinds[:1]):
+                continue
+            if self._resolved_inputs(u) == want:
+                out.append(u)
+        return out
+
+    def _shape_ok(self, p: Probe, u: _Unit) -> bool:
+        from .compare import relayout_shape
+
+        t = self.tp[u.out]
+        try:
+            return relayout_shape(t.shape, t.layout, t.flat_shape, p.layout, p.flat_shape) == tuple(p.shape)
+        except Exception:  # noqa: BLE001 - not reconcilable means "not this one"
+            return False
+
+    def _choose(self, p: Probe, cands: list[_Unit]) -> str | None:
+        if not cands:
+            return None
+        k = self.ckind[p.name]
+        exact = [u for u in cands if u.primary == k]
+        cands = exact or cands
+        shaped = [u for u in cands if self._shape_ok(p, u)]
+        cands = shaped or cands
+        if len(cands) == 1:
+            return cands[0].key
+        best = self._by_value(p, cands) if shaped else None
+        return best if best is not None else cands[0].key
+
+    def _by_value(self, p: Probe, cands: list[_Unit]) -> str | None:
+        if self.caffe_value is None or self.tf_value is None:
+            return None
+        from .compare import relayout
+
+        cv = self.caffe_value(p.name)
+        if cv is None:
+            return None
+        cv = np.asarray(cv, np.float64).ravel()
+        scores = []
+        for u in cands:
+            t = self.tp[u.out]
+            tv = self.tf_value(u.out)
+            if tv is None:
+                continue
+            try:
+                x = np.asarray(relayout(tv, t.layout, t.flat_shape, p.layout, p.flat_shape), np.float64).ravel()
+            except Exception:  # noqa: BLE001
+                continue
+            if x.shape != cv.shape:
+                continue
+            den = float(np.linalg.norm(cv) * np.linalg.norm(x))
+            cos = float(np.dot(cv, x) / den) if den > 0 else 0.0
+            dist = float(np.linalg.norm(cv - x))
+            scores.append((cos, -dist, -u.order, u.key))
+        if not scores:
+            return None
+        return max(scores)[3]
+
+    # result -------------------------------------------------------------------
+    def result(self, source: str) -> Alignment:
+        pairs = sorted(self.pairs, key=lambda q: self.cidx[q.caffe_chain[-1]])
+        unmapped_c = [p.name for p in self.c if p.name not in self.pair_of_c]
+        unmapped_t = [m for u in self.uorder if u.key not in self.matched for m in u.members]
+        return Alignment(pairs, unmapped_c, unmapped_t, dict(self.absorbed), source)
+
+
+def _near(name: str, pool: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, pool, n=3)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def align(
+    caffe_trace: Trace | Iterable[Probe],
+    tf_trace: Trace | Iterable[Probe],
+    mapping: Mapping[str, str] | str | os.PathLike[str] | None = None,
+    *,
+    caffe_value: Callable[[str], np.ndarray | None] | None = None,
+    tf_value: Callable[[str], np.ndarray | None] | None = None,
+) -> Alignment:
+    """Align a Caffe trace with a TF trace (values are only read to break structural ties).
+
+    ``caffe_trace``/``tf_trace`` are :class:`Trace` objects or lists of probes
+    (values optional). ``caffe_value``/``tf_value`` fetch a value by probe name
+    when the probes carry none (archives). Returns an :class:`Alignment` whose
+    pairs are in Caffe graph order.
+
+    >>> from layerparity.trace import Probe, Trace
+    >>> c = Trace("caffe", probes=[Probe("data", "Input"), Probe("conv1", "Convolution", inputs=["data"]),
+    ...                            Probe("relu1", "ReLU", blob="conv1", inputs=["conv1"])])
+    >>> t = Trace("tensorflow", probes=[Probe("input_1", "InputLayer"),
+    ...                                 Probe("conv1", "Conv2D", inputs=["input_1"], fused=["relu"])])
+    >>> a = align(c, t)
+    >>> [(p.caffe_chain, p.tf, p.how) for p in a.pairs]
+    [(['data'], 'input_1', 'structural'), (['conv1', 'relu1'], 'conv1', 'name')]
+    """
+    mp = as_mapping(mapping)
+    cm, tm = _metas(caffe_trace), _metas(tf_trace)
+    if caffe_value is None and isinstance(caffe_trace, Trace):
+        caffe_value = lambda n: caffe_trace[n].value  # noqa: E731
+    if tf_value is None and isinstance(tf_trace, Trace):
+        tf_value = lambda n: tf_trace[n].value  # noqa: E731
+    a = _Aligner(cm, tm, caffe_value, tf_value)
+    if mp:
+        a.explicit(mp)
+    a.by_name()
+    a.walk()
+    return a.result(mp.source if mp else "")

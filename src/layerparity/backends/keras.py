@@ -1,0 +1,619 @@
+"""Keras capture: Functional, Sequential and subclassed ``keras.Model`` s, ``.keras`` and ``.h5`` files.
+
+Functional and Sequential models (including models nested in them) are captured
+in graph mode: the model's graph is walked once, every layer is called again on
+the symbolic tensors (nested models are entered, so their layers appear as
+``outer/inner``), and one multi-output ``keras.Model`` over every layer's output
+is built. A capture is ONE forward pass of that model.
+
+Subclassed models have no graph to walk: they are captured in eager mode, by
+temporarily replacing each sub-layer's ``call`` with a wrapper that records its
+output, in the order the layers finish; the originals are restored afterwards,
+also when the forward pass raises.
+
+Every probe is one layer output: ``name`` = layer name (``name:1`` for a second
+output, ``name#1`` for the second call of a shared layer), ``kind`` = class
+name (``"Input"`` for an ``InputLayer``), ``inputs`` = the probes it read,
+``params`` = the diagnosis-relevant config, ``fused = [activation]`` when a
+layer applies a non-linear activation itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError, ModelLoadError
+from ..trace import Probe
+from .tensorflow import (
+    TFBackend,
+    clean_attr,
+    derive_layout,
+    flat_layout,
+    import_keras,
+    import_tf,
+    iter_filtered,
+    layout_of_format,
+    permuted_layout,
+)
+
+__all__ = ["KerasBackend"]
+
+#: Config keys kept in ``Probe.params`` (those that matter for diagnosis).
+PARAM_KEYS = (
+    "filters",
+    "kernel_size",
+    "strides",
+    "padding",
+    "dilation_rate",
+    "groups",
+    "depth_multiplier",
+    "data_format",
+    "use_bias",
+    "units",
+    "activation",
+    "epsilon",
+    "momentum",
+    "center",
+    "scale",
+    "axis",
+    "pool_size",
+    "alpha",
+    "negative_slope",
+    "max_value",
+    "threshold",
+    "shared_axes",
+    "size",
+    "interpolation",
+    "cropping",
+    "target_shape",
+    "dims",
+    "rate",
+    "keepdims",
+    "output_padding",
+)
+
+
+class _Slot:
+    """Stands for a tensor argument in a replay template."""
+
+    __slots__ = ("dtype", "known")
+
+    def __init__(self, dtype: Any, known: bool) -> None:
+        self.dtype = dtype
+        self.known = known
+
+
+@dataclass
+class _Rec:
+    name: str
+    layer: str
+    kind: str
+    op: Any
+    inputs: list[str]
+    params: dict[str, Any]
+    fused: list[str]
+    template: Any  # (args, kwargs) with tensors replaced by _Slot
+    out_index: int = 0
+    tensor: Any = None  # eager mode: the recorded output
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _act_name(a: Any) -> str | None:
+    if a is None:
+        return None
+    if isinstance(a, str):
+        return a
+    if isinstance(a, dict):
+        c = a.get("config")
+        return c if isinstance(c, str) else str(a.get("class_name", a))
+    return getattr(a, "__name__", None) or str(a)
+
+
+def _config(op: Any) -> dict[str, Any]:
+    try:
+        cfg = op.get_config()
+    except Exception:  # noqa: BLE001 - ops without a config have no params
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _params_and_fused(op: Any, kind: str) -> tuple[dict[str, Any], list[str]]:
+    cfg = _config(op)
+    params = {}
+    for k in PARAM_KEYS:
+        if k in cfg:
+            v = _act_name(cfg[k]) if k == "activation" else cfg[k]
+            params[k] = clean_attr(v)
+    fused = []
+    act = params.get("activation")
+    if kind != "Activation" and act not in (None, "linear"):
+        fused = [act]
+    return params, fused
+
+
+def _functional_of(model: Any) -> Any:
+    """The Functional graph behind a model, or None (subclassed / unbuilt Sequential)."""
+    keras = import_keras()
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, Functional):
+        return model
+    return None
+
+
+class KerasBackend(TFBackend):
+    """Capture backend for a ``keras.Model`` (see the module docstring)."""
+
+    model_format = "keras"
+
+    def __init__(
+        self,
+        model: Any,
+        source: str = "",
+        *,
+        tensors: list[str] | None = None,
+        data_format: str | None = None,
+    ) -> None:
+        keras = import_keras()
+        super().__init__(
+            source or f"keras.Model {model.name!r}", tensors=tensors, data_format=data_format
+        )
+        self.model = model
+        self._default = data_format or (
+            "NCHW" if keras.config.image_data_format() == "channels_first" else "NHWC"
+        )
+        self._records: list[_Rec] = []
+        self._by_name: dict[str, _Rec] = {}
+        self._weights_of: dict[str, Any] = {}
+        self._graph = _functional_of(model)
+        self.mode = "graph" if self._graph is not None else "eager"
+        if self._graph is not None:
+            self._build_graph()
+        else:
+            self._setup_eager()
+
+    # -- loading ---------------------------------------------------------------
+    @classmethod
+    def from_file(
+        cls,
+        path: str,
+        *,
+        safe_mode: bool = True,
+        tensors: list[str] | None = None,
+        data_format: str | None = None,
+    ) -> KerasBackend:
+        keras = import_keras()
+        config = _read_config(path)
+        if safe_mode:
+            lam = _find_lambda(config)
+            if lam is not None:
+                raise ModelLoadError(
+                    f"{path}: layer {lam!r} is a Lambda layer, whose code is stored in the file and would run on "
+                    "load; safe_mode=True refuses it. If you trust this file, pass safe_mode=False to load_tf"
+                )
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+        except Exception as e:  # noqa: BLE001 - Keras raises many types for bad files
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "safe_mode" in str(e):
+                raise ModelLoadError(
+                    f"{path}: Keras refused to load it in safe mode ({msg}); if you trust this file, "
+                    "pass safe_mode=False to load_tf"
+                ) from None
+            raise ModelLoadError(
+                f"{path}: not a loadable Keras model ({type(e).__name__}: {msg})"
+            ) from None
+        if not isinstance(model, keras.Model):
+            raise ModelLoadError(f"{path}: holds a {type(model).__name__}, not a keras.Model")
+        return cls(model, source=path, tensors=tensors, data_format=data_format)
+
+    # -- graph mode (Functional / Sequential) ------------------------------------
+    def _build_graph(self) -> None:
+        keras = import_keras()
+        fn = self._graph
+        sym_inputs = list(fn.inputs)
+        producer: dict[int, str] = {}
+        self._input_names = []
+        for t in sym_inputs:
+            name = t._keras_history.operation.name if getattr(t, "_keras_history", None) else t.name
+            producer[id(t)] = name
+            self._input_names.append(name)
+        outputs: list[Any] = []
+        counts: dict[str, int] = {}
+
+        def record(op: Any, prefix: str, args: tuple, kwargs: dict, outs: Any) -> None:
+            flat_in = [
+                t for t in keras.tree.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)
+            ]
+            ins = [producer[id(t)] for t in flat_in if id(t) in producer]
+            template = keras.tree.map_structure(
+                lambda t: (
+                    _Slot(t.dtype, id(t) in producer) if isinstance(t, keras.KerasTensor) else t
+                ),
+                (args, kwargs),
+            )
+            base = prefix + op.name
+            n = counts.get(base, 0)
+            counts[base] = n + 1
+            if n:
+                base = f"{base}#{n}"
+            else:
+                self._weights_of[base] = op
+            kind = type(op).__name__
+            params, fused = _params_and_fused(op, kind)
+            for i, t in enumerate(
+                x for x in keras.tree.flatten(outs) if isinstance(x, keras.KerasTensor)
+            ):
+                name = base if i == 0 else f"{base}:{i}"
+                producer[id(t)] = name
+                rec = _Rec(name, base, kind, op, ins, params, fused, template, out_index=i)
+                self._records.append(rec)
+                self._by_name[name] = rec
+                outputs.append(t)
+
+        def walk(sub: Any, inputs: Any, prefix: str) -> Any:
+            return sub._run_through_graph(inputs, operation_fn=lambda op: runner(op, prefix))
+
+        def runner(op: Any, prefix: str) -> Any:
+            def run(*args: Any, **kwargs: Any) -> Any:
+                sub = _functional_of(op) if isinstance(op, keras.Model) else None
+                if sub is not None:
+                    tensor_kw = [
+                        v for v in keras.tree.flatten(kwargs) if isinstance(v, keras.KerasTensor)
+                    ]
+                    inner = (
+                        args[0]
+                        if len(args) == 1 and not tensor_kw
+                        else [
+                            t
+                            for t in keras.tree.flatten((args, kwargs))
+                            if isinstance(t, keras.KerasTensor)
+                        ]
+                    )
+                    return walk(sub, inner, prefix + op.name + "/")
+                outs = op(*args, **kwargs)
+                record(op, prefix, args, kwargs, outs)
+                return outs
+
+            return run
+
+        try:
+            walk(fn, sym_inputs, "")
+            self._probe_model = (
+                keras.Model(sym_inputs, outputs, name=f"{self.model.name}_probes")
+                if outputs
+                else None
+            )
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(
+                f"{self.source}: cannot walk the model's layer graph ({type(e).__name__}: {e})"
+            ) from None
+        # input layouts: what the first consumer with a data_format says, else the default
+        self._inputs = []
+        for t, name in zip(sym_inputs, self._input_names, strict=True):
+            shape = tuple(t.shape)
+            lay = self._data_format
+            if lay is None and len(shape) == 4:
+                for r in self._records:
+                    if name in r.inputs and layout_of_format(r.params.get("data_format")):
+                        lay = layout_of_format(r.params.get("data_format"))
+                        break
+            self._inputs.append((name, shape, lay or self._default))
+        self._input_dtypes = {
+            name: t.dtype for t, name in zip(sym_inputs, self._input_names, strict=True)
+        }
+        self.check_tensors({r.name for r in self._records} | set(self._input_names))
+
+    # -- eager mode (subclassed) ---------------------------------------------------
+    def _setup_eager(self) -> None:
+        keras = import_keras()
+        self._paths: list[tuple[Any, str]] = []
+        seen: set[int] = set()
+
+        def visit(layer: Any, prefix: str) -> None:
+            for child in layer._flatten_layers(include_self=False, recursive=False):
+                if id(child) in seen:
+                    continue
+                seen.add(id(child))
+                path = prefix + child.name
+                self._paths.append((child, path))
+                visit(child, path + "/")
+
+        visit(self.model, "")
+        shape = None
+        bsd = getattr(self.model, "_build_shapes_dict", None)
+        if isinstance(bsd, dict) and len(bsd) == 1:
+            v = next(iter(bsd.values()))
+            if isinstance(v, (tuple, list)) and all(d is None or isinstance(d, int) for d in v):
+                shape = (None, *v[1:])  # the batch of the first call is not a fixed batch
+        lay = self._data_format
+        if lay is None:
+            for layer, _ in self._paths:
+                lay = layout_of_format(_config(layer).get("data_format"))
+                if lay:
+                    break
+        self._input_names = ["input"]
+        self._inputs = [("input", shape, lay or self._default)]
+        self._input_dtypes = {"input": "float32"}
+        self._keras = keras
+
+    def _run_eager(self, x: Any) -> None:
+        """One forward pass with every sub-layer's ``call`` wrapped; fills ``self._records``."""
+        tf = import_tf()
+        keras = import_keras()
+        producer: dict[int, str] = {id(x): self._input_names[0]}
+        records: list[_Rec] = []
+        counts: dict[str, int] = {}
+        weights_of: dict[str, Any] = {}
+
+        def make_wrapper(layer: Any, path: str, orig: Any) -> Any:
+            is_container = isinstance(layer, keras.Model)
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                out = orig(*args, **kwargs)
+                if is_container or not tf.executing_eagerly():
+                    return out
+                flat_in = [t for t in keras.tree.flatten((args, kwargs)) if tf.is_tensor(t)]
+                ins = [producer[id(t)] for t in flat_in if id(t) in producer]
+                template = keras.tree.map_structure(
+                    lambda t: _Slot(t.dtype, id(t) in producer) if tf.is_tensor(t) else t,
+                    (args, kwargs),
+                )
+                n = counts.get(path, 0)
+                counts[path] = n + 1
+                base = f"{path}#{n}" if n else path
+                if not n and not layer._layers:
+                    weights_of[base] = layer
+                kind = type(layer).__name__
+                params, fused = _params_and_fused(layer, kind)
+                for i, t in enumerate(v for v in keras.tree.flatten(out) if tf.is_tensor(v)):
+                    name = base if i == 0 else f"{base}:{i}"
+                    producer[id(t)] = name
+                    records.append(
+                        _Rec(
+                            name,
+                            base,
+                            kind,
+                            layer,
+                            ins,
+                            params,
+                            fused,
+                            template,
+                            out_index=i,
+                            tensor=t,
+                        )
+                    )
+                return out
+
+            return wrapper
+
+        patched: list[tuple[Any, bool, Any]] = []
+        try:
+            for layer, path in self._paths:
+                had = "call" in layer.__dict__
+                prev = layer.__dict__.get("call")
+                object.__setattr__(layer, "call", make_wrapper(layer, path, layer.call))
+                patched.append((layer, had, prev))
+            self.model(x, training=False)
+        finally:
+            for layer, had, prev in reversed(patched):
+                if had:
+                    object.__setattr__(layer, "call", prev)
+                else:
+                    object.__delattr__(layer, "call")
+        self._records = records
+        self._by_name = {r.name: r for r in records}
+        self._weights_of = weights_of
+
+    # -- capture ------------------------------------------------------------------
+    def _iter_capture_impl(self, inputs: dict[str, np.ndarray]) -> Iterator[Probe]:
+        return iter_filtered(self._capture(self.model_feed(inputs)), self)
+
+    def _capture(self, feed: dict[str, np.ndarray]) -> Iterator[Probe]:
+        tf = import_tf()
+        layouts = self.input_layouts()
+        xs = [
+            tf.convert_to_tensor(feed[n].astype(_np_dtype(self._input_dtypes[n]), copy=False))
+            for n in self._input_names
+        ]
+        if self.mode == "graph":
+            values = self._probe_model(xs, training=False) if self._probe_model is not None else []
+            if not isinstance(values, (list, tuple)):
+                values = [values]
+        else:
+            if len(xs) != 1:
+                raise InputDataError(
+                    f"{self.source}: a subclassed model is captured with one input"
+                )
+            self._run_eager(xs[0])
+            values = [r.tensor for r in self._records]
+        shapes: dict[str, tuple[int, ...]] = {}
+        lays: dict[str, str] = {}
+        for n in self._input_names:
+            arr = feed[n]
+            lay = layouts[n] if arr.ndim == 4 else ("NC" if arr.ndim == 2 else "")
+            shapes[n], lays[n] = arr.shape, lay
+            yield Probe(name=n, kind="Input", value=arr, layer=n, blob=n, layout=lay)
+        for rec, v in zip(self._records, values, strict=True):
+            arr = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+            layout, flat = self._layout(rec, arr.shape, shapes, lays)
+            shapes[rec.name], lays[rec.name] = arr.shape, layout
+            yield Probe(
+                name=rec.name,
+                kind=rec.kind,
+                value=arr,
+                layer=rec.layer,
+                blob=rec.name,
+                inputs=list(rec.inputs),
+                params=rec.params,
+                fused=list(rec.fused),
+                layout=layout,
+                flat_shape=flat,
+            )
+        if self.mode == "eager":
+            for r in self._records:
+                r.tensor = None
+
+    def _layout(
+        self, rec: _Rec, shape: tuple[int, ...], shapes: dict, lays: dict
+    ) -> tuple[str, tuple[int, ...] | None]:
+        in_lays = [lays.get(n, "") for n in rec.inputs]
+        in_shape = shapes.get(rec.inputs[0]) if rec.inputs else None
+        in_lay = in_lays[0] if in_lays else ""
+        if (
+            rec.kind == "Flatten"
+            and in_shape is not None
+            and len(in_shape) == 4
+            and len(shape) == 2
+        ):
+            cf = layout_of_format(rec.params.get("data_format")) == "NCHW"
+            if in_lay == "NHWC" and not cf:
+                return "flat:NHWC", tuple(in_shape[1:])
+            if in_lay == "NCHW" and cf:
+                return "flat:NHWC", (in_shape[2], in_shape[3], in_shape[1])
+            if in_lay == "NCHW":
+                return "flat:NCHW", tuple(in_shape[1:])
+            return "", None
+        if rec.kind == "Reshape" and in_shape is not None and len(shape) == 2:
+            return flat_layout(in_lay, in_shape, shape)
+        if rec.kind == "Permute" and len(shape) == 4 and isinstance(rec.params.get("dims"), list):
+            lay = permuted_layout(in_lay, [0, *rec.params["dims"]])
+            if lay:
+                return lay, None
+        declared = layout_of_format(rec.params.get("data_format"))
+        return derive_layout(
+            len(shape), declared=declared, in_layouts=in_lays, default=self._default
+        ), None
+
+    # -- weights and replay ---------------------------------------------------------
+    def _weights_impl(self) -> dict[str, list[np.ndarray]]:
+        out = {}
+        for name, layer in self._weights_of.items():
+            ws = layer.get_weights() if hasattr(layer, "get_weights") else []
+            if ws:
+                out[name] = [np.asarray(w) for w in ws]
+        return out
+
+    def can_replay(self, probe_name: str) -> bool:
+        rec = self._by_name.get(probe_name)
+        if rec is None:
+            return False
+        keras = import_keras()
+        slots = [s for s in keras.tree.flatten(rec.template) if isinstance(s, _Slot)]
+        return bool(slots) and all(s.known for s in slots)
+
+    def replay(self, probe_name: str, inputs: list[np.ndarray]) -> np.ndarray:
+        """Run the one layer behind ``probe_name`` on ``inputs`` (in the model's layout,
+        one array per entry of the probe's ``inputs``). Subclassed models: after a capture."""
+        tf = import_tf()
+        keras = import_keras()
+        rec = self._by_name.get(probe_name)
+        if rec is None:
+            hint = (
+                " (subclassed models are replayable after a capture)"
+                if self.mode == "eager"
+                else ""
+            )
+            raise InputDataError(f"{self.source}: no layer output {probe_name!r} to replay{hint}")
+        if not self.can_replay(probe_name):
+            raise InputDataError(
+                f"{self.source}: layer {probe_name!r} reads tensors not produced by a layer; cannot replay it"
+            )
+        if len(inputs) != len(rec.inputs):
+            raise InputDataError(
+                f"{self.source}: layer {probe_name!r} reads {len(rec.inputs)} input(s) {rec.inputs}; got {len(inputs)} array(s)"
+            )
+        it = iter(inputs)
+
+        def fill(s: Any) -> Any:
+            if isinstance(s, _Slot):
+                return tf.convert_to_tensor(np.asarray(next(it)), dtype=_np_dtype(s.dtype))
+            return s
+
+        args, kwargs = keras.tree.map_structure(fill, rec.template)
+        sig = getattr(rec.op, "_call_signature", None)
+        if sig is not None and "training" in sig.parameters and kwargs.get("training") is None:
+            kwargs = {**kwargs, "training": False}
+        out = rec.op(*args, **kwargs)
+        flat = [v for v in keras.tree.flatten(out) if tf.is_tensor(v)]
+        return np.asarray(flat[rec.out_index])
+
+
+def _np_dtype(dtype: Any) -> Any:
+    s = getattr(dtype, "name", None) or str(dtype)
+    try:
+        return np.dtype(s)
+    except TypeError:
+        return np.float32
+
+
+# -- Keras file helpers ---------------------------------------------------------------
+
+
+def _read_config(path: str) -> Any:
+    """The model config stored in a .keras (zip) or .h5 file; ModelLoadError if unreadable."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"\x89HDF"):
+        try:
+            import h5py
+        except ImportError:  # pragma: no cover - h5py ships with Keras
+            return None
+        try:
+            with h5py.File(path, "r") as h5:
+                raw = h5.attrs.get("model_config")
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"{path}: corrupt HDF5 file ({e})") from None
+        if raw is None:
+            raise ModelLoadError(
+                f"{path}: the HDF5 file holds no model config (a weights-only file from save_weights?); "
+                "save the whole model with model.save()"
+            )
+        try:
+            return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+        except ValueError as e:
+            raise ModelLoadError(f"{path}: the HDF5 model config is not valid JSON ({e})") from None
+    if os.path.splitext(path)[1].lower() in (".h5", ".hdf5"):
+        raise ModelLoadError(f"{path}: not an HDF5 file (corrupt, or not a Keras .h5 model)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if "config.json" not in zf.namelist():
+                raise ModelLoadError(
+                    f"{path}: a zip archive without config.json, not a .keras model"
+                )
+            raw = zf.read("config.json")
+    except zipfile.BadZipFile:
+        raise ModelLoadError(
+            f"{path}: not a .keras archive (not a valid zip file; corrupt or of another kind)"
+        ) from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: config.json is not valid JSON ({e})") from None
+
+
+def _find_lambda(config: Any) -> str | None:
+    """Name of the first Lambda layer in a serialized Keras config, else None."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "Lambda":
+            cfg = config.get("config")
+            return str(cfg.get("name", "?")) if isinstance(cfg, dict) else "?"
+        for v in config.values():
+            found = _find_lambda(v)
+            if found is not None:
+                return found
+    elif isinstance(config, list):
+        for v in config:
+            found = _find_lambda(v)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,626 @@
+"""Graph capture: SavedModel, frozen GraphDef ``.pb``, ``tf.compat.v1.Session`` / ``tf.Graph``.
+
+Everything is run as a TF1-style graph in a ``tf.compat.v1.Session``, where any
+op output can be fetched (and any input fed) by name:
+
+- a SavedModel is loaded, its serving signature (``serving_default``, else the
+  first one) is frozen with ``convert_variables_to_constants_v2`` (which inlines
+  the inner function calls into one GraphDef), and that GraphDef is imported
+  into a fresh graph;
+- a frozen ``.pb`` is parsed and imported as is;
+- a Session is used as given (its graph, its variables); it is never closed here.
+
+One probe per non-trivial op output, in graph order, all fetched in ONE
+``Session.run``: ``name`` = op name (``op:1`` for a further output, kept only
+when something consumes it), ``kind`` = op type, ``layer`` = the layer scope
+(see :func:`~layerparity.backends.tensorflow.scope_layers`), ``params`` = the
+op's attributes that matter (strides, padding, ...), plus constant operands
+such as a ConcatV2 axis, ``inputs`` = producing probes (seen through Identity).
+
+Trivial ops give no probe: constants, Identity and friends, NoOp, variable
+reads, and shape plumbing (Shape and anything computed only from shapes and
+constants). An op is captured when its value depends on a fed input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError, ModelLoadError
+from ..trace import Probe
+from .tensorflow import (
+    TFBackend,
+    clean_attr,
+    derive_layout,
+    flat_layout,
+    import_tf,
+    iter_filtered,
+    layout_of_format,
+    permuted_layout,
+    scope_layers,
+)
+
+__all__ = ["GraphBackend"]
+
+PLACEHOLDERS = {"Placeholder", "PlaceholderV2"}
+#: ops that pass their input through unchanged (seen through when naming inputs)
+PASS_THROUGH = {
+    "Identity",
+    "IdentityN",
+    "Snapshot",
+    "StopGradient",
+    "PreventGradient",
+    "CheckNumerics",
+    "EnsureShape",
+}
+#: ops that never give a probe
+TRIVIAL = (
+    PASS_THROUGH
+    | PLACEHOLDERS
+    | {
+        "Const",
+        "NoOp",
+        "ReadVariableOp",
+        "VarHandleOp",
+        "VariableV2",
+        "Variable",
+        "Assign",
+        "AssignVariableOp",
+        "PlaceholderWithDefault",
+        "Switch",
+        "Merge",
+        "Enter",
+        "Exit",
+        "NextIteration",
+        "LoopCond",
+    }
+)
+#: ops whose output is shape information, not data
+SHAPE_OPS = {"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"}
+#: attributes kept in ``Probe.params``
+ATTR_KEYS = (
+    "strides",
+    "padding",
+    "explicit_paddings",
+    "dilations",
+    "data_format",
+    "ksize",
+    "epsilon",
+    "depth_radius",
+    "alpha",
+    "beta",
+    "bias",
+    "is_training",
+    "keep_dims",
+    "transpose_a",
+    "transpose_b",
+    "align_corners",
+    "half_pixel_centers",
+    "mode",
+    "squeeze_dims",
+    "num_split",
+)
+#: constant operands kept in ``Probe.params``: op type -> [(input index, param name)]
+CONST_OPERANDS = {
+    "ConcatV2": [(-1, "axis")],
+    "Concat": [(0, "axis")],
+    "Pack": [],
+    "Pad": [(1, "paddings")],
+    "PadV2": [(1, "paddings"), (2, "constant_values")],
+    "MirrorPad": [(1, "paddings")],
+    "Transpose": [(1, "perm")],
+    "Reshape": [(1, "shape")],
+    "Mean": [(1, "axis")],
+    "Sum": [(1, "axis")],
+    "Max": [(1, "axis")],
+    "Min": [(1, "axis")],
+    "Prod": [(1, "axis")],
+    "ExpandDims": [(1, "dim")],
+    "Split": [(0, "axis")],
+    "SplitV": [(1, "size_splits"), (2, "axis")],
+    "ResizeBilinear": [(1, "size")],
+    "ResizeNearestNeighbor": [(1, "size")],
+    "Conv2DBackpropInput": [(0, "input_sizes")],
+    "Softmax": [],
+}
+#: ops whose constant float operands are weights
+WEIGHT_OPS = {
+    "Conv2D",
+    "Conv3D",
+    "DepthwiseConv2dNative",
+    "Conv2DBackpropInput",
+    "Conv3DBackpropInputV2",
+    "MatMul",
+    "BatchMatMul",
+    "BatchMatMulV2",
+    "BatchMatMulV3",
+    "BiasAdd",
+    "FusedBatchNorm",
+    "FusedBatchNormV2",
+    "FusedBatchNormV3",
+    "Mul",
+    "Add",
+    "AddV2",
+    "Sub",
+    "Prelu",
+}
+
+
+@dataclass
+class _Op:
+    name: str
+    tensor: Any
+    op: Any
+    kind: str
+    inputs: list[str]
+    data_inputs: list[Any]  # the tensors fed on replay, aligned with ``inputs``
+    replayable: bool
+    params: dict[str, Any]
+    layer: str = ""
+    fused: list[str] | None = None
+
+
+class GraphBackend(TFBackend):
+    """Capture backend for a TF graph run in a ``tf.compat.v1.Session``."""
+
+    model_format = "graph"
+
+    def __init__(
+        self,
+        graph: Any,
+        *,
+        source: str,
+        session: Any = None,
+        inputs: list[str] | None = None,
+        outputs: list[str] | None = None,
+        tensors: list[str] | None = None,
+        data_format: str | None = None,
+        model_format: str = "graph",
+    ) -> None:
+        tf = import_tf()
+        super().__init__(source, tensors=tensors, data_format=data_format)
+        self.model_format = model_format
+        self.graph = graph
+        self._own_session = session is None
+        self.session = session if session is not None else tf.compat.v1.Session(graph=graph)
+        self._default = data_format or "NHWC"
+        self._replay_fns: dict[str, Any] = {}
+        self._analyse(inputs, outputs)
+
+    # -- constructors -----------------------------------------------------------
+    @classmethod
+    def from_saved_model(cls, path: str, **kw: Any) -> GraphBackend:
+        tf = import_tf()
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
+
+        try:
+            obj = tf.saved_model.load(path)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(
+                f"{path}: not a loadable SavedModel ({type(e).__name__}: {_first_line(e)})"
+            ) from None
+        sigs = dict(getattr(obj, "signatures", {}) or {})
+        if not sigs:
+            raise ModelLoadError(
+                f"{path}: the SavedModel has no signatures to run; save it with one "
+                "(keras: model.export(path); tf.saved_model.save(obj, path, signatures=...))"
+            )
+        key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+        try:
+            frozen = convert_variables_to_constants_v2(sigs[key])
+            gd = frozen.graph.as_graph_def()
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(
+                f"{path}: cannot freeze signature {key!r} ({type(e).__name__}: {_first_line(e)})"
+            ) from None
+        if kw.get("inputs") is None:
+            kw["inputs"] = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+        if kw.get("outputs") is None:
+            kw["outputs"] = [t.name for t in frozen.outputs]
+        graph = _import(gd, path)
+        return cls(graph, source=path, model_format=f"saved_model:{key}", **kw)
+
+    @classmethod
+    def from_graph_def_file(cls, path: str, **kw: Any) -> GraphBackend:
+        tf = import_tf()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelLoadError(f"{path}: cannot read the file ({e.strerror or e})") from None
+        gd = tf.compat.v1.GraphDef()
+        try:
+            if path.lower().endswith(".pbtxt"):
+                from google.protobuf import text_format
+
+                text_format.Parse(data.decode("utf-8"), gd)
+            else:
+                gd.ParseFromString(data)
+        except Exception as e:  # noqa: BLE001 - DecodeError, ParseError, UnicodeDecodeError
+            raise ModelLoadError(
+                f"{path}: not a GraphDef (corrupt or another kind of file: {_first_line(e)})"
+            ) from None
+        return cls.from_graph_def(gd, source=path, **kw)
+
+    @classmethod
+    def from_graph_def(cls, gd: Any, *, source: str, **kw: Any) -> GraphBackend:
+        if not len(gd.node):
+            raise ModelLoadError(f"{source}: holds no graph nodes (not a frozen GraphDef?)")
+        variables = [n.name for n in gd.node if n.op in ("VariableV2", "VarHandleOp", "Variable")]
+        if variables:
+            raise ModelLoadError(
+                f"{source}: the GraphDef is not frozen: it holds variables ({variables[0]!r}, ...) whose values "
+                "it does not contain; freeze it (convert_variables_to_constants_v2) or pass the Session"
+            )
+        return cls(_import(gd, source), source=source, model_format="graph_def", **kw)
+
+    @classmethod
+    def from_session(cls, session: Any, **kw: Any) -> GraphBackend:
+        return cls(
+            session.graph,
+            source=f"tf.compat.v1.Session {id(session):#x}",
+            session=session,
+            model_format="session",
+            **kw,
+        )
+
+    @classmethod
+    def from_graph(cls, graph: Any, *, source: str, **kw: Any) -> GraphBackend:
+        return cls(graph, source=source, model_format="graph", **kw)
+
+    # -- analysis -----------------------------------------------------------------
+    def _tensor(self, name: str, what: str) -> Any:
+        n = name if ":" in name else name + ":0"
+        try:
+            return self.graph.get_tensor_by_name(n)
+        except (KeyError, ValueError):
+            ph = [op.name for op in self.graph.get_operations() if op.type in PLACEHOLDERS]
+            raise ModelLoadError(
+                f"{self.source}: {what} {name!r} is not a tensor of the graph (placeholders: {ph[:10]})"
+            ) from None
+
+    def _analyse(self, input_names: list[str] | None, output_names: list[str] | None) -> None:
+        ops = self.graph.get_operations()
+        if input_names is None:
+            input_names = [op.outputs[0].name for op in ops if op.type in PLACEHOLDERS]
+            if not input_names:
+                raise ModelLoadError(
+                    f"{self.source}: the graph has no Placeholder; name the input tensors with inputs="
+                )
+        feeds = [self._tensor(n, "input") for n in input_names]
+        self._feeds = feeds
+        fed = {t.name: _probe_name(t) for t in feeds}
+        allowed = None
+        if output_names:
+            allowed = set()
+            stack = [self._tensor(n, "output").op for n in output_names]
+            while stack:
+                op = stack.pop()
+                if op.name in allowed:
+                    continue
+                allowed.add(op.name)
+                stack.extend(t.op for t in op.inputs)
+
+        data: set[str] = set(fed)
+        needs_feed: set[str] = set(fed)
+        blocked: set[str] = set()
+        for op in ops:
+            outs = [t.name for t in op.outputs]
+            if any(t in fed for t in outs):
+                continue
+            if op.type in PLACEHOLDERS:
+                needs_feed.update(outs)
+                blocked.update(outs)
+                continue
+            ins = [t.name for t in op.inputs]
+            if any(t in needs_feed for t in ins):
+                needs_feed.update(outs)
+            if op.type in SHAPE_OPS:
+                continue
+            if any(t in blocked for t in ins):
+                blocked.update(outs)
+            elif any(t in data for t in ins):
+                data.update(outs)
+        self._needs_feed = needs_feed
+
+        consumed: set[str] = {t.name for op in ops for t in op.inputs}
+        if output_names:
+            consumed.update(self._tensor(n, "output").name for n in output_names)
+        probe_of: dict[str, str] = dict(fed)
+        candidates: list[tuple[Any, Any, str]] = []
+        for op in ops:
+            if op.type in TRIVIAL or (allowed is not None and op.name not in allowed):
+                continue
+            for i, t in enumerate(op.outputs):
+                if t.name not in data or t.name in fed or not _numeric(t):
+                    continue
+                if i and t.name not in consumed:
+                    continue
+                name = op.name if i == 0 else f"{op.name}:{i}"
+                probe_of[t.name] = name
+                candidates.append((op, t, name))
+
+        def resolve(t: Any) -> str | None:
+            for _ in range(1000):
+                if t.name in probe_of:
+                    return probe_of[t.name]
+                if t.op.type in PASS_THROUGH and t.op.inputs:
+                    t = t.op.inputs[t.value_index if t.op.type == "IdentityN" else 0]
+                    continue
+                return None
+            return None
+
+        layers = scope_layers([name for _, _, name in candidates])
+        self._ops: list[_Op] = []
+        for op, t, name in candidates:
+            ins, data_ins, ok = [], [], True
+            for x in op.inputs:
+                if x.name not in data:
+                    continue
+                src = resolve(x)
+                if src is None:
+                    ok = False
+                    continue
+                ins.append(src)
+                data_ins.append(x)
+            rec = _Op(
+                name,
+                t,
+                op,
+                op.type,
+                ins,
+                data_ins,
+                ok and bool(data_ins),
+                _params(op),
+                layers.get(name, name),
+                _fused(op),
+            )
+            self._ops.append(rec)
+        self._by_name = {r.name: r for r in self._ops}
+        self._fetch = [r for r in self._ops if self.wanted(r.name)]
+        self.check_tensors(
+            {r.name for r in self._ops}
+            | {r.tensor.name for r in self._ops}
+            | set(fed.values())
+            | set(fed)
+        )
+
+        # inputs: shapes and layouts
+        self._inputs = []
+        self._input_dtypes = {}
+        for t in feeds:
+            name = fed[t.name]
+            shape = tuple(t.shape.as_list()) if t.shape.rank is not None else None
+            lay = self._data_format
+            if lay is None and (shape is None or len(shape) == 4):
+                for r in self._ops:
+                    if name in r.inputs and layout_of_format(r.params.get("data_format")):
+                        lay = layout_of_format(r.params["data_format"])
+                        break
+            self._inputs.append((name, shape, lay or self._default))
+            self._input_dtypes[name] = t.dtype.as_numpy_dtype
+        self._feed_by_name = {fed[t.name]: t for t in feeds}
+
+    def wanted(self, name: str) -> bool:
+        if self._tensors is None:
+            return True
+        base, _, idx = name.partition(":")
+        return name in self._tensors or f"{base}:{idx or 0}" in self._tensors
+
+    # -- capture ------------------------------------------------------------------
+    def _iter_capture_impl(self, inputs: dict[str, np.ndarray]) -> Iterator[Probe]:
+        return iter_filtered(self._capture(self.model_feed(inputs)), self)
+
+    def _run(self, fetches: Any, feed_dict: dict) -> Any:
+        tf = import_tf()
+        try:
+            return self.session.run(fetches, feed_dict=feed_dict)
+        except tf.errors.OpError as e:
+            op = getattr(e, "op", None)
+            where = f" at op {op.name!r}" if op is not None else ""
+            raise InputDataError(
+                f"{self.source}: running the graph failed{where}: {_first_line(e.message)}"
+            ) from None
+
+    def _capture(self, feed: dict[str, np.ndarray]) -> Iterator[Probe]:
+        fd = {
+            self._feed_by_name[n]: feed[n].astype(self._input_dtypes[n], copy=False) for n in feed
+        }
+        values = self._run([r.tensor for r in self._fetch], fd) if self._fetch else []
+        shapes: dict[str, tuple[int, ...]] = {}
+        lays: dict[str, str] = {}
+        layouts = self.input_layouts()
+        for n in feed:
+            arr = fd[self._feed_by_name[n]]
+            lay = layouts[n] if arr.ndim == 4 else ("NC" if arr.ndim == 2 else "")
+            shapes[n], lays[n] = arr.shape, lay
+            yield Probe(
+                name=n,
+                kind="Input",
+                value=arr,
+                layer=n,
+                blob=self._feed_by_name[n].name,
+                layout=lay,
+            )
+        for rec, v in zip(self._fetch, values, strict=True):
+            arr = np.asarray(v)
+            layout, flat = self._layout(rec, arr.shape, shapes, lays)
+            shapes[rec.name], lays[rec.name] = arr.shape, layout
+            yield Probe(
+                name=rec.name,
+                kind=rec.kind,
+                value=arr,
+                layer=rec.layer,
+                blob=rec.tensor.name,
+                inputs=list(rec.inputs),
+                params=rec.params,
+                fused=list(rec.fused or []),
+                layout=layout,
+                flat_shape=flat,
+            )
+
+    def _layout(
+        self, rec: _Op, shape: tuple[int, ...], shapes: dict, lays: dict
+    ) -> tuple[str, tuple[int, ...] | None]:
+        in_lays = [lays.get(n, "") for n in rec.inputs]
+        in_lay = in_lays[0] if in_lays else ""
+        in_shape = shapes.get(rec.inputs[0]) if rec.inputs else None
+        if rec.kind == "Reshape" and in_shape is not None and len(shape) == 2:
+            return flat_layout(in_lay, in_shape, shape)
+        if rec.kind == "Transpose" and isinstance(rec.params.get("perm"), list):
+            lay = permuted_layout(in_lay, rec.params["perm"])
+            if lay and len(shape) == len(lay):
+                return lay, None
+        declared = layout_of_format(rec.params.get("data_format"))
+        return derive_layout(
+            len(shape), declared=declared, in_layouts=in_lays, default=self._default
+        ), None
+
+    # -- weights and replay ---------------------------------------------------------
+    def _weights_impl(self) -> dict[str, list[np.ndarray]]:
+        wanted: list[tuple[str, Any]] = []
+        for rec in self._ops:
+            if rec.kind not in WEIGHT_OPS:
+                continue
+            for x in rec.op.inputs:
+                if x.name in self._needs_feed or not x.dtype.is_floating:
+                    continue
+                if rec.kind in ("Mul", "Add", "AddV2", "Sub") and x.shape.rank == 0:
+                    continue  # a scalar factor, not a weight
+                wanted.append((rec.name, x))
+        if not wanted:
+            return {}
+        values = self._run([x for _, x in wanted], {})
+        out: dict[str, list[np.ndarray]] = {}
+        for (name, _), v in zip(wanted, values, strict=True):
+            out.setdefault(name, []).append(np.asarray(v))
+        return out
+
+    def can_replay(self, probe_name: str) -> bool:
+        rec = self._by_name.get(probe_name)
+        return rec is not None and rec.replayable
+
+    def replay(self, probe_name: str, inputs: list[np.ndarray]) -> np.ndarray:
+        """Run op ``probe_name`` alone: its data inputs are fed ``inputs`` (in the
+        graph's layout, one per entry of the probe's ``inputs``); constants and
+        weights come from the graph. Uses one cached callable per op."""
+        tf = import_tf()
+        rec = self._by_name.get(probe_name)
+        if rec is None or not rec.replayable:
+            raise InputDataError(f"{self.source}: op {probe_name!r} cannot be replayed on its own")
+        if len(inputs) != len(rec.inputs):
+            raise InputDataError(
+                f"{self.source}: op {probe_name!r} reads {len(rec.inputs)} input(s) {rec.inputs}; got {len(inputs)} array(s)"
+            )
+        uniq: list[Any] = []
+        for t in rec.data_inputs:
+            if t.name not in [u.name for u in uniq]:
+                uniq.append(t)
+        fn = self._replay_fns.get(probe_name)
+        if fn is None:
+            try:
+                fn = self.session.make_callable(rec.tensor, feed_list=uniq)
+            except Exception as e:  # noqa: BLE001
+                raise InputDataError(
+                    f"{self.source}: op {probe_name!r} cannot be replayed ({_first_line(e)})"
+                ) from None
+            self._replay_fns[probe_name] = fn
+        args = []
+        for t in uniq:
+            i = [x.name for x in rec.data_inputs].index(t.name)
+            args.append(np.asarray(inputs[i]).astype(t.dtype.as_numpy_dtype, copy=False))
+        try:
+            return np.asarray(fn(*args))
+        except tf.errors.OpError as e:
+            raise InputDataError(
+                f"{self.source}: replaying op {probe_name!r} failed: {_first_line(e.message)}"
+            ) from None
+
+    def close(self) -> None:
+        if self._own_session and self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _first_line(e: Any) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _probe_name(t: Any) -> str:
+    return t.op.name if t.value_index == 0 else f"{t.op.name}:{t.value_index}"
+
+
+def _numeric(t: Any) -> bool:
+    tf = import_tf()
+    return t.dtype not in (tf.resource, tf.variant, tf.string) and t.dtype.is_numpy_compatible
+
+
+def _import(gd: Any, source: str) -> Any:
+    tf = import_tf()
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(gd, name="")
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(
+            f"{source}: the GraphDef cannot be imported ({type(e).__name__}: {_first_line(e)})"
+        ) from None
+    return graph
+
+
+def _const_value(t: Any) -> Any:
+    """The value of a constant tensor (seen through Identity), else None."""
+    tf = import_tf()
+    for _ in range(100):
+        op = t.op
+        if op.type == "Const":
+            try:
+                return tf.make_ndarray(op.get_attr("value"))
+            except Exception:  # noqa: BLE001
+                return None
+        if op.type in PASS_THROUGH and op.inputs:
+            t = op.inputs[0]
+            continue
+        return None
+    return None
+
+
+def _fused(op: Any) -> list[str]:
+    """Activations fused into a grappler ``_FusedConv2D`` / ``_FusedMatMul`` (attr ``fused_ops``)."""
+    if "fused_ops" not in op.node_def.attr:
+        return []
+    try:
+        names = [clean_attr(x) for x in op.get_attr("fused_ops")]
+    except Exception:  # noqa: BLE001
+        return []
+    return [n.lower() for n in names if n not in ("BiasAdd", "FusedBatchNorm", "Add")]
+
+
+def _params(op: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    attrs = op.node_def.attr
+    for k in ATTR_KEYS:
+        if k in attrs:
+            try:
+                params[k] = clean_attr(op.get_attr(k))
+            except Exception:  # noqa: BLE001
+                continue
+    for idx, key in CONST_OPERANDS.get(op.type, []):
+        try:
+            t = op.inputs[idx]
+        except IndexError:
+            continue
+        v = _const_value(t)
+        if v is not None:
+            params[key] = clean_attr(np.asarray(v))
+    return params

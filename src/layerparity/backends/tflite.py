@@ -1,0 +1,357 @@
+"""TFLite capture: every intermediate tensor of a ``.tflite`` model.
+
+The model runs in ``tf.lite.Interpreter(..., experimental_preserve_all_tensors=True)``
+with the builtin op resolver *without* the default delegates (XNNPACK would run
+whole subgraphs as one opaque node and keep no intermediate values). One probe
+per op output tensor, in the interpreter's execution order: ``name`` = tensor
+name (TFLite joins the names of the TF ops it fused with ``;``), ``kind`` =
+builtin op name (``CONV_2D``), ``layer`` = the scope of the first joined name,
+``fused`` = the op's fused activation (``["relu"]``, ``["relu6"]``...) read from
+the flatbuffer's builtin options, ``params`` = padding, strides, dilation,
+filter size, axis... from the same options.
+
+TFLite keeps no op-level entry point: :meth:`TFLiteBackend.can_replay` is False.
+Quantized tensors are captured as stored (integers); their ``(scale, zero_point)``
+is in ``params["quantization"]``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError, ModelLoadError
+from ..trace import Probe
+from .tensorflow import (
+    TFBackend,
+    clean_attr,
+    derive_layout,
+    flat_layout,
+    import_tf,
+    iter_filtered,
+    permuted_layout,
+    scope_layers,
+)
+
+__all__ = ["TFLiteBackend"]
+
+_ACTIVATIONS = {1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
+_SHAPE_OPS = {"SHAPE", "RANK", "SIZE"}
+#: option accessors read from the flatbuffer -> param name
+_OPTION_FIELDS = {
+    "Padding": "padding",
+    "StrideH": "stride_h",
+    "StrideW": "stride_w",
+    "DilationHFactor": "dilation_h",
+    "DilationWFactor": "dilation_w",
+    "FilterHeight": "filter_height",
+    "FilterWidth": "filter_width",
+    "DepthMultiplier": "depth_multiplier",
+    "Axis": "axis",
+    "Alpha": "alpha",
+    "Beta": "beta",
+    "Bias": "bias",
+    "Radius": "radius",
+    "KeepDims": "keep_dims",
+    "AlignCorners": "align_corners",
+    "HalfPixelCenters": "half_pixel_centers",
+}
+#: constant operands kept in params: op name -> [(input position, param name)]
+_CONST_OPERANDS = {
+    "TRANSPOSE": [(1, "perm")],
+    "RESHAPE": [(1, "shape")],
+    "PAD": [(1, "paddings")],
+    "PADV2": [(1, "paddings")],
+    "MIRROR_PAD": [(1, "paddings")],
+    "MEAN": [(1, "axis")],
+    "SUM": [(1, "axis")],
+    "REDUCE_MAX": [(1, "axis")],
+    "RESIZE_BILINEAR": [(1, "size")],
+    "RESIZE_NEAREST_NEIGHBOR": [(1, "size")],
+}
+
+
+@dataclass
+class _TOp:
+    name: str
+    tensor: int
+    kind: str
+    inputs: list[str]
+    consts: list[int]
+    params: dict[str, Any]
+    fused: list[str]
+    layer: str = ""
+
+
+class TFLiteBackend(TFBackend):
+    """Capture backend for a ``.tflite`` flatbuffer."""
+
+    model_format = "tflite"
+
+    def __init__(
+        self,
+        content: bytes,
+        source: str,
+        *,
+        tensors: list[str] | None = None,
+        data_format: str | None = None,
+    ) -> None:
+        tf = import_tf()
+        super().__init__(source, tensors=tensors, data_format=data_format)
+        self._default = data_format or "NHWC"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.interpreter = tf.lite.Interpreter(
+                    model_content=content,
+                    experimental_preserve_all_tensors=True,
+                    experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                )
+                self.interpreter.allocate_tensors()
+        except Exception as e:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"{source}: not a loadable TFLite model ({msg})") from None
+        self._content = content
+        self._analyse()
+
+    @classmethod
+    def from_file(
+        cls, path: str, *, tensors: list[str] | None = None, data_format: str | None = None
+    ) -> TFLiteBackend:
+        try:
+            with open(path, "rb") as f:
+                content = f.read()
+        except OSError as e:
+            raise ModelLoadError(f"{path}: cannot read the file ({e.strerror or e})") from None
+        if len(content) < 8 or content[4:8] != b"TFL3":
+            raise ModelLoadError(
+                f"{path}: not a TFLite flatbuffer (no TFL3 identifier; corrupt or another kind of file)"
+            )
+        return cls(content, path, tensors=tensors, data_format=data_format)
+
+    # -- analysis -------------------------------------------------------------------
+    def _analyse(self) -> None:
+        it = self.interpreter
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        self._details = details
+        ins = it.get_input_details()
+        self._input_index = {}
+        self._inputs = []
+        self._input_dtypes = {}
+        producer: dict[int, str] = {}
+        data: set[int] = set()
+        for d in ins:
+            sig = d.get("shape_signature")
+            shape = tuple(
+                int(x) if x >= 0 else None
+                for x in (sig if sig is not None and len(sig) else d["shape"])
+            )
+            self._inputs.append((d["name"], shape, self._default))
+            self._input_index[d["name"]] = d["index"]
+            self._input_dtypes[d["name"]] = d["dtype"]
+            producer[d["index"]] = d["name"]
+            data.add(d["index"])
+        ops = [o for o in it._get_ops_details() if o.get("op_name") != "DELEGATE"]
+        options = _read_options(self._content)
+        produced = {int(t) for o in ops for t in o["outputs"]}
+        raw: list[tuple[dict, int]] = []
+        for o in ops:
+            in_idx = [int(t) for t in o["inputs"] if int(t) >= 0]
+            if o["op_name"] in _SHAPE_OPS or not any(t in data for t in in_idx):
+                continue
+            for t in (int(x) for x in o["outputs"]):
+                data.add(t)
+                raw.append((o, t))
+        names: dict[int, str] = {}
+        used: set[str] = set(producer.values())
+        for _, t in raw:
+            name = details[t]["name"] or f"tensor_{t}"
+            if name in used:
+                name = f"{name}#{t}"
+            used.add(name)
+            names[t] = name
+        layers = scope_layers(list(names.values()))
+        self._ops: list[_TOp] = []
+        for o, t in raw:
+            in_idx = [int(x) for x in o["inputs"] if int(x) >= 0]
+            inputs = [producer[i] for i in in_idx if i in producer]
+            consts = [i for i in in_idx if i not in data and i not in produced]
+            params, fused = options.get(int(o["index"]), ({}, []))
+            params = dict(params)
+            for pos, key in _CONST_OPERANDS.get(o["op_name"], []):
+                if pos < len(o["inputs"]) and int(o["inputs"][pos]) in consts:
+                    try:
+                        params[key] = clean_attr(np.asarray(it.get_tensor(int(o["inputs"][pos]))))
+                    except ValueError:
+                        pass
+            q = details[t].get("quantization") or (0.0, 0)
+            if q and q[0]:
+                params["quantization"] = [float(q[0]), int(q[1])]
+            producer[t] = names[t]
+            self._ops.append(
+                _TOp(
+                    names[t],
+                    t,
+                    str(o["op_name"]),
+                    inputs,
+                    consts,
+                    params,
+                    list(fused),
+                    layers.get(names[t], names[t]),
+                )
+            )
+        self.check_tensors({op.name for op in self._ops} | set(self._input_index))
+
+    # -- capture --------------------------------------------------------------------
+    def _iter_capture_impl(self, inputs: dict[str, np.ndarray]) -> Iterator[Probe]:
+        return iter_filtered(self._capture(self.model_feed(inputs)), self)
+
+    def _capture(self, feed: dict[str, np.ndarray]) -> Iterator[Probe]:
+        it = self.interpreter
+        resized = False
+        for name, arr in feed.items():
+            idx = self._input_index[name]
+            if tuple(self._details_now(idx)) != arr.shape:
+                try:
+                    it.resize_tensor_input(idx, list(arr.shape))
+                except Exception as e:  # noqa: BLE001
+                    raise InputDataError(
+                        f"{self.source}: input {name!r} cannot take shape {arr.shape} ({e})"
+                    ) from None
+                resized = True
+        if resized:
+            it.allocate_tensors()
+        for name, arr in feed.items():
+            it.set_tensor(self._input_index[name], self._quantize(name, arr))
+        try:
+            it.invoke()
+        except Exception as e:  # noqa: BLE001
+            raise InputDataError(f"{self.source}: the TFLite interpreter failed: {e}") from None
+        shapes: dict[str, tuple[int, ...]] = {}
+        lays: dict[str, str] = {}
+        for name, arr in feed.items():
+            lay = self._default if arr.ndim == 4 else ("NC" if arr.ndim == 2 else "")
+            shapes[name], lays[name] = arr.shape, lay
+            yield Probe(name=name, kind="Input", value=arr, layer=name, blob=name, layout=lay)
+        for op in self._ops:
+            if not self.wanted(op.name):
+                continue
+            arr = np.array(it.get_tensor(op.tensor))
+            in_lays = [lays.get(n, "") for n in op.inputs]
+            flat = None
+            in_shape = shapes.get(op.inputs[0]) if op.inputs else None
+            if op.kind == "RESHAPE" and in_shape is not None and arr.ndim == 2:
+                layout, flat = flat_layout(in_lays[0], in_shape, arr.shape)
+            elif (
+                op.kind == "TRANSPOSE"
+                and isinstance(op.params.get("perm"), list)
+                and permuted_layout(in_lays[0], op.params["perm"])
+            ):
+                layout = permuted_layout(in_lays[0], op.params["perm"])
+            else:
+                layout = derive_layout(
+                    arr.ndim, declared=None, in_layouts=in_lays, default=self._default
+                )
+            shapes[op.name], lays[op.name] = arr.shape, layout
+            yield Probe(
+                name=op.name,
+                kind=op.kind,
+                value=arr,
+                layer=op.layer,
+                blob=self._details[op.tensor]["name"],
+                inputs=list(op.inputs),
+                params=op.params,
+                fused=list(op.fused),
+                layout=layout,
+                flat_shape=flat,
+            )
+
+    def _quantize(self, name: str, arr: np.ndarray) -> np.ndarray:
+        """Float input -> the input tensor's dtype; integer inputs of a quantized model
+        are quantized with the tensor's (scale, zero_point)."""
+        dtype = np.dtype(self._input_dtypes[name])
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = self._details[self._input_index[name]].get("quantization") or (0.0, 0)
+            if scale:
+                info = np.iinfo(dtype)
+                q = np.round(arr / scale) + zero
+                return np.clip(q, info.min, info.max).astype(dtype)
+        return arr.astype(dtype, copy=False)
+
+    def _details_now(self, idx: int) -> tuple[int, ...]:
+        for d in self.interpreter.get_input_details():
+            if d["index"] == idx:
+                return tuple(int(x) for x in d["shape"])
+        return ()
+
+    def wanted(self, name: str) -> bool:
+        return self._tensors is None or name in self._tensors
+
+    def _weights_impl(self) -> dict[str, list[np.ndarray]]:
+        out: dict[str, list[np.ndarray]] = {}
+        for op in self._ops:
+            ws = []
+            for i in op.consts:
+                if not np.issubdtype(self._details[i]["dtype"], np.floating):
+                    continue
+                try:
+                    ws.append(np.array(self.interpreter.get_tensor(i)))
+                except ValueError:
+                    continue
+            if ws:
+                out[op.name] = ws
+        return out
+
+    def can_replay(self, probe_name: str) -> bool:
+        return False
+
+
+def _read_options(content: bytes) -> dict[int, tuple[dict[str, Any], list[str]]]:
+    """Per operator index of subgraph 0: (params, fused activations) from its builtin options."""
+    try:
+        from tensorflow.lite.python import schema_py_generated as schema
+    except Exception:  # noqa: BLE001 - options are a bonus; capture works without them
+        return {}
+    out: dict[int, tuple[dict[str, Any], list[str]]] = {}
+    try:
+        model = schema.Model.GetRootAs(content, 0)
+        if model.SubgraphsLength() < 1:
+            return {}
+        sub = model.Subgraphs(0)
+        by_value = {
+            v: k
+            for k, v in vars(schema.BuiltinOptions).items()
+            if not k.startswith("_") and isinstance(v, int)
+        }
+        padding = {
+            v: k
+            for k, v in vars(schema.Padding).items()
+            if not k.startswith("_") and isinstance(v, int)
+        }
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            kind = by_value.get(op.BuiltinOptionsType())
+            table = op.BuiltinOptions()
+            cls = getattr(schema, kind, None) if kind and kind != "NONE" else None
+            if cls is None or table is None:
+                continue
+            opts = cls()
+            opts.Init(table.Bytes, table.Pos)
+            params: dict[str, Any] = {}
+            for acc, key in _OPTION_FIELDS.items():
+                f = getattr(opts, acc, None)
+                if callable(f):
+                    v = f()
+                    params[key] = padding.get(v, v) if key == "padding" else clean_attr(v)
+            fused = []
+            faf = getattr(opts, "FusedActivationFunction", None)
+            if callable(faf) and faf() in _ACTIVATIONS:
+                fused = [_ACTIVATIONS[faf()]]
+            out[i] = (params, fused)
+    except Exception:  # noqa: BLE001 - a flatbuffer we cannot read just gives no options
+        return out
+    return out

@@ -1,0 +1,521 @@
+"""The ``layerparity`` command: compare, capture, diff, weights, demo.
+
+Exit status (every subcommand):
+
+====  ==========================================================================
+0     every mapped layer within tolerance (``weights``: every weight equal;
+      ``capture``: archive written; ``demo``: it ran and found the planted bug)
+1     a divergence was found
+2     bad usage, or an input that cannot be used (one line on stderr, no traceback)
+3     a bug in layerparity ("layerparity bug: ..." on stderr)
+====  ==========================================================================
+
+Frameworks are imported only when a subcommand needs them, so ``layerparity
+--help`` and ``layerparity diff`` never import Caffe or TensorFlow. Run it as
+``layerparity ...`` or ``python -m layerparity.cli ...``. See docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
+
+from .errors import FrameworkMissingError, InputError, InternalError
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_BUG"]
+
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+PROG = "layerparity"
+
+
+class UsageError(InputError):
+    """Bad command-line usage found after parsing (e.g. --rtol without --atol)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(msg: str, limit: int = 2000) -> str:
+    s = " | ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def _add_tolerance(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tolerance (given together or not at all; default per dtype)")
+    g.add_argument("--rtol", type=float, metavar="R", help="relative tolerance, e.g. 1e-4")
+    g.add_argument("--atol", type=float, metavar="A", help="absolute tolerance, times max|caffe| of each layer, e.g. 1e-5")
+
+
+def _add_outputs(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reports")
+    g.add_argument("--json", metavar="OUT", help="write the JSON report here (docs/report-format.md)")
+    g.add_argument("--html", metavar="OUT", help="write a self-contained HTML report here")
+    g.add_argument("--max-rows", type=int, default=40, metavar="N", help="rows of the terminal table (default 40; 0: all)")
+
+
+def _add_preprocess(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image inputs (Caffe Transformer order: resize, CHW, swap, raw scale, mean, input scale)")
+    g.add_argument("--resize", nargs=2, type=int, metavar=("H", "W"), help="resize the image to H x W")
+    g.add_argument("--mean", nargs="+", type=float, metavar="V", help="per-channel mean to subtract, after the swap: B G R")
+    g.add_argument("--raw-scale", type=float, metavar="S", help="multiply the [0, 1] image by S (e.g. 255) before the mean")
+    g.add_argument("--input-scale", type=float, metavar="S", help="multiply by S after the mean")
+    g.add_argument("--swap-channels", type=_swap, metavar="2,1,0", help="channel order after loading RGB (2,1,0: to BGR)")
+
+
+def _swap(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated channel indices like 2,1,0, got {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(
+        prog=PROG,
+        description="Layer-by-layer parity between a Caffe net and its TensorFlow port.",
+        epilog="exit status: 0 within tolerance, 1 divergence found, 2 bad usage or input, 3 layerparity bug",
+    )
+    from . import __version__
+
+    ap.add_argument("--version", action="version", version=f"layerparity {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    c = sub.add_parser("compare", help="run both models on the same input(s) and compare every layer")
+    c.add_argument("--caffe-model", required=True, metavar="PROTOTXT", help="the Caffe net definition (deploy prototxt)")
+    c.add_argument("--caffe-weights", metavar="CAFFEMODEL", help="its trained weights (.caffemodel)")
+    c.add_argument("--tf-model", required=True, metavar="PATH", help=".keras/.h5 file, SavedModel dir, frozen .pb or .tflite")
+    c.add_argument("--input", required=True, action="append", metavar="FILE",
+                   help=".npy/.npz in NCHW, or an image; repeat for several inputs (each batch item is one input)")
+    c.add_argument("--mapping", metavar="FILE", help="YAML/JSON {caffe_layer: tf_layer} for layers names don't pair")
+    c.add_argument("--no-own-error", action="store_true", help="skip re-running each TF layer on the Caffe input")
+    _add_tolerance(c)
+    _add_outputs(c)
+    _add_preprocess(c)
+
+    k = sub.add_parser("capture", help="run ONE side on an input and write its trace archive (.npz)")
+    side = k.add_mutually_exclusive_group(required=True)
+    side.add_argument("--caffe-model", metavar="PROTOTXT")
+    side.add_argument("--tf-model", metavar="PATH")
+    k.add_argument("--caffe-weights", metavar="CAFFEMODEL")
+    k.add_argument("--input", required=True, metavar="FILE", help=".npy/.npz in NCHW, or an image")
+    k.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="the trace archive to write")
+    _add_preprocess(k)
+
+    d = sub.add_parser("diff", help="compare two trace archives (one Caffe, one TF) written by capture")
+    d.add_argument("archives", nargs=2, metavar="ARCHIVE.npz")
+    d.add_argument("--mapping", metavar="FILE")
+    _add_tolerance(d)
+    _add_outputs(d)
+
+    w = sub.add_parser("weights", help="weight parity only: is every Caffe blob in the TF model, in the right layout?")
+    w.add_argument("--caffe-model", required=True, metavar="PROTOTXT")
+    w.add_argument("--caffe-weights", required=True, metavar="CAFFEMODEL")
+    w.add_argument("--tf-model", required=True, metavar="PATH")
+    w.add_argument("--mapping", metavar="FILE")
+    w.add_argument("--json", metavar="OUT", help="write the weight report as JSON")
+
+    m = sub.add_parser("demo", help="run the bundled example (a port with one classic bug) and print the table")
+    m.add_argument("--fixed", action="store_true", help="compare against the corrected port instead (passes)")
+    _add_outputs(m)
+    return ap
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    term = stream.isatty()
+    return Console(file=stream, highlight=False, width=None if term else int(os.environ.get("COLUMNS", "160")))
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """Hide what native code writes to fd 2 while a framework is imported; show it if the import fails."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not ok:
+                tmp.seek(0)
+                sys.stderr.write(tmp.read().decode("utf-8", "replace")[-4000:])
+
+
+def _import_tf() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    with _quiet_fd2():
+        try:
+            import tensorflow  # noqa: F401
+        except Exception as e:  # noqa: BLE001
+            raise FrameworkMissingError(f"TensorFlow is needed and is not importable ({type(e).__name__}: {e})") from None
+
+
+def _prepare_tf_model(path: str) -> None:
+    """Import TF quietly; let Keras files that use layerparity's own layers (the demo's LRN) load."""
+    _import_tf()
+    if str(path).lower().endswith((".keras", ".h5", ".hdf5")):
+        from .demo import register_keras_objects
+
+        register_keras_objects()
+
+
+def _tolerance(args: argparse.Namespace) -> None:
+    if (args.rtol is None) != (args.atol is None):
+        given = "--rtol" if args.rtol is not None else "--atol"
+        missing = "--atol" if args.rtol is not None else "--rtol"
+        raise UsageError(f"{given} needs {missing} too: rtol and atol are given together or not at all")
+    from .metrics import check_tolerance_pair
+
+    check_tolerance_pair(args.rtol, args.atol)
+
+
+def _preprocess(args: argparse.Namespace) -> Any:
+    from .inputs import Preprocess
+
+    return Preprocess(
+        resize=tuple(args.resize) if args.resize else None,
+        mean=tuple(args.mean) if args.mean else None,
+        raw_scale=args.raw_scale,
+        input_scale=args.input_scale,
+        channel_swap=args.swap_channels,
+    )
+
+
+def _load_inputs(paths: Sequence[str], pre: Any) -> tuple[list[Any], list[str]]:
+    from .inputs import batch_size, load_input, split_batch
+
+    items, labels = [], []
+    for p in paths:
+        x = load_input(p, pre)
+        n = batch_size(x)
+        if n == 1:
+            items.append(x)
+            labels.append(p)
+        else:
+            items += split_batch(x)
+            labels += [f"{p}[{i}]" for i in range(n)]
+    return items, labels
+
+
+def _check_path(path: str | None, what: str, flag: str) -> None:
+    if path is not None and not os.path.exists(path):
+        raise UsageError(f"{flag} {path}: no such {what}")
+
+
+def _emit(report: Any, args: argparse.Namespace, title: str | None = None) -> None:
+    from .report import print_report, write_html, write_json
+
+    if not report.rows:
+        raise UsageError(
+            "no Caffe layer could be paired with a TF layer (names and structure differ); pass --mapping FILE"
+        )
+    max_rows = None if args.max_rows == 0 else args.max_rows
+    print_report(report, max_rows=max_rows, console=_console(), title=title)
+    if getattr(args, "json", None):
+        write_json(report, args.json)
+        print(f"JSON report: {args.json}")
+    if getattr(args, "html", None):
+        write_html(report, args.html)
+        print(f"HTML report: {args.html}")
+
+
+class _Probes:
+    """An iterable of probes with a ``source``; counts them for the progress display."""
+
+    def __init__(self, it: Iterator[Any], source: str, tick: Any = None) -> None:
+        self._it, self.source, self._tick = it, source, tick
+
+    def __iter__(self) -> Iterator[Any]:
+        for p in self._it:
+            if self._tick is not None:
+                self._tick(p)
+            yield p
+
+
+def compare_many(
+    caffe_model: str,
+    caffe_weights: str | None,
+    tf_model: Any,
+    items: Sequence[Any],
+    labels: Sequence[str],
+    *,
+    mapping: str | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    own_error: bool = True,
+    progress: bool = True,
+) -> Any:
+    """Open both models once, compare on every input (a Rich progress bar when more than one),
+    and return one report (:func:`~layerparity.report.aggregate_reports` over the inputs)."""
+    from .backends.caffe import CaffeBackend
+    from .backends.tensorflow import load_tf
+    from .compare import compare_traces
+    from .report import aggregate_reports
+
+    reports = []
+    with CaffeBackend(caffe_model, caffe_weights) as cb, load_tf(tf_model) as tb:
+        cw = _weights_or_none(cb)
+        tw = _weights_or_none(tb)
+        bar = _progress(len(items), enabled=progress)
+        with bar as (advance, note):
+            for x, label in zip(items, labels):
+                note(f"comparing on {os.path.basename(label)}")
+                rows = []
+                r = compare_traces(
+                    _Probes(cb.iter_capture(x), cb.source),
+                    _Probes(tb.iter_capture(x), tb.source),
+                    mapping=mapping, rtol=rtol, atol=atol, replay=tb if own_error else None,
+                    caffe_weights=cw, tf_weights=tw,
+                    on_row=lambda row: (rows.append(row), note(f"{os.path.basename(label)}: {row.caffe_layer}")),
+                )
+                reports.append(r)
+                advance()
+    return aggregate_reports(reports, labels)
+
+
+def _weights_or_none(backend: Any) -> Any:
+    try:
+        return backend.weights()
+    except NotImplementedError:
+        return None
+
+
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool = True) -> Iterator[tuple[Any, Any]]:
+    """A Rich progress bar on stderr over ``total`` inputs (a spinner for one input)."""
+    if not enabled:
+        yield (lambda: None), (lambda s: None)
+        return
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    except ImportError:
+        yield (lambda: None), (lambda s: None)
+        return
+    cols = [SpinnerColumn(), TextColumn("{task.description}")]
+    if total > 1:
+        cols += [BarColumn(), MofNCompleteColumn()]
+    cols.append(TimeElapsedColumn())
+    with Progress(*cols, console=_console(stderr=True), transient=True) as prog:
+        task = prog.add_task("starting", total=total)
+        yield (lambda: prog.advance(task)), (lambda s: prog.update(task, description=s))
+
+
+# -- subcommands ----------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    _tolerance(args)
+    _check_path(args.caffe_model, "prototxt file", "--caffe-model")
+    _check_path(args.caffe_weights, "caffemodel file", "--caffe-weights")
+    _check_path(args.tf_model, "TF model", "--tf-model")
+    _check_path(args.mapping, "mapping file", "--mapping")
+    if args.mapping:
+        from .align import load_mapping
+
+        load_mapping(args.mapping)  # fail fast, before any model runs
+    items, labels = _load_inputs(args.input, _preprocess(args))
+    _prepare_tf_model(args.tf_model)
+    report = compare_many(
+        args.caffe_model, args.caffe_weights, args.tf_model, items, labels,
+        mapping=args.mapping, rtol=args.rtol, atol=args.atol, own_error=not args.no_own_error,
+    )
+    _emit(report, args)
+    return EXIT_OK if report else EXIT_DIVERGED
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .inputs import load_input
+    from .trace import save_archive
+
+    if args.caffe_weights and not args.caffe_model:
+        raise UsageError("--caffe-weights goes with --caffe-model")
+    model = args.caffe_model or args.tf_model
+    flag = "--caffe-model" if args.caffe_model else "--tf-model"
+    _check_path(model, "model", flag)
+    _check_path(args.caffe_weights, "caffemodel file", "--caffe-weights")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"-o {args.output}: folder {out_dir} does not exist")
+    x = load_input(args.input, _preprocess(args))
+    if args.caffe_model:
+        from .backends.caffe import CaffeBackend
+
+        backend: Any = CaffeBackend(args.caffe_model, args.caffe_weights)
+    else:
+        from .backends.tensorflow import load_tf
+
+        _prepare_tf_model(args.tf_model)
+        backend = load_tf(args.tf_model)
+    count = [0]
+    with backend, _progress(1) as (advance, note):
+        feed = backend.normalize_inputs(x)
+
+        def tick(p: Any) -> None:
+            count[0] += 1
+            note(f"captured {count[0]} probes ({p.name})")
+
+        save_archive(args.output, backend.framework, backend.source, backend.meta(), feed,
+                     iter(_Probes(backend.iter_capture(feed), backend.source, tick)))
+        advance()
+    print(f"wrote {args.output}: {count[0]} {backend.framework} probes")
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .compare import compare_traces
+    from .trace import ArchiveReader
+
+    _tolerance(args)
+    _check_path(args.mapping, "mapping file", "--mapping")
+    sides: dict[str, str] = {}
+    for path in args.archives:
+        with ArchiveReader(path) as r:
+            fw = r.framework
+        if fw not in ("caffe", "tensorflow"):
+            raise UsageError(f"{path}: a trace of framework {fw!r}; diff needs one Caffe and one TensorFlow archive")
+        if fw in sides:
+            raise UsageError(f"{path} and {sides[fw]} are both {fw} traces; diff needs one Caffe and one TensorFlow archive")
+        sides[fw] = path
+    with _progress(1) as (advance, note):
+        report = compare_traces(
+            sides["caffe"], sides["tensorflow"], mapping=args.mapping, rtol=args.rtol, atol=args.atol,
+            on_row=lambda row: note(f"compared {row.caffe_layer}"),
+        )
+        advance()
+    _emit(report, args)
+    return EXIT_OK if report else EXIT_DIVERGED
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    import json
+
+    from .weights import weight_parity
+
+    _check_path(args.caffe_model, "prototxt file", "--caffe-model")
+    _check_path(args.caffe_weights, "caffemodel file", "--caffe-weights")
+    _check_path(args.tf_model, "TF model", "--tf-model")
+    mapping = None
+    if args.mapping:
+        _check_path(args.mapping, "mapping file", "--mapping")
+        from .align import load_mapping
+
+        mapping = load_mapping(args.mapping)
+    _prepare_tf_model(args.tf_model)
+    rep = weight_parity(args.caffe_model, args.caffe_weights, args.tf_model, mapping)
+    print(rep.to_text())
+    if args.json:
+        tmp = f"{args.json}.{os.getpid()}.partial"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(rep.to_dict(), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, args.json)
+        print(f"JSON report: {args.json}")
+    return EXIT_OK if rep else EXIT_DIVERGED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import demo
+
+    files = demo.files()
+    _prepare_tf_model(files.keras)
+    if args.fixed:
+        from .demo import _weights, build_keras_port
+
+        tf_model: Any = build_keras_port(_weights(), buggy=False)
+        what = "the corrected port (built in memory)"
+    else:
+        tf_model = files.keras
+        what = files.keras
+    console = _console()
+    console.print(f"Caffe:      {files.prototxt}\n            {files.caffemodel}\nTensorFlow: {what}\nInput:      {files.input}\n")
+    x = np.load(files.input)
+    report = compare_many(files.prototxt, files.caffemodel, tf_model, [x], [files.input])
+    _emit(report, args, title="layerparity demo: Caffe vs its TensorFlow port")
+    fd = report.first_divergence
+    if args.fixed:
+        console.print("\nThe corrected port matches Caffe layer by layer." if report else "\nUnexpected: the corrected port diverges.")
+        return EXIT_OK if report else EXIT_DIVERGED
+    if fd is not None and fd.caffe_layer == demo.BUG_LAYER:
+        console.print(
+            f"\nThe demo port has one deliberate bug, in {demo.BUG_LAYER}: Conv2D(strides=2, padding='same') "
+            "pads bottom/right only, Caffe pads 1 on every side.\nlayerparity found it. "
+            "`layerparity demo --fixed` runs the corrected port (ZeroPadding2D(1) + padding='valid')."
+        )
+        return EXIT_OK
+    console.print(f"\nUnexpected: the planted bug is in {demo.BUG_LAYER}, but the first divergence is "
+                  f"{fd.caffe_layer if fd else 'nowhere'}.")
+    return EXIT_DIVERGED
+
+
+_COMMANDS = {"compare": cmd_compare, "capture": cmd_capture, "diff": cmd_diff, "weights": cmd_weights, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, 1, 2 or 3)."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors exit 2 here, one line
+    try:
+        return _COMMANDS[args.command](args)
+    except (InputError, FrameworkMissingError) as e:
+        print(f"{PROG} {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except InternalError as e:
+        _bug(args.command, e)
+        return EXIT_BUG
+    except Exception as e:  # noqa: BLE001 - anything else is our bug, said briefly
+        _bug(args.command, e)
+        return EXIT_BUG
+
+
+def _bug(command: str, e: BaseException) -> None:
+    print(
+        f"{PROG} {command}: layerparity bug: {type(e).__name__}: {_one_line(str(e), 500)} "
+        "(please report it; set LAYERPARITY_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
+    if os.environ.get("LAYERPARITY_DEBUG"):
+        import traceback
+
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

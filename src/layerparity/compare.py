@@ -1,0 +1,624 @@
+"""The comparison engine: align two traces, stream their values, one row per aligned pair.
+
+>>> import numpy as np
+>>> from layerparity.trace import Probe, Trace
+>>> x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+>>> c = Trace("caffe", probes=[Probe("conv1", "Convolution", layout="NCHW", value=x)])
+>>> t = Trace("tensorflow", probes=[Probe("conv1", "Conv2D", layout="NHWC", value=x.transpose(0, 2, 3, 1))])
+>>> r = compare_traces(c, t)
+>>> bool(r), r.rows[0].max_abs_error
+(True, 0.0)
+
+Layouts are declared by the probes, never guessed: the TF value is transposed
+into the Caffe probe's layout (``NHWC -> NCHW``; ``flat:NHWC -> flat:NCHW``
+through ``flat_shape``; size-1 axes that only one side has, such as Caffe's
+``(N, C, 1, 1)`` against Keras' ``(N, C)``, are dropped or added). A pair whose
+shapes cannot be reconciled is a failing row with a note. A pair that would
+agree under some other permutation still fails: finding that permutation is the
+diagnosis' job, not a way to pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .align import Alignment, Pair, align
+from .errors import ArchiveError, InputDataError, InputError
+from .layout import axes_permutation, convert, is_flat
+from .metrics import ToleranceTable, compute_metrics, default_tolerance
+from .result import LayerResult, Metrics, Report, Tolerance
+from .trace import ArchiveReader, Probe, Trace, is_archive, save_archive
+
+__all__ = ["compare_traces", "compare_models", "relayout", "relayout_shape", "LayoutMismatch"]
+
+
+class LayoutMismatch(InputDataError):
+    """Two declared layouts/shapes cannot be reconciled without guessing."""
+
+
+# -- layouts -----------------------------------------------------------------------
+
+
+def relayout(x: np.ndarray, src: str, src_flat: tuple[int, ...] | None, dst: str,
+             dst_flat: tuple[int, ...] | None = None) -> np.ndarray:
+    """Re-express ``x`` (declared ``src``) in the declared layout ``dst``.
+
+    Only transposes (via :func:`layerparity.layout.convert`) and insertion or
+    removal of size-1 axes that one layout names and the other does not. Raises
+    :class:`LayoutMismatch` when that is not enough.
+
+    >>> relayout(np.zeros((2, 7)), "NC", None, "NCHW").shape
+    (2, 7, 1, 1)
+    >>> relayout(np.zeros((2, 1, 1, 7)), "NHWC", None, "NC").shape
+    (2, 7)
+    """
+    x = np.asarray(x)
+    if not src or not dst or src == dst:
+        if src == dst and is_flat(src) and src_flat and dst_flat and tuple(src_flat) != tuple(dst_flat):
+            raise LayoutMismatch(f"flattened from {tuple(src_flat)} vs {tuple(dst_flat)} (both {src})")
+        return x
+    if is_flat(src) and is_flat(dst):
+        if src_flat is None:
+            raise LayoutMismatch(f"layout {src!r} without flat_shape cannot be converted to {dst!r}")
+        s_in, d_in = src[5:].replace("N", ""), dst[5:].replace("N", "")
+        if sorted(s_in) != sorted(d_in) or len(src_flat) != len(s_in):
+            raise LayoutMismatch(f"cannot convert {src!r} (flat_shape {tuple(src_flat)}) to {dst!r}")
+        moved = tuple(src_flat[i] for i in axes_permutation(s_in, d_in))
+        if dst_flat is not None and tuple(dst_flat) != moved:
+            raise LayoutMismatch(
+                f"flattened shapes differ: {src} {tuple(src_flat)} is {moved} in {dst[5:]}, "
+                f"the reference flattened {tuple(dst_flat)}"
+            )
+        try:
+            return convert(x, src, dst, tuple(src_flat))
+        except (ValueError, InputError) as e:
+            raise LayoutMismatch(str(e)) from None
+    if is_flat(src) or is_flat(dst):
+        flat, flat_shape, other = (src, src_flat, dst) if is_flat(src) else (dst, dst_flat, src)
+        inner = flat[5:].replace("N", "")
+        if other == "NC" and flat_shape is not None and "C" in inner and all(
+            d == 1 for a, d in zip(inner, flat_shape) if a != "C"
+        ):
+            return x  # (N, C) either way: nothing spatial to reorder
+        raise LayoutMismatch(f"cannot reconcile {src!r} with {dst!r} (flat_shape {tuple(flat_shape) if flat_shape else None})")
+    if x.ndim != len(src):
+        raise LayoutMismatch(f"a {x.ndim}-D array {x.shape} cannot be in layout {src!r}")
+    if len(set(src)) != len(src) or len(set(dst)) != len(dst):
+        raise LayoutMismatch(f"layouts {src!r} / {dst!r} repeat an axis label")
+    labels = src
+    extra = [a for a in src if a not in dst]
+    if extra:
+        axes = tuple(src.index(a) for a in extra)
+        if any(x.shape[i] != 1 for i in axes):
+            raise LayoutMismatch(
+                f"shape {x.shape} in {src!r} has non-unit axes {''.join(extra)} that {dst!r} does not have"
+            )
+        x = np.squeeze(x, axis=axes)
+        labels = "".join(a for a in src if a not in extra)
+    missing = [a for a in dst if a not in labels]
+    if missing:
+        x = x.reshape(x.shape + (1,) * len(missing))  # appending unit axes moves no data
+        labels = labels + "".join(missing)
+    return np.transpose(x, axes_permutation(labels, dst)) if labels != dst else x
+
+
+def relayout_shape(shape: tuple[int, ...], src: str, src_flat: tuple[int, ...] | None, dst: str,
+                   dst_flat: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The shape :func:`relayout` would return, without any data."""
+    dummy = np.broadcast_to(np.zeros((), np.float32), tuple(shape))
+    if is_flat(src) and is_flat(dst):
+        relayout(np.zeros((1, int(np.prod(src_flat or (0,)))), np.float32), src, src_flat, dst, dst_flat)
+        return tuple(shape)
+    return tuple(relayout(dummy, src, src_flat, dst, dst_flat).shape)
+
+
+# -- sources ------------------------------------------------------------------------
+
+
+class _Side:
+    """One trace being compared: metadata up front, values streamed in order."""
+
+    def __init__(self, obj: Any, framework: str, tmpdir: Callable[[], str]) -> None:
+        self.framework = framework
+        self.reader: ArchiveReader | None = None
+        self.trace: Trace | None = None
+        self.spooled = False
+        if isinstance(obj, Trace):
+            self.trace = obj
+            self.source = obj.source
+            self.metas = [p.without_value() for p in obj]
+        elif isinstance(obj, (str, os.PathLike)):
+            path = os.fspath(obj)
+            if not os.path.exists(path):
+                raise ArchiveError(f"{path}: no such trace archive")
+            self.reader = ArchiveReader(path)
+            self.source = self.reader.source or path
+            self.metas = self.reader.probe_metas()
+        elif isinstance(obj, Iterable) and not isinstance(obj, (bytes, Mapping, np.ndarray)):
+            # A live stream: structural alignment needs both graphs before the first
+            # comparison, so spool it to a temporary archive (one value in memory at a time).
+            path = os.path.join(tmpdir(), f"{framework}.npz")
+            source = getattr(obj, "source", "") or f"<{framework} stream>"
+            save_archive(path, framework, source, {}, {}, _checked_probes(obj, framework))
+            self.reader = ArchiveReader(path)
+            self.source = source
+            self.metas = self.reader.probe_metas()
+            self.spooled = True
+        else:
+            raise InputError(
+                f"{framework} side: expected a Trace, a trace archive path or an iterable of Probes, "
+                f"got {type(obj).__name__}"
+            )
+        self.by_name = {p.name: p for p in self.metas}
+
+    def values(self) -> Iterator[Probe]:
+        if self.trace is not None:
+            return iter(self.trace)
+        assert self.reader is not None
+        return self.reader.iter_probes()
+
+    def value(self, name: str) -> np.ndarray | None:
+        if self.trace is not None:
+            return self.trace[name].value if name in self.trace else None
+        assert self.reader is not None
+        try:
+            return self.reader.probe(name).value
+        except KeyError:
+            return None
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+def _checked_probes(it: Iterable[Any], framework: str) -> Iterator[Probe]:
+    for p in it:
+        if not isinstance(p, Probe):
+            raise InputError(f"{framework} stream: expected Probe objects, got {type(p).__name__}")
+        yield p
+
+
+# -- the engine ---------------------------------------------------------------------
+
+
+def compare_traces(
+    caffe: Trace | str | os.PathLike[str] | Iterable[Probe],
+    tf: Trace | str | os.PathLike[str] | Iterable[Probe],
+    *,
+    mapping: Mapping[str, str] | str | os.PathLike[str] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerances: Mapping[str, Any] | None = None,
+    replay: Any = None,
+    diagnose: bool = True,
+    caffe_weights: Mapping[str, list[np.ndarray]] | None = None,
+    tf_weights: Mapping[str, list[np.ndarray]] | None = None,
+    on_row: Callable[[LayerResult], None] | None = None,
+) -> Report:
+    """Compare a Caffe trace with a TF trace layer by layer.
+
+    ``caffe``/``tf``: :class:`Trace` objects, trace archive paths (streamed with
+    :class:`ArchiveReader`) or iterables of probes (live streams). ``mapping``:
+    explicit ``{caffe_layer: tf_name}`` or a YAML/JSON file (see
+    :func:`layerparity.align.load_mapping`). ``rtol``/``atol``: together or not at
+    all; default per dtype (:data:`layerparity.metrics.DEFAULT_TOLERANCES`).
+    ``tolerances``: per-layer overrides ``{"conv5*": (rtol, atol)}``.
+    ``replay``: a backend able to run one TF layer on the Caffe input (own error).
+    ``on_row`` is called with each row as soon as it is computed.
+
+    Rows come in Caffe graph order. ``Report.first_divergence`` is the first row
+    whose own error (where measured, else total error) breaks tolerance; failing
+    rows downstream of it in the Caffe graph get ``contaminated_by``.
+    """
+    table = ToleranceTable(rtol, atol, tolerances)
+    tmp: list[str] = []
+
+    def tmpdir() -> str:
+        if not tmp:
+            tmp.append(tempfile.mkdtemp(prefix="layerparity-"))
+        return tmp[0]
+
+    sides: list[_Side] = []
+    try:
+        cs = _Side(caffe, "caffe", tmpdir)
+        sides.append(cs)
+        ts = _Side(tf, "tensorflow", tmpdir)
+        sides.append(ts)
+        alignment = align(cs.metas, ts.metas, mapping, caffe_value=cs.value, tf_value=ts.value)
+        engine = _Engine(cs, ts, alignment, table, replay, diagnose, caffe_weights, tf_weights, on_row)
+        return engine.run()
+    finally:
+        for s in sides:
+            s.close()
+        if tmp:
+            shutil.rmtree(tmp[0], ignore_errors=True)
+
+
+class _Engine:
+    def __init__(self, cs: _Side, ts: _Side, alignment: Alignment, table: ToleranceTable, replay: Any,
+                 diagnose: bool, caffe_weights: Any, tf_weights: Any, on_row: Any) -> None:
+        self.cs, self.ts, self.al, self.table = cs, ts, alignment, table
+        self.replay = replay
+        self.diag_fn = _diagnose_hook() if diagnose else None
+        self.cw = dict(caffe_weights or {})
+        self.tw = dict(tf_weights or {})
+        self.on_row = on_row
+        self.pairs = alignment.pairs
+        # who needs which value, and until when
+        self.tf_need: dict[str, list[int]] = {}
+        self.c_until: dict[str, int] = {}
+        keep_inputs = replay is not None or self.diag_fn is not None
+        for k, p in enumerate(self.pairs):
+            self.tf_need.setdefault(p.tf, []).append(k)
+            self.c_until[p.caffe] = max(self.c_until.get(p.caffe, -1), k)
+            if keep_inputs:
+                for i in cs.by_name[p.caffe_chain[0]].inputs:
+                    if i in cs.by_name:
+                        self.c_until[i] = max(self.c_until.get(i, -1), k)
+        self.c_held: dict[str, Probe] = {}
+        self.t_held: dict[str, Probe] = {}
+        self.max_held = 0
+        self.max_held_bytes = 0
+
+    # streaming bookkeeping ----------------------------------------------------------
+    def _account(self) -> None:
+        held = list(self.c_held.values()) + list(self.t_held.values())
+        self.max_held = max(self.max_held, len(held))
+        nbytes = sum(p.value.nbytes for p in held if p.value is not None)
+        self.max_held_bytes = max(self.max_held_bytes, nbytes)
+
+    def _pull_caffe(self, it: Iterator[Probe], name: str, k: int) -> Probe | None:
+        while name not in self.c_held:
+            p = next(it, None)
+            if p is None:
+                return None
+            if self.c_until.get(p.name, -1) >= k:
+                self.c_held[p.name] = p
+                self._account()
+        return self.c_held[name]
+
+    def _pull_tf(self, it: Iterator[Probe], name: str, k: int) -> Probe | None:
+        while name not in self.t_held:
+            p = next(it, None)
+            if p is None:
+                return None
+            if any(j >= k for j in self.tf_need.get(p.name, [])):
+                self.t_held[p.name] = p
+                self._account()
+        return self.t_held[name]
+
+    def _release(self, k: int) -> None:
+        for n in [n for n in self.c_held if self.c_until.get(n, -1) <= k]:
+            del self.c_held[n]
+        for n in [n for n in self.t_held if all(j <= k for j in self.tf_need.get(n, []))]:
+            del self.t_held[n]
+
+    # main loop -------------------------------------------------------------------
+    def run(self) -> Report:
+        c_it, t_it = self.cs.values(), self.ts.values()
+        rows: list[LayerResult] = []
+        first: LayerResult | None = None
+        fallback: tuple[LayerResult, Probe, Probe | None, list[np.ndarray] | None] | None = None
+        for k, pair in enumerate(self.pairs):
+            cp = self._pull_caffe(c_it, pair.caffe, k)
+            tp = self._pull_tf(t_it, pair.tf, k)
+            cin = self._caffe_inputs(pair)
+            row = self._row(pair, cp, tp, cin)
+            rows.append(row)
+            own_bad = row.own is not None and not row.own.passed
+            total_bad = not row.passed
+            if first is None and (own_bad or (row.own is None and total_bad)):
+                first = row
+                self._diagnose(row, pair, cp, tp, cin, rows)
+            elif own_bad:
+                self._diagnose(row, pair, cp, tp, cin, rows)
+            elif first is None and fallback is None and total_bad and cp is not None:
+                fallback = (row, cp, tp, cin)
+            if self.on_row is not None:
+                self.on_row(row)
+            self._release(k)
+        first_by = "own" if first is not None and first.own is not None else "total"
+        if first is None and fallback is not None:
+            # every failing row passed its own error: the divergence comes from something
+            # the alignment could not see (an unmapped TF-only layer). Name the first failure.
+            first = fallback[0]
+            first_by = "total (own error passed everywhere)"
+            self._diagnose(first, self.pairs[rows.index(first)], fallback[1], fallback[2], fallback[3], rows)
+        if first is not None:
+            self._contaminate(rows, first)
+        tol = self.table.global_tol or default_tolerance(np.float32)
+        meta = {
+            "alignment": self.al.counts(),
+            "absorbed": dict(self.al.absorbed),
+            "mapping": self.al.mapping_source,
+            "streaming": {"max_held_values": self.max_held, "max_held_bytes": self.max_held_bytes},
+        }
+        if first is not None:
+            meta["first_divergence_by"] = first_by
+        unused = self.table.unused_patterns([n for p in self.pairs for n in [*p.caffe_chain, p.tf]])
+        if unused:
+            meta["unused_tolerance_patterns"] = unused
+        return Report(
+            rows=rows,
+            unmapped_caffe=list(self.al.unmapped_caffe),
+            unmapped_tf=list(self.al.unmapped_tf),
+            tolerance=tol,
+            first_divergence=first,
+            caffe_source=self.cs.source,
+            tf_source=self.ts.source,
+            meta=meta,
+        )
+
+    def _caffe_inputs(self, pair: Pair) -> list[np.ndarray] | None:
+        names = [i for i in self.cs.by_name[pair.caffe_chain[0]].inputs if i in self.cs.by_name]
+        vals = []
+        for n in names:
+            p = self.c_held.get(n)
+            if p is None or p.value is None:
+                return None
+            vals.append(p.value)
+        return vals
+
+    def _row(self, pair: Pair, cp: Probe | None, tp: Probe | None, cin: list[np.ndarray] | None) -> LayerResult:
+        cm = self.cs.by_name[pair.caffe]
+        tm = self.ts.by_name.get(pair.tf)
+        notes: list[str] = []
+        if pair.note:
+            notes.append(pair.note)
+        if len(pair.caffe_chain) > 1:
+            notes.append("chain " + "+".join(pair.caffe_chain))
+        row = LayerResult(
+            caffe_layer=pair.caffe,
+            caffe_blob=cm.blob,
+            tf_layer=pair.tf,
+            caffe_kind=cm.kind,
+            tf_kind=tm.kind if tm else "",
+            caffe_chain=list(pair.caffe_chain),
+            caffe_shape=tuple(cm.shape),
+            tf_shape=tuple(tm.shape) if tm else (),
+        )
+        dtypes = [d for d in (cm.dtype, tm.dtype if tm else "") if d]
+        row.tolerance = self.table.for_layer([*reversed(pair.caffe_chain), pair.tf], *(dtypes or ["float32"]))
+        if cp is None or cp.value is None:
+            notes.append(f"no Caffe value for {pair.caffe!r}")
+        elif tp is None or tp.value is None:
+            notes.append(f"no TF value for {pair.tf!r}")
+        else:
+            got, note = self._to_caffe(tp.value, tm or tp, cm)
+            if got is None:
+                notes.append(note)
+            else:
+                row.metrics = compute_metrics(cp.value, got, row.tolerance)
+                if self.replay is not None:
+                    own, onote = self._own(pair, cp, cm, tm or tp, cin, row.tolerance)
+                    row.own = own
+                    if onote:
+                        notes.append(onote)
+        row.note = "; ".join(n for n in notes if n)
+        return row
+
+    def _to_caffe(self, value: np.ndarray, tm: Probe, cm: Probe) -> tuple[np.ndarray | None, str]:
+        try:
+            got = relayout(value, tm.layout, tm.flat_shape, cm.layout, cm.flat_shape)
+        except LayoutMismatch as e:
+            return None, (f"layout mismatch: caffe {tuple(cm.shape)} in {cm.layout or 'as is'} vs "
+                          f"tf {tuple(np.shape(value))} in {tm.layout or 'as is'}: {e}")
+        if tuple(got.shape) != tuple(cm.shape):
+            how = f" (as {cm.layout} {tuple(got.shape)})" if tm.layout != cm.layout and cm.layout and tm.layout else ""
+            return None, (f"shape mismatch: caffe {tuple(cm.shape)}{' in ' + cm.layout if cm.layout else ''} vs "
+                          f"tf {tuple(np.shape(value))}{' in ' + tm.layout if tm.layout else ''}{how}")
+        return got, ""
+
+    def _own(self, pair: Pair, cp: Probe, cm: Probe, tm: Probe, cin: list[np.ndarray] | None,
+             tol: Tolerance) -> tuple[Metrics | None, str]:
+        if pair.how == "identity":
+            return None, ""
+        if len(pair.tf_group) > 1:
+            return None, ""  # a group of TF ops: no single op to re-run
+        try:
+            if not self.replay.can_replay(pair.tf):
+                return None, ""
+        except Exception as e:  # noqa: BLE001 - a backend question must not sink the comparison
+            return None, f"own error not measured ({type(e).__name__}: {e})"
+        c0 = self.cs.by_name[pair.caffe_chain[0]]
+        cnames = [i for i in c0.inputs if i in self.cs.by_name]
+        tnames = list(tm.inputs)
+        if cin is None or len(cnames) != len(tnames) or not cnames:
+            return None, f"own error not measured: {len(cnames)} Caffe input(s) vs {len(tnames)} TF input(s)"
+        feed = []
+        for cn, tn, v in zip(cnames, tnames, cin):
+            cmeta = self.cs.by_name[cn]
+            tmeta = self.ts.by_name.get(tn)
+            if tmeta is None:
+                return None, f"own error not measured: TF input {tn!r} is not in the TF trace"
+            try:
+                x = relayout(v, cmeta.layout, cmeta.flat_shape, tmeta.layout, tmeta.flat_shape)
+            except LayoutMismatch as e:
+                return None, f"own error not measured: Caffe input {cn!r} does not fit TF input {tn!r} ({e})"
+            if tmeta.shape and tuple(x.shape) != tuple(tmeta.shape):
+                return None, (f"own error not measured: Caffe input {cn!r} is {tuple(x.shape)} in {tmeta.layout}, "
+                              f"TF input {tn!r} is {tuple(tmeta.shape)}")
+            feed.append(np.ascontiguousarray(x))
+        try:
+            out = self.replay.replay(pair.tf, feed)
+        except InputError as e:
+            return None, f"own error not measured ({e})"
+        got, note = self._to_caffe(np.asarray(out), tm, cm)
+        if got is None:
+            return None, "own error: " + note
+        return compute_metrics(cp.value, got, tol), ""
+
+    def _diagnose(self, row: LayerResult, pair: Pair, cp: Probe | None, tp: Probe | None,
+                  cin: list[np.ndarray] | None, rows: list[LayerResult]) -> None:
+        if self.diag_fn is None or cp is None or tp is None:
+            return
+        fn, ctx_cls = self.diag_fn
+        c0 = pair.caffe_chain[0]
+        cmeta0 = self.cs.by_name[c0]
+        cw = self.cw.get(cmeta0.layer, self.cw.get(c0))
+        tm = self.ts.by_name.get(pair.tf)
+        tw = None
+        if tm is not None:
+            tw = self.tw.get(tm.layer, self.tw.get(pair.tf))
+        ctx = None
+        if ctx_cls is not None:
+            probes = {n: self.c_held.get(n) or self.cs.by_name[n] for n in pair.caffe_chain}
+            ctx = ctx_cls(
+                rows=list(rows),
+                caffe_probes=probes,
+                caffe_weights={n: self.cw[self.cs.by_name[n].layer] for n in pair.caffe_chain
+                               if self.cs.by_name[n].layer in self.cw},
+                tolerance=row.tolerance,
+            )
+        try:
+            out = fn(row, cp, tp, cin, cw, tw, ctx)
+        except InputError as e:
+            row.note = "; ".join(x for x in (row.note, f"diagnosis skipped ({e})") if x)
+            return
+        row.diagnoses = list(out or [])
+
+    def _contaminate(self, rows: list[LayerResult], first: LayerResult) -> None:
+        down: set[str] = set(first.caffe_chain)
+        for p in self.cs.metas:  # Caffe order is topological: one forward sweep finds descendants
+            if any(i in down for i in p.inputs):
+                down.add(p.name)
+        start = rows.index(first)
+        for r in rows[start + 1:]:
+            if not r.passed and r.caffe_chain and r.caffe_chain[0] in down:
+                r.contaminated_by = first.caffe_layer
+
+
+def _diagnose_hook() -> tuple[Callable[..., Any], Any] | None:
+    """``layerparity.diagnose.diagnose`` if it exists (written separately), else None."""
+    for modname in ("layerparity.diagnose", "layerparity.diagnosis"):
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name in (modname, *modname.split(".")[:1]) or e.name == modname:
+                continue
+            raise
+        fn = getattr(mod, "diagnose", None)
+        if callable(fn):
+            return fn, getattr(mod, "DiagnosisContext", None)
+    return None
+
+
+# -- models -------------------------------------------------------------------------
+
+
+def compare_models(
+    caffe_model: Any,
+    tf_model: Any,
+    inputs: Mapping[str, np.ndarray] | np.ndarray,
+    *,
+    caffe_weights: Any = None,
+    mapping: Mapping[str, str] | str | os.PathLike[str] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerances: Mapping[str, Any] | None = None,
+    own_error: bool = True,
+    diagnose: bool = True,
+    **kw: Any,
+) -> Report:
+    """Run both models on ``inputs`` (NCHW, Caffe's layout), capture and compare.
+
+    ``caffe_model``: a prototxt path (with ``caffe_weights``: a .caffemodel), a live
+    ``caffe.Net`` or a Caffe trace archive. ``tf_model``: anything
+    :func:`layerparity.backends.tensorflow.load_tf` accepts (Keras model,
+    ``.keras``/``.h5``, SavedModel dir, frozen GraphDef, TFLite...) or a TF trace
+    archive. With ``own_error`` (default) each TF layer that the TF backend can
+    re-run alone is also fed the Caffe input of its counterpart. Extra keywords
+    go to :func:`compare_traces` (``on_row``) or, prefixed ``tf_``/``caffe_``
+    (``tf_safe_mode=...``), to the backend constructors.
+    """
+    engine_kw = {k: kw.pop(k) for k in ("on_row",) if k in kw}
+    tf_kw = {k[3:]: kw.pop(k) for k in list(kw) if k.startswith("tf_")}
+    caffe_kw = {k[6:]: kw.pop(k) for k in list(kw) if k.startswith("caffe_")}
+    if kw:
+        raise TypeError(f"compare_models() got unexpected keyword argument(s) {sorted(kw)}")
+    check = ToleranceTable(rtol, atol, tolerances)  # fail fast on bad tolerances, before running anything
+    del check
+    opened: list[Any] = []
+    try:
+        if _is_archive_path(caffe_model):
+            c_side: Any = os.fspath(caffe_model)
+            cw = None
+        else:
+            from .backends.base import Backend
+
+            if isinstance(caffe_model, Backend):
+                cb = caffe_model  # the caller's: not ours to close
+            elif isinstance(caffe_model, (str, os.PathLike)):
+                from .backends.caffe import CaffeBackend
+
+                cb = CaffeBackend(caffe_model, caffe_weights, **caffe_kw)
+                opened.append(cb)
+            elif type(caffe_model).__name__ == "Net":  # a live caffe.Net
+                from .backends.caffe import CaffeBackend
+
+                cb = CaffeBackend.from_net(caffe_model, **caffe_kw)
+                opened.append(cb)
+            else:
+                raise InputError(
+                    f"caffe_model: expected a prototxt path, a caffe.Net, a Caffe backend or a trace archive, "
+                    f"got {type(caffe_model).__name__}"
+                )
+            c_side = _Stream(cb.iter_capture(inputs), cb.source)
+            cw = _safe_weights(cb) if diagnose else None
+        replay = None
+        if _is_archive_path(tf_model):
+            t_side: Any = os.fspath(tf_model)
+            tw = None
+        else:
+            from .backends.base import Backend
+
+            if isinstance(tf_model, Backend):
+                tb = tf_model
+            else:
+                from .backends.tensorflow import load_tf
+
+                tb = load_tf(tf_model, **tf_kw)
+                opened.append(tb)
+            t_side = _Stream(tb.iter_capture(inputs), tb.source)
+            tw = _safe_weights(tb) if diagnose else None
+            replay = tb if own_error else None
+        return compare_traces(
+            c_side, t_side, mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances, replay=replay,
+            diagnose=diagnose, caffe_weights=cw, tf_weights=tw, **engine_kw,
+        )
+    finally:
+        for b in reversed(opened):
+            try:
+                b.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the real error
+                print(f"layerparity: closing {type(b).__name__} failed: {sys.exc_info()[1]}", file=sys.stderr)
+
+
+class _Stream:
+    """An iterable of probes with a ``source`` (so the spooled archive keeps it)."""
+
+    def __init__(self, it: Iterator[Probe], source: str) -> None:
+        self._it, self.source = it, source
+
+    def __iter__(self) -> Iterator[Probe]:
+        return iter(self._it)
+
+
+def _safe_weights(backend: Any) -> dict[str, list[np.ndarray]] | None:
+    try:
+        return backend.weights()
+    except NotImplementedError:
+        return None
+
+
+def _is_archive_path(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike)) and os.path.isfile(x) and str(x).endswith(".npz") and is_archive(x)
+

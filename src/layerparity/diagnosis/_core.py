@@ -1,0 +1,272 @@
+"""Shared machinery of the diagnosis rules: the case under study and small helpers.
+
+A :class:`Case` holds one divergent layer: the Caffe value ``y`` (the reference,
+NCHW), the TF value ``t`` converted to Caffe's layout (``None`` when the shapes
+cannot be reconciled), the Caffe bottoms ``x``, both sides' parameters and
+weights, and ``r0``: how far ``t`` is from ``y`` (max abs difference over the
+layer's scale). A rule proposes a hypothesis ``cand`` (what TF would output if
+the port had bug B) and :meth:`Case.explains` says whether ``t`` matches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..kinds import canonical_kind
+from ..layout import convert
+from ..result import Diagnosis, LayerResult, Tolerance
+from ..trace import Probe
+
+#: A hypothesis is confirmed when it reproduces the TF output to this fraction of
+#: the layer's scale (float32 noise of a small layer is ~1e-6) ...
+CONFIRM_RTOL = 1e-4
+#: ... and explains at least this much more than "TF == Caffe" does.
+CONFIRM_GAIN = 0.1
+
+#: Confidence levels: proof by recomputation or by the weights themselves ranks
+#: above an exact data relation, which ranks above a fingerprint.
+CONF_WEIGHTS = 0.97
+CONF_RECOMPUTED = 0.95
+CONF_EXACT = 0.9
+CONF_FORMULA = 0.85  # a shape explained by the size formula
+CONF_FINGERPRINT = 0.6
+CONF_UNKNOWN = 0.1
+
+
+_ACTIVATIONS = ("ReLU", "ReLU6", "Sigmoid", "TanH")
+
+
+class DiagnosisInputError(InputError):
+    """diagnose() was given something it cannot use (wrong types, unusable arrays)."""
+
+
+@dataclass
+class DiagnosisContext:
+    """What the engine knows beyond the one row.
+
+    rows
+        The report's rows up to and including this one (Caffe graph order), for
+        rules that need the whole picture (``precision_drift``).
+    caffe_probes
+        Caffe probes (values optional) by name, for the kinds of a fused chain
+        (``BatchNorm`` + ``Scale`` held against one Keras BatchNormalization).
+    caffe_weights
+        Caffe params of other layers by name (the chain's members).
+    tolerance
+        The tolerance the row was judged with.
+    """
+
+    rows: list[LayerResult] = field(default_factory=list)
+    caffe_probes: dict[str, Probe] = field(default_factory=dict)
+    caffe_weights: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    tolerance: Tolerance | None = None
+
+
+def hw(params: dict[str, Any], key: str, default: int) -> tuple[int, int]:
+    """A Caffe ``[h, w]`` field (int, list of 1 or 2, or missing) as a pair of ints."""
+    v = params.get(key, default)
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        v = default
+    if isinstance(v, (list, tuple)):
+        v = [int(a) for a in v]
+        return (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
+    return int(v), int(v)
+
+
+def fnum(v: Any, default: float | None = None) -> float | None:
+    try:
+        if isinstance(v, (list, tuple)):
+            v = v[0]
+        return float(v)
+    except (TypeError, ValueError, IndexError):
+        return default
+
+
+def f64(a: Any) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def rnd(x: float, n: int = 6) -> float:
+    x = float(x)
+    if not np.isfinite(x) or x == 0:
+        return x
+    return float(f"{x:.{n}g}")
+
+
+class Case:
+    """One layer under diagnosis (see the module docstring)."""
+
+    def __init__(
+        self,
+        row: LayerResult,
+        cp: Probe,
+        tp: Probe,
+        caffe_inputs: Sequence[np.ndarray] | None,
+        caffe_weights: Any,
+        tf_weights: Sequence[np.ndarray] | None,
+        ctx: DiagnosisContext,
+    ) -> None:
+        self.row, self.cp, self.tp, self.ctx = row, cp, tp, ctx
+        self.cparams = dict(cp.params or {})
+        self.tparams = dict(tp.params or {})
+        self.ckind_raw = cp.kind or row.caffe_kind
+        self.tkind_raw = tp.kind or row.tf_kind
+        self.ckind = canonical_kind(self.ckind_raw, self.cparams) if self.ckind_raw else ""
+        self.tkind = canonical_kind(self.tkind_raw, self.tparams) if self.tkind_raw else ""
+        self.y = f64(cp.value)
+        self.t_raw = f64(tp.value)
+        self.x = [f64(a) for a in caffe_inputs] if caffe_inputs is not None else []
+        self.chain = list(row.caffe_chain) or [cp.layer]
+        # weights: a list for the chain's first layer, or a dict layer -> list
+        self.cw_chain: dict[str, list[np.ndarray]] = {
+            str(k): [f64(a) for a in v] for k, v in (ctx.caffe_weights or {}).items()
+        }
+        if isinstance(caffe_weights, dict):
+            for k, v in caffe_weights.items():
+                self.cw_chain[str(k)] = [f64(a) for a in v]
+        elif caffe_weights is not None:
+            self.cw_chain.setdefault(self.chain[0], [f64(a) for a in caffe_weights])
+        self.cw = self.cw_chain.get(cp.layer) or self.cw_chain.get(cp.name) or (
+            self.cw_chain.get(self.chain[0], []) if len(self.chain) == 1 else [])
+        self.tw = [np.asarray(a) for a in tf_weights] if tf_weights is not None else []
+        self.chain_kinds = [self._kind_of(n) for n in self.chain]
+        # the chain's primary layer is its first (conv in conv+relu, BatchNorm in BatchNorm+Scale);
+        # the rules study it, and candidates get the chain's trailing activations applied
+        self.primary = self.chain[0]
+        if self.primary not in (cp.layer, cp.name):
+            pk = self.chain_kinds[0]
+            if pk:
+                self.ckind_raw = pk
+                self.cparams = self.cparams_of(self.primary)
+                self.ckind = canonical_kind(pk, self.cparams)
+        self.tail = [(n, k) for n, k in zip(self.chain[1:], self.chain_kinds[1:]) if k in _ACTIVATIONS]
+        self.t = self._tf_in_caffe_layout()
+        scale = float(np.max(np.abs(self.y[np.isfinite(self.y)]), initial=0.0))
+        if self.t is not None:
+            tf_ = self.t[np.isfinite(self.t)]
+            scale = max(scale, float(np.max(np.abs(tf_), initial=0.0)))
+        self.scale = scale if scale > 0 else 1.0
+        self.r0 = self.resid(self.y) if self.t is not None else float("inf")
+        self.ruled_out: list[str] = []
+        self.evidence_extra: dict[str, Any] = {}
+
+    # -- setup ---------------------------------------------------------------------
+    def _kind_of(self, name: str) -> str:
+        if name == self.cp.layer or name == self.cp.name:
+            return self.cp.kind or self.row.caffe_kind
+        p = self.ctx.caffe_probes.get(name)
+        return p.kind if p is not None else ""
+
+    def _tf_in_caffe_layout(self) -> np.ndarray | None:
+        try:
+            from ..compare import relayout  # the engine's own conversion, when present
+        except ImportError:  # pragma: no cover - compare.py is part of the package
+            relayout = None
+        cl, tl = self.cp.layout, self.tp.layout
+        t = self.t_raw
+        try:
+            if relayout is not None:
+                t = f64(relayout(t, tl, self.tp.flat_shape, cl, self.cp.flat_shape))
+            elif cl and tl and cl != tl:
+                t = convert(t, tl, cl, self.tp.flat_shape)
+        except (ValueError, InputError):
+            return None
+        if t.shape != self.y.shape:
+            return None
+        return t
+
+    def kind_of(self, name: str) -> str:
+        return self._kind_of(name)
+
+    def chain_has(self, *raw_kinds: str) -> str | None:
+        """The first chain member whose Caffe type is one of ``raw_kinds``."""
+        for n, k in zip(self.chain, self.chain_kinds):
+            if k in raw_kinds:
+                return n
+        return None
+
+    def cparams_of(self, name: str) -> dict[str, Any]:
+        if name in (self.cp.layer, self.cp.name):
+            return dict(self.cp.params or {})
+        p = self.ctx.caffe_probes.get(name)
+        return dict(p.params or {}) if p is not None else {}
+
+    # -- measuring -----------------------------------------------------------------
+    def resid(self, cand: np.ndarray | None, target: np.ndarray | None = None) -> float:
+        """max |cand - target| / scale (target defaults to the TF value)."""
+        target = self.t if target is None else target
+        if cand is None or target is None or cand.shape != target.shape:
+            return float("inf")
+        d = np.abs(cand - target)
+        if not np.all(np.isfinite(d)):
+            both = np.isfinite(cand) == np.isfinite(target)
+            if not np.all(both):
+                return float("inf")
+            d = d[np.isfinite(d)]
+        return float(np.max(d, initial=0.0)) / self.scale
+
+    def post(self, z: np.ndarray) -> np.ndarray:
+        """Apply the chain's trailing activations (Caffe conv+relu held against one fused TF op)."""
+        for name, kind in self.tail:
+            p = self.cparams_of(name)
+            if kind == "ReLU":
+                ns = fnum(p.get("negative_slope"), 0.0) or 0.0
+                z = np.where(z > 0, z, ns * z)
+            elif kind == "ReLU6":
+                z = np.clip(z, 0, 6)
+            elif kind == "Sigmoid":
+                z = 1 / (1 + np.exp(-z))
+            elif kind == "TanH":
+                z = np.tanh(z)
+        return z
+
+    def explains(self, cand: np.ndarray | None) -> bool:
+        r = self.resid(cand)
+        return r <= CONFIRM_RTOL and r <= CONFIRM_GAIN * self.r0
+
+    @property
+    def x0(self) -> np.ndarray | None:
+        return self.x[0] if self.x else None
+
+    def tparam(self, *keys: str, default: Any = None) -> Any:
+        for k in keys:
+            if k in self.tparams and self.tparams[k] is not None:
+                return self.tparams[k]
+        return default
+
+    def tf_padding(self) -> str:
+        p = self.tparam("padding", default="")
+        return p.upper() if isinstance(p, str) else "EXPLICIT"
+
+    def diag(self, kind: str, summary: str, fix: str, confidence: float, **evidence: Any) -> Diagnosis:
+        ev = {"max_abs_error_now": rnd(self.r0 * self.scale) if np.isfinite(self.r0) else None}
+        ev.update({k: v for k, v in evidence.items()})
+        return Diagnosis(kind=kind, summary=summary, fix=fix, confidence=float(confidence), evidence=ev)
+
+
+def error_stats(y: np.ndarray, t: np.ndarray) -> dict[str, Any]:
+    """The numbers an ``unknown`` diagnosis reports."""
+    d = t - y
+    ry = float(np.sqrt(np.mean(y * y))) or 1.0
+    yn, tn = y.ravel(), t.ravel()
+    den = float(np.linalg.norm(yn) * np.linalg.norm(tn))
+    out: dict[str, Any] = {
+        "max_abs_error": rnd(np.max(np.abs(d), initial=0.0)),
+        "rel_rms_error": rnd(np.sqrt(np.mean(d * d)) / ry),
+        "cosine": rnd(float(yn @ tn) / den) if den > 0 else None,
+        "sorted_values_max_diff": rnd(np.max(np.abs(np.sort(yn) - np.sort(tn)), initial=0.0)),
+        "mismatched_fraction": rnd(np.mean(np.abs(d) > 1e-4 * (np.max(np.abs(y), initial=0.0) or 1.0))),
+    }
+    if y.ndim == 4 and y.shape[2] > 2 and y.shape[3] > 2:
+        ad = np.abs(d)
+        inner = ad[:, :, 1:-1, 1:-1]
+        border = ad.copy()
+        border[:, :, 1:-1, 1:-1] = 0
+        out["interior_max_abs_error"] = rnd(inner.max(initial=0.0))
+        out["border_max_abs_error"] = rnd(border.max(initial=0.0))
+    return out

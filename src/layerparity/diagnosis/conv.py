@@ -1,0 +1,272 @@
+"""Convolution, Deconvolution and InnerProduct: padding, weight transforms,
+flatten order and input preprocessing, each confirmed by recomputing the layer
+from its Caffe input and weights (decision list steps 4 and 8)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..layout import conv_weight_tf_to_caffe, nchw_to_nhwc, nhwc_to_nchw
+from ..result import Diagnosis
+from ..weights import compare_layer
+from . import reference as ref
+from ._core import CONF_FINGERPRINT, CONF_RECOMPUTED, CONF_WEIGHTS, Case, hw, rnd
+from .generic import name_scale
+
+#: Skip recomputation above this many multiply-adds (a big layer takes seconds in NumPy).
+MAX_MACS = 3e8
+
+FIXES = {
+    "kernel_flipped": "Copy the kernel as `w.transpose(2, 3, 1, 0)` without flipping: both Caffe and TF "
+                      "compute cross-correlation (the 180-degree flip is a Theano-era habit).",
+    "kernel_hw_swapped": "Use `w.transpose(2, 3, 1, 0)` (kH, kW, I, O), not `(3, 2, 1, 0)`: the kernel's "
+                         "height and width are swapped.",
+    "reshape_not_transpose": "Convert Caffe weights with a transpose: conv `w.transpose(2, 3, 1, 0)`, "
+                             "InnerProduct `w.T` (plus the flatten permutation), never `w.reshape(...)`.",
+    "channel_order": "Caffe models take BGR: feed BGR to the TF model (`x[..., ::-1]`), or reverse the "
+                     "first conv's input channels once (`kernel[:, :, ::-1, :]`).",
+    "deconv_in_out_swapped": "Caffe Deconvolution weights are (C_in, C_out, kH, kW); Conv2DTranspose wants "
+                             "(kH, kW, C_out, C_in): `w.transpose(2, 3, 1, 0)`.",
+    "flatten_order": "Caffe flattens C*H*W, Keras Flatten on NHWC flattens H*W*C: permute the Dense kernel rows, "
+                     "`W.reshape(N, C, H, W).transpose(2, 3, 1, 0).reshape(-1, N)` "
+                     "(layerparity.layout.inner_product_weight_caffe_to_tf(W, (C, H, W))), or Permute((3, 1, 2)) "
+                     "before Flatten.",
+}
+
+
+def _conv_geom(case: Case) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], int]:
+    p = case.cparams
+    w = case.cw[0] if case.cw else None
+    kdef = int(w.shape[2]) if w is not None and w.ndim == 4 else 1
+    k = hw(p, "kernel_size", kdef)
+    if w is not None and w.ndim == 4:
+        k = (int(w.shape[2]), int(w.shape[3]))
+    return k, hw(p, "stride", 1), hw(p, "pad", 0), hw(p, "dilation", 1), int(p.get("group", 1) or 1)
+
+
+def padding_check(case: Case, pool: bool = False) -> tuple[ref.Pads, ref.Pads] | None:
+    """(Caffe pads, TF 'SAME' pads) for this layer; records the ruling-out when they agree."""
+    x = case.x0
+    in_shape = x.shape if x is not None else _input_shape(case)
+    if in_shape is None or len(in_shape) != 4:
+        return None
+    if pool:
+        k, s, p = hw(case.cparams, "kernel_size", 1), hw(case.cparams, "stride", 1), hw(case.cparams, "pad", 0)
+        d = (1, 1)
+    else:
+        k, s, p, d, _ = _conv_geom(case)
+    h, w = in_shape[2], in_shape[3]
+    same = ref.same_pads_2d(h, w, k, s, d)
+    caffe = (p[0], p[0], p[1], p[1])
+    pad_mode = case.tf_padding()
+    if pad_mode == "SAME" and same == caffe:
+        case.ruled_out.append(
+            f"padding: TF 'SAME' (kernel {k[0]}x{k[1]}, stride {s[0]}x{s[1]}, input {h}x{w}) pads "
+            f"{same} (top, bottom, left, right) = Caffe's symmetric pad {p[0]}x{p[1]} exactly"
+        )
+    elif pad_mode == "VALID" and p == (0, 0):
+        case.ruled_out.append("padding: both sides unpadded (Caffe pad 0, TF 'VALID')")
+    return caffe, same
+
+
+def _input_shape(case: Case) -> tuple[int, ...] | None:
+    for name in case.cp.inputs:
+        p = case.ctx.caffe_probes.get(name)
+        if p is not None and p.shape:
+            return tuple(p.shape)
+    return None
+
+
+def _try(case: Case, out: list[Diagnosis], kind: str, summary: str, fix: str,
+         fn: Callable[[], np.ndarray], conf: float = CONF_RECOMPUTED, **ev) -> bool:
+    try:
+        cand = case.post(fn())
+    except (ValueError, IndexError):
+        return False
+    if case.explains(cand):
+        out.append(case.diag(kind, summary, fix, conf, confirmed_by="recomputation",
+                             residual=rnd(case.resid(cand)), **ev))
+        return True
+    return False
+
+
+def _weights_evidence(case: Case, kind: str, chw=None, group: int = 1) -> list[Diagnosis]:
+    """The TF weights themselves, held against Caffe's under the expected transform."""
+    if not case.cw or not case.tw:
+        return []
+    try:
+        status, blobs, _ = compare_layer(kind, case.cw, case.tw, chw, group)
+    except Exception:  # noqa: BLE001 - odd TF arrays: no weight evidence
+        return []
+    if status.startswith("equal_under:"):
+        bug = status.split(":", 1)[1]
+        return [case.diag(bug, f"The TF weights equal Caffe's under `{bug}`: that transform is the bug.",
+                          FIXES.get(bug, "Use the expected weight transform (see docs/weights.md)."),
+                          CONF_WEIGHTS, confirmed_by="weights",
+                          weight_blobs=[b.to_dict() for b in blobs if b.status != "equal"])]
+    if status == "different":
+        case.evidence_extra["weights"] = "TF weights differ from Caffe's under every known transform"
+    elif status == "equal":
+        case.ruled_out.append("weights: the TF weights equal Caffe's under the expected transform")
+    return []
+
+
+def conv_rules(case: Case) -> list[Diagnosis]:
+    out: list[Diagnosis] = []
+    x, t = case.x0, case.t
+    k, s, p, d, g = _conv_geom(case)
+    pads = padding_check(case)
+    group = g
+    out += _weights_evidence(case, "conv", group=group)
+    if x is None or not case.cw or t is None or x.ndim != 4:
+        if pads and pads[0] != pads[1] and case.tf_padding() == "SAME" and t is not None:
+            out.append(case.diag(
+                "padding_asymmetry",
+                f"TF 'SAME' pads {pads[1]} (top, bottom, left, right) where Caffe pads {pads[0]}: "
+                "the sampling grids are shifted (not confirmed: the layer's input/weights were not given).",
+                _pad_fix(p), CONF_FINGERPRINT + 0.1, caffe_pads=list(pads[0]), tf_same_pads=list(pads[1]),
+                stride=list(s)))
+        return out
+    w = case.cw[0]
+    b = case.cw[1] if len(case.cw) > 1 else None
+    macs = np.prod(t.shape) * np.prod(w.shape[1:])
+    if macs > MAX_MACS:
+        case.evidence_extra["recomputation"] = f"skipped: {macs:.3g} multiply-adds"
+        return out
+    sym = (p[0], p[0], p[1], p[1])
+
+    def conv(xx=x, ww=w, pads_=sym):
+        return ref.conv2d(xx, ww, b, s, pads_, d, group)
+
+    base = conv()
+    case.evidence_extra["reference_reproduces_caffe"] = bool(case.resid(base, target=case.y) <= 1e-4)
+    if pads and pads[1] != sym:
+        _try(case, out, "padding_asymmetry",
+             f"TF 'SAME' padding {pads[1]} (top, bottom, left, right) is not Caffe's symmetric pad "
+             f"{p[0]}x{p[1]} at stride {s[0]}: the sampling grid is shifted by a pixel. Recomputing "
+             "Caffe's convolution with TF's padding reproduces the TF output.",
+             _pad_fix(p), lambda: conv(pads_=pads[1]),
+             caffe_pads=list(sym), tf_same_pads=list(pads[1]), stride=list(s),
+             input_hw=[x.shape[2], x.shape[3]], odd_input=bool(x.shape[2] % 2))
+    _try(case, out, "kernel_flipped", "The TF kernel is Caffe's rotated by 180 degrees: recomputing with "
+         "the flipped kernel reproduces the TF output.", FIXES["kernel_flipped"],
+         lambda: conv(ww=w[:, :, ::-1, ::-1]))
+    if k[0] == k[1] and k[0] > 1:
+        _try(case, out, "kernel_hw_swapped", "The TF kernel is Caffe's with height and width swapped: "
+             "recomputing with the transposed kernel reproduces the TF output.", FIXES["kernel_hw_swapped"],
+             lambda: conv(ww=w.transpose(0, 1, 3, 2)))
+    o, cg, kh, kw = w.shape
+    _try(case, out, "reshape_not_transpose", "The TF kernel is Caffe's (O, I, kH, kW) array reshaped to "
+         "(kH, kW, I, O) instead of transposed: recomputing with it reproduces the TF output.",
+         FIXES["reshape_not_transpose"], lambda: conv(ww=conv_weight_tf_to_caffe(w.reshape(kh, kw, cg, o))),
+         where="weights")
+    n, c, h, wd = x.shape
+    _try(case, out, "reshape_not_transpose", "The TF input is Caffe's NCHW blob reshaped to NHWC instead "
+         "of transposed: recomputing the layer on the reshaped input reproduces the TF output.",
+         "Feed TF `np.transpose(x, (0, 2, 3, 1))`, never `x.reshape(N, H, W, C)`; a channels-first input "
+         "ported with `Reshape((H, W, C))` needs `Permute((2, 3, 1))` instead.",
+         lambda: conv(xx=nhwc_to_nchw(x.reshape(n, h, wd, c))), where="input")
+    if c > 1:
+        _try(case, out, "channel_order", "The layer sees its input channels in reverse order (BGR vs RGB "
+             "when this is the first layer): recomputing with reversed input channels reproduces the TF output.",
+             FIXES["channel_order"], lambda: conv(xx=x[:, ::-1]))
+    _input_scale_offset(case, out, base, b, lambda xx: conv(xx=xx))
+    return out
+
+
+def _pad_fix(p: tuple[int, int]) -> str:
+    return (f"Pad explicitly like Caffe and convolve 'VALID': `ZeroPadding2D(({p[0]}, {p[1]}))` (or "
+            f"`tf.pad(x, [[0, 0], [{p[0]}, {p[0]}], [{p[1]}, {p[1]}], [0, 0]])`) then `padding='valid'`. "
+            "'SAME' only equals Caffe's pad at stride 1 (odd kernel) or for some input sizes.")
+
+
+def _input_scale_offset(case: Case, out: list[Diagnosis], base: np.ndarray, b: np.ndarray | None,
+                        layer: Callable[[np.ndarray], np.ndarray]) -> None:
+    """A linear layer fed c*x or x + m: fit c (one number) or m (one per input channel)."""
+    t, x = case.t, case.x0
+    assert t is not None and x is not None
+    bb = 0.0 if b is None else b.reshape((1, -1) + (1,) * (t.ndim - 2))
+    ly, lt = base - bb, t - bb
+    den = float(np.sum(ly * ly))
+    if den > 0:
+        c = float(np.sum(lt * ly) / den)
+        if abs(c - 1) > 1e-3 and c != 0 and np.isfinite(c):
+            _try(case, out, "constant_scale",
+                 f"The TF layer sees its input times {name_scale(c)}: recomputing the layer on {name_scale(c)}*x "
+                 "reproduces the TF output (a preprocessing scale applied on one side only).",
+                 "Scale the input identically on both sides (Caffe Transformer: raw_scale 255 on [0, 1] images, "
+                 "input_scale); check `Rescaling` / `/255.` in the TF pipeline.",
+                 lambda: layer(c * x), factor=rnd(c), named=name_scale(c), where="input")
+    if x.ndim == 4 and x.shape[1] <= 16:
+        basis = []
+        zero = layer(np.zeros_like(x))
+        for ch in range(x.shape[1]):
+            e = np.zeros_like(x[:1])
+            e[:, ch] = 1.0
+            basis.append((layer(e) - zero[:1]).reshape(-1))
+        a = np.stack(basis, 1)
+        rhs = (t - base).reshape(t.shape[0], -1)
+        m, *_ = np.linalg.lstsq(a, rhs.mean(0), rcond=None)
+        if np.max(np.abs(m)) > 1e-6 * (np.max(np.abs(x)) or 1.0):
+            _try(case, out, "constant_offset",
+                 "The TF layer sees its input plus a constant per channel (a mean subtracted on one side only): "
+                 "recomputing the layer on x + m reproduces the TF output.",
+                 "Subtract the same per-channel mean on both sides (Caffe's mean is BGR, e.g. [104, 117, 123]).",
+                 lambda: layer(x + m.reshape(1, -1, 1, 1)),
+                 offset_per_channel=[rnd(v) for v in m], offset_caffe_minus_tf=[rnd(-v) for v in m], where="input")
+
+
+def deconv_rules(case: Case) -> list[Diagnosis]:
+    out: list[Diagnosis] = []
+    out += _weights_evidence(case, "deconv")
+    x, t = case.x0, case.t
+    if x is None or not case.cw or t is None or x.ndim != 4:
+        return out
+    w = case.cw[0]
+    b = case.cw[1] if len(case.cw) > 1 else None
+    k, s, p, d, g = _conv_geom(case)
+    crop = (p[0], p[0], p[1], p[1])
+
+    def deconv(ww=w):
+        return ref.deconv2d(x, ww, b, s, crop, d, g)
+
+    _try(case, out, "kernel_flipped", "The TF transpose-conv kernel is Caffe's rotated by 180 degrees: "
+         "recomputing with it reproduces the TF output.", FIXES["kernel_flipped"], lambda: deconv(w[:, :, ::-1, ::-1]))
+    if w.shape[0] == w.shape[1] * g:
+        _try(case, out, "deconv_in_out_swapped", "The TF transpose-conv kernel has Caffe's input and output "
+             "channel axes swapped: recomputing with them swapped reproduces the TF output.",
+             FIXES["deconv_in_out_swapped"], lambda: deconv(w.transpose(1, 0, 2, 3)))
+    return out
+
+
+def fc_rules(case: Case) -> list[Diagnosis]:
+    out: list[Diagnosis] = []
+    x, t = case.x0, case.t
+    chw = tuple(int(v) for v in x.shape[1:]) if x is not None and x.ndim == 4 else None
+    if chw is None:
+        shp = _input_shape(case)
+        chw = tuple(shp[1:]) if shp is not None and len(shp) == 4 else None
+    out += _weights_evidence(case, "fc", chw=chw)
+    if x is None or not case.cw or t is None:
+        return out
+    w = case.cw[0]
+    b = case.cw[1] if len(case.cw) > 1 else None
+    n = x.shape[0]
+    flat_caffe = x.reshape(n, -1)
+    base = ref.inner_product(x, w, b)
+    if x.ndim == 4 and x.shape[2] * x.shape[3] > 1:
+        flat_tf = nchw_to_nhwc(x).reshape(n, -1)
+        _try(case, out, "flatten_order",
+             f"Everything matches up to the flatten; the Dense layer multiplies Keras' H*W*C flattening by "
+             f"Caffe's C*H*W-ordered weight rows (input C,H,W = {chw}): recomputing that reproduces the TF output.",
+             FIXES["flatten_order"], lambda: flat_tf @ w.T + (0 if b is None else b), input_chw=list(chw))
+        _try(case, out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
+             "instead of transposed: recomputing with it reproduces the TF output.", FIXES["reshape_not_transpose"],
+             lambda: flat_tf @ w.reshape(w.shape[1], w.shape[0]) + (0 if b is None else b), where="weights")
+    _try(case, out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
+         "instead of transposed: recomputing with it reproduces the TF output.", FIXES["reshape_not_transpose"],
+         lambda: flat_caffe @ w.reshape(w.shape[1], w.shape[0]) + (0 if b is None else b), where="weights")
+    _input_scale_offset(case, out, base, b, lambda xx: ref.inner_product(xx, w, b))
+    return out

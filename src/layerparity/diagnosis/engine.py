@@ -1,0 +1,184 @@
+"""diagnose(): run the decision list over one divergent layer and rank the answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..metrics import compute_metrics, default_tolerance
+from ..result import Diagnosis, LayerResult
+from ..trace import Probe
+from ._core import CONF_UNKNOWN, Case, DiagnosisContext, DiagnosisInputError, error_stats, rnd
+from .conv import conv_rules, deconv_rules, fc_rules
+from .drift import DRIFT_MAX_REL_RMS, precision_drift
+from .elementwise import crop_rules, eltwise_rules, interp_rules, prelu_rules, relu_rules, softmax_rules
+from .generic import generic_rules
+from .norm import bn_rules, lrn_rules
+from .pooling import pool_rules
+from .shapes import INTERP_KINDS, shape_rules
+
+Rule = Callable[[Case], list[Diagnosis]]
+
+RULES_BY_KIND: dict[str, list[Rule]] = {
+    "conv": [conv_rules],
+    "depthwise_conv": [conv_rules],
+    "deconv": [deconv_rules],
+    "fc": [fc_rules],
+    "pool_max": [pool_rules],
+    "pool_avg": [pool_rules],
+    "global_pool": [pool_rules],
+    "lrn": [lrn_rules],
+    "bn": [bn_rules],
+    "scale": [bn_rules],
+    "relu": [relu_rules],
+    "leaky_relu": [relu_rules],
+    "prelu": [prelu_rules],
+    "softmax": [softmax_rules],
+    "add": [eltwise_rules],
+    "eltwise": [eltwise_rules],
+    "crop": [crop_rules],
+    "resize": [interp_rules],
+}
+
+
+def _rules_for(case: Case) -> list[Rule]:
+    rules = list(RULES_BY_KIND.get(case.ckind, []))
+    if case.ckind_raw in INTERP_KINDS and interp_rules not in rules:
+        rules.append(interp_rules)
+    if case.ckind_raw == "Eltwise" and eltwise_rules not in rules:
+        rules.append(eltwise_rules)
+    if case.chain_has("BatchNorm", "Scale") and bn_rules not in rules:
+        rules.append(bn_rules)
+    return rules
+
+
+def _check_args(row: Any, cp: Any, tp: Any, caffe_inputs: Any, context: Any) -> DiagnosisContext:
+    if not isinstance(row, LayerResult):
+        raise DiagnosisInputError(f"diagnose: row must be a LayerResult, got {type(row).__name__}")
+    for what, p in (("caffe_probe", cp), ("tf_probe", tp)):
+        if not isinstance(p, Probe):
+            raise DiagnosisInputError(f"diagnose: {what} must be a Probe, got {type(p).__name__}")
+        if p.value is None:
+            raise DiagnosisInputError(f"diagnose: {what} {p.name!r} has no value (load it from the trace first)")
+        if not np.issubdtype(np.asarray(p.value).dtype, np.number):
+            raise DiagnosisInputError(f"diagnose: {what} {p.name!r} is not numeric ({np.asarray(p.value).dtype})")
+    if caffe_inputs is not None:
+        if isinstance(caffe_inputs, np.ndarray) or not isinstance(caffe_inputs, Sequence):
+            raise DiagnosisInputError("diagnose: caffe_inputs must be a list of arrays (the layer's bottoms)")
+        for i, a in enumerate(caffe_inputs):
+            if not isinstance(a, np.ndarray) or not np.issubdtype(a.dtype, np.number):
+                raise DiagnosisInputError(f"diagnose: caffe_inputs[{i}] is not a numeric array")
+    if context is None:
+        return DiagnosisContext()
+    if isinstance(context, DiagnosisContext):
+        return context
+    if isinstance(context, dict):
+        try:
+            return DiagnosisContext(**context)
+        except TypeError as e:
+            raise DiagnosisInputError(f"diagnose: bad context keys ({e})") from None
+    raise DiagnosisInputError(f"diagnose: context must be a DiagnosisContext, got {type(context).__name__}")
+
+
+def _is_fine(case: Case) -> bool:
+    row = case.row
+    if row.metrics is not None:
+        return bool(row.metrics.passed)
+    if case.t is None:
+        return False
+    tol = row.tolerance or case.ctx.tolerance or default_tolerance(case.cp.value.dtype, case.tp.value.dtype)
+    return bool(compute_metrics(case.cp.value, case.t.astype(case.tp.value.dtype, copy=False), tol).passed)
+
+
+def diagnose(
+    row: LayerResult,
+    caffe_probe: Probe,
+    tf_probe: Probe,
+    caffe_inputs: Sequence[np.ndarray] | None = None,
+    caffe_weights: Sequence[np.ndarray] | dict[str, Sequence[np.ndarray]] | None = None,
+    tf_weights: Sequence[np.ndarray] | None = None,
+    context: DiagnosisContext | None = None,
+) -> list[Diagnosis]:
+    """Why did this layer diverge? Ranked :class:`~layerparity.result.Diagnosis` objects, best first.
+
+    ``[]`` when the layer is fine; ``[unknown]`` (with the numbers) when something is
+    wrong and no rule fits. ``caffe_inputs`` are the Caffe layer's bottoms (NCHW),
+    ``caffe_weights`` its params in Caffe's layout (or ``{layer: params}`` for a fused
+    chain), ``tf_weights`` the TF layer's arrays in TF's layout. With inputs and
+    weights a suspected bug is *confirmed* by recomputing Caffe's formula with the
+    bug in NumPy; confirmed diagnoses rank above fingerprint-only guesses. Pure NumPy.
+    """
+    ctx = _check_args(row, caffe_probe, tf_probe, caffe_inputs, context)
+    try:
+        case = Case(row, caffe_probe, tf_probe, caffe_inputs, caffe_weights, tf_weights, ctx)
+    except (TypeError, ValueError) as e:
+        raise DiagnosisInputError(f"diagnose: layer {row.caffe_layer!r}: unusable arrays ({e})") from None
+    if _is_fine(case):
+        return []
+    cands: list[Diagnosis] = []
+    if case.t is None:
+        cands += shape_rules(case)
+    else:
+        for rule in _rules_for(case):
+            cands += rule(case)
+        if not any(d.confidence >= 0.9 for d in cands):
+            cands += generic_rules(case)
+    out = _rank(cands)
+    if not out:
+        out = [_fallback(case)]
+    _annotate(case, out)
+    return out
+
+
+def _rank(cands: list[Diagnosis]) -> list[Diagnosis]:
+    best: dict[str, Diagnosis] = {}
+    for d in sorted(cands, key=lambda d: -d.confidence):
+        best.setdefault(d.kind, d)
+    return list(best.values())
+
+
+def _fallback(case: Case) -> Diagnosis:
+    stats = error_stats(case.y, case.t) if case.t is not None else {}
+    small = case.t is not None and stats.get("rel_rms_error", 1.0) <= DRIFT_MAX_REL_RMS
+    if small and case.ctx.rows:
+        rows = list(case.ctx.rows)
+        if case.row not in rows:
+            rows.append(case.row)
+        d = precision_drift(rows)
+        if d is not None:
+            return d
+    hint = ""
+    if small:
+        hint = (" The error is small everywhere: if the layers before it show the same slow growth it is float "
+                "drift (call diagnose_report(report) or pass context rows).")
+    return Diagnosis(
+        kind="unknown",
+        summary=f"Layer {case.row.caffe_layer!r} ({case.ckind_raw or '?'}) differs and no known porting bug "
+                "explains it." + hint,
+        fix="Compare the layer's parameters and weights on both sides (layerparity weights ...), and check its "
+            "inputs: run with own-error replay to see whether the layer itself or its input differs.",
+        confidence=CONF_UNKNOWN,
+        evidence={**stats, "caffe_kind": case.ckind_raw, "tf_kind": case.tkind_raw,
+                  "caffe_shape": list(case.y.shape), "tf_shape": list(case.t_raw.shape),
+                  "inputs_given": bool(case.x), "caffe_weights_given": bool(case.cw_chain),
+                  "tf_weights_given": bool(case.tw)},
+    )
+
+
+def _annotate(case: Case, out: list[Diagnosis]) -> None:
+    if case.ruled_out:
+        for d in out:
+            d.evidence.setdefault("ruled_out", list(case.ruled_out))
+        top = out[0]
+        top.summary += " Ruled out: " + "; ".join(case.ruled_out) + "."
+    for k, v in case.evidence_extra.items():
+        out[0].evidence.setdefault(k, v)
+    if case.row.own is not None and case.row.own.passed:
+        out[0].evidence.setdefault("own_error_passed", True)
+    if case.row.contaminated_by:
+        out[0].evidence.setdefault("contaminated_by", case.row.contaminated_by)
+    for d in out:
+        if "max_abs_error_now" in d.evidence and d.evidence["max_abs_error_now"] is not None:
+            d.evidence["max_abs_error_now"] = rnd(d.evidence["max_abs_error_now"])

@@ -1,0 +1,190 @@
+"""LRN, BatchNorm (+Scale): per-channel affine errors and magnitude-dependent ratios
+(decision list steps 6 and 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..result import Diagnosis
+from ..weights import compare_layer
+from . import reference as ref
+from ._core import CONF_FINGERPRINT, CONF_RECOMPUTED, CONF_WEIGHTS, Case, fnum, rnd
+from .conv import _try
+
+LRN_FIX = ("TF's LRN divides nothing by the window size: use `tf.nn.local_response_normalization(x, "
+           "depth_radius=n // 2, bias=k, alpha=alpha / n, beta=beta)` for Caffe's (local_size=n, alpha, beta, k).")
+
+
+def lrn_rules(case: Case) -> list[Diagnosis]:
+    out: list[Diagnosis] = []
+    p = case.cparams
+    n = int(fnum(p.get("local_size"), 5))
+    alpha, beta, k = fnum(p.get("alpha"), 1.0), fnum(p.get("beta"), 0.75), fnum(p.get("k"), 1.0)
+    region = str(p.get("norm_region", "ACROSS_CHANNELS")).upper()
+    x, t = case.x0, case.t
+    if t is None or "WITHIN" in region or region == "1":
+        return out
+    lo = (n - 1) // 2
+    hi = n - 1 - lo
+    ta = fnum(case.tparam("alpha"), None)
+    if x is None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = case.y / t
+        ratio = ratio[np.isfinite(ratio) & (np.abs(case.y) > 1e-3 * case.scale)]
+        if ta is not None and n > 1 and abs(ta - alpha) <= 1e-6 * abs(alpha) and ratio.size:
+            out.append(case.diag("lrn_alpha_scaling",
+                                 f"TF's LRN alpha is Caffe's alpha {alpha:g}, not alpha/n = {alpha / n:g}; the "
+                                 "Caffe/TF ratio is not constant, it grows with local energy.", LRN_FIX,
+                                 CONF_FINGERPRINT + 0.1, caffe_alpha=alpha, tf_alpha=ta, local_size=n,
+                                 ratio_min=rnd(ratio.min()), ratio_max=rnd(ratio.max())))
+        return out
+    base = ref.lrn_across(x, lo, hi, alpha / n, beta, k)
+    case.evidence_extra["reference_reproduces_caffe"] = bool(case.resid(base, target=case.y) <= 1e-4)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rr = (ref.lrn_across(x, lo, hi, alpha, beta, k) / base)
+    rr = rr[np.isfinite(rr)]
+    _try(case, out, "lrn_alpha_scaling",
+         f"TF's LRN uses alpha = {alpha:g} where Caffe's formula means alpha/n = {alpha / n:g} (n = {n}): "
+         "recomputing LRN with the undivided alpha reproduces the TF output.", LRN_FIX,
+         lambda: ref.lrn_across(x, lo, hi, alpha, beta, k), caffe_alpha=alpha, expected_tf_alpha=rnd(alpha / n),
+         tf_alpha=ta, local_size=n, ratio_min=rnd(rr.min()) if rr.size else None,
+         ratio_max=rnd(rr.max()) if rr.size else None)
+    if not out:
+        _try(case, out, "lrn_depth_radius",
+             f"TF's LRN uses depth_radius = {n} (the window size) where Caffe's local_size {n} means "
+             f"depth_radius = {n // 2}: recomputing with that window reproduces the TF output.", LRN_FIX,
+             lambda: ref.lrn_across(x, n, n, alpha / n, beta, k), local_size=n)
+    if not out and ta is not None:
+        r = int(fnum(case.tparam("depth_radius"), lo))
+        tb, tk = fnum(case.tparam("beta"), beta), fnum(case.tparam("bias"), k)
+        _try(case, out, "lrn_parameters",
+             f"TF's LRN parameters (depth_radius={r}, alpha={ta:g}, beta={tb:g}, bias={tk:g}) reproduce the TF "
+             f"output but differ from Caffe's (local_size={n}, alpha={alpha:g}, beta={beta:g}, k={k:g}).",
+             LRN_FIX, lambda: ref.lrn_across(x, r, r, ta, tb, tk))
+    return out
+
+
+# -- BatchNorm + Scale ---------------------------------------------------------------
+
+BN_EPS_FIX = "Set `BatchNormalization(epsilon={eps:g})` (Caffe's batch_norm_param.eps; Keras defaults to 1e-3)."
+BN_S_FIX = ("Divide Caffe's BatchNorm blobs by the scale factor (third blob): moving_mean = b0 / b2, "
+            "moving_variance = b1 / b2 (0 if b2 == 0).")
+SCALE_FIX = ("Port the Scale layer after the BatchNorm: `BatchNormalization(scale=True, center=True)` with "
+             "gamma/beta from the Scale blobs, or a separate per-channel multiply-add.")
+
+
+def _bn_parts(case: Case):
+    bn = case.chain_has("BatchNorm") or (case.cp.layer if case.ckind == "bn" else None)
+    sc = case.chain_has("Scale") or (case.cp.layer if case.ckind == "scale" and bn is None else None)
+    bn_w = case.cw_chain.get(bn) if bn else None
+    sc_w = case.cw_chain.get(sc) if sc else None
+    eps = fnum(case.cparams_of(bn).get("eps"), 1e-5) if bn else 1e-5
+    return bn, sc, bn_w, sc_w, eps
+
+
+def bn_rules(case: Case) -> list[Diagnosis]:
+    out: list[Diagnosis] = []
+    bn, sc, bn_w, sc_w, eps = _bn_parts(case)
+    t, x = case.t, case.x0
+    teps = fnum(case.tparam("epsilon", "variance_epsilon"), None)
+    if bn is None and sc is not None and x is not None and t is not None:
+        # a lone Scale layer held against a TF layer that skipped it
+        _try(case, out, "missing_scale", "The TF output equals the Scale layer's input: the Scale (gamma, beta) "
+             "was not ported.", SCALE_FIX, lambda: x)
+        return out
+    if bn is None or t is None:
+        return out
+    # weight evidence first: it is direct
+    if bn_w is not None and case.tw:
+        try:
+            status, blobs, note = compare_layer("bn", bn_w, case.tw, scale_blobs=sc_w)
+        except Exception:  # noqa: BLE001
+            status, blobs, note = "", [], ""
+        if status == "equal_under:batchnorm_scale_factor":
+            out.append(case.diag("batchnorm_scale_factor",
+                                 "The TF moving mean/variance are Caffe's raw BatchNorm blobs, not divided by the "
+                                 "scale factor (third blob).", BN_S_FIX, CONF_WEIGHTS, confirmed_by="weights",
+                                 scale_factor=rnd(float(bn_w[2].reshape(-1)[0])) if len(bn_w) > 2 else None))
+        elif sc is not None and any(b.role == "gamma" and b.status == "missing" for b in blobs):
+            out.append(case.diag("missing_scale", "The TF BatchNormalization has no gamma/beta: the Caffe Scale "
+                                 "layer after the BatchNorm was not ported.", SCALE_FIX, CONF_WEIGHTS - 0.02,
+                                 confirmed_by="weights"))
+    if x is None or bn_w is None or len(bn_w) < 2:
+        return out + _affine_fingerprints(case, eps, teps, sc is not None)
+    mean, var, s = ref.caffe_bn_stats(bn_w)
+    gamma = sc_w[0] if sc_w else None
+    beta = sc_w[1] if sc_w and len(sc_w) > 1 else None
+
+    def chain(m, v, e, scale=True):
+        z = ref.batchnorm(x, m, v, e)
+        if scale and gamma is not None:
+            z = ref.channel_affine(z, gamma, beta)
+        return z
+
+    case.evidence_extra["reference_reproduces_caffe"] = bool(case.resid(chain(mean, var, eps), target=case.y) <= 1e-4)
+    eps_cands = [e for e in ([teps] if teps else []) + [1e-3, 1e-5, 1e-4, 2e-5, 1e-6, 0.0] if e is not None and e != eps]
+    eps_cands = list(dict.fromkeys(eps_cands))
+    for e in eps_cands:
+        if _try(case, out, "batchnorm_epsilon",
+                f"TF's BatchNormalization uses epsilon {e:g}, Caffe's BatchNorm {eps:g}: a per-channel constant "
+                f"ratio sqrt((var + {eps:g}) / (var + {e:g})), largest on small-variance channels. Recomputing "
+                "with that epsilon reproduces the TF output.",
+                BN_EPS_FIX.format(eps=eps), lambda e=e: chain(mean, var, e), caffe_eps=eps, tf_eps=e,
+                ratio_per_channel_min=rnd(float(np.min(np.sqrt((var + e) / (var + eps)))), 6),
+                ratio_per_channel_max=rnd(float(np.max(np.sqrt((var + e) / (var + eps)))), 6)):
+            break
+    if s not in (0.0, 1.0):
+        for e in [eps] + eps_cands:
+            if _try(case, out, "batchnorm_scale_factor",
+                    f"TF normalizes with Caffe's raw BatchNorm blobs (mean*S, var*S with S = {s:g}), not divided by "
+                    "the scale factor: recomputing that reproduces the TF output.", BN_S_FIX,
+                    lambda e=e: chain(mean * s, var * s, e), scale_factor=rnd(s), tf_eps=e):
+                break
+    if gamma is not None:
+        for e in [eps] + eps_cands:
+            if _try(case, out, "missing_scale",
+                    "The TF output is the BatchNorm output without the following Scale layer's gamma/beta: "
+                    "recomputing BatchNorm alone reproduces it.", SCALE_FIX,
+                    lambda e=e: chain(mean, var, e, scale=False)):
+                break
+    if not out:
+        out += _affine_fingerprints(case, eps, teps, sc is not None)
+    return out
+
+
+def _affine_fingerprints(case: Case, eps: float, teps: float | None, has_scale: bool) -> list[Diagnosis]:
+    """Per-channel fit t_c = a_c * y_c + b_c without inputs/weights (a guess)."""
+    y, t = case.y, case.t
+    if t is None or y.ndim < 2:
+        return []
+    c = y.shape[1]
+    yc = np.moveaxis(y, 1, 0).reshape(c, -1)
+    tc = np.moveaxis(t, 1, 0).reshape(c, -1)
+    a = np.empty(c)
+    b = np.empty(c)
+    res = 0.0
+    for i in range(c):
+        A = np.stack([yc[i], np.ones_like(yc[i])], 1)
+        (a[i], b[i]), *_ = np.linalg.lstsq(A, tc[i], rcond=None)
+        res = max(res, float(np.max(np.abs(A @ np.array([a[i], b[i]]) - tc[i]), initial=0.0)))
+    if res > 1e-4 * case.scale:
+        return []
+    ev = dict(slope_min=rnd(a.min()), slope_max=rnd(a.max()), offset_min=rnd(b.min()), offset_max=rnd(b.max()),
+              affine_fit_residual=rnd(res), caffe_eps=eps, tf_eps=teps)
+    if teps is not None and abs(teps - eps) > 1e-12 and np.all(np.abs(a - 1) < 0.05):
+        return [case.diag("batchnorm_epsilon", f"Per-channel affine error with slopes near 1 "
+                          f"[{a.min():.5f} .. {a.max():.5f}] and TF epsilon {teps:g} vs Caffe {eps:g} (not "
+                          "confirmed: inputs/weights not given).", BN_EPS_FIX.format(eps=eps),
+                          CONF_FINGERPRINT + 0.1, **ev)]
+    if np.all(np.abs(a - 1) < 0.05):
+        return []
+    spread = (a.max() - a.min()) / (abs(a).mean() or 1)
+    if spread < 0.05:
+        return [case.diag("batchnorm_scale_factor", "Per-channel affine error with nearly the same slope "
+                          f"{a.mean():.4g} on every channel (~1/sqrt(S)): mean/var not divided by the scale factor "
+                          "(not confirmed).", BN_S_FIX, CONF_FINGERPRINT, **ev)]
+    if has_scale:
+        return [case.diag("missing_scale", "Per-channel affine error with slopes that vary per channel "
+                          "(1/gamma): the Scale after the BatchNorm looks missing (not confirmed).", SCALE_FIX,
+                          CONF_FINGERPRINT, **ev)]
+    return []

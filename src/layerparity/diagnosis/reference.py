@@ -1,0 +1,306 @@
+"""Caffe's forward formulas in NumPy (float64), with the switches a TF port gets wrong.
+
+Every function takes and returns NCHW arrays. These are the references the
+diagnosis rules recompute to *confirm* a suspected porting bug: "the TF output
+equals Caffe's convolution computed with TF 'SAME' padding" is proof, not a guess.
+
+The formulas follow BVLC Caffe's layer code (conv_layer, pooling_layer.cpp,
+lrn_layer.cpp, batch_norm_layer.cpp, ...) and TensorFlow's kernels where the
+switch models the TF side (``same_pads``, ``exclude_pad`` average pooling,
+half-pixel bilinear resize).
+
+>>> import numpy as np
+>>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+>>> pool2d(x, (2, 2), (2, 2), (0, 0, 0, 0), "MAX")[0, 0].tolist()
+[[5.0, 7.0], [13.0, 15.0]]
+>>> caffe_pool_out(3, 3, 2, 0, ceil=True), caffe_pool_out(3, 3, 2, 0, ceil=False)
+(1, 1)
+>>> caffe_pool_out(6, 3, 2, 0, ceil=True), caffe_pool_out(6, 3, 2, 0, ceil=False)
+(3, 2)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+Pads = tuple[int, int, int, int]  # top, bottom, left, right
+
+
+# -- output sizes --------------------------------------------------------------
+
+
+def caffe_conv_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
+    """Caffe Convolution: ``floor((H + 2p - (d(k-1)+1)) / s) + 1``."""
+    return (size + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+def caffe_pool_out(size: int, k: int, s: int, p: int, ceil: bool = True) -> int:
+    """Caffe Pooling: ceil (default) or floor, minus one if the last window starts in the padding."""
+    if ceil:
+        out = int(math.ceil((size + 2 * p - k) / s)) + 1
+    else:
+        out = (size + 2 * p - k) // s + 1
+    if p > 0 and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def caffe_deconv_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
+    """Caffe Deconvolution: ``s(H-1) + d(k-1)+1 - 2p``."""
+    return s * (size - 1) + d * (k - 1) + 1 - 2 * p
+
+
+def tf_same_out(size: int, s: int) -> int:
+    return -(-size // s)
+
+
+def tf_valid_out(size: int, k_eff: int, s: int) -> int:
+    return (size - k_eff) // s + 1
+
+
+def tf_same_pads(size: int, k_eff: int, s: int) -> tuple[int, int]:
+    """TF 'SAME' padding (before, after): the odd pixel goes to the bottom/right."""
+    out = tf_same_out(size, s)
+    total = max((out - 1) * s + k_eff - size, 0)
+    return total // 2, total - total // 2
+
+
+def same_pads_2d(h: int, w: int, k: Sequence[int], s: Sequence[int], d: Sequence[int] = (1, 1)) -> Pads:
+    kh, kw = d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1
+    t, b = tf_same_pads(h, kh, s[0])
+    l, r = tf_same_pads(w, kw, s[1])
+    return t, b, l, r
+
+
+# -- convolution -----------------------------------------------------------------
+
+
+def conv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: Sequence[int] = (1, 1),
+    pads: Pads = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    group: int = 1,
+) -> np.ndarray:
+    """Cross-correlation, Caffe weights (O, I/g, kH, kW), explicit (top, bottom, left, right) pads."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    if cg * group != c or o % group:
+        raise ValueError(f"weights {w.shape} do not fit input {x.shape} with group {group}")
+    t, bt, l, r = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (t, bt), (l, r)))
+    sh, sw = stride
+    dh, dw = dilation
+    oh = (h + t + bt - (dh * (kh - 1) + 1)) // sh + 1
+    ow = (wd + l + r - (dw * (kw - 1) + 1)) // sw + 1
+    if oh <= 0 or ow <= 0:
+        raise ValueError("empty convolution output")
+    og = o // group
+    out = np.zeros((n, o, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
+            for g in range(group):
+                out[:, g * og : (g + 1) * og] += np.einsum(
+                    "nchw,oc->nohw", patch[:, g * cg : (g + 1) * cg], w[g * og : (g + 1) * og, :, i, j]
+                )
+    if b is not None:
+        out += np.asarray(b, np.float64).reshape(1, -1, 1, 1)
+    return out
+
+
+def deconv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: Sequence[int] = (1, 1),
+    crop: Pads = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    group: int = 1,
+    out_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Caffe Deconvolution, weights (C_in, C_out/g, kH, kW): scatter into the full
+    ``s(H-1)+k_eff`` canvas, then crop (top, bottom, left, right); ``out_hw`` takes a
+    window of that size starting at (top, left) instead (TF 'SAME')."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n, c, h, wd = x.shape
+    ci, cog, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw = dilation
+    fh, fw = sh * (h - 1) + dh * (kh - 1) + 1, sw * (wd - 1) + dw * (kw - 1) + 1
+    cig = c // group
+    full = np.zeros((n, cog * group, fh, fw))
+    for i in range(kh):
+        for j in range(kw):
+            for g in range(group):
+                contrib = np.einsum(
+                    "nchw,co->nohw", x[:, g * cig : (g + 1) * cig], w[g * cig : (g + 1) * cig, :, i, j]
+                )
+                full[:, g * cog : (g + 1) * cog, i * dh : i * dh + sh * (h - 1) + 1 : sh,
+                     j * dw : j * dw + sw * (wd - 1) + 1 : sw] += contrib
+    t, bt, l, r = crop
+    if out_hw is not None:
+        out = full[:, :, t : t + out_hw[0], l : l + out_hw[1]]
+    else:
+        out = full[:, :, t : fh - bt, l : fw - r]
+    if b is not None:
+        out = out + np.asarray(b, np.float64).reshape(1, -1, 1, 1)
+    return out
+
+
+def inner_product(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Caffe InnerProduct: flattens C*H*W (NCHW memory order), weights (N_out, K)."""
+    x = np.asarray(x, np.float64).reshape(x.shape[0], -1)
+    out = x @ np.asarray(w, np.float64).T
+    if b is not None:
+        out = out + np.asarray(b, np.float64).reshape(1, -1)
+    return out
+
+
+# -- pooling ---------------------------------------------------------------------
+
+
+def pool2d(
+    x: np.ndarray,
+    k: Sequence[int],
+    s: Sequence[int],
+    pads: Pads,
+    mode: str,
+    out_hw: tuple[int, int] | None = None,
+    divisor: str = "caffe",
+    caffe_pad: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Pooling with windows starting at ``o*s - pad_top``.
+
+    ``divisor`` for AVE: ``"caffe"`` (window clipped to the padded size ``H + pad``,
+    padding counted), ``"exclude_pad"`` (TF: valid elements only), ``"full"``
+    (always k*k, as after an explicit zero pad). MAX ignores padding (-inf).
+    """
+    x = np.asarray(x, np.float64)
+    n, c, h, w = x.shape
+    kh, kw = k
+    sh, sw = s
+    t, b, l, r = pads
+    if out_hw is None:
+        oh = (h + t + b - kh) // sh + 1
+        ow = (w + l + r - kw) // sw + 1
+    else:
+        oh, ow = out_hw
+    cph, cpw = caffe_pad if caffe_pad is not None else (t, l)
+    out = np.empty((n, c, oh, ow))
+    for i in range(oh):
+        hs0 = i * sh - t
+        he0 = hs0 + kh
+        hs, he = max(hs0, 0), min(he0, h)
+        for j in range(ow):
+            ws0 = j * sw - l
+            we0 = ws0 + kw
+            ws, we = max(ws0, 0), min(we0, w)
+            if hs >= he or ws >= we:
+                out[:, :, i, j] = 0.0 if mode != "MAX" else -np.inf
+                continue
+            win = x[:, :, hs:he, ws:we]
+            if mode == "MAX":
+                out[:, :, i, j] = win.max(axis=(2, 3))
+            else:
+                if divisor == "caffe":
+                    size = (min(he0, h + cph) - hs0) * (min(we0, w + cpw) - ws0)
+                elif divisor == "full":
+                    size = kh * kw
+                else:
+                    size = (he - hs) * (we - ws)
+                out[:, :, i, j] = win.sum(axis=(2, 3)) / size
+    return out
+
+
+def caffe_pool(x: np.ndarray, k: Sequence[int], s: Sequence[int], p: Sequence[int], mode: str,
+               ceil: bool = True) -> np.ndarray:
+    h, w = x.shape[2:]
+    oh = caffe_pool_out(h, k[0], s[0], p[0], ceil)
+    ow = caffe_pool_out(w, k[1], s[1], p[1], ceil)
+    return pool2d(x, k, s, (p[0], p[0], p[1], p[1]), mode, (oh, ow), "caffe", (p[0], p[1]))
+
+
+# -- normalization -----------------------------------------------------------------
+
+
+def lrn_across(x: np.ndarray, lo: int, hi: int, coef: float, beta: float, k: float) -> np.ndarray:
+    """``x * (k + coef * sum_{c-lo..c+hi} x^2)^-beta``. Caffe: lo=(n-1)//2, hi=n-1-lo,
+    coef=alpha/n. TF: lo=hi=depth_radius, coef=alpha."""
+    x = np.asarray(x, np.float64)
+    sq = x * x
+    c = x.shape[1]
+    padded = np.pad(sq, ((0, 0), (lo, hi), (0, 0), (0, 0)))
+    acc = np.zeros_like(x)
+    for d in range(lo + hi + 1):
+        acc += padded[:, d : d + c]
+    return x * (k + coef * acc) ** (-beta)
+
+
+def batchnorm(x: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float) -> np.ndarray:
+    sh = (1, -1) + (1,) * (x.ndim - 2)
+    return (np.asarray(x, np.float64) - np.reshape(mean, sh)) / np.sqrt(np.reshape(var, sh) + eps)
+
+
+def caffe_bn_stats(blobs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Caffe BatchNorm blobs ``[mean*S, var*S, S]`` -> (mean, var, S) (S == 0 -> zeros)."""
+    s = float(np.asarray(blobs[2]).reshape(-1)[0]) if len(blobs) > 2 else 1.0
+    f = 0.0 if s == 0 else 1.0 / s
+    return np.asarray(blobs[0], np.float64) * f, np.asarray(blobs[1], np.float64) * f, s
+
+
+def channel_affine(x: np.ndarray, a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    sh = (1, -1) + (1,) * (x.ndim - 2)
+    out = np.asarray(x, np.float64) * np.reshape(a, sh)
+    if b is not None:
+        out = out + np.reshape(b, sh)
+    return out
+
+
+def softmax(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# -- resizing ----------------------------------------------------------------------
+
+
+def _interp_axis(n_in: int, n_out: int, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    o = np.arange(n_out, dtype=np.float64)
+    if mode == "align_corners":
+        src = o * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    elif mode == "half_pixel":
+        src = (o + 0.5) * (n_in / n_out) - 0.5
+    else:  # "asymmetric": legacy tf.compat.v1.image.resize_bilinear
+        src = o * (n_in / n_out)
+    f = np.floor(src)
+    lo = np.clip(f, 0, n_in - 1).astype(int)
+    hi = np.clip(np.ceil(src), 0, n_in - 1).astype(int)
+    frac = src - f
+    if mode == "align_corners":
+        frac = np.clip(src - lo, 0, 1)
+    return lo, hi, frac
+
+
+def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int], mode: str = "align_corners") -> np.ndarray:
+    """Bilinear resize of an NCHW array: ``align_corners`` (Caffe Interp), ``half_pixel``
+    (tf.image.resize / Keras UpSampling2D), ``asymmetric`` (TF1 default)."""
+    x = np.asarray(x, np.float64)
+    hl, hh, hf = _interp_axis(x.shape[2], out_hw[0], mode)
+    wl, wh, wf = _interp_axis(x.shape[3], out_hw[1], mode)
+    top = x[:, :, hl] * (1 - hf)[None, None, :, None] + x[:, :, hh] * hf[None, None, :, None]
+    return top[:, :, :, wl] * (1 - wf) + top[:, :, :, wh] * wf
+
+
+def interp_zoom_out(size: int, zoom: int) -> int:
+    """Caffe Interp (PSPNet/DeepLab) output for zoom_factor z: ``in + (in-1)(z-1)``."""
+    return size + (size - 1) * (zoom - 1)

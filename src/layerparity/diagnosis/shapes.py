@@ -1,0 +1,83 @@
+"""Step 1 of the decision list: the output shapes differ. Recompute Caffe's size
+rules and say which one explains TF's shape."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..layout import same_shape_in
+from ..result import Diagnosis
+from . import reference as ref
+from ._core import CONF_FINGERPRINT, CONF_FORMULA, Case
+from .conv import _conv_geom, _input_shape, _pad_fix
+from .elementwise import concat_shape_rule, deconv_shape_rule, interp_shape_rule
+from .pooling import pool_shape_rule
+
+INTERP_KINDS = {"Interp", "BilinearInterpolate", "Resize", "Upsample"}
+
+
+def tf_shape_in_caffe_layout(case: Case) -> tuple[int, ...]:
+    shape = tuple(case.t_raw.shape)
+    cl, tl = case.cp.layout, case.tp.layout
+    try:
+        if cl and tl and not cl.startswith("flat:") and not tl.startswith("flat:") and sorted(cl) == sorted(tl):
+            return same_shape_in(shape, tl, cl)
+    except ValueError:
+        pass
+    return shape
+
+
+def conv_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
+    in_shape = case.x0.shape if case.x0 is not None else _input_shape(case)
+    if in_shape is None or len(in_shape) != 4 or len(t_shape) != 4:
+        return []
+    k, s, p, d, _ = _conv_geom(case)
+    h, w = in_shape[2:]
+    keff = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+    c_out = (ref.caffe_conv_out(h, k[0], s[0], p[0], d[0]), ref.caffe_conv_out(w, k[1], s[1], p[1], d[1]))
+    valid = (ref.tf_valid_out(h, keff[0], s[0]), ref.tf_valid_out(w, keff[1], s[1]))
+    same = (ref.tf_same_out(h, s[0]), ref.tf_same_out(w, s[1]))
+    got = tuple(t_shape[2:])
+    ev = dict(input_hw=[h, w], kernel=list(k), stride=list(s), pad=list(p), caffe_out=list(c_out),
+              tf_valid_out=list(valid), tf_same_out=list(same), tf_out=list(got))
+    if got == valid and got != c_out:
+        return [case.diag("padding_mismatch", f"TF convolves 'VALID' ({got[0]}x{got[1]}) where Caffe pads {p[0]}x{p[1]} "
+                          f"({c_out[0]}x{c_out[1]}).", _pad_fix(p), CONF_FORMULA, **ev)]
+    if got == same and got != c_out:
+        return [case.diag("padding_mismatch", f"TF 'SAME' gives ceil(H/s) = {got[0]}x{got[1]}; Caffe's pad {p[0]}x{p[1]} "
+                          f"gives {c_out[0]}x{c_out[1]}.", _pad_fix(p), CONF_FORMULA, **ev)]
+    return []
+
+
+def shape_rules(case: Case) -> list[Diagnosis]:
+    t_shape = tf_shape_in_caffe_layout(case)
+    out: list[Diagnosis] = []
+    k = case.ckind
+    if k in ("pool_max", "pool_avg", "global_pool"):
+        out += pool_shape_rule(case, t_shape)
+    elif k in ("conv", "depthwise_conv"):
+        out += conv_shape_rule(case, t_shape)
+    elif k == "deconv":
+        out += deconv_shape_rule(case, t_shape)
+    elif k == "concat":
+        out += concat_shape_rule(case, t_shape)
+    elif case.ckind_raw in INTERP_KINDS or k == "resize":
+        out += interp_shape_rule(case, t_shape)
+    if not out:
+        y = case.y
+        ev = {"caffe_shape": list(y.shape), "caffe_layout": case.cp.layout, "tf_shape": list(case.t_raw.shape),
+              "tf_layout": case.tp.layout, "tf_shape_in_caffe_layout": list(t_shape)}
+        if int(np.prod(y.shape)) == int(np.prod(case.t_raw.shape)):
+            ev["same_number_of_elements"] = True
+            out.append(case.diag("shape_mismatch",
+                                 f"Same number of elements, different shapes (Caffe {tuple(y.shape)} {case.cp.layout}, TF "
+                                 f"{tuple(case.t_raw.shape)} {case.tp.layout}): a reshape or a wrongly declared layout.",
+                                 "Check the Reshape/Flatten/Permute feeding this layer and the layout declared for it.",
+                                 CONF_FINGERPRINT - 0.2, **ev))
+        else:
+            out.append(case.diag("shape_mismatch",
+                                 f"The output shapes differ (Caffe {tuple(y.shape)} {case.cp.layout}, TF "
+                                 f"{tuple(case.t_raw.shape)} {case.tp.layout}, i.e. {t_shape} in Caffe's layout) and no "
+                                 "size rule explains it.", "Compare the layer's parameters (kernel, stride, pad, axis) "
+                                 "on both sides.", CONF_FINGERPRINT - 0.3, **ev))
+    return out

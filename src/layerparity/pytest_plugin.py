@@ -1,0 +1,418 @@
+"""pytest plugin: the ``parity`` fixture, golden Caffe traces, ``--parity-*`` options.
+
+Registered through the ``pytest11`` entry point, so installing layerparity is
+enough. Nothing here imports Caffe or TensorFlow until a check runs.
+
+Options (group ``layerparity``):
+
+``--parity-rtol R --parity-atol A``
+    Tolerance for every check that does not pass its own (given together or not at all).
+``--parity-report DIR``
+    For each failing check, write ``DIR/<node id>.html`` and ``.json`` (node id
+    sanitized; a second failing check in one test gets ``-2``, ...).
+``--parity-regen``
+    (Re)record the golden Caffe traces (``parity.check(..., golden="name")``):
+    needs Caffe. Later runs need only TensorFlow.
+
+Fixtures: ``parity`` (``.check(caffe_model, tf_model, inputs, **kw) -> Report``),
+``parity_golden`` (``.check(...)`` with a golden named after the test),
+``caffe_net`` and ``tf_model`` (factories: ``caffe_net(prototxt, weights)``,
+``tf_model(path)``; the backends are closed after the test).
+
+Example (see docs/pytest-plugin.md)::
+
+    def test_port(parity):
+        parity.check("deploy.prototxt", "port.keras", x, caffe_weights="w.caffemodel",
+                     golden="port")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import InputError
+
+REGEN_FLAG = "--parity-regen"
+GOLDEN_SUFFIX = ".caffe.npz"
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
+
+_session_start_key = pytest.StashKey[float]()
+_regenerated_key = pytest.StashKey[set]()
+
+
+# -- options -----------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("layerparity", "layerparity: Caffe vs TensorFlow parity checks")
+    group.addoption(
+        "--parity-rtol", type=float, default=None, metavar="R",
+        help="rtol for parity checks that give none (with --parity-atol; both or neither)",
+    )
+    group.addoption(
+        "--parity-atol", type=float, default=None, metavar="A",
+        help="atol (times each layer's max|caffe|) for parity checks that give none (with --parity-rtol)",
+    )
+    group.addoption(
+        "--parity-report", default=None, metavar="DIR",
+        help="write an HTML and a JSON report per failing parity check into DIR (named after the test node id)",
+    )
+    group.addoption(
+        REGEN_FLAG, action="store_true", default=False,
+        help="record the golden Caffe traces again (needs Caffe); later runs compare TF against them",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    rtol, atol = config.getoption("--parity-rtol"), config.getoption("--parity-atol")
+    if (rtol is None) != (atol is None):
+        given, missing = ("--parity-rtol", "--parity-atol") if rtol is not None else ("--parity-atol", "--parity-rtol")
+        raise pytest.UsageError(f"{given} needs {missing} too: they are given together or not at all")
+    for name, v in (("--parity-rtol", rtol), ("--parity-atol", atol)):
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise pytest.UsageError(f"{name} must be a finite number >= 0, got {v}")
+    config.stash[_session_start_key] = time.time()
+    config.stash[_regenerated_key] = set()
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def sanitize_nodeid(nodeid: str, limit: int = 120) -> str:
+    """A file name from a node id: ``::`` becomes ``__``, ``/`` and other unsafe characters
+    ``_``; when something besides ``/`` was replaced, or the id is cut at ``limit``,
+    a short hash of the id is appended so distinct ids never share a file.
+
+    >>> sanitize_nodeid("tests/test_port.py::test_conv")
+    'tests_test_port.py__test_conv'
+    >>> sanitize_nodeid("tests/test_port.py::test_conv[a b]")
+    'tests_test_port.py__test_conv_a_b-bc93c4bb'
+    """
+    s = nodeid.replace("::", "__")
+    lossy = re.sub(r"[^A-Za-z0-9._/-]+", "_", s) != s  # something besides "/" was replaced
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._-") or "test"
+    digest = "-" + hashlib.sha256(nodeid.encode()).hexdigest()[:8]
+    if len(s) > limit:
+        return s[: limit - len(digest)] + digest
+    return s + digest if lossy else s
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def inputs_sha256(inputs: Any) -> str:
+    """Hash of the inputs as the models receive them (float32, NCHW), by input name."""
+    import numpy as np
+
+    items = sorted(inputs.items()) if isinstance(inputs, dict) else [("", inputs)]
+    h = hashlib.sha256()
+    for name, arr in items:
+        a = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+        h.update(f"{name}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def golden_hashes(caffe_model: Any, caffe_weights: Any, inputs: Any) -> dict[str, str | None]:
+    def path_hash(p: Any, what: str) -> str | None:
+        if p is None:
+            return None
+        if not isinstance(p, (str, os.PathLike)):
+            raise InputError(f"golden traces need the Caffe {what} as a file path, got a {type(p).__name__}")
+        if not os.path.isfile(p):
+            raise InputError(f"{os.fspath(p)}: no such Caffe {what} file (needed to check the golden trace is current)")
+        return _sha256_file(os.fspath(p))
+
+    return {
+        "prototxt_sha256": path_hash(caffe_model, "prototxt"),
+        "caffemodel_sha256": path_hash(caffe_weights, "caffemodel"),
+        "input_sha256": inputs_sha256(inputs) if inputs is not None else None,
+    }
+
+
+class _FileLock:
+    """An exclusive lock on ``path`` (fcntl; a no-op where fcntl is missing), for xdist workers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f: Any = None
+
+    def __enter__(self) -> _FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+b")
+        try:
+            import fcntl
+
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            import fcntl
+
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_UN)
+        except ImportError:  # pragma: no cover
+            pass
+        self._f.close()
+
+
+# -- the fixture objects -------------------------------------------------------------------
+
+
+class ParityChecker:
+    """What the ``parity`` fixture returns: one verb, :meth:`check`.
+
+    >>> def test_port(parity):                                     # doctest: +SKIP
+    ...     parity.check("deploy.prototxt", "port.keras", x, caffe_weights="w.caffemodel")
+    """
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
+        self._config = request.config
+        self._failures = 0
+
+    # -- paths
+    def golden_path(self, name: str) -> Path:
+        """``<test dir>/<test module stem>/<name>.caffe.npz`` (like pytest-regressions' data dir)."""
+        if not isinstance(name, str) or not _NAME_OK.match(name) or ".." in name:
+            raise InputError(
+                f"golden name {name!r}: use letters, digits, '.', '_' and '-' only (it becomes a file name)"
+            )
+        mod = Path(str(self._request.path))
+        return mod.parent / mod.stem / f"{name}{GOLDEN_SUFFIX}"
+
+    def check(
+        self,
+        caffe_model: Any,
+        tf_model: Any,
+        inputs: Any = None,
+        *,
+        caffe_weights: Any = None,
+        mapping: Any = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        tolerances: Any = None,
+        own_error: bool = True,
+        golden: str | None = None,
+        **kw: Any,
+    ) -> Any:
+        """Assert the TF model matches the Caffe model (like ``assert_parity``); return the Report.
+
+        ``rtol``/``atol`` default to ``--parity-rtol``/``--parity-atol`` when given.
+        ``golden="name"``: compare against the recorded Caffe trace
+        ``<test dir>/<module>/<name>.caffe.npz`` instead of running Caffe; record it
+        with ``--parity-regen``. A missing or stale recording (prototxt, caffemodel
+        or input hash changed) fails and says to use ``--parity-regen``.
+        """
+        __tracebackhide__ = True
+        from .testing import format_parity_failure, run_parity
+
+        if rtol is None and atol is None:
+            rtol, atol = self._config.getoption("--parity-rtol"), self._config.getoption("--parity-atol")
+        caffe_side = caffe_model
+        if golden is not None:
+            caffe_side = self._golden(golden, caffe_model, caffe_weights, inputs)
+        report = run_parity(
+            caffe_side, tf_model, inputs, caffe_weights=None if golden is not None else caffe_weights,
+            mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, **kw,
+        )
+        if not report:
+            msg = format_parity_failure(report)
+            written = self._write_reports(report)
+            if written:
+                msg += "\nReports: " + ", ".join(written)
+            raise AssertionError(msg)
+        return report
+
+    def _golden(self, name: str, caffe_model: Any, caffe_weights: Any, inputs: Any) -> str:
+        __tracebackhide__ = True
+        path = self.golden_path(name)
+        regen = self._config.getoption(REGEN_FLAG)
+        if regen:
+            if caffe_model is None:
+                raise InputError(f"{REGEN_FLAG}: recording golden {name!r} needs the Caffe prototxt (caffe_model)")
+            if inputs is None:
+                raise InputError(f"{REGEN_FLAG}: recording golden {name!r} needs inputs")
+            self._record(path, caffe_model, caffe_weights, inputs)
+            return str(path)
+        if not path.is_file():
+            pytest.fail(
+                f"golden Caffe trace {path} is missing: record it with `pytest {REGEN_FLAG}` (needs Caffe)",
+                pytrace=False,
+            )
+        from .trace import ArchiveReader
+
+        with ArchiveReader(path) as r:
+            recorded = r.meta.get("golden") if isinstance(r.meta, dict) else None
+        if not isinstance(recorded, dict):
+            pytest.fail(f"golden Caffe trace {path} has no recorded hashes: re-record it with `pytest {REGEN_FLAG}`", pytrace=False)
+        current = golden_hashes(caffe_model, caffe_weights, inputs)
+        stale = [
+            k.replace("_sha256", "")
+            for k, v in current.items()
+            if v is not None and recorded.get(k) != v
+        ]
+        if stale:
+            pytest.fail(
+                f"golden Caffe trace {path} is stale: the {', '.join(stale)} changed since it was recorded; "
+                f"re-record it with `pytest {REGEN_FLAG}` (needs Caffe)",
+                pytrace=False,
+            )
+        return str(path)
+
+    def _record(self, path: Path, caffe_model: Any, caffe_weights: Any, inputs: Any) -> None:
+        """Capture the Caffe trace and save it with its hashes; once per session per file,
+        under a lock so xdist workers never write the same file at the same time."""
+        hashes = golden_hashes(caffe_model, caffe_weights, inputs)
+        done: set = self._config.stash[_regenerated_key]
+        if str(path) in done:
+            return
+        with _FileLock(path.with_name(path.name + ".lock")):
+            if path.is_file() and path.stat().st_mtime >= self._config.stash[_session_start_key]:
+                from .trace import ArchiveReader
+
+                with ArchiveReader(path) as r:  # another worker recorded it in this session
+                    if isinstance(r.meta, dict) and r.meta.get("golden") == hashes:
+                        done.add(str(path))
+                        return
+            from .backends.caffe import capture_caffe
+
+            trace = capture_caffe(caffe_model, caffe_weights, inputs)
+            trace.meta = {
+                **trace.meta,
+                "golden": hashes,
+                "golden_sources": {
+                    "prototxt": os.path.basename(os.fspath(caffe_model)),
+                    "caffemodel": os.path.basename(os.fspath(caffe_weights)) if caffe_weights is not None else None,
+                },
+            }
+            path.parent.mkdir(parents=True, exist_ok=True)
+            trace.save(path)  # atomic: written to .partial, then renamed
+        done.add(str(path))
+
+    def _write_reports(self, report: Any) -> list[str]:
+        out = self._config.getoption("--parity-report")
+        if not out:
+            return []
+        from .report import write_html, write_json
+
+        self._failures += 1
+        base = sanitize_nodeid(self._request.node.nodeid)
+        if self._failures > 1:
+            base += f"-{self._failures}"
+        d = Path(out)
+        if not d.is_absolute():
+            d = Path(str(self._config.rootpath)) / d
+        html_path, json_path = d / f"{base}.html", d / f"{base}.json"
+        write_html(report, html_path, title=f"layerparity: {self._request.node.nodeid}")
+        write_json(report, json_path)
+        return [str(html_path), str(json_path)]
+
+
+class ParityGolden:
+    """What the ``parity_golden`` fixture returns: :meth:`check` against a golden trace
+    named after the test (``test_port[case1]`` -> ``test_port_case1_.caffe.npz``)."""
+
+    def __init__(self, checker: ParityChecker, request: pytest.FixtureRequest) -> None:
+        self._checker = checker
+        self.name = sanitize_nodeid(request.node.name)
+
+    @property
+    def path(self) -> Path:
+        return self._checker.golden_path(self.name)
+
+    def check(self, caffe_model: Any, tf_model: Any, inputs: Any = None, *, basename: str | None = None, **kw: Any) -> Any:
+        __tracebackhide__ = True
+        return self._checker.check(caffe_model, tf_model, inputs, golden=basename or self.name, **kw)
+
+
+# -- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def parity(request: pytest.FixtureRequest) -> ParityChecker:
+    """Parity checks against real Caffe or a recorded golden trace.
+
+    Example::
+
+        def test_port(parity):
+            report = parity.check("deploy.prototxt", "port.keras", x,
+                                  caffe_weights="w.caffemodel")
+            assert report.row("conv1").metrics.cosine > 0.9999
+
+    On failure: the ``assert_parity`` message (first divergent layer, worst NCHW
+    index, tolerance, own vs total error, diagnosis with fix, per-layer table), and
+    with ``--parity-report DIR`` an HTML and a JSON report per failing check.
+    """
+    return ParityChecker(request)
+
+
+@pytest.fixture
+def parity_golden(parity: ParityChecker, request: pytest.FixtureRequest) -> ParityGolden:
+    """Like ``parity`` with ``golden=<test name>``::
+
+        def test_port(parity_golden):
+            parity_golden.check("deploy.prototxt", "port.keras", x, caffe_weights="w.caffemodel")
+
+    ``pytest --parity-regen`` records ``<test dir>/<module>/<test name>.caffe.npz``.
+    """
+    return ParityGolden(parity, request)
+
+
+@pytest.fixture
+def caffe_net() -> Any:
+    """Factory ``caffe_net(prototxt, weights=None, **kw) -> CaffeBackend`` (closed after the test).
+
+    The backend can be passed to ``parity.check`` as the Caffe model::
+
+        def test_port(parity, caffe_net, tf_model):
+            parity.check(caffe_net("deploy.prototxt", "w.caffemodel"), tf_model("port.keras"), x)
+    """
+    opened: list[Any] = []
+
+    def load_caffe(prototxt: Any, weights: Any = None, **kw: Any) -> Any:
+        from .backends.caffe import CaffeBackend
+
+        b = CaffeBackend(prototxt, weights, **kw)
+        opened.append(b)
+        return b
+
+    yield load_caffe
+    for b in reversed(opened):
+        b.close()
+
+
+@pytest.fixture
+def tf_model() -> Any:
+    """Factory ``tf_model(path_or_model, **kw) -> TF backend`` (``load_tf``; closed after the test)."""
+    opened: list[Any] = []
+
+    def load_tf(model: Any, **kw: Any) -> Any:
+        from .backends.tensorflow import load_tf as _load
+
+        if isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith((".keras", ".h5", ".hdf5")):
+            from .demo import register_keras_objects
+
+            register_keras_objects()
+        b = _load(model, **kw)
+        opened.append(b)
+        return b
+
+    yield load_tf
+    for b in reversed(opened):
+        b.close()

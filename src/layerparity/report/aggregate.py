@@ -1,0 +1,84 @@
+"""One report over many inputs: each row is the worst input's row, with per-layer stats in ``meta``.
+
+>>> from layerparity.result import Report
+>>> r = aggregate_reports([Report(rows=[], unmapped_caffe=[], unmapped_tf=[])] * 2, ["a.npy", "b.npy"])
+>>> r.meta["inputs"]["count"]
+2
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from ..errors import InternalError
+from ..result import Report
+
+__all__ = ["aggregate_reports"]
+
+
+def _key(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+def aggregate_reports(reports: Sequence[Report], labels: Sequence[str] | None = None) -> Report:
+    """Combine the reports of the same two models on several inputs.
+
+    - ``rows[i]`` is the row ``i`` of the worst input there (a failing input first,
+      then the greatest max abs error), so it passes only if it passed on every input;
+    - ``first_divergence`` is the earliest first divergence over all inputs (that
+      input's row);
+    - ``meta["inputs"]`` = ``{"count", "labels", "per_layer": {caffe_layer:
+      {"failed_inputs", "max_abs_error": {"max", "mean", "worst_input"},
+      "max_rel_error": {"max", "mean"}}}}``.
+    """
+    if not reports:
+        raise InternalError("aggregate_reports needs at least one report")
+    labels = list(labels) if labels is not None else [f"input {i}" for i in range(len(reports))]
+    if len(reports) == 1:
+        r = reports[0]
+        r.meta = {**r.meta, "inputs": {"count": 1, "labels": labels[:1], "per_layer": {}}}
+        return r
+    base = reports[0]
+    n_rows = len(base.rows)
+    for k, r in enumerate(reports):
+        names = [x.caffe_layer for x in r.rows]
+        if len(r.rows) != n_rows or names != [x.caffe_layer for x in base.rows]:
+            raise InternalError(f"reports of {labels[k]!r} and {labels[0]!r} compare different layers")
+    rows = []
+    per_layer = {}
+    for i in range(n_rows):
+        cands = [r.rows[i] for r in reports]
+        errs = [_key(c.max_abs_error) for c in cands]
+        # a failing input always wins over a passing one, so the row passes only if all passed
+        worst = max(range(len(cands)), key=lambda j: (not cands[j].passed, errs[j]))
+        rows.append(cands[worst])
+        rels = [_key(c.max_rel_error) for c in cands]
+        per_layer[base.rows[i].caffe_layer] = {
+            "failed_inputs": sum(1 for c in cands if not c.passed),
+            "max_abs_error": {"max": max(errs), "mean": sum(errs) / len(errs), "worst_input": labels[max(range(len(errs)), key=errs.__getitem__)]},
+            "max_rel_error": {"max": max(rels), "mean": sum(rels) / len(rels)},
+        }
+    first = None
+    first_idx = None
+    for r in reports:
+        fd = r.first_divergence
+        if fd is None:
+            continue
+        idx = next(i for i, x in enumerate(r.rows) if x is fd)
+        if first_idx is None or idx < first_idx:
+            first_idx, first = idx, fd
+    if first is not None and first_idx is not None:
+        rows[first_idx] = first
+    meta = dict(base.meta)
+    meta["inputs"] = {"count": len(reports), "labels": labels, "per_layer": per_layer}
+    return Report(
+        rows=rows,
+        unmapped_caffe=list(base.unmapped_caffe),
+        unmapped_tf=list(base.unmapped_tf),
+        tolerance=base.tolerance,
+        first_divergence=first,
+        caffe_source=base.caffe_source,
+        tf_source=base.tf_source,
+        meta=meta,
+    )

@@ -1,0 +1,266 @@
+"""The JSON report: write, read, validate, and rebuild a :class:`Report` from it.
+
+The format is :meth:`Report.to_dict` (see docs/report-format.md for every key).
+Non-finite numbers are written as the strings ``"nan"``, ``"inf"``, ``"-inf"``
+so the file is strict JSON that any parser reads.
+
+>>> import tempfile, os
+>>> from layerparity.result import Report
+>>> path = os.path.join(tempfile.mkdtemp(), "r.json")
+>>> write_json(Report(rows=[], unmapped_caffe=[], unmapped_tf=["flatten"]), path)
+>>> read_json(path)["unmapped"]
+{'caffe': [], 'tf': ['flatten']}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from ..errors import InputError
+from ..result import REPORT_FORMAT_VERSION, Diagnosis, LayerResult, Metrics, Report, Tolerance
+
+__all__ = ["ReportFormatError", "write_json", "read_json", "validate_report", "report_from_dict", "load_report"]
+
+FORMAT = "layerparity-report"
+
+
+class ReportFormatError(InputError):
+    """A JSON report file is unreadable or does not follow docs/report-format.md."""
+
+
+def write_json(report: Report, path: str | os.PathLike[str]) -> None:
+    """Write ``report`` as JSON (UTF-8, indented); atomically (a temp file, then rename)."""
+    path = os.fspath(path)
+    text = report.to_json(indent=2)
+    tmp = f"{path}.{os.getpid()}.partial"
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a JSON report; the dict as written. Raises :class:`ReportFormatError`."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ReportFormatError(f"{path}: no such report file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportFormatError(f"{path}: not a JSON report ({e})") from None
+    validate_report(data, where=path)
+    return data
+
+
+def load_report(path: str | os.PathLike[str]) -> Report:
+    """Read a JSON report back into a :class:`Report` (``to_dict`` of it equals the file)."""
+    return report_from_dict(read_json(path))
+
+
+# -- validation ------------------------------------------------------------------
+
+_NUM = (int, float)
+
+
+def _is_num(x: Any) -> bool:
+    return (isinstance(x, _NUM) and not isinstance(x, bool)) or x in ("nan", "inf", "-inf")
+
+
+def _check(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise ReportFormatError(f"{where}: {what}")
+
+
+_LAYER_KEYS = {
+    "caffe_layer": str, "caffe_blob": str, "caffe_chain": list, "caffe_kind": str, "tf_layer": str,
+    "tf_kind": str, "caffe_shape": list, "tf_shape": list, "passed": bool, "note": str, "diagnoses": list,
+}
+_LAYER_NUMS = ("max_abs_error", "max_rel_error", "cosine", "mismatched_fraction")
+_METRIC_NUMS = (
+    "max_abs_error", "max_rel_error", "mean_abs_error", "rel_rms_error", "cosine",
+    "mismatched_fraction", "scale", "min_atol", "min_rtol",
+)
+_METRIC_INTS = ("mismatched", "total", "nan_mismatch")
+
+
+def validate_report(data: Any, where: str = "report") -> None:
+    """Raise :class:`ReportFormatError` naming the first key that breaks the format."""
+    _check(isinstance(data, dict), where, "the top level is not a JSON object")
+    _check(data.get("format") == FORMAT, where, f"'format' is {data.get('format')!r}, expected {FORMAT!r}")
+    v = data.get("version")
+    _check(isinstance(v, int) and not isinstance(v, bool), where, f"'version' is {v!r}, expected an integer")
+    _check(
+        1 <= v <= REPORT_FORMAT_VERSION,
+        where,
+        f"report format version {v} is not supported (this layerparity reads up to {REPORT_FORMAT_VERSION}; upgrade layerparity)",
+    )
+    _check(isinstance(data.get("passed"), bool), where, "'passed' is missing or not a boolean")
+    for k in ("caffe_source", "tf_source"):
+        _check(isinstance(data.get(k, ""), str), where, f"{k!r} is not a string")
+    tol = data.get("tolerance")
+    if tol is not None:
+        _tolerance(tol, f"{where}: tolerance")
+    layers = data.get("layers")
+    _check(isinstance(layers, list), where, "'layers' is missing or not a list")
+    for i, layer in enumerate(layers):
+        _layer(layer, f"{where}: layers[{i}]")
+    fd = data.get("first_divergence", "missing")
+    _check(fd != "missing", where, "'first_divergence' is missing (null when nothing diverged)")
+    if fd is not None:
+        w = f"{where}: first_divergence"
+        _check(isinstance(fd, dict), w, "not an object")
+        for k in ("caffe_layer", "tf_layer"):
+            _check(isinstance(fd.get(k), str), w, f"{k!r} is missing or not a string")
+        for k in ("max_abs_error", "max_rel_error"):
+            _check(_is_num(fd.get(k)), w, f"{k!r} is missing or not a number")
+        _check(isinstance(fd.get("diagnoses"), list), w, "'diagnoses' is missing or not a list")
+        for j, d in enumerate(fd["diagnoses"]):
+            _diagnosis(d, f"{w}.diagnoses[{j}]")
+        if fd.get("own_error") is not None:
+            _metrics(fd["own_error"], f"{w}.own_error")
+        _check(
+            any(isinstance(x, dict) and x.get("caffe_layer") == fd["caffe_layer"] for x in layers),
+            w,
+            f"names Caffe layer {fd['caffe_layer']!r}, which is not in 'layers'",
+        )
+    um = data.get("unmapped")
+    _check(isinstance(um, dict), where, "'unmapped' is missing or not an object")
+    for k in ("caffe", "tf"):
+        _check(
+            isinstance(um.get(k), list) and all(isinstance(x, str) for x in um[k]),
+            where,
+            f"'unmapped.{k}' is missing or not a list of names",
+        )
+    _check(isinstance(data.get("meta", {}), dict), where, "'meta' is not an object")
+
+
+def _tolerance(t: Any, w: str) -> None:
+    _check(isinstance(t, dict), w, "not an object")
+    for k in ("rtol", "atol"):
+        _check(_is_num(t.get(k)), w, f"{k!r} is missing or not a number")
+    _check(isinstance(t.get("relative_atol", True), bool), w, "'relative_atol' is not a boolean")
+
+
+def _layer(x: Any, w: str) -> None:
+    _check(isinstance(x, dict), w, "not an object")
+    for k, typ in _LAYER_KEYS.items():
+        _check(isinstance(x.get(k), typ), w, f"{k!r} is missing or not a {typ.__name__}")
+    for k in ("caffe_shape", "tf_shape"):
+        _check(all(isinstance(d, int) and not isinstance(d, bool) for d in x[k]), w, f"{k!r} holds a non-integer")
+    for k in _LAYER_NUMS:
+        _check(x.get(k) is None or _is_num(x.get(k)), w, f"{k!r} is not a number or null")
+    if x.get("metrics") is not None:
+        _metrics(x["metrics"], f"{w}.metrics")
+    if x.get("own_error") is not None:
+        _metrics(x["own_error"], f"{w}.own_error")
+    _check(x.get("contaminated_by") is None or isinstance(x["contaminated_by"], str), w, "'contaminated_by' is not a string or null")
+    for j, d in enumerate(x["diagnoses"]):
+        _diagnosis(d, f"{w}.diagnoses[{j}]")
+
+
+def _metrics(m: Any, w: str) -> None:
+    _check(isinstance(m, dict), w, "not an object")
+    for k in _METRIC_NUMS:
+        _check(_is_num(m.get(k)), w, f"{k!r} is missing or not a number")
+    for k in _METRIC_INTS:
+        _check(isinstance(m.get(k), int) and not isinstance(m.get(k), bool), w, f"{k!r} is missing or not an integer")
+    for k in ("max_abs_index", "max_rel_index"):
+        v = m.get(k)
+        _check(v is None or (isinstance(v, list) and all(isinstance(i, int) for i in v)), w, f"{k!r} is not a list of integers or null")
+    _check(isinstance(m.get("passed"), bool), w, "'passed' is missing or not a boolean")
+
+
+def _diagnosis(d: Any, w: str) -> None:
+    _check(isinstance(d, dict), w, "not an object")
+    for k in ("kind", "summary", "fix"):
+        _check(isinstance(d.get(k), str), w, f"{k!r} is missing or not a string")
+    _check(isinstance(d.get("evidence"), dict), w, "'evidence' is missing or not an object")
+    _check(d.get("confidence") is None or _is_num(d.get("confidence")), w, "'confidence' is not a number")
+
+
+# -- rebuilding ------------------------------------------------------------------
+
+
+def _num(x: Any) -> float:
+    if isinstance(x, str):
+        return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[x]
+    return float(x)
+
+
+def _idx(x: Any) -> tuple[int, ...] | None:
+    return None if x is None else tuple(int(i) for i in x)
+
+
+def metrics_from_dict(m: dict[str, Any]) -> Metrics:
+    return Metrics(
+        max_abs_error=_num(m["max_abs_error"]),
+        max_abs_index=_idx(m.get("max_abs_index")),
+        max_rel_error=_num(m["max_rel_error"]),
+        max_rel_index=_idx(m.get("max_rel_index")),
+        mean_abs_error=_num(m["mean_abs_error"]),
+        rel_rms_error=_num(m["rel_rms_error"]),
+        cosine=_num(m["cosine"]),
+        mismatched=int(m["mismatched"]),
+        total=int(m["total"]),
+        nan_mismatch=int(m["nan_mismatch"]),
+        scale=_num(m["scale"]),
+        min_atol=_num(m["min_atol"]),
+        min_rtol=_num(m["min_rtol"]),
+        passed=bool(m["passed"]),
+    )
+
+
+def _diag(d: dict[str, Any]) -> Diagnosis:
+    return Diagnosis(
+        kind=d["kind"],
+        summary=d["summary"],
+        fix=d["fix"],
+        confidence=_num(d.get("confidence", 0.5)),
+        evidence=dict(d.get("evidence", {})),
+    )
+
+
+def report_from_dict(data: dict[str, Any]) -> Report:
+    """A :class:`Report` from its (validated) JSON form."""
+    validate_report(data)
+    rows = []
+    for x in data["layers"]:
+        rows.append(
+            LayerResult(
+                caffe_layer=x["caffe_layer"],
+                caffe_blob=x["caffe_blob"],
+                tf_layer=x["tf_layer"],
+                caffe_kind=x["caffe_kind"],
+                tf_kind=x["tf_kind"],
+                caffe_chain=list(x["caffe_chain"]),
+                caffe_shape=tuple(x["caffe_shape"]),
+                tf_shape=tuple(x["tf_shape"]),
+                metrics=metrics_from_dict(x["metrics"]) if x.get("metrics") else None,
+                own=metrics_from_dict(x["own_error"]) if x.get("own_error") else None,
+                note=x["note"],
+                diagnoses=[_diag(d) for d in x["diagnoses"]],
+                contaminated_by=x.get("contaminated_by"),
+            )
+        )
+    tol = data.get("tolerance")
+    fd = data.get("first_divergence")
+    first = None
+    if fd is not None:
+        first = next(r for r in rows if r.caffe_layer == fd["caffe_layer"])
+    return Report(
+        rows=rows,
+        unmapped_caffe=list(data["unmapped"]["caffe"]),
+        unmapped_tf=list(data["unmapped"]["tf"]),
+        tolerance=Tolerance(_num(tol["rtol"]), _num(tol["atol"]), bool(tol.get("relative_atol", True))) if tol else None,
+        first_divergence=first,
+        caffe_source=data.get("caffe_source", ""),
+        tf_source=data.get("tf_source", ""),
+        meta=dict(data.get("meta", {})),
+    )

@@ -1,0 +1,132 @@
+"""The few Keras layers a Caffe port needs that Keras does not ship.
+
+Each computes exactly what the Caffe layer of the same name computes (formulas
+in /work/shared/notes/caffe-vs-tensorflow.md); their class names are the Caffe
+type names so that ``layerparity.kinds`` maps both sides to the same kind.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+class Scale(keras.layers.Layer):
+    """Caffe ``Scale`` over the last (channel) axis: ``y = x * gamma (+ beta)``."""
+
+    def __init__(self, bias_term: bool = True, **kw):
+        super().__init__(**kw)
+        self.bias_term = bias_term
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        self.gamma = self.add_weight(name="gamma", shape=(c,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="zeros") if self.bias_term else None
+
+    def call(self, x):
+        y = x * self.gamma
+        return y + self.beta if self.beta is not None else y
+
+    def get_config(self):
+        return {**super().get_config(), "bias_term": self.bias_term}
+
+
+class LRN(keras.layers.Layer):
+    """Caffe ``LRN`` ACROSS_CHANNELS through ``tf.nn.local_response_normalization``.
+
+    The constructor takes TF's arguments: ``depth_radius = local_size // 2``,
+    ``bias = k``, ``alpha = alpha / local_size``, ``beta``.
+    """
+
+    def __init__(self, depth_radius: int, bias: float, alpha: float, beta: float, **kw):
+        super().__init__(**kw)
+        self.depth_radius, self.bias, self.alpha, self.beta = int(depth_radius), float(bias), float(alpha), float(beta)
+
+    def call(self, x):
+        return tf.nn.local_response_normalization(
+            x, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "depth_radius": self.depth_radius, "bias": self.bias,
+                "alpha": self.alpha, "beta": self.beta}
+
+
+class Pad(keras.layers.Layer):
+    """Constant padding of H and W (MAX pooling pads with the lowest float, like Caffe's -inf)."""
+
+    def __init__(self, padding, value: float = 0.0, **kw):
+        super().__init__(**kw)
+        self.padding = tuple(tuple(int(v) for v in p) for p in padding)
+        self.value = float(value)
+
+    def call(self, x):
+        return tf.pad(x, [[0, 0], list(self.padding[0]), list(self.padding[1]), [0, 0]], constant_values=self.value)
+
+    def compute_output_shape(self, s):
+        (t, b), (l, r) = self.padding
+        return (s[0], None if s[1] is None else s[1] + t + b, None if s[2] is None else s[2] + l + r, s[3])
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding, "value": self.value}
+
+
+class Normalize(keras.layers.Layer):
+    """SSD's ``Normalize``: ``x / sqrt(sum x^2 + eps) * scale`` (sum over C, or C*H*W)."""
+
+    def __init__(self, across_spatial: bool, channel_shared: bool, eps: float, **kw):
+        super().__init__(**kw)
+        self.across_spatial, self.channel_shared, self.eps = bool(across_spatial), bool(channel_shared), float(eps)
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(1 if self.channel_shared else input_shape[-1],),
+                                     initializer="ones")
+
+    def call(self, x):
+        axes = [1, 2, 3] if self.across_spatial else [-1]
+        norm = tf.sqrt(tf.reduce_sum(tf.square(x), axis=axes, keepdims=True) + self.eps)
+        return x / norm * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "across_spatial": self.across_spatial,
+                "channel_shared": self.channel_shared, "eps": self.eps}
+
+
+class Eltwise(keras.layers.Layer):
+    """Caffe ``Eltwise`` SUM with per-input coefficients (``coeff``)."""
+
+    def __init__(self, coeff, **kw):
+        super().__init__(**kw)
+        self.coeff = [float(c) for c in coeff]
+
+    def call(self, xs):
+        out = xs[0] * self.coeff[0]
+        for c, x in zip(self.coeff[1:], xs[1:]):
+            out = out + x * c
+        return out
+
+    def get_config(self):
+        return {**super().get_config(), "coeff": self.coeff, "operation": "SUM"}
+
+
+class Interp(keras.layers.Layer):
+    """The Interp layer of the PSPNet/DeepLab forks: bilinear with ``align_corners``."""
+
+    def __init__(self, size, align_corners: bool = True, **kw):
+        super().__init__(**kw)
+        self.size = tuple(int(s) for s in size)
+        self.align_corners = bool(align_corners)
+
+    def call(self, x):
+        if self.align_corners:
+            return tf.compat.v1.image.resize_bilinear(x, self.size, align_corners=True)
+        return tf.image.resize(x, self.size, method="bilinear")
+
+    def compute_output_shape(self, s):
+        return (s[0], *self.size, s[3])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "align_corners": self.align_corners}
+
+
+CUSTOM_OBJECTS = {c.__name__: c for c in (Scale, LRN, Pad, Normalize, Eltwise, Interp)}
