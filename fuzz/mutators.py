@@ -101,10 +101,14 @@ def read_zip(data: bytes) -> list[tuple[str, bytes]] | None:
 
 
 def write_zip(members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STORED) -> bytes:
+    import warnings
+
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
-        for name, payload in members:
-            zf.writestr(name, payload)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate member names are on purpose
+        with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+            for name, payload in members:
+                zf.writestr(name, payload)
     return buf.getvalue()
 
 

@@ -38,7 +38,7 @@ TARGETS = ["archive", "prototxt", "caffemodel", "diff"]
 DESCRIPTIONS = {
     "archive": "trace archive reader (Trace.load / ArchiveReader) on mutated archives",
     "prototxt": "Caffe prototxt parse + validation (the Caffe backend's in-process checker)",
-    "caffemodel": "caffemodel reader + fit-to-net check (the Caffe backend's in-process checker)",
+    "caffemodel": "caffemodel wire-format scanner (the Caffe backend's in-process checker, before copy_from)",
     "diff": "compare_traces on two mutated archives (archive reader + engine on hostile traces)",
 }
 

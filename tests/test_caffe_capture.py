@@ -196,6 +196,17 @@ def test_legacy_input_shape_fields_with_two_inputs():
     assert set(t.inputs) == {"image", "mask"}
 
 
+def test_v1_layers_format_is_upgraded_like_caffe_does():
+    x = rand((1, 3, 7, 7))
+    with CaffeBackend(proto("v1_format")) as b:
+        t = b.capture(x)
+    assert [(p.name, p.kind) for p in t] == [
+        ("data", "Input"), ("conv1", "Convolution"), ("relu1", "ReLU"), ("pool1", "Pooling"), ("fc", "InnerProduct")]
+    assert t["conv1"].params["stride"] == [2, 2] and t["pool1"].params["pool"] == "AVE"
+    assert t["relu1"].blob == "conv1" and t["pool1"].inputs == ["relu1"]
+    np.testing.assert_array_equal(t["data"].value, x)
+
+
 def test_permute_and_flatten_layouts_follow_the_data():
     x = rand((2, 3, 4, 5))
     with CaffeBackend(proto("permute")) as b:
@@ -220,6 +231,17 @@ def test_batch_override_and_reshape_to_the_given_batch(models):
         assert t3["fc"].shape == (3, 10) and t3.meta["batch"] == 3
         assert b.input_specs()[0].shape == (3, 3, 12, 12)
     np.testing.assert_allclose(t3["prob"].value, t5["prob"].value[:3], rtol=1e-5, atol=1e-7)
+
+
+def test_layer_that_cannot_take_a_new_batch_is_named():
+    with CaffeBackend(proto("reshape_fixed")) as b:
+        assert b.capture(np.ones((2, 3, 1, 1), np.float32)).names == ["data", "relu", "fixed", "out"]
+        with pytest.raises(CaffeError, match=r"reshape_fixed\.prototxt:5: layer 'fixed' \(Reshape\): Caffe aborted "
+                                             r"while running it: .*output count must match input count.*SIGABRT"):
+            b.capture(np.ones((3, 3, 1, 1), np.float32))
+    with pytest.raises(CaffeError, match=r"reshape_fixed\.prototxt:5: layer 'fixed' \(Reshape\): Caffe could not "
+                                         r"reshape it for batch 3"):
+        CaffeBackend(proto("reshape_fixed"), batch=3)
 
 
 def test_input_validation_names_the_input(small):
@@ -271,9 +293,14 @@ def test_weights_match_net_params(models, caffe_mod):
         x = rand((2, 3, 12, 12), seed=5)
         t = b.capture(x)
     assert list(w) == list(net.params) == ["conv1", "fc"]
+    with CaffeBackend(proto("small"), models["small"]) as b:
+        stream = b.iter_weights()
+        name, first = next(stream)  # one layer at a time, in execution order
+        assert name == "conv1" and len(first) == 2
+        assert [n for n, _ in stream] == ["fc"]
     for name, blobs in net.params.items():
         assert [a.shape for a in w[name]] == [bb.data.shape for bb in blobs]
-        for a, bb in zip(w[name], blobs):
+        for a, bb in zip(w[name], blobs, strict=True):
             np.testing.assert_array_equal(a, bb.data)
     net.blobs["data"].data[...] = x
     out = net.forward()
@@ -337,7 +364,8 @@ def test_worker_never_imports_tensorflow(small):
 
 
 def test_worker_that_hangs_is_killed_after_timeout():
-    b = CaffeBackend(proto("multitop"), timeout=1)
+    b = CaffeBackend(proto("multitop"), timeout=120)  # loading may be slow on a busy machine
+    b._engine.timeout = b._engine.proc.timeout = 1  # then a 1 s budget per answer
     proc = b._engine.proc.proc
     t0 = time.monotonic()
     with pytest.raises(CaffeError, match=r"did not answer within 1 s"):
@@ -429,6 +457,10 @@ def test_prototxt_given_as_weights_and_weights_as_prototxt(models):
         CaffeBackend(proto("small"), proto("small"))
     with pytest.raises(CaffeError, match=r"small\.caffemodel: this is a binary file, not a text prototxt"):
         CaffeBackend(models["small"])
+    notes = Path(models["small"]).with_name("notes.caffemodel")
+    notes.write_text("just some notes, not weights\n")
+    with pytest.raises(CaffeError, match=r"notes\.caffemodel: this is a text file, not a binary \.caffemodel"):
+        CaffeBackend(proto("small"), str(notes))
     with pytest.raises(CaffeError, match=r"nowhere\.caffemodel: no such weights file"):
         CaffeBackend(proto("small"), str(DATA / "nowhere.caffemodel"))
 

@@ -156,7 +156,7 @@ def _caffe(proto, weights=None, **kw):
         ("missing_bottom", TINY.replace('bottom: "pool1"', 'bottom: "pool9"'), ["fc", "pool9"]),
         ("cycle", TINY.replace('name: "conv1" type: "Convolution" bottom: "data"',
                                'name: "conv1" type: "Convolution" bottom: "fc"'), ["conv1", "fc"]),
-        ("duplicate_top", TINY.replace('top: "fc"', 'top: "pool1"'), ["fc", "pool1"]),
+        ("duplicate_top", TINY.replace('top: "fc"', 'top: "data"'), ["fc", "data"]),
         ("duplicate_name", TINY.replace('name: "fc"', 'name: "conv1"'), ["conv1"]),
         ("empty", "", []),
         ("no_layers", 'name: "nothing"\n', []),
@@ -174,7 +174,7 @@ def test_prototxt_rejected(tmp_path, case, text, must_name):
 
 def test_prototxt_caffe_abort_names_the_layer(tmp_path):
     """Parses and validates, but Caffe's CHECK aborts while building it: the worker dies, we don't."""
-    text = TINY.replace('bottom: "pool1" top: "fc"', 'bottom: "pool1" top: "fc"') + (
+    text = TINY + (
         'layer { name: "join" type: "Concat" bottom: "data" bottom: "pool1" top: "join" }\n'
     )
     proto = _write(tmp_path / "abort.prototxt", text)
@@ -564,7 +564,9 @@ def test_archive_unreadable(tmp_path, case):
         _rezip(path, [(n, b) for n, b in members] + [("raw", b"\x00" * 96)])
         _with_manifest(path, _set_probe(1, "key", "raw"))
     elif case == "manifest_member_not_npy":
-        _rezip(path, [("manifest" if n == "manifest.npy" else n, b) for n, b in members])
+        # manifest.npy holding the raw JSON (no .npy header): numpy hands it back as bytes
+        raw = json.dumps(_manifest_of(path)).encode("utf-8")
+        _rezip(path, [(n, raw if n == "manifest.npy" else b) for n, b in members])
     else:  # an array member whose header claims 2**40 floats: refused, not allocated
         hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }".ljust(118) + "\n"
         bomb = b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr.encode() + b"\x00" * 64
@@ -634,13 +636,15 @@ def test_archive_pathlike_names_are_data(tmp_path):
 
 def test_archive_zip_member_with_traversal_name(tmp_path):
     """A member called ../../evil.npy is never extracted anywhere."""
-    path = _saved(tmp_path / "sub" if (tmp_path / "sub").mkdir() is None else tmp_path)
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    path = _saved(sub)
     members = _members(path) + [("../../evil.npy", _npy(np.zeros(2))), ("/abs/evil.npy", _npy(np.zeros(2)))]
     _rezip(path, members)
-    before = sorted(str(p) for p in tmp_path.parent.rglob("*"))
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
     t = Trace.load(path)
     assert t.names == ["data", "conv1"]
-    assert sorted(str(p) for p in tmp_path.parent.rglob("*")) == before
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
 def test_is_archive_never_raises(tmp_path):
@@ -673,6 +677,20 @@ def test_is_archive_never_raises(tmp_path):
     assert is_archive(bad_name) is False
     with pytest.raises(ArchiveError, match=esc(bad_name)):
         Trace.load(bad_name)
+
+
+def test_archive_dtype_lie_reaches_no_engine(tmp_path):
+    """A manifest whose dtype disagrees with the stored array is refused (found by fuzz/targets/diff.py)."""
+    from layerparity.compare import compare_traces
+
+    c, t = _traces(["data", "fc1", "fc2"])
+    cp, tp = os.fspath(tmp_path / "c.npz"), os.fspath(tmp_path / "t.npz")
+    c.save(cp)
+    t.save(tp)
+    _with_manifest(tp, _set_probe(1, "dtype", "flat:NHWC"))
+    with pytest.raises(ArchiveError, match=esc(tp)) as ei:
+        compare_traces(cp, tp)
+    assert "fc1" in str(ei.value)
 
 
 def test_archive_tampered_cli_diff(tmp_path):
@@ -855,8 +873,8 @@ def test_cli_capture_nan_input(tmp_path, tiny):
     np.save(x, np.full((1, 3, 8, 8), np.nan, np.float32))
     r = _cli("capture", "--caffe-model", tiny[0], "--caffe-weights", tiny[1], "--input", x,
              "-o", os.fspath(tmp_path / "o.npz"))
-    assert r.returncode == 2, r.stderr
-    assert "NaN" in r.stderr and "Traceback" not in r.stderr
+    _assert_cli_usage_error(r, x)
+    assert "NaN" in r.stderr
 
 
 def test_inputerror_family_is_valueerror():

@@ -43,7 +43,15 @@ from typing import Any
 import numpy as np
 
 from .errors import MappingError
-from .kinds import ABSORBABLE, INCLUDES, PASS_THROUGH, TRIVIAL, canonical_kind, compatible, fused_kinds
+from .kinds import (
+    ABSORBABLE,
+    INCLUDES,
+    PASS_THROUGH,
+    TRIVIAL,
+    canonical_kind,
+    compatible,
+    fused_kinds,
+)
 from .trace import Probe, Trace
 
 ROOT = "\x00root"
@@ -425,7 +433,7 @@ class _Aligner:
                 break
         # one unit may have won two Caffe names: keep its best
         taken: dict[str, tuple[tuple[int, int], str]] = {}
-        for c, (r, o, uk) in best.items():
+        for c, (r, _o, uk) in best.items():
             if uk not in taken or (r, -self.cidx[c]) > taken[uk][0]:
                 taken[uk] = ((r, -self.cidx[c]), c)
         for uk, (_, c) in sorted(taken.items(), key=lambda kv: self.cidx[kv[1][1]]):
@@ -513,11 +521,25 @@ class _Aligner:
         if want is None:
             return []
         k = self.ckind[p.name]
+        # reachable consumers of the wanted TF units, looking through unmatched pass-through units
+        if ROOT in want:
+            pool = self.uorder
+        else:
+            seen: set[str] = set()
+            stack = list(want)
+            while stack:
+                for c in self.units[stack.pop()].consumers:
+                    if c in seen:
+                        continue
+                    seen.add(c)
+                    if c not in self.matched and self.units[c].primary in PASS_THROUGH:
+                        stack.append(c)
+            pool = sorted((self.units[c] for c in seen), key=lambda u: u.order)
         out = []
-        for u in self.uorder:
+        for u in pool:
             if u.key in self.matched or not u.kinds or u.primary in ("input", "const"):
                 continue
-            if not any(compatible(k, uk) for uk in u.kinds[:1]):
+            if not compatible(k, u.primary):
                 continue
             if self._resolved_inputs(u) == want:
                 out.append(u)

@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -85,7 +86,7 @@ def relayout(x: np.ndarray, src: str, src_flat: tuple[int, ...] | None, dst: str
         flat, flat_shape, other = (src, src_flat, dst) if is_flat(src) else (dst, dst_flat, src)
         inner = flat[5:].replace("N", "")
         if other == "NC" and flat_shape is not None and "C" in inner and all(
-            d == 1 for a, d in zip(inner, flat_shape) if a != "C"
+            d == 1 for a, d in zip(inner, flat_shape, strict=False) if a != "C"
         ):
             return x  # (N, C) either way: nothing spatial to reorder
         raise LayoutMismatch(f"cannot reconcile {src!r} with {dst!r} (flat_shape {tuple(flat_shape) if flat_shape else None})")
@@ -263,6 +264,7 @@ class _Engine:
                 for i in cs.by_name[p.caffe_chain[0]].inputs:
                     if i in cs.by_name:
                         self.c_until[i] = max(self.c_until.get(i, -1), k)
+        self.pair_of_c = {n: p for p in self.pairs for n in p.caffe_chain}
         self.c_held: dict[str, Probe] = {}
         self.t_held: dict[str, Probe] = {}
         self.max_held = 0
@@ -434,20 +436,12 @@ class _Engine:
         if cin is None or len(cnames) != len(tnames) or not cnames:
             return None, f"own error not measured: {len(cnames)} Caffe input(s) vs {len(tnames)} TF input(s)"
         feed = []
-        for cn, tn, v in zip(cnames, tnames, cin):
-            cmeta = self.cs.by_name[cn]
-            tmeta = self.ts.by_name.get(tn)
-            if tmeta is None:
-                return None, f"own error not measured: TF input {tn!r} is not in the TF trace"
-            try:
-                x = relayout(v, cmeta.layout, cmeta.flat_shape, tmeta.layout, tmeta.flat_shape)
-            except LayoutMismatch as e:
-                return None, f"own error not measured: Caffe input {cn!r} does not fit TF input {tn!r} ({e})"
-            if tmeta.shape and tuple(x.shape) != tuple(tmeta.shape):
-                return None, (f"own error not measured: Caffe input {cn!r} is {tuple(x.shape)} in {tmeta.layout}, "
-                              f"TF input {tn!r} is {tuple(tmeta.shape)}")
-            feed.append(np.ascontiguousarray(x))
         try:
+            for cn, tn, v in zip(cnames, tnames, cin, strict=True):
+                x, why = self._feed(cn, tn, v)
+                if x is None:
+                    return None, f"own error not measured: {why}"
+                feed.append(x)
             out = self.replay.replay(pair.tf, feed)
         except InputError as e:
             return None, f"own error not measured ({e})"
@@ -456,14 +450,60 @@ class _Engine:
             return None, "own error: " + note
         return compute_metrics(cp.value, got, tol), ""
 
+    def _feed(self, cn: str, tn: str, v: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """The Caffe value ``v`` of ``cn`` as the TF layer's input ``tn``.
+
+        ``tn`` is usually the TF counterpart of ``cn``; when TF-only layers sit in
+        between (a ``ZeroPadding2D`` before a VALID conv, a ``Flatten`` before a
+        ``Dense``), the Caffe value is fed to the counterpart's layout and those
+        layers are replayed on it first.
+        """
+        cpair = self.pair_of_c.get(cn)
+        start = tn
+        path: list[str] = []
+        if cpair is not None and cpair.caffe == cn:
+            cur = tn
+            while cur != cpair.tf and len(path) < 16:
+                meta = self.ts.by_name.get(cur)
+                if meta is None or len(meta.inputs) != 1 or cur in self.tf_need:
+                    path = []
+                    cur = tn
+                    break
+                path.append(cur)
+                cur = meta.inputs[0]
+            if cur == cpair.tf:
+                start = cur
+            else:
+                path = []
+        smeta = self.ts.by_name.get(start)
+        if smeta is None:
+            return None, f"TF input {start!r} is not in the TF trace"
+        cmeta = self.cs.by_name[cn]
+        try:
+            x = relayout(v, cmeta.layout, cmeta.flat_shape, smeta.layout, smeta.flat_shape)
+        except LayoutMismatch as e:
+            return None, f"Caffe input {cn!r} does not fit TF input {start!r} ({e})"
+        if smeta.shape and tuple(x.shape) != tuple(smeta.shape):
+            return None, (f"Caffe input {cn!r} is {tuple(x.shape)} in {smeta.layout}, "
+                          f"TF input {start!r} is {tuple(smeta.shape)}")
+        x = np.ascontiguousarray(x)
+        for q in reversed(path):
+            if not self.replay.can_replay(q):
+                return None, f"TF-only layer {q!r} between {start!r} and the layer cannot be replayed"
+            x = np.asarray(self.replay.replay(q, [x]))
+        return x, ""
+
     def _diagnose(self, row: LayerResult, pair: Pair, cp: Probe | None, tp: Probe | None,
                   cin: list[np.ndarray] | None, rows: list[LayerResult]) -> None:
-        if self.diag_fn is None or cp is None or tp is None:
+        if self.diag_fn is None or cp is None or tp is None or cp.value is None or tp.value is None:
             return
         fn, ctx_cls = self.diag_fn
         c0 = pair.caffe_chain[0]
         cmeta0 = self.cs.by_name[c0]
-        cw = self.cw.get(cmeta0.layer, self.cw.get(c0))
+        cw: Any = self.cw.get(cmeta0.layer, self.cw.get(c0))
+        if len(pair.caffe_chain) > 1:  # a fused chain: {layer: params} of every member that has some
+            layers = [self.cs.by_name[n].layer for n in pair.caffe_chain]
+            cw = {n: self.cw[n] for n in layers if n in self.cw} or None
         tm = self.ts.by_name.get(pair.tf)
         tw = None
         if tm is not None:
@@ -482,6 +522,11 @@ class _Engine:
             out = fn(row, cp, tp, cin, cw, tw, ctx)
         except InputError as e:
             row.note = "; ".join(x for x in (row.note, f"diagnosis skipped ({e})") if x)
+            return
+        except Exception as e:  # noqa: BLE001 - a diagnosis bug must not lose the comparison
+            msg = f"diagnosis of {row.caffe_layer!r} failed: {type(e).__name__}: {e} (a layerparity bug; please report it)"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            row.note = "; ".join(x for x in (row.note, msg) if x)
             return
         row.diagnoses = list(out or [])
 

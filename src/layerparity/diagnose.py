@@ -8,6 +8,13 @@ module is the stable import path the engine and users call::
 See docs/diagnosis.md for every kind, its symptom, an example and the fix.
 """
 
-from .diagnosis import KINDS, DiagnosisContext, DiagnosisInputError, diagnose, diagnose_report, precision_drift
+from .diagnosis import (
+    KINDS,
+    DiagnosisContext,
+    DiagnosisInputError,
+    diagnose,
+    diagnose_report,
+    precision_drift,
+)
 
 __all__ = ["diagnose", "diagnose_report", "precision_drift", "DiagnosisContext", "DiagnosisInputError", "KINDS"]

@@ -102,6 +102,9 @@ def _check_array(p: str, a: Any, what: str = "array") -> np.ndarray:
 
 
 def _load_npy(p: str) -> np.ndarray:
+    with open(p, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise InputDataError(f"{p}: not a .npy file (no NumPy header)")
     try:
         a = np.load(p, allow_pickle=False)
     except ValueError as e:

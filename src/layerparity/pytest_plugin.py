@@ -143,6 +143,14 @@ def golden_hashes(caffe_model: Any, caffe_weights: Any, inputs: Any) -> dict[str
     }
 
 
+def _lock_path(path: Path) -> Path:
+    """A lock file for ``path`` outside the test tree (nothing to commit by accident)."""
+    import tempfile
+
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / "layerparity-locks" / f"{key}.lock"
+
+
 class _FileLock:
     """An exclusive lock on ``path`` (fcntl; a no-op where fcntl is missing), for xdist workers."""
 
@@ -282,7 +290,7 @@ class ParityChecker:
         done: set = self._config.stash[_regenerated_key]
         if str(path) in done:
             return
-        with _FileLock(path.with_name(path.name + ".lock")):
+        with _FileLock(_lock_path(path)):
             if path.is_file() and path.stat().st_mtime >= self._config.stash[_session_start_key]:
                 from .trace import ArchiveReader
 

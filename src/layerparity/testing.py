@@ -6,16 +6,9 @@ when the numbers differ (see docs/testing.md). Bad input (a missing file, a lone
 :class:`~layerparity.errors.InputError` instead: only a difference between the
 models is an ``AssertionError``.
 
-Default tolerances, by the dtype of the less precise side (``metrics.DEFAULT_TOLERANCES``);
-``atol`` is relative to the layer's scale ``max|caffe|``:
-
-============  ========  ========
-dtype           rtol      atol
-============  ========  ========
-float64        1e-9      1e-10
-float32        1e-4      1e-5
-float16        1e-2      2e-3
-============  ========  ========
+Default tolerances come from one table, by the dtype of the less precise side:
+:data:`layerparity.metrics.DEFAULT_TOLERANCES` (float64, float32, float16; see
+docs/tolerances.md). ``atol`` is relative to the layer's scale ``max|caffe|``.
 
 >>> import numpy as np
 >>> assert_blob_close(np.ones((1, 2, 1, 1), np.float32), np.ones((1, 1, 1, 2), np.float32))
@@ -117,6 +110,7 @@ def format_parity_failure(report: Report, max_rows: int | None = MESSAGE_MAX_ROW
         Mismatched elements: ...                          # total error of that layer
         Greatest absolute difference: ... at index (n, c, h, w) (up to ... allowed)
         Greatest relative difference: ... at index (n, c, h, w) (up to ... allowed)
+        (indices are Caffe coordinates: NCHW for 4-D blobs)
         Smallest tolerance that would pass: atol=... at rtol=..., or rtol=... at atol=...
         Own error (TF layer fed the Caffe input): max abs ..., max rel ...: the error starts in this layer
         Total error (in the TF model): max abs ..., max rel ...
@@ -149,6 +143,7 @@ def format_parity_failure(report: Report, max_rows: int | None = MESSAGE_MAX_ROW
             )
         else:
             lines += metric_lines(m, tol)
+            lines.append("(indices are Caffe coordinates: NCHW for 4-D blobs)")
             lines.append(min_tolerance_line(m, tol))
             if row.note:
                 lines.append(f"Note: {row.note}")
@@ -227,8 +222,8 @@ def assert_blob_close(
     ``tf_tensor`` is declared in ``layout`` (``"NHWC"`` by default; ``"NCHW"``, ``"NC"``
     or ``""`` for "compare as is") and converted to Caffe's NCHW first, so indices in
     the message are NCHW coordinates. ``rtol`` and ``atol`` go together or not at all;
-    by default they come from the dtypes (table in the module docstring), and ``atol``
-    is relative to ``max|caffe_blob|``.
+    by default they come from the dtypes (:data:`layerparity.metrics.DEFAULT_TOLERANCES`),
+    and ``atol`` is relative to ``max|caffe_blob|``.
 
     >>> import numpy as np
     >>> a = np.zeros((1, 2, 2, 2), np.float32)

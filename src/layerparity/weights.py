@@ -33,9 +33,10 @@ under an undeclared transform is a finding.
 >>> bool(check_weights({"conv1": [w]}, {"conv1": [w.transpose(2, 3, 1, 0)]}))
 True
 
-Name matching uses a small local normalizer (lower case, every run of
-non-alphanumerics -> ``_``, TF op-scope suffixes dropped); align.py's
-normalizer is used instead when it exists (``align.normalize_name``).
+Name matching uses align.py's normalizer (``align.canon`` for Caffe names,
+``align.tf_name_keys`` for TF layer/op names), lower-cased, plus a small local
+one (:func:`normalize_name`: every run of non-alphanumerics -> ``_``, TF op
+tails like ``/kernel`` or ``/BiasAdd:0`` dropped).
 """
 
 from __future__ import annotations
@@ -205,16 +206,21 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", "/".join(parts).lower()).strip("_")
 
 
-def _normalizer():
+def _name_keys():
+    """(caffe_key, tf_keys): align.py's normalizer when present, else the local one."""
     try:
-        from . import align  # type: ignore[attr-defined]
+        from .align import canon, tf_name_keys
+    except ImportError:  # pragma: no cover - align.py ships with the package
+        return normalize_name, lambda t: [normalize_name(t), normalize_name(t.split("/")[-1])]
 
-        fn = getattr(align, "normalize_name", None)
-        if callable(fn):
-            return lambda s: str(fn(s))
-    except Exception:  # noqa: BLE001 - align.py may not exist yet or fail to import
-        pass
-    return normalize_name
+    def caffe_key(name: str) -> str:
+        return canon(name).lower()
+
+    def tf_keys(name: str) -> list[str]:
+        keys = [k.lower() for k in tf_name_keys(name)]
+        return keys + [normalize_name(name), normalize_name(name.split("/")[-1])]
+
+    return caffe_key, tf_keys
 
 
 # -- comparing ----------------------------------------------------------------------
@@ -245,12 +251,7 @@ def _variants(kind: str, role: str, w: np.ndarray, chw: tuple[int, int, int] | N
     if role != "weight":
         return out
     if kind in ("conv", "depthwise_conv") and w.ndim == 4:
-        e = conv_weight_caffe_to_tf(w)
-        if group > 1 and w.shape[1] == 1 and tuple(tf_shape) != e.shape:
-            try:
-                e = depthwise_weight(w, w.shape[0] // (w.shape[0] // group))
-            except ValueError:
-                pass
+        e = _expected(kind, w, role, chw, group, tf_shape)
         out.append(("kernel_flipped", e[::-1, ::-1]))
         if e.shape[0] == e.shape[1]:
             out.append(("kernel_hw_swapped", e.transpose(1, 0, 2, 3)))
@@ -480,6 +481,21 @@ def _kind_and_meta(name: str, blobs: list[np.ndarray], probes: dict[str, Any]) -
     return kind, group, chw, raw
 
 
+def _arrays(v: Any, what: str) -> list[np.ndarray]:
+    if isinstance(v, np.ndarray) or isinstance(v, (str, bytes)) or not isinstance(v, Iterable):
+        raise WeightParityError(f"{what}: expected a list of arrays, got {type(v).__name__}")
+    out = []
+    for i, a in enumerate(v):
+        try:
+            arr = np.asarray(a)
+        except Exception as e:  # noqa: BLE001 - anything numpy cannot read is bad input
+            raise WeightParityError(f"{what}: array {i} is unreadable ({e})") from None
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise WeightParityError(f"{what}: array {i} is not numeric (dtype {arr.dtype})")
+        out.append(arr)
+    return out
+
+
 def check_weights(
     caffe_weights: Mapping[str, Sequence[np.ndarray]],
     tf_weights: Mapping[str, Sequence[np.ndarray]],
@@ -498,39 +514,34 @@ def check_weights(
         (values not needed): gives each layer's kind, ``group``, and an InnerProduct's
         input shape (for the flatten permutation), and links Scale to its BatchNorm.
     mapping
-        Explicit ``caffe_layer -> tf_name``; the rest is matched by normalized name.
+        Explicit ``caffe_layer -> tf_name`` (or a YAML/JSON mapping file, see
+        :func:`layerparity.align.load_mapping`); the rest is matched by normalized
+        name. Entries for layers without params are ignored; a target holding no
+        weights leaves the row ``missing`` with a note.
     input_shapes
         ``caffe_layer -> NCHW shape of its input`` (overrides the probes), for
         InnerProduct layers reading a spatial blob.
     """
     if not isinstance(caffe_weights, Mapping) or not isinstance(tf_weights, Mapping):
         raise WeightParityError("check_weights needs two dicts: layer name -> list of arrays")
+    if mapping is not None:
+        from .align import as_mapping  # validates (MappingError is an InputError); a path is read
+
+        mapping = as_mapping(mapping)
     mapping = dict(mapping or {})
-    for c, t in mapping.items():
-        if c not in caffe_weights:
-            raise WeightParityError(f"mapping names Caffe layer {c!r}, which has no params")
-        if t not in tf_weights:
-            raise WeightParityError(f"mapping names TF layer {t!r}, which has no weights")
-    cw: dict[str, list[np.ndarray]] = {}
-    for name, blobs in caffe_weights.items():
-        try:
-            cw[str(name)] = [np.asarray(b) for b in blobs]
-        except Exception as e:  # noqa: BLE001
-            raise WeightParityError(f"Caffe layer {name!r}: params are not arrays ({e})") from None
-    tw: dict[str, list[np.ndarray]] = {}
-    for name, arrs in tf_weights.items():
-        try:
-            tw[str(name)] = [np.asarray(a) for a in arrs]
-        except Exception as e:  # noqa: BLE001
-            raise WeightParityError(f"TF layer {name!r}: weights are not arrays ({e})") from None
+    cw = {str(k): _arrays(v, f"Caffe layer {k!r}") for k, v in caffe_weights.items()}
+    tw = {str(k): _arrays(v, f"TF layer {k!r}") for k, v in tf_weights.items()}
     probes = _probe_index(caffe_probes)
-    norm = _normalizer()
+    caffe_key, tf_keys = _name_keys()
     tf_by_norm: dict[str, str] = {}
+    for t in tw:  # exact names first, then each name's normalized forms, most specific first
+        tf_by_norm.setdefault(caffe_key(t), t)
     for t in tw:
-        tf_by_norm.setdefault(norm(t), t)
-        tail = norm(t.split("/")[-1]) if "/" in t else None
-        if tail:
-            tf_by_norm.setdefault(tail, t)
+        for k in tf_keys(t):
+            tf_by_norm.setdefault(k, t)
+
+    def norm(name: str) -> str:
+        return caffe_key(name)
 
     metas = {name: _kind_and_meta(name, blobs, probes) for name, blobs in cw.items()}
     # Scale layers fused into the BatchNormalization of the BatchNorm that feeds them
@@ -553,10 +564,10 @@ def check_weights(
         if input_shapes and name in input_shapes:
             s = tuple(int(d) for d in input_shapes[name])
             chw = (s[1], s[2], s[3]) if len(s) == 4 else None
-        tf_name = mapping.get(name) or tf_by_norm.get(norm(name))
+        tf_name = _mapped(mapping.get(name), tw, tf_by_norm, tf_keys) if name in mapping else tf_by_norm.get(norm(name))
         if kind == "scale" and tf_name is None and name in scale_of_bn.values():
             bn = next(b for b, s in scale_of_bn.items() if s == name)
-            bn_tf = mapping.get(bn) or tf_by_norm.get(norm(bn))
+            bn_tf = _mapped(mapping.get(bn), tw, tf_by_norm, tf_keys) if bn in mapping else tf_by_norm.get(norm(bn))
             rows.append(WeightRow(name, raw or kind, bn_tf, "equal" if bn_tf else "missing", [],
                                   f"compared as gamma/beta of {bn_tf or bn!r}"))
             # the status is settled on the BatchNorm row; copied back below
@@ -566,6 +577,8 @@ def check_weights(
             matched.add(tf_name)
         scale_blobs = cw.get(scale_of_bn[name]) if name in scale_of_bn else None
         status, results, note = compare_layer(kind, blobs, arrays, chw, group, scale_blobs)
+        if name in mapping and arrays is None:
+            note = f"the mapping sends it to {mapping[name]!r}, which holds no weights"
         rows.append(WeightRow(name, raw or kind, tf_name if arrays is not None else None, status, results, note))
     # a fused Scale row takes the status of its gamma/beta blobs on the BatchNorm row
     by_name = {r.caffe_layer: r for r in rows}
@@ -585,40 +598,44 @@ def check_weights(
     return WeightReport(rows, unmatched)
 
 
+def _mapped(t: str | None, tw: Mapping[str, Any], tf_by_norm: dict[str, str], tf_keys: Any) -> str | None:
+    """The TF weights key an explicit mapping target refers to (an op name resolves to its layer)."""
+    if t is None:
+        return None
+    if t in tw:
+        return t
+    for k in tf_keys(t):
+        if k in tf_by_norm:
+            return tf_by_norm[k]
+    return None
+
+
 def weight_parity(
     caffe_prototxt: str,
     caffe_weights_path: str | None,
     tf_model: Any,
-    mapping: Mapping[str, str] | None = None,
+    mapping: Mapping[str, str] | str | None = None,
 ) -> WeightReport:
     """Load both models through the backends and check their weights.
 
     ``tf_model`` is anything :func:`layerparity.backends.tensorflow.load_tf` accepts
-    (a Keras model, a ``.keras``/``.h5`` path, a SavedModel directory, ...).
+    (a Keras model, a ``.keras``/``.h5`` path, a SavedModel directory, ...) or an
+    open TF backend. Layer kinds and InnerProduct input shapes come from one Caffe
+    run on zeros (in the Caffe worker).
     """
-    from .backends.caffe import CaffeBackend  # lazy: needs pycaffe
-    from .backends.tensorflow import load_tf  # lazy: needs TensorFlow
+    from .backends.base import Backend
+    from .backends.caffe import CaffeBackend  # lazy: needs pycaffe (in the worker)
 
     with CaffeBackend(caffe_prototxt, caffe_weights_path) as cb:
         cw = cb.weights()
-        probes = None
-        for attr in ("probe_metas", "layer_probes", "describe"):
-            fn = getattr(cb, attr, None)
-            if callable(fn):
-                try:
-                    probes = fn()
-                    break
-                except Exception:  # noqa: BLE001 - optional metadata
-                    probes = None
-        if probes is None:
-            probes = _caffe_probes_by_shape_inference(cb)
-    tb = load_tf(tf_model)
-    try:
-        tw = tb.weights()
-    finally:
-        close = getattr(tb, "close", None)
-        if callable(close):
-            close()
+        probes = _caffe_probes_by_shape_inference(cb)
+    if isinstance(tf_model, Backend):
+        tw = tf_model.weights()
+    else:
+        from .backends.tensorflow import load_tf  # lazy: needs TensorFlow
+
+        with load_tf(tf_model) as tb:
+            tw = tb.weights()
     return check_weights(cw, tw, probes, mapping)
 
 

@@ -4,6 +4,7 @@ tests, compared end to end with the real engine."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -80,6 +81,10 @@ def top(report: Report) -> Diagnosis:
     fd = report.first_divergence
     assert fd is not None, "the port was expected to diverge"
     assert fd.diagnoses, f"no diagnosis for the first divergent layer {fd.caffe_layer!r} ({fd.note})"
+    for d in fd.diagnoses:  # every diagnosis is JSON-stable
+        json.dumps(d.to_dict(), allow_nan=False)
+    if os.environ.get("LP_SHOW_DIAGNOSES"):
+        print("\n" + fd.caffe_layer, json.dumps([d.to_dict() for d in fd.diagnoses], indent=1)[:3000])
     return fd.diagnoses[0]
 
 

@@ -7,6 +7,8 @@
 See keras_port.BUG_DOC for what each bug does.
 """
 
+import caffe  # noqa: F401  - before TensorFlow: the other order segfaults in caffe.Net
+
 from .keras_port import BUG_DOC, BUGS, applicable_layers, build_keras, kname, plan_bugs
 from .netspec import (
     BN_SCALE_FACTOR,

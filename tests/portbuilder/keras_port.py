@@ -116,6 +116,15 @@ def pool_geom(lp, in_shape) -> dict:
     }
 
 
+def caffe_pool_out(h: int, k: int, s: int, p: int, ceil: bool = True) -> int:
+    """Caffe's pooled size: rounded up (or down), minus one if the last window starts in the padding."""
+    span = h + 2 * p - k
+    out = (-(-span // s) if ceil else span // s) + 1
+    if p > 0 and (out - 1) * s >= h + p:
+        out -= 1
+    return out
+
+
 def _same_out(h, k, s):
     return -(-h // s)
 
@@ -182,7 +191,8 @@ def _applies(kind: str, info: NetInfo, lp) -> bool:
     if kind == "missing_scale":
         if t != "Scale":
             return False
-        prev = [p for p in info.layers if lp.bottom[0] in p.top and p.name != lp.name]
+        before = info.layers[: info.layers.index(lp)]
+        prev = [p for p in before if lp.bottom[0] in p.top]
         return bool(prev) and prev[-1].type == "BatchNorm"
     if kind == "softmax_axis":
         if t != "Softmax":
@@ -195,10 +205,7 @@ def _applies(kind: str, info: NetInfo, lp) -> bool:
         if t != "Concat":
             return False
         shapes = [sh[b] for b in lp.bottom]
-        # Only buildable when the wrongly concatenated tensor still fits what reads it:
-        # equal inputs and nothing downstream with weights (the net's output).
-        return (all(len(s) == 4 for s in shapes) and len(set(shapes)) == 1
-                and lp.concat_param.axis == 1 and not info.consumers(lp.top[0]))
+        return all(len(s) == 4 for s in shapes) and len(set(shapes)) == 1 and lp.concat_param.axis == 1
     if kind == "eltwise_coeff":
         return t == "Eltwise" and lp.eltwise_param.operation == 1 and any(c != 1 for c in lp.eltwise_param.coeff)
     if kind == "leaky_slope":
@@ -215,9 +222,25 @@ def _applies(kind: str, info: NetInfo, lp) -> bool:
 BUGS: tuple[str, ...] = tuple(BUG_DOC)
 
 
+#: Bugs that change a blob's shape: they apply only where the rest of the port still
+#: builds with the original weights (a real porter would otherwise have noticed).
+SHAPE_CHANGING = ("pool_rounding", "concat_axis")
+
+
 def applicable_layers(info: NetInfo, kind: str) -> list[str]:
     """Caffe layer names where bug ``kind`` can be injected, in net order."""
-    return [lp.name for lp in info.layers if _applies(kind, info, lp)]
+    where = [lp.name for lp in info.layers if _applies(kind, info, lp)]
+    if kind in SHAPE_CHANGING:
+        where = [name for name in where if _buildable(info, {name: kind})]
+    return where
+
+
+def _buildable(info: NetInfo, plan: dict[str, str]) -> bool:
+    try:
+        _build(info, None, plan, shapes_only=True)
+    except ValueError:
+        return False
+    return True
 
 
 def plan_bugs(info: NetInfo, bugs: Iterable[str | tuple[str, str]]) -> dict[str, str]:
@@ -254,9 +277,11 @@ class _T:
 
 def _resolve(prototxt, input_shape, tmpdir) -> NetInfo:
     info = net_info(prototxt)
+    info.resolved = info.prototxt
     if input_shape is not None and tuple(info.shapes[info.input_blob]) != tuple(input_shape):
         path = with_input_shape(prototxt, tuple(input_shape), os.path.join(tmpdir, "deploy.prototxt"))
         info = net_info(path)
+        info.resolved = path
         info.prototxt = os.fspath(prototxt)
     return info
 
@@ -266,6 +291,7 @@ def build_keras(
     caffemodel_or_params: str | os.PathLike[str] | dict[str, list[np.ndarray]],
     input_shape: tuple[int, int, int, int] | None = None,
     bugs: Iterable[str | tuple[str, str]] = (),
+    shapes_only: bool = False,
 ):
     """A Keras Functional model (NHWC) porting ``prototxt`` with its weights.
 
@@ -273,17 +299,26 @@ def build_keras(
     input is named after the Caffe input blob; every Caffe layer that computes
     something has a Keras layer of the same name (``/`` -> ``_``).
     """
+    with tempfile.TemporaryDirectory() as tmp:
+        info = _resolve(os.fspath(prototxt), input_shape, tmp)
+        if caffemodel_or_params is None or isinstance(caffemodel_or_params, dict):
+            params = caffemodel_or_params
+        else:
+            params = read_params(info.resolved, os.fspath(caffemodel_or_params))
+    return _build(info, params, plan_bugs(info, bugs), shapes_only=shapes_only,
+                  name=os.path.splitext(os.path.basename(os.fspath(prototxt)))[0])
+
+
+def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = False, name: str = "port"):
     import keras
 
     from . import layers as L
 
-    with tempfile.TemporaryDirectory() as tmp:
-        info = _resolve(os.fspath(prototxt), input_shape, tmp)
-    if isinstance(caffemodel_or_params, dict):
-        params = caffemodel_or_params
-    else:
-        params = read_params(os.fspath(prototxt) if input_shape is None else info.prototxt, os.fspath(caffemodel_or_params))
-    plan = plan_bugs(info, bugs)
+    if params is None:
+        if not shapes_only:
+            raise ValueError("weights are needed unless shapes_only")
+        params = {n: [np.zeros(s, np.float32) for s in shapes] for n, shapes in info.param_shapes.items()}
+    model_name = name
     sh = info.shapes
     n, c, h, w = sh[info.input_blob]
     inp = keras.Input(shape=(h, w, c), name=kname(info.input_blob))
@@ -412,7 +447,9 @@ def build_keras(
         elif t == "Reshape":
             if ins[0].layout not in ("same",):
                 raise NotImplementedError(f"{lp.name}: Reshape of an NHWC blob")
-            y = keras.layers.Reshape(tuple(out_shape[1:]), name=name)(ins[0].x)
+            dims = list(lp.reshape_param.shape.dim)[1:]
+            target = tuple(int(ins[0].x.shape[i + 1]) if d == 0 else int(d) for i, d in enumerate(dims))
+            y = keras.layers.Reshape(target, name=name)(ins[0].x)
             blobs[top] = _T(y, "same")
         elif t == "Permute":
             order = list(lp.permute_param.order)
@@ -436,8 +473,14 @@ def build_keras(
         else:
             raise NotImplementedError(f"{info.prototxt}: layer {lp.name!r} of type {t!r} has no port")
 
+    if shapes_only:
+        for layer, ws in weights:
+            want = [tuple(v.shape) for v in layer.weights]
+            if want != [tuple(np.shape(a)) for a in ws]:
+                raise ValueError(f"layer {layer.name}: weights {[np.shape(a) for a in ws]} do not fit {want}")
+        return None
     outputs = _outputs(info, blobs)
-    model = keras.Model(inp, outputs, name=os.path.splitext(os.path.basename(os.fspath(prototxt)))[0])
+    model = keras.Model(inp, outputs, name=model_name)
     for layer, ws in weights:
         layer.set_weights([np.asarray(a, np.float32) for a in ws])
     return model
@@ -502,19 +545,18 @@ def _conv(keras, lp, name, src: _T, sh, p, bug, info, add: Callable):
 
 
 def _pool(keras, L, lp, name, src: _T, sh, bug):
-    in_shape, out_shape = sh[lp.bottom[0]], sh[lp.top[0]]
-    g = pool_geom(lp, in_shape)
+    # Sizes come from the Keras tensor, as in a hand-written port (an upstream bug may have
+    # changed them); Caffe's own rule decides the output size.
+    in_shape = (None, None, *src.x.shape[1:3])
+    g = pool_geom(lp, sh[lp.bottom[0]])
     if g["global"]:
         cls = keras.layers.GlobalAveragePooling2D if g["ave"] else keras.layers.GlobalMaxPooling2D
         return cls(keepdims=True, name=name)(src.x)
     (kh, kw), (sh_, sw), (ph, pw) = g["k"], g["s"], g["p"]
     if bug == "avg_pool_padding_divisor":
         return keras.layers.AveragePooling2D((kh, kw), (sh_, sw), padding="same", name=name)(src.x)
-    if bug == "pool_rounding":
-        oh = (in_shape[2] + 2 * ph - kh) // sh_ + 1
-        ow = (in_shape[3] + 2 * pw - kw) // sw + 1
-    else:
-        oh, ow = out_shape[2], out_shape[3]
+    oh, ow = (caffe_pool_out(in_shape[2 + i], g["k"][i], g["s"][i], g["p"][i], ceil=bug != "pool_rounding")
+              for i in range(2))
     # Bottom/right padding that makes a 'valid' pool produce exactly oh x ow windows.
     eb = max((oh - 1) * sh_ + kh - in_shape[2] - ph, 0)
     er = max((ow - 1) * sw + kw - in_shape[3] - pw, 0)
@@ -535,7 +577,7 @@ def _crop(keras, lp, name, src: _T, sh, bug):
     cp = lp.crop_param
     if cp.axis != 2:
         raise NotImplementedError(f"{lp.name}: Crop axis {cp.axis}")
-    in_shape, ref = sh[lp.bottom[0]], sh[lp.bottom[1]]
+    in_shape, ref = (None, None, *src.x.shape[1:3]), sh[lp.bottom[1]]
     offs = list(cp.offset) or [0]
     oh, ow = (offs * 2)[:2] if len(offs) == 1 else offs[:2]
     if bug == "spatial_shift":

@@ -7,6 +7,7 @@ Everything goes through real pycaffe: shapes come from an instantiated
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,9 @@ BN_SCALE_FACTOR = 999.982
 
 
 def _caffe():
+    if "caffe" not in sys.modules and "tensorflow" in sys.modules:
+        # Measured here: TF 2.21 imported first, then caffe.Net(...) segfaults.
+        raise RuntimeError("import caffe before tensorflow in this process (the other order segfaults in caffe.Net)")
     import caffe
 
     caffe.set_mode_cpu()
@@ -63,6 +67,8 @@ class NetInfo:
     layers: list = field(default_factory=list)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     input_blob: str = "data"
+    param_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    resolved: str = ""  # the prototxt Caffe actually loaded (with the test's input shape)
 
     def layer(self, name: str):
         for lp in self.layers:
@@ -81,7 +87,8 @@ def net_info(prototxt: str | os.PathLike[str]) -> NetInfo:
     shapes = {name: tuple(int(d) for d in b.data.shape) for name, b in net.blobs.items()}
     layers = list(spec.layer)
     inp = next((lp.top[0] for lp in layers if lp.type == "Input"), spec.input[0] if spec.input else "data")
-    return NetInfo(os.fspath(prototxt), layers, shapes, inp)
+    pshapes = {n: [tuple(int(d) for d in b.data.shape) for b in net.params[n]] for n in net.params}
+    return NetInfo(os.fspath(prototxt), layers, shapes, inp, pshapes, os.fspath(prototxt))
 
 
 def random_input(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> np.ndarray:
@@ -97,7 +104,7 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
 
     Convolution / InnerProduct / Deconvolution: He-scaled normal kernels, small
     normal biases. BatchNorm: mean and variance calibrated on ``x`` (the statistics
-    of the layer's actual input, variance times U(0.5, 1.5)), stored as
+    of the layer's actual input; variance floored at a tenth of the layer mean, times U(0.5, 1.5)), stored as
     ``[mean*S, var*S, S]`` with S = BN_SCALE_FACTOR. Scale: gamma U(0.5, 1.5),
     beta N(0, 0.2). PReLU: slopes U(0.05, 0.5). Normalize: 20 + N(0, 1).
     Returns the parameters in Caffe's layout.
@@ -152,7 +159,10 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
             bottom = net.blobs[net.bottom_names[name][0]].data
             axes = (0, 2, 3) if bottom.ndim == 4 else (0,)
             mean = bottom.mean(axis=axes)
-            var = bottom.var(axis=axes) * rng.uniform(0.5, 1.5, mean.shape) + 1e-3
+            var = bottom.var(axis=axes)
+            # Floor near-dead channels at a tenth of the layer's mean variance (trained nets
+            # rarely divide by ~0), then perturb: var*U(0.5, 1.5).
+            var = (var + 0.1 * var.mean() + 1e-6) * rng.uniform(0.5, 1.5, mean.shape)
             s = BN_SCALE_FACTOR
             blobs = net.params[name]
             blobs[0].data[...] = mean * s

@@ -201,14 +201,14 @@ def parse_prototxt(path: str, pb, phase: int, known_types: list[str] | None) -> 
         raise UserError(f"{path}: mixes the old 'layers' and the new 'layer' fields; Caffe refuses that")
     layers = []
     if len(net.layers):
-        if any(l.HasField("layer") for l in net.layers):
+        if any(v1.HasField("layer") for v1 in net.layers):
             parsed.upgradable_only_by_caffe = True  # V0: let Caffe upgrade it, no checks here
             return parsed
         for i, v1 in enumerate(net.layers):
             layers.append((_upgrade_v1(v1, pb), v1_blocks[i].line if i < len(v1_blocks) else None))
     else:
-        for i, l in enumerate(net.layer):
-            layers.append((l, v2_blocks[i].line if i < len(v2_blocks) else None))
+        for i, lp in enumerate(net.layer):
+            layers.append((lp, v2_blocks[i].line if i < len(v2_blocks) else None))
 
     # legacy input fields -> an Input layer named "input" in front, as Caffe does
     if len(net.input):
@@ -401,6 +401,9 @@ def scan_caffemodel(path: str) -> dict[str, int]:
         if stripped[:1] in (b"#",) or re.match(rb"^(name|layers?|input)\s*[:{]", stripped):
             raise UserError(f"{path}: this is a text prototxt, not a binary .caffemodel "
                             f"(the prototxt comes first, the weights second)")
+        if head and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+            raise UserError(f"{path}: this is a text file, not a binary .caffemodel "
+                            f"(starts with {head[:40].decode('ascii')!r})")
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     layers: dict[str, int] = {}
     last = None
@@ -669,7 +672,7 @@ class NetSession:
         names = list(net._layer_names)
         layers = list(net.layers)
         self.plan = []
-        for i, (name, layer) in enumerate(zip(names, layers)):
+        for i, (name, layer) in enumerate(zip(names, layers)):  # noqa: B905 - worker runs on Python < 3.10 too
             self.plan.append((i, name, layer.type, list(net.bottom_names[name]), list(net.top_names[name]), layer))
         produced = {t for _, _, _, _, tops, _ in self.plan for t in tops}
         net_inputs = list(getattr(net, "inputs", []) or [])
@@ -730,16 +733,18 @@ class NetSession:
             self.net.reshape()
 
     def feed(self, arrays: dict[str, np.ndarray]) -> None:
-        changed = False
+        """Copy the inputs into their blobs, reshaping those blobs if needed.
+
+        The rest of the net is not reshaped here: ``Layer::Forward`` reshapes each
+        layer as it runs, so a layer that cannot take the new shape aborts on its
+        own step, where the parent can name it.
+        """
         for n, a in arrays.items():
             if n not in self.input_names:
                 raise UserError(f"unknown input {n!r}; the net's inputs are {self.input_names}")
             blob = self.net.blobs[n]
             if tuple(blob.data.shape) != tuple(a.shape):
                 blob.reshape(*a.shape)
-                changed = True
-        if changed:
-            self.net.reshape()
         for n, a in arrays.items():
             self.net.blobs[n].data[...] = a
 
@@ -805,7 +810,7 @@ def load_session(caffe, prototxt: str, weights: str | None, phase: str, batch: i
     net = caffe.Net(prototxt, phase_id)
     missing: list[str] = []
     if weights:
-        with_params = [n for n, l in zip(net._layer_names, net.layers) if len(l.blobs)]
+        with_params = [n for n, layer in zip(net._layer_names, net.layers) if len(layer.blobs)]  # noqa: B905
         if model_layers is not None and with_params:
             missing = [n for n in with_params if n not in model_layers]
             if len(missing) == len(with_params):

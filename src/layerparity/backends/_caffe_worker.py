@@ -110,7 +110,7 @@ def _op_capture(chan, state, header, arrays):
     if session is None:
         chan.send({"op": "error", "kind": "internal", "message": "capture before load"})
         return
-    feed = dict(zip(header["names"], arrays))
+    feed = dict(zip(header["names"], arrays))  # noqa: B905 - worker runs on Python < 3.10 too
     _mark("stage: feed")
     session.feed(feed)
     del arrays, feed
@@ -154,6 +154,7 @@ def _op_debug(chan, state, header, arrays):
         "caffe_file": getattr(caffe, "__file__", None),
         "caffe_version": getattr(caffe, "__version__", None),
         "modules": len(sys.modules),
+        "layerparity_file": getattr(sys.modules.get("layerparity"), "__file__", None),
     })
 
 

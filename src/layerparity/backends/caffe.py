@@ -22,8 +22,10 @@ probes: their consumers' ``inputs`` name the original producer.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,6 +275,29 @@ class _InProcessEngine:
 # -- the worker ---------------------------------------------------------------------------
 
 
+_PACKAGE_LINK: list[str] = []
+
+
+def _package_path() -> str:
+    """A folder holding only a link to this layerparity package, for the worker's ``PYTHONPATH``.
+
+    Putting the package's parent folder there instead would, for an installed
+    layerparity, expose this environment's whole site-packages (its NumPy...) to a
+    foreign interpreter given with ``python=``.
+    """
+    if _PACKAGE_LINK and os.path.isdir(_PACKAGE_LINK[0]):
+        return _PACKAGE_LINK[0]
+    pkg = os.path.join(_PKG_PARENT, "layerparity")
+    try:
+        d = tempfile.mkdtemp(prefix="layerparity-path-")
+        os.symlink(pkg, os.path.join(d, "layerparity"))
+    except OSError:
+        return _PKG_PARENT
+    atexit.register(shutil.rmtree, d, True)
+    _PACKAGE_LINK[:] = [d]
+    return d
+
+
 def _kill_worker(proc: subprocess.Popen, rfd: int, wfd: int, log: Any) -> None:
     for fd in (wfd,):
         try:
@@ -309,7 +334,7 @@ class _WorkerProcess:
         wenv.update(env)
         wenv["GLOG_minloglevel"] = "0"  # keep every glog line: they explain aborts
         wenv["GLOG_logtostderr"] = "1"
-        wenv["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, wenv.get("PYTHONPATH", "")) if p)
+        wenv["PYTHONPATH"] = os.pathsep.join(p for p in (_package_path(), wenv.get("PYTHONPATH", "")) if p)
         r_req, w_req = os.pipe()
         r_resp, w_resp = os.pipe()
         try:
@@ -416,54 +441,54 @@ class _WorkerEngine:
     def iter_probes(self, feed: dict[str, np.ndarray]) -> Iterator[tuple[dict, np.ndarray]]:
         self._settle()
         names = list(feed)
-        self._op = "capture"
         self._last_index = None
-        self._send({"op": "capture", "names": names}, [feed[n] for n in names])
-        del feed
+        for h, arrays in self._stream_request("capture", {"op": "capture", "names": names},
+                                              [feed[n] for n in names], "probe"):
+            meta = h["probe"]
+            self._last_index = meta.get("index")
+            yield meta, arrays[0]
+
+    def iter_weights(self) -> Iterator[tuple[str, list[np.ndarray]]]:
+        self._settle()
+        for h, arrays in self._stream_request("weights", {"op": "weights"}, [], "weights"):
+            yield h["layer"], arrays
+
+    def _stream_request(self, op: str, header: dict, arrays: list[np.ndarray], item: str
+                        ) -> Iterator[tuple[dict, list[np.ndarray]]]:
+        """Send one request and yield its ``item`` messages as they arrive, until ``done``.
+
+        Only one stream is open at a time: a new request first drains an abandoned
+        one, which then refuses to resume.
+        """
+        self._op = op
+        self._send(header, arrays)
+        del arrays
         token = object()
         self._stream = token
         try:
             while True:
                 try:
-                    h, arrays = self._recv()
+                    h, got = self._recv()
                 except BaseException:
                     self._stream = None
                     raise
-                op = h["op"]
-                if op == "probe":
-                    meta = h["probe"]
-                    self._last_index = meta.get("index")
-                    value = arrays[0]
-                    del arrays
-                    yield meta, value
-                    del value
+                if h["op"] == item:
+                    yield h, got
+                    del got
                     if self._stream is not token:
-                        raise InputError(f"{self.prototxt}: this capture stream was abandoned: another request "
+                        raise InputError(f"{self.prototxt}: this {op} stream was abandoned: another request "
                                          f"was made on the same CaffeBackend before it was consumed")
-                elif op == "done":
-                    self.desc = h["desc"]
+                elif h["op"] == "done":
+                    if "desc" in h:
+                        self.desc = h["desc"]
                     self._stream = None
                     return
                 else:
                     self._stream = None
-                    raise self._fail(InternalError(f"unexpected worker message {op!r} during a capture"))
+                    raise self._fail(InternalError(f"unexpected worker message {h['op']!r} during {op}"))
         finally:
             if self._stream is token and self.dead is None:
                 self._drain()
-
-    def iter_weights(self) -> Iterator[tuple[str, list[np.ndarray]]]:
-        self._settle()
-        self._op = "weights"
-        self._send({"op": "weights"})
-        out = []
-        while True:
-            h, arrays = self._recv()
-            if h["op"] == "weights":
-                out.append((h["layer"], arrays))
-            elif h["op"] == "done":
-                return iter(out)
-            else:
-                raise self._fail(InternalError(f"unexpected worker message {h['op']!r} while reading weights"))
 
     def debug(self) -> dict:
         self._settle()
@@ -503,7 +528,8 @@ class _WorkerEngine:
             while True:
                 h, _ = self._recv()
                 if h["op"] == "done":
-                    self.desc = h["desc"]
+                    if "desc" in h:
+                        self.desc = h["desc"]
                     return
         except Exception:  # noqa: BLE001 - recorded in self.dead; the next request reports it
             return
@@ -515,6 +541,9 @@ class _WorkerEngine:
             self.proc.send(header, arrays)
         except OSError:  # broken pipe: it died before reading
             raise self._died() from None
+        except BaseException:  # KeyboardInterrupt mid-message: the pipe is out of step
+            self._desync()
+            raise
 
     def _recv(self) -> tuple[dict, list[np.ndarray]]:
         try:
@@ -529,6 +558,9 @@ class _WorkerEngine:
         except ProtocolError as e:
             self.proc.kill()
             raise self._fail(InternalError(f"{self.prototxt}: garbled answer from the Caffe worker: {e}")) from None
+        except BaseException:  # KeyboardInterrupt mid-message: the pipe is out of step
+            self._desync()
+            raise
         if h.get("op") == "error":
             kind = h.get("kind")
             if kind == "input":
@@ -538,6 +570,11 @@ class _WorkerEngine:
                 raise self._fail(FrameworkMissingError(f"{self.prototxt}: {h['message']}"))
             raise InternalError(f"{self.prototxt}: the Caffe worker failed: {h.get('message')}\n{h.get('traceback', '')}")
         return h, arrays
+
+    def _desync(self) -> None:
+        self.proc.kill()
+        self._stream = None
+        self.dead = f"{self.prototxt}: a request to the Caffe worker was interrupted {_DOING.get(self._op, '')}"
 
     def _fail(self, exc: Exception) -> Exception:
         self.dead = str(exc)
@@ -587,6 +624,10 @@ class _WorkerEngine:
                 hint = " (this Caffe's protobuf reader stops at 512 MiB)"
             return f"{self.weights}: Caffe could not load these weights for {self.prototxt}: {problem}{hint} [Caffe {how}{_at(src)}]"
         if self._op == "load" and stage == "batch":
+            layer = _layer_in(fatal) or self._layer_from_source(src)
+            if layer:
+                return (f"{self._where(layer)}: {self._layer_desc(layer)}: Caffe could not reshape it for batch "
+                        f"{self._batch}: {_shorten(fatal) or _tail(log)} [Caffe {how}{_at(src)}]")
             return (f"{self.prototxt}: Caffe could not reshape the net to batch {self._batch}: "
                     f"{_shorten(fatal) or _tail(log)} [Caffe {how}{_at(src)}]")
         if self._op == "capture":
@@ -598,6 +639,15 @@ class _WorkerEngine:
                 return (f"{self._where(layer)}: {self._layer_desc(layer)}: Caffe aborted while running it: "
                         f"{_shorten(fatal) or _tail(log)} [Caffe {how}{_at(src)}]")
         return f"{self.prototxt}: the Caffe worker died ({how}) {_DOING.get(self._op, '')}: {_shorten(fatal) or _tail(log)}"
+
+    def _layer_from_source(self, src: str | None) -> str | None:
+        """``reshape_layer.cpp:87`` -> the net's only Reshape layer, if there is exactly one."""
+        m = re.match(r"(\w+?)_layer\.(?:cpp|cu|hpp)", os.path.basename((src or "").split(":")[0]))
+        if not m:
+            return None
+        stem = m.group(1).replace("_", "").lower()
+        found = [n for n, t in self.types.items() if t.lower() == stem]
+        return found[0] if len(found) == 1 else None
 
     def _next_layer(self) -> str | None:
         layers = self.desc["layers"] if hasattr(self, "desc") else []

@@ -131,8 +131,9 @@ class Case:
                 self.cw_chain[str(k)] = [f64(a) for a in v]
         elif caffe_weights is not None:
             self.cw_chain.setdefault(self.chain[0], [f64(a) for a in caffe_weights])
-        self.cw = self.cw_chain.get(cp.layer) or self.cw_chain.get(cp.name) or (
-            self.cw_chain.get(self.chain[0], []) if len(self.chain) == 1 else [])
+        # the params of the chain's primary (first) layer: conv in conv+relu
+        self.cw = self.cw_chain.get(self.chain[0]) or (
+            (self.cw_chain.get(cp.layer) or self.cw_chain.get(cp.name) or []) if len(self.chain) == 1 else [])
         self.tw = [np.asarray(a) for a in tf_weights] if tf_weights is not None else []
         self.chain_kinds = [self._kind_of(n) for n in self.chain]
         # the chain's primary layer is its first (conv in conv+relu, BatchNorm in BatchNorm+Scale);
@@ -144,7 +145,7 @@ class Case:
                 self.ckind_raw = pk
                 self.cparams = self.cparams_of(self.primary)
                 self.ckind = canonical_kind(pk, self.cparams)
-        self.tail = [(n, k) for n, k in zip(self.chain[1:], self.chain_kinds[1:]) if k in _ACTIVATIONS]
+        self.tail = [(n, k) for n, k in zip(self.chain[1:], self.chain_kinds[1:], strict=True) if k in _ACTIVATIONS]
         self.t = self._tf_in_caffe_layout()
         scale = float(np.max(np.abs(self.y[np.isfinite(self.y)]), initial=0.0))
         if self.t is not None:
@@ -185,7 +186,7 @@ class Case:
 
     def chain_has(self, *raw_kinds: str) -> str | None:
         """The first chain member whose Caffe type is one of ``raw_kinds``."""
-        for n, k in zip(self.chain, self.chain_kinds):
+        for n, k in zip(self.chain, self.chain_kinds, strict=True):
             if k in raw_kinds:
                 return n
         return None
@@ -244,13 +245,19 @@ class Case:
         return p.upper() if isinstance(p, str) else "EXPLICIT"
 
     def diag(self, kind: str, summary: str, fix: str, confidence: float, **evidence: Any) -> Diagnosis:
-        ev = {"max_abs_error_now": rnd(self.r0 * self.scale) if np.isfinite(self.r0) else None}
+        ev: dict[str, Any] = {}
+        if np.isfinite(self.r0):
+            ev["max_abs_error_now"] = rnd(self.r0 * self.scale)
         ev.update({k: v for k, v in evidence.items()})
         return Diagnosis(kind=kind, summary=summary, fix=fix, confidence=float(confidence), evidence=ev)
 
 
 def error_stats(y: np.ndarray, t: np.ndarray) -> dict[str, Any]:
     """The numbers an ``unknown`` diagnosis reports."""
+    fin = np.isfinite(y) & np.isfinite(t)
+    nonfinite = {"nonfinite_caffe": int(np.sum(~np.isfinite(y))), "nonfinite_tf": int(np.sum(~np.isfinite(t)))}
+    if not fin.all():
+        y, t = np.where(fin, y, 0.0), np.where(fin, t, 0.0)
     d = t - y
     ry = float(np.sqrt(np.mean(y * y))) or 1.0
     yn, tn = y.ravel(), t.ravel()
@@ -269,4 +276,6 @@ def error_stats(y: np.ndarray, t: np.ndarray) -> dict[str, Any]:
         border[:, :, 1:-1, 1:-1] = 0
         out["interior_max_abs_error"] = rnd(inner.max(initial=0.0))
         out["border_max_abs_error"] = rnd(border.max(initial=0.0))
+    if nonfinite["nonfinite_caffe"] or nonfinite["nonfinite_tf"]:
+        out.update(nonfinite)
     return out

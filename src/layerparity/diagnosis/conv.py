@@ -36,6 +36,17 @@ FIXES = {
 }
 
 
+#: What each weight transform did, for the summary.
+WEIGHT_BUGS = {
+    "kernel_flipped": "kernel rotated by 180 degrees",
+    "kernel_hw_swapped": "kernel with height and width swapped",
+    "reshape_not_transpose": "array reshaped to the TF shape instead of transposed",
+    "channel_order": "kernel with its input channels reversed (BGR vs RGB)",
+    "deconv_in_out_swapped": "transpose-conv kernel with input and output channels swapped",
+    "flatten_order": "InnerProduct weights transposed without permuting the rows from C*H*W to H*W*C order",
+}
+
+
 def _conv_geom(case: Case) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], int]:
     p = case.cparams
     w = case.cw[0] if case.cw else None
@@ -102,7 +113,8 @@ def _weights_evidence(case: Case, kind: str, chw=None, group: int = 1) -> list[D
         return []
     if status.startswith("equal_under:"):
         bug = status.split(":", 1)[1]
-        return [case.diag(bug, f"The TF weights equal Caffe's under `{bug}`: that transform is the bug.",
+        return [case.diag(bug, f"The TF weights are Caffe's {WEIGHT_BUGS.get(bug, 'under `' + bug + '`')}: "
+                          "that transform is the bug.",
                           FIXES.get(bug, "Use the expected weight transform (see docs/weights.md)."),
                           CONF_WEIGHTS, confirmed_by="weights",
                           weight_blobs=[b.to_dict() for b in blobs if b.status != "equal"])]
@@ -199,7 +211,8 @@ def _input_scale_offset(case: Case, out: list[Diagnosis], base: np.ndarray, b: n
                  "Scale the input identically on both sides (Caffe Transformer: raw_scale 255 on [0, 1] images, "
                  "input_scale); check `Rescaling` / `/255.` in the TF pipeline.",
                  lambda: layer(c * x), factor=rnd(c), named=name_scale(c), where="input")
-    if x.ndim == 4 and x.shape[1] <= 16:
+    macs = float(np.prod(t.shape)) * float(np.prod(case.cw[0].shape[1:])) if case.cw else 0.0
+    if x.ndim == 4 and x.shape[1] <= 16 and macs * (x.shape[1] + 1) <= MAX_MACS:
         basis = []
         zero = layer(np.zeros_like(x))
         for ch in range(x.shape[1]):

@@ -41,7 +41,11 @@ def precision_drift(rows: Sequence[LayerResult]) -> Diagnosis | None:
     if len(ms) < DRIFT_MIN_LAYERS or all(m.passed for _, m in ms):
         return None
     errs = []
-    for r, m in ms:
+    first = next((i for i, (_, m) in enumerate(ms) if m.rel_rms_error > 0), 0)
+    ms = ms[first:]  # the input layers agree exactly: drift starts at the first computed layer
+    if len(ms) < DRIFT_MIN_LAYERS:
+        return None
+    for _, m in ms:
         if m.nan_mismatch or not math.isfinite(m.rel_rms_error) or m.rel_rms_error > DRIFT_MAX_REL_RMS:
             return None
         if math.isfinite(m.cosine) and m.cosine < DRIFT_MIN_COSINE:
@@ -68,7 +72,12 @@ def precision_drift(rows: Sequence[LayerResult]) -> Diagnosis | None:
     slope = sum((i - mx) * (v - my) for i, v in pts) / den if den else 0.0
     need_rtol = max((m.min_rtol for _, m in ms if math.isfinite(m.min_rtol)), default=0.0)
     need_atol = max((m.min_atol for _, m in ms if math.isfinite(m.min_atol)), default=0.0)
-    sug_rtol, sug_atol = _nice_up(2 * need_rtol), _nice_up(2 * need_atol)
+    # a pair that provably passes every layer: the current rtol with twice the largest
+    # smallest-passing atol (atol is relative to each layer's scale: float noise is too)
+    cur_rtol = max((r.tolerance.rtol for r, _ in ms if r.tolerance is not None), default=0.0)
+    cur_atol = max((r.tolerance.atol for r, _ in ms if r.tolerance is not None), default=0.0)
+    sug_rtol, sug_atol = cur_rtol, max(_nice_up(2 * need_atol), cur_atol)
+    alt_rtol = max(_nice_up(2 * need_rtol), cur_rtol)
     failing = [r.caffe_layer for r, m in ms if not m.passed]
     ev: dict[str, Any] = {
         "layers": len(ms),
@@ -84,6 +93,7 @@ def precision_drift(rows: Sequence[LayerResult]) -> Diagnosis | None:
         "min_atol_that_passes": rnd(need_atol),
         "suggested_rtol": sug_rtol,
         "suggested_atol": sug_atol,
+        "alternative_rtol_at_current_atol": alt_rtol,
         "per_layer_rel_rms": [[r.caffe_layer, rnd(m.rel_rms_error, 3)] for r, m in ms[:20]],
     }
     if len(ms) > 20:
@@ -94,8 +104,9 @@ def precision_drift(rows: Sequence[LayerResult]) -> Diagnosis | None:
                  f"max {max(errs):.2g}), growing x{10**slope:.3g} per layer with no jump larger than x{jump:.3g}: "
                  "float accumulation order. A tolerance of "
                  f"rtol={sug_rtol:g}, atol={sug_atol:g} covers it."),
-        fix=(f"Loosen the tolerance to rtol={sug_rtol:g}, atol={sug_atol:g} (twice the smallest passing values "
-             f"{need_rtol:.2g} / {need_atol:.2g}), e.g. `compare_models(..., rtol={sug_rtol:g}, atol={sug_atol:g})`, or "
+        fix=(f"Loosen the tolerance to rtol={sug_rtol:g}, atol={sug_atol:g} (atol is relative to each layer's max |value|; "
+             f"twice the smallest passing atol {need_atol:.2g}), e.g. `compare_models(..., rtol={sug_rtol:g}, "
+             f"atol={sug_atol:g})`; or keep atol={cur_atol:g} and use rtol={alt_rtol:g}; or "
              "compare in float64 on both sides; on Ampere+ GPUs disable TensorFloat-32 "
              "(`tf.config.experimental.enable_tensor_float_32_execution(False)`)."),
         confidence=0.8,

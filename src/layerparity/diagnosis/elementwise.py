@@ -7,7 +7,17 @@ import numpy as np
 from ..layout import nchw_to_nhwc
 from ..result import Diagnosis
 from . import reference as ref
-from ._core import CONF_EXACT, CONF_FINGERPRINT, CONF_FORMULA, CONF_RECOMPUTED, CONFIRM_RTOL, Case, fnum, hw, rnd
+from ._core import (
+    CONF_EXACT,
+    CONF_FINGERPRINT,
+    CONF_FORMULA,
+    CONF_RECOMPUTED,
+    CONFIRM_RTOL,
+    Case,
+    fnum,
+    hw,
+    rnd,
+)
 from .conv import _try
 
 _NHWC_OF_NCHW = {0: 0, 1: 3, 2: 1, 3: 2}
@@ -159,7 +169,7 @@ def eltwise_rules(case: Case) -> list[Diagnosis]:
             _try(case, out, "eltwise_coeff",
                  f"TF sums the inputs with coefficients {[rnd(v, 4) for v in fit]}, Caffe with {coeff}: recomputing "
                  "with the fitted coefficients reproduces the TF output.", fix_c,
-                 lambda: sum(c * v for c, v in zip(fit, xs)), caffe_coeff=coeff, tf_coeff=[rnd(v, 6) for v in fit])
+                 lambda: sum(c * v for c, v in zip(fit, xs, strict=True)), caffe_coeff=coeff, tf_coeff=[rnd(v, 6) for v in fit])
     for name, fn in (("PROD", lambda: np.prod(np.stack(xs), 0)), ("SUM", lambda: np.sum(np.stack(xs), 0)),
                      ("MAX", lambda: np.max(np.stack(xs), 0))):
         if name != op and not out:

@@ -13,7 +13,14 @@ from ..trace import Probe
 from ._core import CONF_UNKNOWN, Case, DiagnosisContext, DiagnosisInputError, error_stats, rnd
 from .conv import conv_rules, deconv_rules, fc_rules
 from .drift import DRIFT_MAX_REL_RMS, precision_drift
-from .elementwise import crop_rules, eltwise_rules, interp_rules, prelu_rules, relu_rules, softmax_rules
+from .elementwise import (
+    crop_rules,
+    eltwise_rules,
+    interp_rules,
+    prelu_rules,
+    relu_rules,
+    softmax_rules,
+)
 from .generic import generic_rules
 from .norm import bn_rules, lrn_rules
 from .pooling import pool_rules
@@ -119,17 +126,26 @@ def diagnose(
         return []
     cands: list[Diagnosis] = []
     if case.t is None:
-        cands += shape_rules(case)
+        cands += _run(shape_rules, case)
     else:
         for rule in _rules_for(case):
-            cands += rule(case)
+            cands += _run(rule, case)
         if not any(d.confidence >= 0.9 for d in cands):
-            cands += generic_rules(case)
+            cands += _run(generic_rules, case)
     out = _rank(cands)
     if not out:
         out = [_fallback(case)]
     _annotate(case, out)
     return out
+
+
+def _run(rule: Rule, case: Case) -> list[Diagnosis]:
+    """One rule; parameters a backend spelled unexpectedly make it step aside, not sink the report."""
+    try:
+        return rule(case)
+    except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError, np.linalg.LinAlgError) as e:
+        case.evidence_extra.setdefault("rules_skipped", []).append(f"{rule.__name__}: {type(e).__name__}: {e}"[:200])
+        return []
 
 
 def _rank(cands: list[Diagnosis]) -> list[Diagnosis]:
@@ -150,6 +166,9 @@ def _fallback(case: Case) -> Diagnosis:
         if d is not None:
             return d
     hint = ""
+    if case.evidence_extra.get("weights"):
+        hint += (" The TF weights differ from Caffe's under every known transform (not a layout bug): the port "
+                 "loaded other weights, or the layers are mismatched.")
     if small:
         hint = (" The error is small everywhere: if the layers before it show the same slow growth it is float "
                 "drift (call diagnose_report(report) or pass context rows).")

@@ -206,6 +206,8 @@ def spatial_shift(case: Case, max_shift: int = 3) -> list[Diagnosis]:
 
 def generic_rules(case: Case) -> list[Diagnosis]:
     out: list[Diagnosis] = []
+    if case.t is not None and not (np.all(np.isfinite(case.t)) and np.all(np.isfinite(case.y))):
+        return out  # exact relations between values mean nothing across NaN/Inf
     for rule in (output_reshape, channel_permutation, constant_scale, channel_offset, sorted_values, spatial_shift):
         out += rule(case)
         if out and out[-1].confidence >= CONF_EXACT:

@@ -8,7 +8,7 @@ import numpy as np
 from ..result import Diagnosis
 from ..weights import compare_layer
 from . import reference as ref
-from ._core import CONF_FINGERPRINT, CONF_RECOMPUTED, CONF_WEIGHTS, Case, fnum, rnd
+from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, fnum, rnd
 from .conv import _try
 
 LRN_FIX = ("TF's LRN divides nothing by the window size: use `tf.nn.local_response_normalization(x, "
@@ -41,7 +41,7 @@ def lrn_rules(case: Case) -> list[Diagnosis]:
     base = ref.lrn_across(x, lo, hi, alpha / n, beta, k)
     case.evidence_extra["reference_reproduces_caffe"] = bool(case.resid(base, target=case.y) <= 1e-4)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rr = (ref.lrn_across(x, lo, hi, alpha, beta, k) / base)
+        rr = base / ref.lrn_across(x, lo, hi, alpha, beta, k)  # Caffe / TF: grows with local energy
     rr = rr[np.isfinite(rr)]
     _try(case, out, "lrn_alpha_scaling",
          f"TF's LRN uses alpha = {alpha:g} where Caffe's formula means alpha/n = {alpha / n:g} (n = {n}): "
@@ -97,9 +97,9 @@ def bn_rules(case: Case) -> list[Diagnosis]:
     # weight evidence first: it is direct
     if bn_w is not None and case.tw:
         try:
-            status, blobs, note = compare_layer("bn", bn_w, case.tw, scale_blobs=sc_w)
+            status, blobs, _ = compare_layer("bn", bn_w, case.tw, scale_blobs=sc_w)
         except Exception:  # noqa: BLE001
-            status, blobs, note = "", [], ""
+            status, blobs = "", []
         if status == "equal_under:batchnorm_scale_factor":
             out.append(case.diag("batchnorm_scale_factor",
                                  "The TF moving mean/variance are Caffe's raw BatchNorm blobs, not divided by the "
@@ -171,11 +171,18 @@ def _affine_fingerprints(case: Case, eps: float, teps: float | None, has_scale: 
         return []
     ev = dict(slope_min=rnd(a.min()), slope_max=rnd(a.max()), offset_min=rnd(b.min()), offset_max=rnd(b.max()),
               affine_fit_residual=rnd(res), caffe_eps=eps, tf_eps=teps)
-    if teps is not None and abs(teps - eps) > 1e-12 and np.all(np.abs(a - 1) < 0.05):
-        return [case.diag("batchnorm_epsilon", f"Per-channel affine error with slopes near 1 "
-                          f"[{a.min():.5f} .. {a.max():.5f}] and TF epsilon {teps:g} vs Caffe {eps:g} (not "
-                          "confirmed: inputs/weights not given).", BN_EPS_FIX.format(eps=eps),
-                          CONF_FINGERPRINT + 0.1, **ev)]
+    if teps is not None and abs(teps - eps) > 1e-12:
+        # slope a_c = sqrt((v_c + eps) / (v_c + teps)): solve for the variance each slope implies
+        a2 = a * a
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v_impl = (eps - a2 * teps) / (a2 - 1)
+        side_ok = np.all(a < 1) if teps > eps else np.all(a > 1)
+        if side_ok and np.all(np.isfinite(v_impl)) and np.all(v_impl > 0):
+            return [case.diag("batchnorm_epsilon", "Per-channel constant ratio "
+                              f"[{a.min():.5f} .. {a.max():.5f}] and TF epsilon {teps:g} vs Caffe {eps:g}; every "
+                              "channel's ratio is sqrt((var + eps_caffe) / (var + eps_tf)) for a positive variance "
+                              "(not confirmed: inputs/weights not given).", BN_EPS_FIX.format(eps=eps),
+                              CONF_FINGERPRINT + 0.15, implied_var=[rnd(v, 4) for v in v_impl[:32]], **ev)]
     if np.all(np.abs(a - 1) < 0.05):
         return []
     spread = (a.max() - a.min()) / (abs(a).mean() or 1)

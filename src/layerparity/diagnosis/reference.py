@@ -70,9 +70,9 @@ def tf_same_pads(size: int, k_eff: int, s: int) -> tuple[int, int]:
 
 def same_pads_2d(h: int, w: int, k: Sequence[int], s: Sequence[int], d: Sequence[int] = (1, 1)) -> Pads:
     kh, kw = d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1
-    t, b = tf_same_pads(h, kh, s[0])
-    l, r = tf_same_pads(w, kw, s[1])
-    return t, b, l, r
+    top, bot = tf_same_pads(h, kh, s[0])
+    left, right = tf_same_pads(w, kw, s[1])
+    return top, bot, left, right
 
 
 # -- convolution -----------------------------------------------------------------
@@ -94,12 +94,12 @@ def conv2d(
     o, cg, kh, kw = w.shape
     if cg * group != c or o % group:
         raise ValueError(f"weights {w.shape} do not fit input {x.shape} with group {group}")
-    t, bt, l, r = pads
-    xp = np.pad(x, ((0, 0), (0, 0), (t, bt), (l, r)))
+    t, bt, lf, r = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (t, bt), (lf, r)))
     sh, sw = stride
     dh, dw = dilation
     oh = (h + t + bt - (dh * (kh - 1) + 1)) // sh + 1
-    ow = (wd + l + r - (dw * (kw - 1) + 1)) // sw + 1
+    ow = (wd + lf + r - (dw * (kw - 1) + 1)) // sw + 1
     if oh <= 0 or ow <= 0:
         raise ValueError("empty convolution output")
     og = o // group
@@ -108,9 +108,9 @@ def conv2d(
         for j in range(kw):
             patch = xp[:, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw]
             for g in range(group):
-                out[:, g * og : (g + 1) * og] += np.einsum(
-                    "nchw,oc->nohw", patch[:, g * cg : (g + 1) * cg], w[g * og : (g + 1) * og, :, i, j]
-                )
+                # (n, c, oh, ow) x (o, c) -> (n, oh, ow, o): one BLAS call per tap and group
+                part = np.tensordot(patch[:, g * cg : (g + 1) * cg], w[g * og : (g + 1) * og, :, i, j], axes=([1], [1]))
+                out[:, g * og : (g + 1) * og] += part.transpose(0, 3, 1, 2)
     if b is not None:
         out += np.asarray(b, np.float64).reshape(1, -1, 1, 1)
     return out
@@ -141,16 +141,16 @@ def deconv2d(
     for i in range(kh):
         for j in range(kw):
             for g in range(group):
-                contrib = np.einsum(
-                    "nchw,co->nohw", x[:, g * cig : (g + 1) * cig], w[g * cig : (g + 1) * cig, :, i, j]
-                )
+                contrib = np.tensordot(
+                    x[:, g * cig : (g + 1) * cig], w[g * cig : (g + 1) * cig, :, i, j], axes=([1], [0])
+                ).transpose(0, 3, 1, 2)
                 full[:, g * cog : (g + 1) * cog, i * dh : i * dh + sh * (h - 1) + 1 : sh,
                      j * dw : j * dw + sw * (wd - 1) + 1 : sw] += contrib
-    t, bt, l, r = crop
+    t, bt, lf, r = crop
     if out_hw is not None:
-        out = full[:, :, t : t + out_hw[0], l : l + out_hw[1]]
+        out = full[:, :, t : t + out_hw[0], lf : lf + out_hw[1]]
     else:
-        out = full[:, :, t : fh - bt, l : fw - r]
+        out = full[:, :, t : fh - bt, lf : fw - r]
     if b is not None:
         out = out + np.asarray(b, np.float64).reshape(1, -1, 1, 1)
     return out
@@ -188,20 +188,20 @@ def pool2d(
     n, c, h, w = x.shape
     kh, kw = k
     sh, sw = s
-    t, b, l, r = pads
+    t, b, lf, r = pads
     if out_hw is None:
         oh = (h + t + b - kh) // sh + 1
-        ow = (w + l + r - kw) // sw + 1
+        ow = (w + lf + r - kw) // sw + 1
     else:
         oh, ow = out_hw
-    cph, cpw = caffe_pad if caffe_pad is not None else (t, l)
+    cph, cpw = caffe_pad if caffe_pad is not None else (t, lf)
     out = np.empty((n, c, oh, ow))
     for i in range(oh):
         hs0 = i * sh - t
         he0 = hs0 + kh
         hs, he = max(hs0, 0), min(he0, h)
         for j in range(ow):
-            ws0 = j * sw - l
+            ws0 = j * sw - lf
             we0 = ws0 + kw
             ws, we = max(ws0, 0), min(we0, w)
             if hs >= he or ws >= we:

@@ -1,0 +1,838 @@
+"""diagnose(): each classic porting bug injected into a real Keras port of a tiny real
+Caffe net, compared end to end (capture_caffe via CaffeBackend.from_net, the Keras
+backend, compare_models), must come out as the TOP diagnosis of the first divergent
+layer; the correct port must get none."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from diagnose_cases import (
+    assert_clean,
+    caffe_net,
+    compare,
+    conv_w,
+    f32,
+    hwio,
+    keras,
+    keras_input,
+    kinds,
+    prototxt,
+    rng,
+    top,
+)
+from layerparity.diagnose import (
+    KINDS,
+    DiagnosisContext,
+    DiagnosisInputError,
+    diagnose,
+    diagnose_report,
+)
+from layerparity.errors import InputError
+from layerparity.layout import inner_product_weight_caffe_to_tf
+from layerparity.result import LayerResult
+from layerparity.trace import Probe
+
+SHAPE = (1, 3, 8, 8)
+
+
+def x_in(shape=SHAPE, seed=1, scale=1.0):
+    return f32(rng(seed).standard_normal(shape) * scale)
+
+
+def conv_layer(name, bottom, n, k, s=1, p=0, extra=""):
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}"\n'
+            f"  convolution_param {{ num_output: {n} kernel_size: {k} stride: {s} pad: {p} {extra} }} }}\n")
+
+
+# -- convolution ------------------------------------------------------------------------
+
+
+def _conv_case(tmp_path, k=3, s=2, p=1, shape=SHAPE):
+    w, b = conv_w(4, shape[1], k, seed=3)
+    net = caffe_net(tmp_path, prototxt({"data": shape}, conv_layer("conv1", "data", 4, k, s, p)), {"conv1": [w, b]})
+    return net, w, b
+
+
+def _conv_port(shape, w, b, k=3, s=2, p=1, padding="explicit", kernel=None, pre=None):
+    inp = keras_input(shape)
+    h = inp
+    if pre is not None:
+        h = pre(h)
+    if padding == "explicit":
+        if p:
+            h = keras.layers.ZeroPadding2D(p, name="pad1")(h)
+        out = keras.layers.Conv2D(w.shape[0], k, strides=s, padding="valid", name="conv1")(h)
+    else:
+        out = keras.layers.Conv2D(w.shape[0], k, strides=s, padding=padding, name="conv1")(h)
+    m = keras.Model(inp, out)
+    m.get_layer("conv1").set_weights([hwio(w) if kernel is None else kernel, b])
+    return m
+
+
+def test_correct_conv_port_gets_no_diagnosis(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    assert_clean(compare(net, _conv_port(SHAPE, w, b), x_in()))
+
+
+def test_padding_asymmetry_same_vs_symmetric_pad_stride2(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    rep = compare(net, _conv_port(SHAPE, w, b, padding="same"), x_in())
+    d = top(rep)
+    assert rep.first_divergence.caffe_layer == "conv1"
+    assert d.kind == "padding_asymmetry"
+    assert d.evidence["confirmed_by"] == "recomputation"
+    assert d.evidence["caffe_pads"] == [1, 1, 1, 1] and d.evidence["tf_same_pads"] == [0, 1, 0, 1]
+    assert d.evidence["residual"] < 1e-5
+    assert "ZeroPadding2D((1, 1))" in d.fix
+    assert d.confidence >= 0.95
+
+
+def test_padding_same_is_exact_for_odd_input(tmp_path):
+    # the field guide: k3 s2 p1 with H=7 samples the same grid in both frameworks
+    shape = (1, 3, 7, 7)
+    net, w, b = _conv_case(tmp_path, shape=shape)
+    assert_clean(compare(net, _conv_port(shape, w, b, padding="same"), x_in(shape)))
+
+
+def test_stride1_same_rules_padding_out_and_finds_weight_reshape(tmp_path):
+    net, w, b = _conv_case(tmp_path, k=3, s=1, p=1)
+    bad = w.reshape(3, 3, 3, 4)  # reshape instead of transpose
+    rep = compare(net, _conv_port(SHAPE, w, b, k=3, s=1, p=1, padding="same", kernel=bad), x_in())
+    d = top(rep)
+    assert d.kind == "reshape_not_transpose"
+    assert "padding_asymmetry" not in kinds(rep)
+    ruled = " ".join(d.evidence["ruled_out"])
+    assert "padding" in ruled and "'SAME'" in ruled and "(1, 1, 1, 1)" in ruled
+    assert "Ruled out: padding" in d.summary
+
+
+def test_stride1_same_input_reshaped_not_transposed(tmp_path):
+    # the "only some columns match" report: a stride-1 SAME conv is fine, the data was reshaped
+    net, w, b = _conv_case(tmp_path, k=3, s=1, p=1)
+
+    def reshape_in(h):
+        return keras.layers.Lambda(lambda z: tf.reshape(tf.transpose(z, [0, 3, 1, 2]), tf.shape(z)),
+                                   name="to_nchw_reshaped")(h)
+
+    rep = compare(net, _conv_port(SHAPE, w, b, k=3, s=1, p=1, padding="same", pre=reshape_in), x_in())
+    d = top(rep)
+    assert d.kind == "reshape_not_transpose"
+    assert d.evidence["where"] == "input"
+    assert any("padding" in r for r in d.evidence["ruled_out"])
+
+
+def test_reshape_not_transpose_output_holds_same_values(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    x = x_in()
+    m = _conv_port(SHAPE, w, b)
+    rep = compare(net, m, x)
+    assert rep.passed
+    y = rep.rows[-1]
+    # the port hands over its NHWC output re-read as NCHW memory (a reshape): hand-assembled probes
+    cval = net.blobs["conv1"].data.copy()
+    tval = cval.reshape(1, 4, 4, 4)  # NCHW memory declared as NHWC
+    row = LayerResult("conv1", "conv1", "conv1", caffe_shape=cval.shape, tf_shape=tval.shape)
+    d = diagnose(row, Probe("conv1", "Convolution", cval, layout="NCHW", params={"kernel_size": [3, 3]}),
+                 Probe("conv1", "Conv2D", tval, layout="NHWC"))
+    assert y.passed
+    assert d[0].kind == "reshape_not_transpose" and d[0].evidence["where"] == "output"
+    assert d[0].evidence["sorted_values_max_diff"] == 0.0
+
+
+def test_kernel_flipped(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    rep = compare(net, _conv_port(SHAPE, w, b, kernel=hwio(w)[::-1, ::-1]), x_in())
+    d = top(rep)
+    assert d.kind == "kernel_flipped"
+    assert d.evidence["confirmed_by"] == "weights"
+
+
+def test_kernel_hw_swapped(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    rep = compare(net, _conv_port(SHAPE, w, b, kernel=np.ascontiguousarray(hwio(w).transpose(1, 0, 2, 3))), x_in())
+    assert top(rep).kind == "kernel_hw_swapped"
+
+
+def test_kernel_bugs_confirmed_by_recomputation_without_tf_weights(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    x = x_in()
+    for kernel, want in ((hwio(w)[::-1, ::-1], "kernel_flipped"),
+                         (hwio(w).transpose(1, 0, 2, 3), "kernel_hw_swapped"),
+                         (hwio(w)[:, :, ::-1, :], "channel_order")):
+        m = _conv_port(SHAPE, w, b, kernel=np.ascontiguousarray(kernel))
+        tval = m.get_layer("conv1")(keras.layers.ZeroPadding2D(1)(x.transpose(0, 2, 3, 1))).numpy()
+        net.blobs["data"].data[...] = x
+        net.forward()
+        cval = net.blobs["conv1"].data.copy()
+        row = LayerResult("conv1", "conv1", "conv1")
+        cp = Probe("conv1", "Convolution", cval, layout="NCHW",
+                   params={"kernel_size": [3, 3], "stride": [2, 2], "pad": [1, 1], "dilation": [1, 1], "group": 1})
+        tp = Probe("conv1", "Conv2D", tval, layout="NHWC", params={"padding": "VALID"})
+        d = diagnose(row, cp, tp, [x], [w, b], None)
+        assert d[0].kind == want, (want, [(e.kind, e.confidence) for e in d])
+        assert d[0].evidence["confirmed_by"] == "recomputation"
+
+
+def test_channel_order_first_layer_weights(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    rep = compare(net, _conv_port(SHAPE, w, b, kernel=np.ascontiguousarray(hwio(w)[:, :, ::-1, :])), x_in())
+    assert top(rep).kind == "channel_order"
+
+
+def test_channel_order_bgr_input(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    rgb = lambda h: keras.layers.Lambda(lambda z: z[..., ::-1], name="bgr_to_rgb")(h)  # noqa: E731
+    rep = compare(net, _conv_port(SHAPE, w, b, pre=rgb), x_in())
+    d = top(rep)
+    assert d.kind == "channel_order"
+    assert d.evidence["confirmed_by"] == "recomputation"
+
+
+def test_constant_scale_255(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    scale = lambda h: keras.layers.Rescaling(255.0, name="times255")(h)  # noqa: E731
+    rep = compare(net, _conv_port(SHAPE, w, b, pre=scale), x_in())
+    d = top(rep)
+    assert d.kind == "constant_scale"
+    assert abs(d.evidence["factor"] - 255.0) < 1e-3
+    assert d.evidence["named"].startswith("255")
+
+
+def test_constant_offset_mean_not_subtracted(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    mean = [104.0, 117.0, 123.0]
+    sub = lambda h: keras.layers.Normalization(mean=mean, variance=[1.0, 1.0, 1.0], name="submean")(h)  # noqa: E731
+    rep = compare(net, _conv_port(SHAPE, w, b, pre=sub), x_in())
+    d = top(rep)
+    assert d.kind == "constant_offset"
+    np.testing.assert_allclose(d.evidence["offset_caffe_minus_tf"], mean, rtol=1e-3)
+
+
+def test_unknown_when_weights_are_just_different(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    other, _ = conv_w(4, 3, 3, seed=99)
+    rep = compare(net, _conv_port(SHAPE, w, b, kernel=hwio(other)), x_in())
+    d = top(rep)
+    assert d.kind == "unknown"
+    assert d.evidence["max_abs_error"] > 0.1 and 0 < d.evidence["mismatched_fraction"] <= 1
+    assert d.confidence < 0.5
+
+
+# -- pooling --------------------------------------------------------------------------
+
+
+def _pool_net(tmp_path, pool="MAX", k=3, s=2, p=0, shape=SHAPE, extra=""):
+    body = (f'layer {{ name: "pool1" type: "Pooling" bottom: "data" top: "pool1"\n'
+            f"  pooling_param {{ pool: {pool} kernel_size: {k} stride: {s} pad: {p} {extra} }} }}\n")
+    return caffe_net(tmp_path, prototxt({"data": shape}, body))
+
+
+def test_pool_rounding_shape_off_by_one(tmp_path):
+    net = _pool_net(tmp_path)
+    inp = keras_input(SHAPE)
+    bad = keras.Model(inp, keras.layers.MaxPooling2D(3, 2, padding="valid", name="pool1")(inp))
+    rep = compare(net, bad, x_in())
+    d = top(rep)
+    assert d.kind == "pool_rounding"
+    assert d.evidence["caffe_out"] == [4, 4] and d.evidence["tf_out"] == [3, 3]
+    assert d.evidence.get("tf_equals_caffe_without_last_row_col") is True
+
+
+def test_pool_rounding_correct_port_and_overhang_divisor(tmp_path):
+    net = _pool_net(tmp_path, pool="AVE")
+    x = x_in()
+
+    def port(divisor_bug):
+        inp = keras_input(SHAPE)
+        if divisor_bug:  # pads the overhang with zeros and divides by 9
+            h = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="ceilpad")(inp)
+            out = keras.layers.AveragePooling2D(3, 2, padding="valid", name="pool1")(h)
+        else:  # 'same' here pads bottom/right by one and excludes it: Caffe's clipped divisor
+            out = keras.layers.AveragePooling2D(3, 2, padding="same", name="pool1")(inp)
+        return keras.Model(inp, out)
+
+    assert_clean(compare(net, port(False), x))
+    d = top(compare(net, port(True), x))
+    assert d.kind == "pool_rounding"
+    assert d.evidence["confirmed_by"] == "recomputation"
+
+
+def test_avg_pool_padding_divisor_border_ratios(tmp_path):
+    net = _pool_net(tmp_path, pool="AVE", k=3, s=1, p=1)
+    x = f32(np.abs(x_in()) + 0.5)
+    inp = keras_input(SHAPE)
+    bad = keras.Model(inp, keras.layers.AveragePooling2D(3, 1, padding="same", name="pool1")(inp))
+    good_in = keras_input(SHAPE)
+    good = keras.Model(good_in, keras.layers.AveragePooling2D(3, 1, name="pool1")(
+        keras.layers.ZeroPadding2D(1, name="pad")(good_in)))
+    assert_clean(compare(net, good, x))
+    d = top(compare(net, bad, x))
+    assert d.kind == "avg_pool_padding_divisor"
+    assert d.evidence["ratio_caffe_over_tf_corner"] == pytest.approx(4 / 9, abs=1e-4)
+    assert d.evidence["ratio_caffe_over_tf_edge"] == pytest.approx(6 / 9, abs=1e-4)
+    assert d.evidence["interior_max_abs_error"] < 1e-5
+
+
+def test_avg_pool_divisor_fingerprint_without_inputs(tmp_path):
+    net = _pool_net(tmp_path, pool="AVE", k=3, s=1, p=1)
+    x = f32(np.abs(x_in()) + 0.5)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    cval = net.blobs["pool1"].data.copy()
+    tval = keras.layers.AveragePooling2D(3, 1, padding="same")(x.transpose(0, 2, 3, 1)).numpy()
+    cp = Probe("pool1", "Pooling", cval, layout="NCHW",
+               params={"pool": "AVE", "kernel_size": [3, 3], "stride": [1, 1], "pad": [1, 1], "round_mode": "CEIL"})
+    d = diagnose(LayerResult("pool1", "pool1", "pool1"), cp, Probe("pool1", "AveragePooling2D", tval, layout="NHWC"))
+    assert d[0].kind == "avg_pool_padding_divisor"
+    assert 0.8 <= d[0].confidence < 0.95  # a fingerprint ranks below a recomputation
+
+
+def test_pool_same_padding_stride2(tmp_path):
+    inp = keras_input(SHAPE)
+    same = keras.Model(inp, keras.layers.MaxPooling2D(3, 2, padding="same", name="pool1")(inp))
+    # ceil rounding (Caffe's default): 5x5 against TF's ceil(8/2) = 4x4, the size rule says so
+    d = top(compare(_pool_net(tmp_path, pool="MAX", k=3, s=2, p=1), same, x_in()))
+    assert d.kind == "pool_rounding"
+    assert d.evidence["caffe_out"] == [5, 5] and d.evidence["tf_same_out"] == [4, 4]
+    # floor rounding: same 4x4 shape, but 'SAME' pads (0, 1) where Caffe pads (1, 1)
+    (tmp_path / "floor").mkdir()
+    net = _pool_net(tmp_path / "floor", pool="MAX", k=3, s=2, p=1, extra="ceil_mode: false")
+    d = top(compare(net, same, x_in()))
+    assert d.kind == "padding_asymmetry"
+    assert d.evidence["tf_same_pads"] == [0, 1, 0, 1] and d.evidence["confirmed_by"] == "recomputation"
+
+
+# -- inner product -------------------------------------------------------------------------
+
+
+def _fc_case(tmp_path):
+    w1, b1 = conv_w(4, 3, 3, seed=5)
+    w2 = f32(rng(6).standard_normal((6, 4 * 6 * 6)) * 0.2)
+    b2 = f32(rng(7).standard_normal(6) * 0.1)
+    body = conv_layer("conv1", "data", 4, 3) + (
+        'layer { name: "ip1" type: "InnerProduct" bottom: "conv1" top: "ip1"\n'
+        "  inner_product_param { num_output: 6 } }\n")
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w1, b1], "ip1": [w2, b2]})
+
+    def port(bug):
+        inp = keras_input(SHAPE)
+        h = keras.layers.Conv2D(4, 3, name="conv1")(inp)
+        h = keras.layers.Flatten(name="flat")(h)
+        out = keras.layers.Dense(6, name="ip1")(h)
+        m = keras.Model(inp, out)
+        m.get_layer("conv1").set_weights([hwio(w1), b1])
+        m.get_layer("ip1").set_weights([w2.T if bug else inner_product_weight_caffe_to_tf(w2, (4, 6, 6)), b2])
+        return m
+
+    return net, port
+
+
+def test_flatten_order(tmp_path):
+    net, port = _fc_case(tmp_path)
+    x = x_in()
+    assert_clean(compare(net, port(False), x))
+    rep = compare(net, port(True), x)
+    assert rep.first_divergence.caffe_layer == "ip1"
+    d = top(rep)
+    assert d.kind == "flatten_order"
+    assert d.confidence >= 0.95
+
+
+# -- LRN, BatchNorm, Scale -------------------------------------------------------------------
+
+
+def test_lrn_alpha_scaling(tmp_path):
+    shape = (1, 8, 4, 4)
+    body = ('layer { name: "norm1" type: "LRN" bottom: "data" top: "norm1"\n'
+            "  lrn_param { local_size: 5 alpha: 0.5 beta: 0.75 k: 1 } }\n")
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body))
+    x = x_in(shape, scale=2.0)
+
+    def port(alpha):
+        inp = keras_input(shape)
+        out = keras.layers.Lambda(lambda z: tf.nn.local_response_normalization(
+            z, depth_radius=2, bias=1.0, alpha=alpha, beta=0.75), name="norm1")(inp)
+        return keras.Model(inp, out)
+
+    assert_clean(compare(net, port(0.5 / 5), x))
+    d = top(compare(net, port(0.5), x))
+    assert d.kind == "lrn_alpha_scaling"
+    assert d.evidence["expected_tf_alpha"] == pytest.approx(0.1)
+    assert d.evidence["ratio_max"] > d.evidence["ratio_min"] >= 1.0  # not a constant ratio
+
+
+BN_SHAPE = (1, 4, 5, 5)
+
+
+def _bn_case(tmp_path, s=1.0):
+    r = rng(11)
+    mean = f32(r.standard_normal(4))
+    var = f32(r.uniform(1e-3, 1e-2, 4))
+    gamma, beta = f32(r.uniform(0.5, 2, 4)), f32(r.standard_normal(4))
+    body = ('layer { name: "bn1" type: "BatchNorm" bottom: "data" top: "bn1" }\n'
+            'layer { name: "scale1" type: "Scale" bottom: "bn1" top: "bn1" scale_param { bias_term: true } }\n')
+    net = caffe_net(tmp_path, prototxt({"data": BN_SHAPE}, body),
+                    {"bn1": [mean * s, var * s, f32([s])], "scale1": [gamma, beta]})
+    x = f32(mean.reshape(1, 4, 1, 1) + np.sqrt(var).reshape(1, 4, 1, 1) * r.standard_normal(BN_SHAPE))
+
+    def port(eps=1e-5, divide=True, with_scale=True):
+        inp = keras_input(BN_SHAPE)
+        bn = keras.layers.BatchNormalization(epsilon=eps, center=with_scale, scale=with_scale, name="bn1")
+        m = keras.Model(inp, bn(inp))
+        stats = [mean, var] if divide else [mean * s, var * s]
+        bn.set_weights(([gamma, beta] if with_scale else []) + stats)
+        return m
+
+    return net, x, port
+
+
+def test_batchnorm_correct_port(tmp_path):
+    net, x, port = _bn_case(tmp_path, s=2.0)
+    assert_clean(compare(net, port(), x))
+
+
+def test_batchnorm_epsilon(tmp_path):
+    net, x, port = _bn_case(tmp_path)
+    d = top(compare(net, port(eps=1e-3), x))
+    assert d.kind == "batchnorm_epsilon"
+    assert d.evidence["tf_eps"] == pytest.approx(1e-3) and d.evidence["caffe_eps"] == pytest.approx(1e-5)
+    assert d.evidence["confirmed_by"] == "recomputation"
+
+
+def test_batchnorm_scale_factor(tmp_path):
+    net, x, port = _bn_case(tmp_path, s=2.0)
+    d = top(compare(net, port(divide=False), x))
+    assert d.kind == "batchnorm_scale_factor"
+    assert d.confidence >= 0.95
+
+
+def test_missing_scale(tmp_path):
+    net, x, port = _bn_case(tmp_path)
+    d = top(compare(net, port(with_scale=False), x))
+    assert d.kind == "missing_scale"
+
+
+# -- other layers ------------------------------------------------------------------------------
+
+
+def test_softmax_axis(tmp_path):
+    shape = (1, 4, 3, 5)
+    net = caffe_net(tmp_path, prototxt({"data": shape}, 'layer { name: "prob" type: "Softmax" bottom: "data" top: "prob" }\n'))
+    x = x_in(shape)
+
+    def port(axis):
+        inp = keras_input(shape)
+        return keras.Model(inp, keras.layers.Softmax(axis=axis, name="prob")(inp))
+
+    assert_clean(compare(net, port(-1), x))
+    d = top(compare(net, port(1), x))
+    assert d.kind == "softmax_axis"
+    assert d.evidence["tf_axis_nhwc"] == 1 and d.evidence["caffe_axis"] == 1
+
+
+def _two_branch(tmp_path, merge: str):
+    wa, ba = conv_w(4, 3, 3, seed=21)
+    wb, bb = conv_w(4, 3, 3, seed=22)
+    body = conv_layer("ca", "data", 4, 3, 1, 1) + conv_layer("cb", "data", 4, 3, 1, 1) + merge
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"ca": [wa, ba], "cb": [wb, bb]})
+
+    def port(merge_layer):
+        inp = keras_input(SHAPE)
+        a = keras.layers.Conv2D(4, 3, padding="same", name="ca")(inp)
+        c = keras.layers.Conv2D(4, 3, padding="same", name="cb")(inp)
+        m = keras.Model(inp, merge_layer([a, c]))
+        m.get_layer("ca").set_weights([hwio(wa), ba])
+        m.get_layer("cb").set_weights([hwio(wb), bb])
+        return m
+
+    return net, port
+
+
+def test_concat_axis(tmp_path):
+    net, port = _two_branch(tmp_path, 'layer { name: "cat" type: "Concat" bottom: "ca" bottom: "cb" top: "cat" }\n')
+    x = x_in()
+    assert_clean(compare(net, port(keras.layers.Concatenate(axis=-1, name="cat")), x))
+    d = top(compare(net, port(keras.layers.Concatenate(axis=1, name="cat")), x))
+    assert d.kind == "concat_axis"
+    assert d.evidence["tf_axis"] == 1 and d.evidence["expected_tf_axis"] == 3
+    assert d.evidence["confirmed_by"] == "recomputation"
+
+
+def test_concat_order_is_channel_order(tmp_path):
+    net, port = _two_branch(tmp_path, 'layer { name: "cat" type: "Concat" bottom: "ca" bottom: "cb" top: "cat" }\n')
+
+    class Swapped(keras.layers.Layer):
+        def call(self, xs):
+            return tf.concat([xs[1], xs[0]], axis=-1)
+
+    d = top(compare(net, port(Swapped(name="cat")), x_in()))
+    assert d.kind == "channel_order"
+    assert d.evidence["permutation"] == [4, 5, 6, 7, 0, 1, 2, 3]
+
+
+def test_eltwise_coeff(tmp_path):
+    net, port = _two_branch(tmp_path, 'layer { name: "diff" type: "Eltwise" bottom: "ca" bottom: "cb" top: "diff"\n'
+                                      "  eltwise_param { operation: SUM coeff: 1 coeff: -1 } }\n")
+    x = x_in()
+    assert_clean(compare(net, port(keras.layers.Subtract(name="diff")), x))
+    d = top(compare(net, port(keras.layers.Add(name="diff")), x))
+    assert d.kind == "eltwise_coeff"
+    assert d.evidence["caffe_coeff"] == [1.0, -1.0]
+    np.testing.assert_allclose(d.evidence["tf_coeff"], [1.0, 1.0], atol=1e-5)
+
+
+def test_leaky_slope(tmp_path):
+    w, b = conv_w(4, 3, 3, seed=31)
+    body = conv_layer("conv1", "data", 4, 3, 1, 1) + (
+        'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" relu_param { negative_slope: 0.1 } }\n')
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b]})
+
+    def port(act):
+        inp = keras_input(SHAPE)
+        c = keras.layers.Conv2D(4, 3, padding="same", name="conv1")
+        m = keras.Model(inp, act(c(inp)))
+        c.set_weights([hwio(w), b])
+        return m
+
+    x = x_in()
+    assert_clean(compare(net, port(keras.layers.LeakyReLU(negative_slope=0.1, name="relu1")), x))
+    rep = compare(net, port(keras.layers.LeakyReLU(name="relu1")), x)
+    d = top(rep)
+    assert rep.first_divergence.caffe_layer == "relu1"
+    assert d.kind == "leaky_slope"
+    assert d.evidence["tf_slope"] == pytest.approx(0.3) and d.evidence["caffe_slope"] == pytest.approx(0.1)
+
+
+def test_prelu_shared_axes(tmp_path):
+    w, b = conv_w(4, 3, 3, seed=41)
+    slopes = f32([0.05, 0.2, 0.4, 0.7])
+    body = conv_layer("conv1", "data", 4, 3, 1, 1) + 'layer { name: "prelu1" type: "PReLU" bottom: "conv1" top: "conv1" }\n'
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b], "prelu1": [slopes]})
+
+    def port(shared_all):
+        inp = keras_input(SHAPE)
+        c = keras.layers.Conv2D(4, 3, padding="same", name="conv1")
+        pr = keras.layers.PReLU(shared_axes=[1, 2, 3] if shared_all else [1, 2], name="prelu1")
+        m = keras.Model(inp, pr(c(inp)))
+        c.set_weights([hwio(w), b])
+        pr.set_weights([f32([[[slopes.mean()]]]) if shared_all else slopes.reshape(1, 1, 4)])
+        return m
+
+    x = x_in()
+    assert_clean(compare(net, port(False), x))
+    d = top(compare(net, port(True), x))
+    assert d.kind == "prelu_shared_axes"
+    assert d.evidence["tf_slope"] == pytest.approx(float(slopes.mean()), rel=1e-5)
+
+
+def test_spatial_shift_crop_offsets(tmp_path):
+    w, b = conv_w(4, 3, 3, seed=51)
+    body = conv_layer("conv1", "data", 4, 3, 1, 1) + (
+        'layer { name: "pool1" type: "Pooling" bottom: "data" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+        'layer { name: "crop" type: "Crop" bottom: "conv1" bottom: "pool1" top: "crop" crop_param { axis: 2 offset: 1 } }\n')
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b]})
+
+    def port(crop):
+        inp = keras_input(SHAPE)
+        c = keras.layers.Conv2D(4, 3, padding="same", name="conv1")
+        m = keras.Model(inp, keras.layers.Cropping2D(crop, name="crop")(c(inp)))
+        c.set_weights([hwio(w), b])
+        return m
+
+    x = x_in()
+    assert_clean(compare(net, port(((1, 3), (1, 3))), x))
+    d = top(compare(net, port(((2, 2), (2, 2))), x))  # a centred crop
+    assert d.kind == "spatial_shift"
+    assert d.evidence["caffe_offset"] == [1, 1] and d.evidence["tf_offset"] == [2, 2]
+
+
+def test_interp_align_corners(tmp_path):
+    shape = (1, 2, 4, 5)
+    body = ('layer { name: "up" type: "BilinearInterpolate" bottom: "data" top: "up"\n'
+            "  bilinear_interpolate_param { scale_factor: 2 } }\n")
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body))
+    x = x_in(shape)
+
+    def port(aligned):
+        inp = keras_input(shape)
+        if aligned:
+            out = keras.layers.Lambda(lambda z: tf.compat.v1.image.resize_bilinear(z, (8, 10), align_corners=True),
+                                      name="up")(inp)
+        else:
+            out = keras.layers.UpSampling2D(2, interpolation="bilinear", name="up")(inp)
+        return keras.Model(inp, out)
+
+    assert_clean(compare(net, port(True), x))
+    d = top(compare(net, port(False), x))
+    assert d.kind == "interp_align_corners"
+    assert d.evidence["tf_sampling"] == "half_pixel"
+
+
+def test_deconv_same_is_one_pixel_larger(tmp_path):
+    shape = (1, 3, 4, 4)
+    w = f32(rng(61).standard_normal((3, 2, 3, 3)) * 0.3)
+    b = f32([0.1, -0.1])
+    body = ('layer { name: "up1" type: "Deconvolution" bottom: "data" top: "up1"\n'
+            "  convolution_param { num_output: 2 kernel_size: 3 stride: 2 pad: 1 } }\n")
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), {"up1": [w, b]})
+    inp = keras_input(shape)
+    dc = keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same", name="up1")
+    m = keras.Model(inp, dc(inp))
+    dc.set_weights([np.ascontiguousarray(w.transpose(2, 3, 1, 0)), b])
+    d = top(compare(net, m, x_in(shape)))
+    assert d.kind == "deconv_same_padding"
+    assert d.evidence["caffe_out"] == [7, 7] and d.evidence["tf_out"] == [8, 8]
+
+
+# -- precision drift ------------------------------------------------------------------------------
+
+
+def test_precision_drift_over_a_deep_correct_port(tmp_path):
+    shape = (1, 8, 8, 8)
+    body, params = "", {}
+    bottom = "data"
+    for i in range(8):
+        body += conv_layer(f"c{i}", bottom, 8, 3, 1, 1)
+        params[f"c{i}"] = list(conv_w(8, 8, 3, seed=100 + i))
+        bottom = f"c{i}"
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), params)
+    inp = keras_input(shape)
+    h = inp
+    for i in range(8):
+        h = keras.layers.Conv2D(8, 3, padding="same", name=f"c{i}")(h)
+    m = keras.Model(inp, h)
+    for i in range(8):
+        m.get_layer(f"c{i}").set_weights([hwio(params[f"c{i}"][0]), params[f"c{i}"][1]])
+    x = x_in(shape)
+    assert compare(net, m, x).passed  # a correct port passes at the default tolerance
+    rep = compare(net, m, x, rtol=1e-9, atol=1e-10)  # far below float32 noise
+    assert not rep.passed
+    ds = diagnose_report(rep)
+    assert [d.kind for d in ds] == ["precision_drift"]
+    ev = ds[0].evidence
+    assert ev["rel_rms_max"] < 1e-5 and ev["largest_jump"] < 30
+    # the suggested tolerance really passes
+    assert compare(net, m, x, rtol=ev["suggested_rtol"], atol=ev["suggested_atol"]).passed
+    # and diagnose() with the rows as context says the same about the last layer
+    last = rep.rows[-1]
+    cval = net.blobs["c7"].data.copy()
+    tval = m(x.transpose(0, 2, 3, 1)).numpy()
+    d = diagnose(last, Probe("c7", "Convolution", cval, layout="NCHW"), Probe("c7", "Conv2D", tval, layout="NHWC"),
+                 context=DiagnosisContext(rows=rep.rows))
+    assert d[0].kind == "precision_drift"
+
+
+def test_diagnose_report_of_a_passing_report_is_empty(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    assert diagnose_report(compare(net, _conv_port(SHAPE, w, b), x_in())) == []
+
+
+# -- contract --------------------------------------------------------------------------------------
+
+
+def test_fine_layer_gets_empty_list():
+    v = f32(rng(0).standard_normal((1, 2, 3, 3)))
+    row = LayerResult("c", "c", "c")
+    assert diagnose(row, Probe("c", "Convolution", v, layout="NCHW"),
+                    Probe("c", "Conv2D", v.transpose(0, 2, 3, 1), layout="NHWC")) == []
+
+
+@pytest.mark.parametrize("args", [
+    ("not a row", Probe("c", value=np.zeros(2)), Probe("c", value=np.zeros(2))),
+    (LayerResult("c", "c", "c"), Probe("c"), Probe("c", value=np.zeros(2))),
+    (LayerResult("c", "c", "c"), Probe("c", value=np.zeros(2)), "tf"),
+])
+def test_bad_input_raises_input_error(args):
+    with pytest.raises(DiagnosisInputError) as e:
+        diagnose(*args)
+    assert isinstance(e.value, InputError)
+
+
+def test_bad_caffe_inputs_and_context_raise_input_error():
+    v = np.zeros((1, 2, 2, 2), np.float32)
+    row, cp, tp = LayerResult("c", "c", "c"), Probe("c", value=v), Probe("c", value=v + 1)
+    with pytest.raises(InputError, match="caffe_inputs"):
+        diagnose(row, cp, tp, caffe_inputs=v)
+    with pytest.raises(InputError, match="context"):
+        diagnose(row, cp, tp, context=42)
+
+
+def test_every_documented_kind_is_in_the_cookbook():
+    import pathlib
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "diagnosis.md").read_text()
+    missing = [k for k in KINDS if f"`{k}`" not in text]
+    assert not missing, missing
+
+
+# -- a fused chain and a whole correct net ---------------------------------------------------------
+
+
+def test_padding_asymmetry_through_a_fused_relu(tmp_path):
+    w, b = conv_w(4, 3, 3, seed=3)
+    body = conv_layer("conv1", "data", 4, 3, 2, 1) + 'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b]})
+    inp = keras_input(SHAPE)
+    c = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="conv1")
+    m = keras.Model(inp, c(inp))
+    c.set_weights([hwio(w), b])
+    rep = compare(net, m, x_in())
+    assert rep.first_divergence.caffe_chain == ["conv1", "relu1"]
+    d = top(rep)
+    assert d.kind == "padding_asymmetry" and d.evidence["confirmed_by"] == "recomputation"
+
+
+def test_correct_port_of_a_small_classic_net(tmp_path):
+    shape = (2, 3, 12, 12)
+    r = rng(5)
+    p = {
+        "conv1": list(conv_w(8, 3, 5, seed=1)),
+        "bn1": [f32(r.standard_normal(8)), f32(r.uniform(0.5, 2, 8)), f32([1.0])],
+        "scale1": [f32(r.uniform(0.5, 2, 8)), f32(r.standard_normal(8))],
+        "conv2": list(conv_w(8, 8, 3, seed=2)),
+        "ip1": [f32(r.standard_normal((5, 8 * 3 * 3)) * 0.1), f32(r.standard_normal(5))],
+    }
+    body = (conv_layer("conv1", "data", 8, 5, 2, 2)
+            + 'layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }\n'
+            + 'layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }\n'
+            + 'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
+            + 'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }\n'
+            + 'layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1" lrn_param { local_size: 5 alpha: 0.1 beta: 0.75 } }\n'
+            + conv_layer("conv2", "norm1", 8, 3, 1, 1)
+            + 'layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }\n'
+            + 'layer { name: "ip1" type: "InnerProduct" bottom: "conv2" top: "ip1" inner_product_param { num_output: 5 } }\n'
+            + 'layer { name: "prob" type: "Softmax" bottom: "ip1" top: "prob" }\n')
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), p)
+    inp = keras_input(shape)
+    h = keras.layers.ZeroPadding2D(2, name="pad1")(inp)
+    h = keras.layers.Conv2D(8, 5, strides=2, name="conv1")(h)
+    h = keras.layers.BatchNormalization(epsilon=1e-5, name="bn1")(h)
+    h = keras.layers.ReLU(name="relu1")(h)
+    h = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="ceil")(h)  # ceil rounding, inputs >= 0
+    h = keras.layers.MaxPooling2D(3, 2, name="pool1")(h)
+    h = keras.layers.Lambda(lambda z: tf.nn.local_response_normalization(z, 2, 1.0, 0.1 / 5, 0.75), name="norm1")(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    h = keras.layers.Dense(5, name="ip1")(h)
+    m = keras.Model(inp, keras.layers.Softmax(name="prob")(h))
+    m.get_layer("conv1").set_weights([hwio(p["conv1"][0]), p["conv1"][1]])
+    m.get_layer("bn1").set_weights([p["scale1"][0], p["scale1"][1], p["bn1"][0], p["bn1"][1]])
+    m.get_layer("conv2").set_weights([hwio(p["conv2"][0]), p["conv2"][1]])
+    m.get_layer("ip1").set_weights([inner_product_weight_caffe_to_tf(p["ip1"][0], (8, 3, 3)), p["ip1"][1]])
+    x = x_in(shape)
+    rep = compare(net, m, x)
+    assert_clean(rep)
+    assert len(rep.rows) >= 7
+
+
+# -- fingerprints: no inputs, no weights (rank below a recomputation) -------------------------------
+
+
+def _caffe_values(tmp_path, shape, body, x, params=None):
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), params)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    return {k: v.data.copy() for k, v in net.blobs.items()}
+
+
+def _fp(cval, ckind, cparams, tval, tkind, tparams=None, context=None):
+    row = LayerResult("L", "L", "L", caffe_kind=ckind, tf_kind=tkind)
+    cp = Probe("L", ckind, cval, layout="NCHW", params=cparams, inputs=["data"])
+    tp = Probe("L", tkind, tval, layout="NHWC", params=tparams or {})
+    return diagnose(row, cp, tp, None, None, None, context)
+
+
+def _nhwc(a):
+    return np.ascontiguousarray(np.transpose(a, (0, 2, 3, 1)))
+
+
+def test_fingerprint_lrn(tmp_path):
+    shape = (1, 8, 4, 4)
+    x = x_in(shape, scale=2.0)
+    v = _caffe_values(tmp_path, shape, 'layer { name: "L" type: "LRN" bottom: "data" top: "L" lrn_param { alpha: 0.5 } }\n', x)
+    t = tf.nn.local_response_normalization(_nhwc(x), depth_radius=2, bias=1.0, alpha=0.5, beta=0.75).numpy()
+    d = _fp(v["L"], "LRN", {"local_size": 5, "alpha": 0.5, "beta": 0.75, "k": 1.0}, t, "LRN",
+            {"alpha": 0.5, "depth_radius": 2})
+    assert d[0].kind == "lrn_alpha_scaling" and d[0].confidence < 0.95
+    assert d[0].evidence["ratio_max"] > d[0].evidence["ratio_min"]
+
+
+def test_fingerprint_batchnorm_epsilon(tmp_path):
+    r = rng(3)
+    mean, var = f32(r.standard_normal(4)), f32(r.uniform(1e-3, 1e-2, 4))
+    x = f32(mean.reshape(1, 4, 1, 1) + r.standard_normal(BN_SHAPE) * 0.1)
+    v = _caffe_values(tmp_path, BN_SHAPE, 'layer { name: "L" type: "BatchNorm" bottom: "data" top: "L" }\n', x,
+                      {"L": [mean, var, f32([1.0])]})
+    bn = keras.layers.BatchNormalization(center=False, scale=False)
+    bn.build((1, 5, 5, 4))
+    bn.set_weights([mean, var])
+    t = bn(_nhwc(x), training=False).numpy()
+    d = _fp(v["L"], "BatchNorm", {"eps": 1e-5}, t, "BatchNormalization", {"epsilon": 1e-3})
+    assert d[0].kind == "batchnorm_epsilon" and d[0].confidence < 0.95
+    assert 0.5 < d[0].evidence["slope_min"] <= d[0].evidence["slope_max"] < 1.0
+    np.testing.assert_allclose(d[0].evidence["implied_var"], var, rtol=1e-2)
+
+
+def test_fingerprint_softmax_axis(tmp_path):
+    shape = (1, 4, 3, 5)
+    x = x_in(shape)
+    v = _caffe_values(tmp_path, shape, 'layer { name: "L" type: "Softmax" bottom: "data" top: "L" }\n', x)
+    d = _fp(v["L"], "Softmax", {"axis": 1}, tf.nn.softmax(_nhwc(x), axis=2).numpy(), "Softmax")
+    assert d[0].kind == "softmax_axis" and d[0].evidence["tf_axis_nhwc"] == 2
+
+
+def test_fingerprint_interp_corners_exact(tmp_path):
+    shape = (1, 2, 4, 5)
+    x = x_in(shape)
+    v = _caffe_values(tmp_path, shape, 'layer { name: "L" type: "BilinearInterpolate" bottom: "data" top: "L" '
+                      "bilinear_interpolate_param { scale_factor: 2 } }\n", x)
+    t = tf.image.resize(_nhwc(x), (8, 10), "bilinear").numpy()
+    d = _fp(v["L"], "BilinearInterpolate", {}, t, "UpSampling2D")
+    assert d[0].kind == "interp_align_corners" and d[0].confidence < 0.9
+
+
+def test_fingerprint_relu_negatives(tmp_path):
+    x = x_in()
+    v = _caffe_values(tmp_path, SHAPE, 'layer { name: "L" type: "ReLU" bottom: "data" top: "L" }\n', x)
+    t = keras.layers.LeakyReLU()(_nhwc(x)).numpy()
+    d = _fp(v["L"], "ReLU", {"negative_slope": 0.0}, t, "LeakyReLU")
+    assert d[0].kind == "leaky_slope" and d[0].evidence["caffe_slope"] == 0.0
+
+
+def test_fingerprint_padding_without_inputs(tmp_path):
+    net, w, b = _conv_case(tmp_path)
+    x = x_in()
+    net.blobs["data"].data[...] = x
+    net.forward()
+    c = keras.layers.Conv2D(4, 3, strides=2, padding="same")
+    t = c(_nhwc(x))
+    c.set_weights([hwio(w), b])
+    t = c(_nhwc(x)).numpy()
+    ctx = DiagnosisContext(caffe_probes={"data": Probe("data", "Input", x, layout="NCHW")})
+    d = _fp(net.blobs["conv1"].data.copy(), "Convolution",
+            {"kernel_size": [3, 3], "stride": [2, 2], "pad": [1, 1]}, t, "Conv2D", {"padding": "same"}, ctx)
+    assert d[0].kind == "padding_asymmetry" and 0.6 <= d[0].confidence < 0.95
+
+
+@pytest.mark.parametrize("make,kind", [
+    (lambda x: 255.0 * x, "constant_scale"),
+    (lambda x: x[:, ::-1], "channel_order"),
+    (lambda x: x - f32([104, 117, 123]).reshape(1, 3, 1, 1), "constant_offset"),
+    (lambda x: np.swapaxes(x, 2, 3), "wrong_transpose"),
+])
+def test_fingerprint_input_blob(make, kind):
+    x = x_in()
+    d = _fp(x, "Input", {}, _nhwc(make(x)), "InputLayer")
+    assert d[0].kind == kind
+    assert d[0].confidence >= 0.85
+
+
+def test_generic_spatial_shift():
+    y = x_in((1, 4, 6, 6))
+    t = np.zeros_like(y)
+    t[:, :, :-1, :-1] = y[:, :, 1:, 1:]
+    d = _fp(y, "Convolution", {}, _nhwc(t), "Conv2D")
+    assert d[0].kind == "spatial_shift" and (d[0].evidence["shift_rows"], d[0].evidence["shift_cols"]) == (1, 1)

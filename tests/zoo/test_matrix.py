@@ -1,0 +1,100 @@
+"""The model-zoo matrix: real Caffe against real Keras ports of real architectures.
+
+For each net: the correct port passes at the default tolerance, every computing
+Caffe layer being compared. For each (net, bug) pair that applies: the report's
+first divergence is the layer the bug was injected at and the top diagnosis is
+the injected kind. Outcomes feed docs/validation.md (``make validation``).
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+
+import pytest
+from zoo_nets import NETS, ZOO
+
+import portbuilder as pb
+
+pytestmark = pytest.mark.slow
+
+#: Caffe layer types with no computation at inference: a port leaves them out.
+TRIVIAL = {"Input", "Dropout", "Split", "Silence"}
+
+
+def _applicable() -> list[tuple[str, str, str]]:
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, net in NETS.items():
+            proto = pb.with_input_shape(ZOO / net.file, net.input_shape, f"{tmp}/{name}.prototxt")
+            info = pb.net_info(proto)
+            for bug in pb.BUGS:
+                where = pb.applicable_layers(info, bug)
+                if where:
+                    cases.append((name, bug, where[0]))
+    return cases
+
+
+BUG_CASES = _applicable()
+
+
+def _group(net: str):
+    return pytest.mark.xdist_group(f"zoo-{net}")
+
+
+def _compare(case, bugs=()):
+    """Build the port, capture it, compare against the shared Caffe trace archive."""
+    import keras
+
+    import layerparity as lp
+    from layerparity.backends.tensorflow import load_tf
+
+    t0 = time.perf_counter()
+    model = pb.build_keras(case.info.resolved, case.params, bugs=bugs)
+    tb = load_tf(model)
+    try:
+        tf_trace = tb.capture(case.x)
+        report = lp.compare_traces(case.caffe_trace, tf_trace, replay=tb, caffe_weights=case.params,
+                                   tf_weights=tb.weights())
+    finally:
+        tb.close()
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+    return report, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("net", [pytest.param(n, marks=_group(n)) for n in NETS])
+def test_correct_port_passes(net, zoo, record_result):
+    case = zoo(net)
+    report, seconds = _compare(case)
+    fd = report.first_divergence
+    compared = {c for r in report.rows for c in (r.caffe_layer, *r.caffe_chain)}
+    missing = [lp_.name for lp_ in case.info.layers if lp_.type not in TRIVIAL and lp_.name not in compared]
+    failing = [(r.caffe_layer, r.max_rel_error, r.note) for r in report.rows if not r.passed]
+    record_result({"net": net, "bug": None, "passed": bool(report), "first": fd.caffe_layer if fd else None,
+                   "failing": len(failing), "rows": len(report.rows), "missing": missing,
+                   "worst": failing[0][0] if failing else None,
+                   "seconds": round(seconds, 2), "setup_seconds": round(case.setup_seconds, 2)})
+    assert not missing, f"{net}: Caffe layers never compared: {missing}"
+    assert report, f"{net}: the correct port fails: first divergence {fd.caffe_layer if fd else None}; failing rows {failing[:8]}"
+    assert fd is None
+
+
+@pytest.mark.parametrize("net,bug,layer", [pytest.param(n, b, at, marks=_group(n)) for n, b, at in BUG_CASES])
+def test_injected_bug_is_found(net, bug, layer, zoo, record_result):
+    case = zoo(net)
+    assert pb.plan_bugs(case.info, [bug]) == {layer: bug}
+    report, seconds = _compare(case, bugs=[bug])
+    fd = report.first_divergence
+    found_layer = fd.caffe_layer if fd else None
+    chain = list(fd.caffe_chain) if fd else []
+    kinds = [d.kind for d in fd.diagnoses] if fd else []
+    layer_ok = fd is not None and (found_layer == layer or layer in chain)
+    kind_ok = bool(kinds) and kinds[0] == bug
+    record_result({"net": net, "bug": bug, "layer": layer, "found_layer": found_layer, "kinds": kinds[:3],
+                   "layer_ok": layer_ok, "kind_ok": kind_ok, "seconds": round(seconds, 2)})
+    assert not report, f"{net} with {bug} at {layer}: the report passes"
+    assert layer_ok, f"{net} with {bug} injected at {layer}: first divergence is {found_layer} (chain {chain})"
+    assert kind_ok, f"{net} with {bug} at {layer}: diagnoses {kinds} (summary: {fd.diagnoses[0].summary if fd and fd.diagnoses else None})"

@@ -1,0 +1,36 @@
+"""The zoo's nets and the input shape each runs at (why each size: fixtures/zoo/README.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = ROOT / "fixtures" / "zoo"
+
+
+@dataclass(frozen=True)
+class ZooNet:
+    name: str
+    file: str
+    input_shape: tuple[int, int, int, int]  # Caffe NCHW, batch 1
+    what: str
+    seed: int = 0
+
+
+#: The nets and the input each runs at (see fixtures/zoo/README.md for why each size).
+NETS: dict[str, ZooNet] = {
+    n.name: n
+    for n in [
+        ZooNet("lenet", "lenet.prototxt", (1, 1, 28, 28), "LeNet (BVLC examples/mnist)"),
+        ZooNet("caffenet", "caffenet.prototxt", (1, 3, 103, 103), "CaffeNet (BVLC reference, shipped deploy)"),
+        ZooNet("alexnet", "alexnet.prototxt", (1, 3, 103, 103), "AlexNet (BVLC, shipped deploy)"),
+        ZooNet("googlenet", "googlenet.prototxt", (1, 3, 224, 224), "GoogLeNet (BVLC, shipped deploy)"),
+        ZooNet("vgg16", "vgg16.prototxt", (1, 3, 64, 64), "VGG-16"),
+        ZooNet("resnet50", "resnet50.prototxt", (1, 3, 224, 224), "ResNet-50 (KaimingHe deploy)"),
+        ZooNet("mobilenet_v1", "mobilenet_v1.prototxt", (1, 3, 128, 128), "MobileNet v1 (shicai/MobileNet-Caffe)"),
+        ZooNet("fcn_head", "fcn_head.prototxt", (1, 3, 64, 64), "FCN-32s-style head (Deconvolution + Crop)"),
+        ZooNet("ssd_head", "ssd_head.prototxt", (1, 3, 64, 64), "SSD-style head (Normalize, Permute, Flatten, Concat)"),
+        ZooNet("mtcnn_onet", "mtcnn_onet.prototxt", (1, 3, 48, 48), "MTCNN O-Net (PReLU)"),
+    ]
+}
