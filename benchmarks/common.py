@@ -97,6 +97,7 @@ def input_array(net: str, batch: int, seed: int) -> np.ndarray:
 def prepare(net: str, batches: list[int]) -> dict:
     """Create (once) the prototxt per batch, the seeded caffemodel and the Keras port."""
     import caffe  # noqa: F401  - before TensorFlow (portbuilder's note: the other order crashes caffe.Net)
+
     from portbuilder import build_keras, make_caffemodel, net_info, with_input_shape
 
     p = paths(net, 1)
@@ -196,3 +197,25 @@ def machine_facts() -> dict:
     except Exception:  # noqa: BLE001
         pass
     return facts
+
+
+def set_numpy_blas_threads(n: int) -> bool:
+    """Limit the OpenBLAS bundled with NumPy (not Caffe's system OpenBLAS) to ``n`` threads.
+
+    A what-if for benchmarks/run.py --whatif: the same effect as metrics.py not
+    calling the threaded BLAS ``ddot`` (np.dot) on large vectors.
+    """
+    import ctypes
+
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "libscipy_openblas*.so"))
+    for lib in libs:
+        try:
+            h = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_", "openblas_set_num_threads"):
+            fn = getattr(h, sym, None)
+            if fn is not None:
+                fn(ctypes.c_int(n))
+                return True
+    return False

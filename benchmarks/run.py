@@ -139,6 +139,9 @@ def child_timing(args) -> None:
     import numpy as np
 
     net, batch, reps = args.net, args.batch, args.reps
+    whatif = bool(args.numpy_blas_threads)
+    if whatif and not common.set_numpy_blas_threads(args.numpy_blas_threads):
+        raise SystemExit("cannot find NumPy's bundled OpenBLAS to limit its threads")
     plain, model = _open_plain(net, batch)
     cb, tb, cw, tw, opened = _open_check(net, batch, model)
     x = common.input_array(net, batch, 1)
@@ -196,7 +199,7 @@ def child_timing(args) -> None:
     cb.close()
     tb.close()
     _emit({
-        "net": net, "batch": batch, "reps": reps, "times": times,
+        "net": net, "batch": batch, "reps": reps, "times": times, "whatif": whatif,
         "median": {k: statistics.median(v) for k, v in times.items()},
         "opened": opened, "cold": {"plain_s": cold_plain, "compare_models_s": cold_check},
         "verdict": verdict,
@@ -234,7 +237,6 @@ def child_mem(args) -> None:
 
 def child_sweep(args) -> None:
     import numpy as np
-
     from sweep_stats import SweepStats
 
     net, batch, n = args.net, args.batch, args.inputs
@@ -291,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--inputs", type=int, default=64, help=argparse.SUPPRESS)
+    ap.add_argument("--numpy-blas-threads", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--whatif", action="store_true",
+                    help="also time each config with NumPy's OpenBLAS limited to 1 thread (the proposed metrics.py fix)")
     ap.add_argument("--nets", default="googlenet,resnet50")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--reps", type=int, default=5, help="interleaved timing repetitions (median reported)")
@@ -323,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"timing {net} batch {b} ({args.reps} interleaved reps) ...", flush=True)
             results["timing"].append(_run_child(["--child", "timing", "--net", net, "--batch", str(b),
                                                  "--reps", str(args.reps)], timeout=3600))
+            if args.whatif:
+                print(f"timing {net} batch {b}, what-if NumPy BLAS 1 thread ...", flush=True)
+                results["timing"].append(_run_child(["--child", "timing", "--net", net, "--batch", str(b),
+                                                     "--reps", str(args.reps), "--numpy-blas-threads", "1"],
+                                                    timeout=3600))
     if not args.no_mem:
         for net in nets:
             for b in batches:
@@ -360,6 +370,9 @@ def render(results: dict) -> dict[str, str]:
         rc = med["check"] / med["plain"]
         rr = med["replay"] / med["plain"]
         mp, mc, mr = (mem.get((net, b, k)) for k in ("plain", "check", "replay"))
+        if t.get("whatif"):
+            mp = mc = mr = None
+            net = f"{net} (what-if: NumPy BLAS 1 thread)"
         v = t["verdict"]
         parity = "pass" if v["passed"] else f"FAIL at {v['first_divergence']}"
         row = [net, str(b), f"{med['plain']:.3f}", f"{med['check']:.3f}", _fmt_ratio(rc, TARGET_CHECK.get(b)),
@@ -378,6 +391,8 @@ def render(results: dict) -> dict[str, str]:
            "cold plain s", "cold compare_models s", "ratio"]
     orows = []
     for t in results["timing"]:
+        if t.get("whatif"):
+            continue
         o, c = t["opened"], t["cold"]
         orows.append([t["net"], str(t["batch"]), f"{o['caffe_open_s']:.2f}", f"{o['tf_open_s']:.2f}",
                       f"{o['weights_s']:.2f}", f"{c['plain_s']:.2f}", f"{c['compare_models_s']:.2f}",
@@ -400,10 +415,11 @@ def render(results: dict) -> dict[str, str]:
     if s:
         rss = {int(k): v for k, v in s["rss"].items()}
         last = max(rss)
-        a, z = rss.get(8, rss[min(rss)]), rss[last]
+        k8 = 8 if 8 in rss else min(rss)
+        a, z = rss[k8], rss[last]
         tot = lambda r: r["self_mib"] + r["worker_mib"]  # noqa: E731
         line = (f"sweep {s['net']} batch {s['batch']}, {s['inputs']} inputs (check with replay, "
-                f"median {s['median_s']:.3f} s/input): RSS after input 8 = {tot(a):.0f} MiB "
+                f"median {s['median_s']:.3f} s/input): RSS after input {k8} = {tot(a):.0f} MiB "
                 f"({a['self_mib']:.0f}+{a['worker_mib']:.0f}), after input {last} = {tot(z):.0f} MiB "
                 f"({z['self_mib']:.0f}+{z['worker_mib']:.0f}); growth {tot(z) - tot(a):+.0f} MiB")
         th = ["caffe layer", "failed inputs", "max abs max", "mean", "p50", "p90", "p99", "worst input"]

@@ -223,3 +223,45 @@ def test_an_unexpected_exception_is_a_short_bug_report(monkeypatch, capsys, tmp_
     err = capsys.readouterr().err
     assert err.startswith("layerparity diff: layerparity bug: KeyError: 'internal state' (please report it")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def exported_ports(tmp_path_factory):
+    """The buggy demo port as a SavedModel directory and as a .tflite file."""
+    import tensorflow as tf
+
+    d = tmp_path_factory.mktemp("exported")
+    model = demo.build_keras_port(demo._weights(), buggy=True)
+    model.export(str(d / "saved_model"), verbose=False)
+    (d / "port.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return {"saved_model": str(d / "saved_model"), "tflite": str(d / "port.tflite")}
+
+
+@pytest.mark.parametrize("form", ["saved_model", "tflite"])
+def test_compare_other_tf_model_forms(files, exported_ports, form, tmp_path, capsys):
+    code = cli.main(["compare", *model_args(files, exported_ports[form]), "--input", files.input,
+                     "--json", str(tmp_path / "r.json")])
+    assert code == 1
+    d = read_json(tmp_path / "r.json")
+    # TFLite fuses the ReLU into the convolution, so the divergence shows on the fused pair
+    assert d["first_divergence"]["caffe_layer"] in ({"conv2"} if form == "saved_model" else {"conv2", "relu2"})
+    before = [x for x in d["layers"] if x["caffe_layer"] in ("pool1", "norm1")]
+    assert len(before) == 2 and all(x["passed"] for x in before)
+
+
+def test_demo_files_regenerate_deterministically(files, tmp_path):
+    import keras
+
+    out = subprocess.run([PY, "-m", "layerparity.demo", "--regenerate", str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path)
+    new = demo.files(tmp_path)
+    assert open(new.caffemodel, "rb").read() == open(files.caffemodel, "rb").read()
+    np.testing.assert_array_equal(np.load(new.input), np.load(files.input))
+    assert open(new.prototxt).read() == open(files.prototxt).read()
+    demo.register_keras_objects()
+    a, b = keras.saving.load_model(new.keras), keras.saving.load_model(files.keras)
+    assert [layer.name for layer in a.layers] == [layer.name for layer in b.layers]
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)

@@ -530,3 +530,20 @@ def test_end_to_end_converter_style_graph_without_names_aligns_structurally(tmp_
     # the 1x1 and 3x3_reduce convs read the same tensor and have the same shape: told apart by value
     assert by["inc/relu_1x1"].tf_layer != by["inc/relu_3x3_reduce"].tf_layer
     assert by["inc/relu_1x1"].metrics.max_abs_error < 1e-4
+
+
+def test_end_to_end_keras_port_with_auto_names_aligns_structurally(tiny_caffe):
+    import keras
+
+    proto, weights, P, x = tiny_caffe
+    named = _keras_port(P)
+    cfg = json.dumps(named.get_config())
+    for i, layer in enumerate(named.layers):  # every Caffe name gone: layer_0, layer_1, ...
+        cfg = cfg.replace(f'"{layer.name}"', f'"layer_{i}"')
+    anon = keras.Model.from_config(json.loads(cfg))
+    anon.set_weights(named.get_weights())
+    r = layerparity.compare_models(proto, anon, x, caffe_weights=weights)
+    assert r and r.meta["alignment"] == {"structural": 9}
+    assert [(row.caffe_chain, row.tf_layer) for row in r.rows][1:5] == [
+        (["conv1", "relu1"], "layer_1"), (["pool1"], "layer_2"), (["conv2"], "layer_3"), (["bn2", "scale2"], "layer_4")]
+    assert r.unmapped_tf == ["layer_6", "layer_8"]  # the ZeroPadding2D and the Flatten

@@ -339,6 +339,8 @@ def test_flatten_order(tmp_path):
     d = top(rep)
     assert d.kind == "flatten_order"
     assert d.confidence >= 0.95
+    # one value per channel (a 1 x N InnerProduct output) proves no per-channel relation
+    assert kinds(rep) == ["flatten_order"]
 
 
 # -- LRN, BatchNorm, Scale -------------------------------------------------------------------
@@ -836,3 +838,86 @@ def test_generic_spatial_shift():
     t[:, :, :-1, :-1] = y[:, :, 1:, 1:]
     d = _fp(y, "Convolution", {}, _nhwc(t), "Conv2D")
     assert d[0].kind == "spatial_shift" and (d[0].evidence["shift_rows"], d[0].evidence["shift_cols"]) == (1, 1)
+
+
+# -- the extra kinds ----------------------------------------------------------------------------------
+
+
+def test_padding_mismatch_valid_where_caffe_pads(tmp_path):
+    net, w, b = _conv_case(tmp_path, k=3, s=1, p=1)
+    d = top(compare(net, _conv_port(SHAPE, w, b, k=3, s=1, p=1, padding="valid"), x_in()))
+    assert d.kind == "padding_mismatch"
+    assert d.evidence["caffe_out"] == [8, 8] and d.evidence["tf_out"] == [6, 6]
+
+
+def test_eltwise_operation(tmp_path):
+    net, port = _two_branch(tmp_path, 'layer { name: "prod" type: "Eltwise" bottom: "ca" bottom: "cb" top: "prod"\n'
+                                      "  eltwise_param { operation: PROD } }\n")
+    x = x_in()
+    assert_clean(compare(net, port(keras.layers.Multiply(name="prod")), x))
+    d = top(compare(net, port(keras.layers.Add(name="prod")), x))
+    assert d.kind == "eltwise_operation"
+    assert (d.evidence["caffe_operation"], d.evidence["tf_operation"]) == ("PROD", "SUM")
+
+
+def test_lrn_depth_radius(tmp_path):
+    shape = (1, 12, 3, 3)
+    net = caffe_net(tmp_path, prototxt({"data": shape}, 'layer { name: "norm1" type: "LRN" bottom: "data" top: "norm1"\n'
+                                       "  lrn_param { local_size: 5 alpha: 0.5 } }\n"))
+    inp = keras_input(shape)
+    m = keras.Model(inp, keras.layers.Lambda(lambda z: tf.nn.local_response_normalization(
+        z, depth_radius=5, bias=1.0, alpha=0.1, beta=0.75), name="norm1")(inp))
+    d = top(compare(net, m, x_in(shape, scale=2.0)))
+    assert d.kind == "lrn_depth_radius"
+
+
+def test_deconv_in_out_swapped(tmp_path):
+    shape = (1, 3, 4, 4)
+    w = f32(rng(62).standard_normal((3, 3, 2, 2)))
+    b = f32([0.1, -0.1, 0.2])
+    net = caffe_net(tmp_path, prototxt({"data": shape}, 'layer { name: "up1" type: "Deconvolution" bottom: "data" '
+                                       'top: "up1" convolution_param { num_output: 3 kernel_size: 2 stride: 2 } }\n'),
+                    {"up1": [w, b]})
+
+    def port(kernel):
+        inp = keras_input(shape)
+        dc = keras.layers.Conv2DTranspose(3, 2, strides=2, name="up1")
+        m = keras.Model(inp, dc(inp))
+        dc.set_weights([np.ascontiguousarray(kernel), b])
+        return m
+
+    x = x_in(shape)
+    assert_clean(compare(net, port(w.transpose(2, 3, 1, 0)), x))
+    d = top(compare(net, port(w.transpose(2, 3, 0, 1)), x))
+    assert d.kind == "deconv_in_out_swapped"
+
+
+def test_interp_zoom_size_rule():
+    x = x_in((1, 2, 4, 5))
+    from layerparity.diagnosis import reference as ref
+
+    cval = ref.resize_bilinear(x, (7, 9), "align_corners")  # Caffe Interp zoom_factor 2: in + (in-1)(z-1)
+    tval = _nhwc(ref.resize_bilinear(x, (8, 10), "half_pixel"))
+    d = diagnose(LayerResult("up", "up", "up"), Probe("up", "Interp", cval, layout="NCHW", params={"zoom_factor": 2}),
+                 Probe("up", "ResizeBilinear", tval, layout="NHWC"), [x])
+    assert d[0].kind == "interp_align_corners"
+    assert d[0].evidence["zoom"] == 2 and d[0].evidence["caffe_out"] == [7, 9] and d[0].evidence["tf_out"] == [8, 10]
+
+
+def test_shape_mismatch_without_a_rule():
+    y = x_in((1, 4, 3, 3))
+    d = diagnose(LayerResult("r", "r", "r"), Probe("r", "Reshape", y, layout="NCHW"),
+                 Probe("r", "Reshape", x_in((1, 5, 5, 2)), layout="NHWC"))
+    assert [e.kind for e in d] == ["shape_mismatch"]
+    assert d[0].evidence["caffe_shape"] == [1, 4, 3, 3] and d[0].evidence["tf_shape"] == [1, 5, 5, 2]
+
+
+def test_unknown_reports_an_exact_per_channel_affine_relation():
+    y = x_in((1, 4, 5, 5))
+    a, b = f32([1.5, 0.5, 2.0, 3.0]).reshape(1, 4, 1, 1), f32([0.1, -0.2, 0.3, 0.0]).reshape(1, 4, 1, 1)
+    d = diagnose(LayerResult("s", "s", "s"), Probe("s", "Power", y, layout="NCHW"),
+                 Probe("s", "Multiply", _nhwc(a * y + b), layout="NHWC"))
+    assert d[0].kind == "unknown"
+    pca = d[0].evidence["per_channel_affine"]
+    assert pca["slope_min"] == pytest.approx(0.5) and pca["slope_max"] == pytest.approx(3.0)
+    assert "per channel" in d[0].summary

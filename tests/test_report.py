@@ -135,9 +135,9 @@ def test_print_report_falls_back_to_plain_text_without_rich(monkeypatch, capsys)
 
 def test_long_names_are_clipped_and_newlines_shown_escaped():
     r = small_report()
-    r.rows[0].caffe_layer = "a" * 100 + "\nb"
+    r.rows[0].caffe_layer = "model/" + "a" * 100 + "/conv1/BiasAdd\nb"
     line = format_table(r).splitlines()[1]
-    assert "a" * 39 + "~" in line and "\n" not in line
+    assert " model/aaaaaaa~aaaaaaaaa/conv1/BiasAdd\\nb " in line and "\n" not in line
 
 
 # -- JSON --------------------------------------------------------------------------------

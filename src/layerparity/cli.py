@@ -136,12 +136,28 @@ def build_parser() -> argparse.ArgumentParser:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
+class _PlainConsole:
+    """What the CLI prints through when Rich is not installed."""
 
+    def __init__(self, stream: Any) -> None:
+        self.file = stream
+
+    def print(self, *objects: Any, **_: Any) -> None:
+        print(*objects, file=self.file)
+
+
+def _console(stderr: bool = False) -> Any:
     stream = sys.stderr if stderr else sys.stdout
+    try:
+        from rich.console import Console
+    except ImportError:
+        return _PlainConsole(stream)
     term = stream.isatty()
-    return Console(file=stream, highlight=False, width=None if term else int(os.environ.get("COLUMNS", "160")))
+    try:
+        width = None if term else int(os.environ.get("COLUMNS", "160"))
+    except ValueError:
+        width = 160
+    return Console(file=stream, highlight=False, width=width)
 
 
 @contextlib.contextmanager
@@ -239,7 +255,11 @@ def _emit(report: Any, args: argparse.Namespace, title: str | None = None) -> No
             "no Caffe layer could be paired with a TF layer (names and structure differ); pass --mapping FILE"
         )
     max_rows = None if args.max_rows == 0 else args.max_rows
-    print_report(report, max_rows=max_rows, console=_console(), title=title)
+    console = _console()
+    if isinstance(console, _PlainConsole):
+        print_report(report, max_rows=max_rows, file=sys.stdout)
+    else:
+        print_report(report, max_rows=max_rows, console=console, title=title)
     if getattr(args, "json", None):
         write_json(report, args.json)
         print(f"JSON report: {args.json}")
@@ -287,15 +307,18 @@ def compare_many(
         tw = _weights_or_none(tb)
         bar = _progress(len(items), enabled=progress)
         with bar as (advance, note):
-            for x, label in zip(items, labels):
-                note(f"comparing on {os.path.basename(label)}")
-                rows = []
+            for x, label in zip(items, labels, strict=True):
+                short = os.path.basename(label)
+                note(f"comparing on {short}")
+
+                def on_row(row: Any, short: str = short) -> None:
+                    note(f"{short}: {row.caffe_layer}")
+
                 r = compare_traces(
                     _Probes(cb.iter_capture(x), cb.source),
                     _Probes(tb.iter_capture(x), tb.source),
                     mapping=mapping, rtol=rtol, atol=atol, replay=tb if own_error else None,
-                    caffe_weights=cw, tf_weights=tw,
-                    on_row=lambda row: (rows.append(row), note(f"{os.path.basename(label)}: {row.caffe_layer}")),
+                    caffe_weights=cw, tf_weights=tw, on_row=on_row,
                 )
                 reports.append(r)
                 advance()
@@ -316,7 +339,14 @@ def _progress(total: int, enabled: bool = True) -> Iterator[tuple[Any, Any]]:
         yield (lambda: None), (lambda s: None)
         return
     try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
     except ImportError:
         yield (lambda: None), (lambda s: None)
         return

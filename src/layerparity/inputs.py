@@ -28,7 +28,7 @@ import os
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from .errors import InputDataError
 
 __all__ = ["Preprocess", "load_input", "load_image", "split_batch", "batch_size", "IMAGE_SUFFIXES"]
 
-Inputs = Union[np.ndarray, dict[str, np.ndarray]]
+Inputs = np.ndarray | dict[str, np.ndarray]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 

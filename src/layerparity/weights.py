@@ -496,6 +496,34 @@ def _arrays(v: Any, what: str) -> list[np.ndarray]:
     return out
 
 
+def _group_graph_weights(tw: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Graph backends key weights by op (``.../conv1/Conv2D`` kernel, ``.../conv1/BiasAdd`` bias):
+    merge the ops of one layer scope into one entry named after the scope, kernel first."""
+    graphish = [k for k in tw if "/" in k]
+    if len(graphish) < 2:
+        return tw
+    try:
+        from .backends.tensorflow import scope_layers  # pure Python; TensorFlow itself stays unimported
+    except ImportError:  # pragma: no cover
+        return tw
+    scopes = scope_layers(graphish)
+    groups: dict[str, list[str]] = {}
+    for k in graphish:
+        groups.setdefault(scopes[k], []).append(k)
+    out: dict[str, list[np.ndarray]] = {}
+    merged = {k for g in groups.values() if len(g) > 1 for k in g}
+    for k, v in tw.items():
+        if k not in merged:
+            out[k] = v
+            continue
+        layer = scopes[k]
+        if layer in out or layer in tw and layer not in merged:
+            continue
+        arrays = [a for kk in groups[layer] for a in tw[kk]]
+        out[layer] = sorted(arrays, key=lambda a: -min(a.ndim, 2))  # kernels before biases (stable)
+    return out
+
+
 def check_weights(
     caffe_weights: Mapping[str, Sequence[np.ndarray]],
     tf_weights: Mapping[str, Sequence[np.ndarray]],
@@ -530,7 +558,7 @@ def check_weights(
         mapping = as_mapping(mapping)
     mapping = dict(mapping or {})
     cw = {str(k): _arrays(v, f"Caffe layer {k!r}") for k, v in caffe_weights.items()}
-    tw = {str(k): _arrays(v, f"TF layer {k!r}") for k, v in tf_weights.items()}
+    tw = _group_graph_weights({str(k): _arrays(v, f"TF layer {k!r}") for k, v in tf_weights.items()})
     probes = _probe_index(caffe_probes)
     caffe_key, tf_keys = _name_keys()
     tf_by_norm: dict[str, str] = {}

@@ -14,6 +14,7 @@ from .netspec import (
     BN_SCALE_FACTOR,
     NetInfo,
     caffe_forward,
+    caffe_layer_outputs,
     make_caffemodel,
     net_info,
     parse,
@@ -24,6 +25,7 @@ from .netspec import (
 
 __all__ = [
     "BUGS", "BUG_DOC", "BN_SCALE_FACTOR", "NetInfo", "applicable_layers", "build_keras", "caffe_forward",
+    "caffe_layer_outputs",
     "kname", "make_caffemodel", "net_info", "parse", "plan_bugs", "random_input", "read_params",
     "with_input_shape",
 ]

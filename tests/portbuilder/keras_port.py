@@ -287,7 +287,7 @@ def _resolve(prototxt, input_shape, tmpdir) -> NetInfo:
 
 
 def build_keras(
-    prototxt: str | os.PathLike[str],
+    prototxt: str | os.PathLike[str] | NetInfo,
     caffemodel_or_params: str | os.PathLike[str] | dict[str, list[np.ndarray]],
     input_shape: tuple[int, int, int, int] | None = None,
     bugs: Iterable[str | tuple[str, str]] = (),
@@ -299,6 +299,13 @@ def build_keras(
     input is named after the Caffe input blob; every Caffe layer that computes
     something has a Keras layer of the same name (``/`` -> ``_``).
     """
+    if isinstance(prototxt, NetInfo):  # already parsed (the matrix builds one net many times)
+        if input_shape is not None and tuple(prototxt.shapes[prototxt.input_blob]) != tuple(input_shape):
+            raise ValueError(f"{prototxt.prototxt}: parsed for input {prototxt.shapes[prototxt.input_blob]}, not {input_shape}")
+        if not isinstance(caffemodel_or_params, dict):
+            raise ValueError("pass the parameters as a dict with a parsed NetInfo")
+        return _build(prototxt, caffemodel_or_params, plan_bugs(prototxt, bugs), shapes_only=shapes_only,
+                      name=os.path.splitext(os.path.basename(prototxt.prototxt))[0])
     with tempfile.TemporaryDirectory() as tmp:
         info = _resolve(os.fspath(prototxt), input_shape, tmp)
         if caffemodel_or_params is None or isinstance(caffemodel_or_params, dict):

@@ -64,8 +64,9 @@ class Pad(keras.layers.Layer):
         return tf.pad(x, [[0, 0], list(self.padding[0]), list(self.padding[1]), [0, 0]], constant_values=self.value)
 
     def compute_output_shape(self, s):
-        (t, b), (l, r) = self.padding
-        return (s[0], None if s[1] is None else s[1] + t + b, None if s[2] is None else s[2] + l + r, s[3])
+        (top, bottom), (left, right) = self.padding
+        return (s[0], None if s[1] is None else s[1] + top + bottom,
+                None if s[2] is None else s[2] + left + right, s[3])
 
     def get_config(self):
         return {**super().get_config(), "padding": self.padding, "value": self.value}
@@ -101,7 +102,7 @@ class Eltwise(keras.layers.Layer):
 
     def call(self, xs):
         out = xs[0] * self.coeff[0]
-        for c, x in zip(self.coeff[1:], xs[1:]):
+        for c, x in zip(self.coeff[1:], xs[1:], strict=True):
             out = out + x * c
         return out
 

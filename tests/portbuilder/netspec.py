@@ -189,3 +189,17 @@ def caffe_forward(prototxt: str, caffemodel: str, x: np.ndarray) -> dict[str, np
     net.blobs[net.inputs[0]].data[...] = x
     net.forward()
     return {k: v.data.copy() for k, v in net.blobs.items()}
+
+
+def caffe_layer_outputs(prototxt: str, caffemodel: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Each layer's first top right after that layer ran (in-place chains give one value per layer)."""
+    caffe = _caffe()
+    net = caffe.Net(os.fspath(prototxt), os.fspath(caffemodel), caffe.TEST)
+    net.blobs[net.inputs[0]].data[...] = x
+    out = {}
+    for i, name in enumerate(net._layer_names):
+        net._forward(i, i)
+        tops = net.top_names[name]
+        if tops:
+            out[name] = net.blobs[tops[0]].data.copy()
+    return out

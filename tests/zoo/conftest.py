@@ -24,7 +24,6 @@ from pathlib import Path
 import caffe  # noqa: F401  - before TensorFlow (the other order segfaults in caffe.Net)
 import numpy as np
 import pytest
-
 from zoo_nets import NETS, ROOT, ZOO, ZooNet
 
 

@@ -116,7 +116,7 @@ def resnet50() -> str:
             else:
                 shortcut = blob
             prev = blob
-            for part, (k, cout, s, p) in zip("abc", [(1, n, stride, 0), (3, n, 1, 1), (1, 4 * n, 1, 0)]):
+            for part, (k, cout, s, p) in zip("abc", [(1, n, stride, 0), (3, n, 1, 1), (1, 4 * n, 1, 0)], strict=True):
                 name = f"res{x}_branch2{part}"
                 out += _conv(name, prev, name, cout, k, s=s, p=p, bias=False)
                 out += _bn_scale(f"bn{x}_branch2{part}", f"scale{x}_branch2{part}", name)

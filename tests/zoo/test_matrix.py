@@ -51,7 +51,7 @@ def _compare(case, bugs=()):
     from layerparity.backends.tensorflow import load_tf
 
     t0 = time.perf_counter()
-    model = pb.build_keras(case.info.resolved, case.params, bugs=bugs)
+    model = pb.build_keras(case.info, case.params, bugs=bugs)
     tb = load_tf(model)
     try:
         tf_trace = tb.capture(case.x)

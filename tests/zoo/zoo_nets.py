@@ -32,5 +32,6 @@ NETS: dict[str, ZooNet] = {
         ZooNet("fcn_head", "fcn_head.prototxt", (1, 3, 64, 64), "FCN-32s-style head (Deconvolution + Crop)"),
         ZooNet("ssd_head", "ssd_head.prototxt", (1, 3, 64, 64), "SSD-style head (Normalize, Permute, Flatten, Concat)"),
         ZooNet("mtcnn_onet", "mtcnn_onet.prototxt", (1, 3, 48, 48), "MTCNN O-Net (PReLU)"),
+        ZooNet("ops_tour", "ops_tour.prototxt", (1, 3, 24, 24), "synthetic: the layers the real nets lack"),
     ]
 }

@@ -37,6 +37,9 @@ CONF_FORMULA = 0.85  # a shape explained by the size formula
 CONF_FINGERPRINT = 0.6
 CONF_UNKNOWN = 0.1
 
+#: Per-channel relations (offset, affine fit, permutation) need this many values per channel.
+MIN_PER_CHANNEL = 4
+
 
 _ACTIVATIONS = ("ReLU", "ReLU6", "Sigmoid", "TanH")
 
@@ -155,6 +158,8 @@ class Case:
         self.r0 = self.resid(self.y) if self.t is not None else float("inf")
         self.ruled_out: list[str] = []
         self.evidence_extra: dict[str, Any] = {}
+        #: set once a hypothesis is proven (weights or recomputation): costly ones are skipped after
+        self.proven = False
 
     # -- setup ---------------------------------------------------------------------
     def _kind_of(self, name: str) -> str:
@@ -252,6 +257,24 @@ class Case:
         return Diagnosis(kind=kind, summary=summary, fix=fix, confidence=float(confidence), evidence=ev)
 
 
+def channel_affine_fit(y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Least-squares ``t_c = a_c * y_c + b_c`` per channel (axis 1): slopes, offsets, max residual."""
+    if y.ndim < 2 or y.shape != t.shape or not (np.all(np.isfinite(y)) and np.all(np.isfinite(t))):
+        return None
+    if y.size < MIN_PER_CHANNEL * y.shape[1]:
+        return None  # a fit through one or two points per channel proves nothing
+    c = y.shape[1]
+    yc = np.moveaxis(y, 1, 0).reshape(c, -1)
+    tc = np.moveaxis(t, 1, 0).reshape(c, -1)
+    my, mt = yc.mean(1, keepdims=True), tc.mean(1, keepdims=True)
+    dy, dt = yc - my, tc - mt
+    vy = np.sum(dy * dy, 1)
+    a = np.where(vy > 0, np.sum(dy * dt, 1) / np.where(vy > 0, vy, 1), 1.0)
+    b = (mt - a[:, None] * my)[:, 0]
+    res = float(np.max(np.abs(a[:, None] * yc + b[:, None] - tc), initial=0.0))
+    return a, b, res
+
+
 def error_stats(y: np.ndarray, t: np.ndarray) -> dict[str, Any]:
     """The numbers an ``unknown`` diagnosis reports."""
     fin = np.isfinite(y) & np.isfinite(t)
@@ -278,4 +301,10 @@ def error_stats(y: np.ndarray, t: np.ndarray) -> dict[str, Any]:
         out["border_max_abs_error"] = rnd(border.max(initial=0.0))
     if nonfinite["nonfinite_caffe"] or nonfinite["nonfinite_tf"]:
         out.update(nonfinite)
+    fit = channel_affine_fit(y, t)
+    scale = float(np.max(np.abs(y), initial=0.0)) or 1.0
+    if fit is not None and fit[2] <= 1e-4 * max(scale, float(np.max(np.abs(t), initial=0.0))):
+        a, b, _ = fit
+        out["per_channel_affine"] = {"slope_min": rnd(a.min()), "slope_max": rnd(a.max()),
+                                     "offset_min": rnd(b.min()), "offset_max": rnd(b.max())}
     return out

@@ -61,33 +61,39 @@ def prelu_rules(case: Case) -> list[Diagnosis]:
     if t is None or x is None or x.ndim != 4:
         return out
     slopes = case.cw[0].reshape(-1) if case.cw else None
-    neg = x < -1e-6 * (np.max(np.abs(x)) or 1)
+    neg = x < -1e-3 * (np.max(np.abs(x)) or 1)  # slopes measured where x is not rounding noise
     if not neg.any():
         return out
     eff = np.full(x.shape, np.nan)
     eff[neg] = t[neg] / x[neg]
     with np.errstate(all="ignore"):
         per_c = np.nanmedian(np.moveaxis(eff, 1, 0).reshape(x.shape[1], -1), axis=1)
-        spread_in_channel = np.nanmax(np.abs(eff - per_c.reshape(1, -1, 1, 1)))
+    per_c = np.where(np.isfinite(per_c), per_c, 0.0)
     fix = ("Caffe's PReLU has one slope per channel (or one in all if channel_shared): use "
            "`PReLU(shared_axes=[1, 2])` with alpha = slopes.reshape(1, 1, C) (channel_shared: shared_axes=[1, 2, 3]).")
-    if np.isfinite(spread_in_channel) and spread_in_channel > 1e-4 * max(1.0, float(np.nanmax(np.abs(per_c)))):
+    per_channel = np.where(x > 0, x, per_c.reshape(1, -1, 1, 1) * x)
+    if case.explains(per_channel):
+        a = float(np.median(per_c))
+        if slopes is not None and slopes.size > 1 and np.ptp(slopes) > 1e-6 and np.ptp(per_c) <= 1e-5 * max(abs(a), 1e-6):
+            _try(case, out, "prelu_shared_axes",
+                 f"The TF PReLU applies one slope {a:.6g} to every channel; Caffe's has {slopes.size} per-channel "
+                 f"slopes [{slopes.min():.4g} .. {slopes.max():.4g}]. Recomputing with the single slope reproduces "
+                 "the TF output.", fix, lambda: np.where(x > 0, x, a * x), tf_slope=rnd(a),
+                 caffe_slopes=[rnd(v) for v in slopes[:32]])
+        elif slopes is not None:
+            _try(case, out, "prelu_shared_axes",
+                 "The TF PReLU's per-channel slopes are not Caffe's (a wrongly shared or reordered alpha): "
+                 "recomputing with the slopes TF applies reproduces its output.",
+                 fix, lambda: per_channel, tf_slopes=[rnd(v) for v in per_c[:32]],
+                 caffe_slopes=[rnd(v) for v in slopes[:32]])
+        return out
+    with np.errstate(all="ignore"):
+        spread = float(np.nanmax(np.abs(eff - per_c.reshape(1, -1, 1, 1))))
+    if np.isfinite(spread) and spread > 1e-3 * max(1.0, float(np.max(np.abs(per_c)))):
         out.append(case.diag("prelu_shared_axes",
                              "The TF PReLU's negative slope varies over H and W within a channel: alpha is per "
                              "position (shared_axes not set), Caffe's is per channel.", fix, CONF_EXACT - 0.05,
-                             max_slope_spread_within_channel=rnd(spread_in_channel)))
-        return out
-    a = float(np.nanmedian(eff))
-    if slopes is not None and slopes.size > 1 and np.ptp(slopes) > 1e-6:
-        _try(case, out, "prelu_shared_axes",
-             f"The TF PReLU applies one slope {a:.6g} to every channel; Caffe's has {slopes.size} per-channel slopes "
-             f"[{slopes.min():.4g} .. {slopes.max():.4g}]. Recomputing with the single slope reproduces the TF output.",
-             fix, lambda: np.where(x > 0, x, a * x), tf_slope=rnd(a), caffe_slopes=[rnd(v) for v in slopes[:32]])
-    elif slopes is not None:
-        cand = np.where(x > 0, x, per_c.reshape(1, -1, 1, 1) * x)
-        _try(case, out, "prelu_shared_axes",
-             "The TF PReLU's per-channel slopes are not Caffe's slopes (a wrongly shared or reordered alpha).",
-             fix, lambda: cand, tf_slopes=[rnd(v) for v in per_c[:32]], caffe_slopes=[rnd(v) for v in slopes[:32]])
+                             max_slope_spread_within_channel=rnd(spread)))
     return out
 
 

@@ -10,7 +10,15 @@ import numpy as np
 from ..metrics import compute_metrics, default_tolerance
 from ..result import Diagnosis, LayerResult
 from ..trace import Probe
-from ._core import CONF_UNKNOWN, Case, DiagnosisContext, DiagnosisInputError, error_stats, rnd
+from ._core import (
+    CONF_EXACT,
+    CONF_UNKNOWN,
+    Case,
+    DiagnosisContext,
+    DiagnosisInputError,
+    error_stats,
+    rnd,
+)
 from .conv import conv_rules, deconv_rules, fc_rules
 from .drift import DRIFT_MAX_REL_RMS, precision_drift
 from .elementwise import (
@@ -128,10 +136,13 @@ def diagnose(
     if case.t is None:
         cands += _run(shape_rules, case)
     else:
+        # exact relations between the two values are cheap: first. A hit makes the
+        # layer rules skip their recomputations (weight evidence still runs: it can rank higher)
+        cands += _run(generic_rules, case)
+        if any(d.confidence >= CONF_EXACT for d in cands):
+            case.proven = True
         for rule in _rules_for(case):
             cands += _run(rule, case)
-        if not any(d.confidence >= 0.9 for d in cands):
-            cands += _run(generic_rules, case)
     out = _rank(cands)
     if not out:
         out = [_fallback(case)]
@@ -169,8 +180,11 @@ def _fallback(case: Case) -> Diagnosis:
     if case.evidence_extra.get("weights"):
         hint += (" The TF weights differ from Caffe's under every known transform (not a layout bug): the port "
                  "loaded other weights, or the layers are mismatched.")
+    if "per_channel_affine" in stats:
+        hint += (" TF = a_c * Caffe + b_c exactly, per channel: a per-channel scale/shift differs (a BatchNorm or "
+                 "Scale parameter, or the two sides of this row are one Scale layer apart).")
     if small:
-        hint = (" The error is small everywhere: if the layers before it show the same slow growth it is float "
+        hint += (" The error is small everywhere: if the layers before it show the same slow growth it is float "
                 "drift (call diagnose_report(report) or pass context rows).")
     return Diagnosis(
         kind="unknown",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..result import Diagnosis
-from ._core import CONF_EXACT, CONF_FINGERPRINT, CONFIRM_RTOL, Case, rnd
+from ._core import CONF_EXACT, CONF_FINGERPRINT, CONFIRM_RTOL, MIN_PER_CHANNEL, Case, rnd
 
 #: Constants a preprocessing bug typically leaves, by name.
 NAMED_SCALES = {255.0: "255 (raw_scale)", 1 / 255.0: "1/255", 256.0: "256", 1 / 256.0: "1/256",
@@ -89,11 +89,15 @@ def _which_permutation(case: Case) -> Diagnosis | None:
 def channel_permutation(case: Case) -> list[Diagnosis]:
     """TF channel c equals Caffe channel perm[c]: BGR/RGB swap, concat order."""
     y, t = case.y, case.t
-    if t is None or y.ndim < 2 or y.shape[1] < 2 or y.shape[1] > 4096:
+    if t is None or y.ndim < 2 or y.shape[1] < 2 or y.shape[1] > 4096 or y.size < MIN_PER_CHANNEL * y.shape[1]:
         return []
     c = y.shape[1]
     yc = np.moveaxis(y, 1, 0).reshape(c, -1)
     tc = np.moveaxis(t, 1, 0).reshape(c, -1)
+    # a permutation keeps the multiset of per-channel norms: a cheap test before the C x C search
+    ny, nt = np.sort(np.linalg.norm(yc, axis=1)), np.sort(np.linalg.norm(tc, axis=1))
+    if np.max(np.abs(ny - nt)) > CONFIRM_RTOL * case.scale * np.sqrt(yc.shape[1]):
+        return []
     perm = []
     for i in range(c):
         d = np.max(np.abs(yc - tc[i]), axis=1)
@@ -152,7 +156,7 @@ def _scale_fix(c: float) -> str:
 
 def channel_offset(case: Case) -> list[Diagnosis]:
     y, t = case.y, case.t
-    if t is None or y.ndim < 2:
+    if t is None or y.ndim < 2 or y.size < MIN_PER_CHANNEL * y.shape[1]:
         return []
     axes = tuple(i for i in range(y.ndim) if i != 1)
     d = np.mean(t - y, axis=axes)
@@ -183,10 +187,12 @@ def spatial_shift(case: Case, max_shift: int = 3) -> list[Diagnosis]:
         for dx in range(-max_shift, max_shift + 1):
             if (dy, dx) == (0, 0) or abs(dy) >= h - 1 or abs(dx) >= w - 1:
                 continue
-            # t[i, j] == y[i + dy, j + dx] on the overlap
-            ys = y[:, :, max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)]
-            ts = t[:, :, max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)]
-            r = float(np.max(np.abs(ys - ts), initial=0.0)) / case.scale
+            # t[i, j] == y[i + dy, j + dx] on the overlap; one channel first (cheap), then all
+            sy = (slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0)))
+            st = (slice(max(-dy, 0), h + min(-dy, 0)), slice(max(-dx, 0), w + min(-dx, 0)))
+            if float(np.max(np.abs(y[0, 0][sy] - t[0, 0][st]), initial=0.0)) / case.scale > CONFIRM_RTOL:
+                continue
+            r = float(np.max(np.abs(y[:, :, sy[0], sy[1]] - t[:, :, st[0], st[1]]), initial=0.0)) / case.scale
             if r <= CONFIRM_RTOL and (best is None or abs(dy) + abs(dx) < abs(best[0]) + abs(best[1])):
                 best = (dy, dx)
     if best is None or case.r0 <= 10 * CONFIRM_RTOL:

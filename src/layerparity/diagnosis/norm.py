@@ -8,7 +8,7 @@ import numpy as np
 from ..result import Diagnosis
 from ..weights import compare_layer
 from . import reference as ref
-from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, fnum, rnd
+from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, channel_affine_fit, fnum, rnd
 from .conv import _try
 
 LRN_FIX = ("TF's LRN divides nothing by the window size: use `tf.nn.local_response_normalization(x, "
@@ -155,18 +155,12 @@ def bn_rules(case: Case) -> list[Diagnosis]:
 def _affine_fingerprints(case: Case, eps: float, teps: float | None, has_scale: bool) -> list[Diagnosis]:
     """Per-channel fit t_c = a_c * y_c + b_c without inputs/weights (a guess)."""
     y, t = case.y, case.t
-    if t is None or y.ndim < 2:
+    if t is None:
         return []
-    c = y.shape[1]
-    yc = np.moveaxis(y, 1, 0).reshape(c, -1)
-    tc = np.moveaxis(t, 1, 0).reshape(c, -1)
-    a = np.empty(c)
-    b = np.empty(c)
-    res = 0.0
-    for i in range(c):
-        A = np.stack([yc[i], np.ones_like(yc[i])], 1)
-        (a[i], b[i]), *_ = np.linalg.lstsq(A, tc[i], rcond=None)
-        res = max(res, float(np.max(np.abs(A @ np.array([a[i], b[i]]) - tc[i]), initial=0.0)))
+    fit = channel_affine_fit(y, t)
+    if fit is None:
+        return []
+    a, b, res = fit
     if res > 1e-4 * case.scale:
         return []
     ev = dict(slope_min=rnd(a.min()), slope_max=rnd(a.max()), offset_min=rnd(b.min()), offset_max=rnd(b.max()),

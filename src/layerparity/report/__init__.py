@@ -5,7 +5,14 @@
 
 from .aggregate import aggregate_reports
 from .html import render_html, write_html
-from .json import ReportFormatError, load_report, read_json, report_from_dict, validate_report, write_json
+from .json import (
+    ReportFormatError,
+    load_report,
+    read_json,
+    report_from_dict,
+    validate_report,
+    write_json,
+)
 from .text import DEFAULT_MAX_ROWS, format_report, format_summary, format_table, print_report
 
 __all__ = [

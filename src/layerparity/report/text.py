@@ -73,7 +73,10 @@ def status(row: LayerResult, report: Report) -> str:
 
 def _clip(s: str, width: int = _NAME_WIDTH) -> str:
     s = s.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return s if len(s) <= width else s[: width - 1] + "~"
+    if len(s) <= width:
+        return s
+    head = width // 3  # keep both ends: graph op names carry the layer at the end
+    return s[:head] + "~" + s[-(width - head - 1):]
 
 
 def row_cells(i: int, row: LayerResult, report: Report) -> list[str]:
@@ -139,7 +142,7 @@ def format_table(report: Report, max_rows: int | None = DEFAULT_MAX_ROWS, indent
     def line(cells: list[str] | tuple[str, ...]) -> str:
         parts = [
             (c.rjust(w) if name in _RIGHT else c.ljust(w))
-            for c, w, name in zip(cells, widths, COLUMNS)
+            for c, w, name in zip(cells, widths, COLUMNS, strict=True)
         ]
         return (indent + "  ".join(parts)).rstrip()
 
