@@ -33,9 +33,12 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (ROOT, os.path.join(ROOT, "src")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+# LAYERPARITY_FUZZ_SRC=/path/to/src fuzzes another tree (e.g. one with a proposed patch)
+SRC = os.environ.get("LAYERPARITY_FUZZ_SRC") or os.path.join(ROOT, "src")
+for p in (ROOT, SRC):
+    if p in sys.path:
+        sys.path.remove(p)
+sys.path[:0] = [SRC, ROOT]
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -18,6 +18,7 @@ Exit status: 0 when no target crashed, 1 otherwise.
     .venv/bin/python fuzz/run.py                       # every target, 60 s each
     .venv/bin/python fuzz/run.py --seconds 10 archive  # one target, 10 s
     .venv/bin/python fuzz/run.py --json out.json       # also write the counts as JSON
+    LAYERPARITY_FUZZ_SRC=/tmp/patched/src .venv/bin/python fuzz/run.py   # fuzz another tree
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def run_target(name: str, seconds: float, workdir: str, engine: str, timeout: fl
     env = dict(os.environ)
     env.setdefault("GLOG_minloglevel", "2")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "src"), env.get("PYTHONPATH", "")])
+    src = env.get("LAYERPARITY_FUZZ_SRC") or os.path.join(ROOT, "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [src, ROOT, env.get("PYTHONPATH", "")] if p)
 
     totals = {"cases": 0, "accepted": 0, "rejected": 0, "crashes": 0, "signatures": {}, "rejection_kinds": {},
               "deaths": [], "slowest_case_s": 0.0}
@@ -91,7 +93,7 @@ def run_target(name: str, seconds: float, workdir: str, engine: str, timeout: fl
                "--seconds", f"{left:.1f}", "--seed", str(runs)]
         if engine == "atheris":
             cmd += ["--", f"-max_total_time={max(1, int(left))}", f"-timeout={int(timeout)}",
-                    f"-rss_limit_mb={rss_limit_mb}", f"-max_len={max_len}", "-print_final_stats=1",
+                    f"-rss_limit_mb={rss_limit_mb}", f"-max_len={max_len}", "-len_control=0", "-print_final_stats=1",
                     f"-artifact_prefix={os.path.join(wd, 'artifacts')}/", "-close_fd_mask=0"]
         log_path = os.path.join(wd, f"run{runs}.log")
         with open(log_path, "wb") as log:

@@ -612,6 +612,10 @@ def test_precision_drift_over_a_deep_correct_port(tmp_path):
     assert compare(net, m, x).passed  # a correct port passes at the default tolerance
     rep = compare(net, m, x, rtol=1e-9, atol=1e-10)  # far below float32 noise
     assert not rep.passed
+    # the first divergent layer alone: TF is as close to the float64 reference as Caffe is
+    first = top(rep)
+    assert first.kind == "precision_drift"
+    assert first.evidence["tf_vs_float64_reference"] <= 10 * max(first.evidence["caffe_vs_float64_reference"], 1.2e-6)
     ds = diagnose_report(rep)
     assert [d.kind for d in ds] == ["precision_drift"]
     ev = ds[0].evidence
@@ -921,3 +925,16 @@ def test_unknown_reports_an_exact_per_channel_affine_relation():
     pca = d[0].evidence["per_channel_affine"]
     assert pca["slope_min"] == pytest.approx(0.5) and pca["slope_max"] == pytest.approx(3.0)
     assert "per channel" in d[0].summary
+
+
+def test_constant_scale_through_a_fused_relu(tmp_path):
+    w, b = conv_w(4, 3, 3, seed=3)
+    body = conv_layer("conv1", "data", 4, 3, 1, 1) + 'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b]})
+    inp = keras_input(SHAPE)
+    c = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")
+    m = keras.Model(inp, c(keras.layers.Rescaling(255.0, name="times255")(inp)))
+    c.set_weights([hwio(w), b])
+    d = top(compare(net, m, x_in()))
+    assert d.kind == "constant_scale" and d.evidence["factor"] == pytest.approx(255.0, rel=1e-4)
+    assert d.evidence["confirmed_by"] == "recomputation"

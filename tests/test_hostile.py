@@ -634,6 +634,19 @@ def test_archive_pathlike_names_are_data(tmp_path):
     assert all(re.fullmatch(r"(manifest|a\d+)\.npy", n) for n, _ in _members(path))
 
 
+@pytest.mark.parametrize("value", [np.float32(3.5), np.zeros((0, 4), np.float32), np.zeros((2, 0, 3), np.int8),
+                                   np.ones((1, 2, 3), np.float16)[:, ::-1]])
+def test_archive_odd_shapes_round_trip(tmp_path, value):
+    """0-d (a scalar TF output, a loss), empty and non-contiguous values save and load as they are."""
+    t = Trace("tensorflow", "m.keras")
+    t.add(Probe("out", kind="Mean", value=value))
+    path = os.fspath(tmp_path / "odd.npz")
+    t.save(path)
+    back = Trace.load(path)["out"]
+    assert back.value.shape == np.asarray(value).shape and back.value.dtype == np.asarray(value).dtype
+    assert np.array_equal(back.value, value)
+
+
 def test_archive_zip_member_with_traversal_name(tmp_path):
     """A member called ../../evil.npy is never extracted anywhere."""
     sub = tmp_path / "a" / "b"

@@ -213,3 +213,27 @@ def test_docs_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "docs/weights.md", "exec"), {"__name__": "docs_example"})
     out = capsys.readouterr().out
     assert "fc1 (InnerProduct) -> fc1: equal_under:flatten_order" in out
+
+
+def test_graph_op_keyed_weights_are_grouped_by_layer_scope():
+    w = f32(rng(3).standard_normal((4, 3, 3, 3)))
+    b = f32(rng(4).standard_normal(4))
+    tw = {"StatefulPartitionedCall/model/conv1/Conv2D": [hwio(w)], "StatefulPartitionedCall/model/conv1/BiasAdd": [b],
+          "StatefulPartitionedCall/model/fc/MatMul": [f32(np.zeros((2, 2)))]}
+    rep = check_weights({"conv1": [w, b]}, tw)
+    assert rep, rep.to_text()
+    assert rep.row("conv1").tf_layer == "conv1"
+
+
+def test_savedmodel_port_end_to_end(tmp_path):
+    w, b = conv_w(4, 3, 3, seed=8)
+    net = caffe_net(tmp_path, prototxt({"data": (1, 3, 6, 6)},
+                                       'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" '
+                                       "convolution_param { num_output: 4 kernel_size: 3 } }\n"), {"conv1": [w, b]})
+    inp = keras_input((1, 3, 6, 6))
+    c = keras.layers.Conv2D(4, 3, name="conv1")
+    m = keras.Model(inp, c(inp))
+    c.set_weights([hwio(w)[::-1, ::-1], b])  # flipped
+    m.export(str(tmp_path / "sm"), verbose=False)
+    rep = weight_parity(str(tmp_path / "net.prototxt"), save_caffemodel(net, tmp_path), str(tmp_path / "sm"))
+    assert rep.row("conv1").status == "equal_under:kernel_flipped", rep.to_text()

@@ -5,7 +5,8 @@ tampered archive can make it through the reader with.
 The input is one archive. If its manifest says ``framework: "caffe"`` it is
 compared against a fixed valid TF archive, otherwise it is the TF side against a
 fixed valid Caffe archive. Accepted = a report was produced and renders as JSON,
-text and HTML. Rejected = an ``InputError`` (``ArchiveError``, ``MappingError``,
+text and HTML. A "(a layerparity bug; please report it)" warning (the engine's
+way of surviving a crash inside diagnosis) counts as a crash. Rejected = an ``InputError`` (``ArchiveError``, ``MappingError``,
 ``InputDataError``...). Anything else is a crash.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 
 import numpy as np
 
@@ -99,16 +101,102 @@ def one_input(data: bytes) -> None:
         f.write(data)
     with ArchiveReader(_CASE) as r:
         fw = r.framework
-    if fw == "caffe":
-        rep = compare_traces(_CASE, _TF)
-    else:
-        rep = compare_traces(_CAFFE, _CASE)
-    rep.to_json()
-    format_report(rep)
-    render_html(rep)
+    with warnings.catch_warnings():
+        # the engine downgrades a crash inside diagnosis to this warning: for the fuzzer it is a crash
+        warnings.filterwarnings("error", message=r".*layerparity bug.*")
+        if fw == "caffe":
+            rep = compare_traces(_CASE, _TF)
+        else:
+            rep = compare_traces(_CAFFE, _CASE)
+        rep.to_json()
+        format_report(rep)
+        render_html(rep)
+
+
+LAYOUTS = ["NCHW", "NHWC", "NC", "", "flat:NCHW", "flat:NHWC", "NCW", "bogus"]
+KINDS = ["Convolution", "Conv2D", "ReLU", "Pooling", "MaxPooling2D", "InnerProduct", "Dense", "Softmax",
+         "Flatten", "Concat", "Eltwise", "BatchNorm", "Scale", "LRN", "Input", "InputLayer", "Deconvolution",
+         "Permute", "Reshape", "Dropout", "weird"]
+
+
+def _hostile_value(v: np.ndarray, rng: random.Random) -> np.ndarray:
+    op = rng.randrange(9)
+    if op == 0 and v.size:
+        v = v.astype(np.float32).copy()
+        v.flat[rng.randrange(v.size)] = rng.choice([np.nan, np.inf, -np.inf, 3e38])
+        return v
+    if op == 1:
+        return v.astype(rng.choice([np.float16, np.float64, np.int8, np.uint8, np.int64, np.bool_, np.complex64]))
+    if op == 2:
+        return np.zeros((0,) + v.shape[1:], v.dtype)
+    if op == 3:
+        return np.asarray(v.reshape(-1)[0] if v.size else 0.0)
+    if op == 4:
+        return v.reshape((1,) * 3 + v.shape)
+    if op == 5 and v.ndim >= 2:
+        return np.ascontiguousarray(np.swapaxes(v, 0, -1))
+    if op == 6:
+        return np.concatenate([v, v], axis=0) if v.ndim else v
+    if op == 7:
+        return np.zeros_like(v)
+    return v * rng.choice([0.0, -1.0, 1e30, 1e-30, 1.0001])
+
+
+def mutate_trace(data: bytes, rng: random.Random) -> bytes:
+    """Edits a valid trace the way a wrong backend (or a crafted file) would, keeping it well-formed
+    for the reader so the engine has to cope: layouts, flat shapes, kinds, edges, params, values."""
+
+    from layerparity.trace import Probe, Trace
+
+    tmp = os.path.join(_DIR, "mut.npz")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    t = Trace.load(tmp)
+    probes = t.probes
+    if not probes:
+        return data
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(probes))
+        p = probes[i]
+        kw = {k: getattr(p, k) for k in ("name", "kind", "value", "layer", "blob", "inputs", "params", "fused",
+                                         "layout", "flat_shape")}
+        op = rng.randrange(8)
+        if op == 0:
+            kw["layout"] = rng.choice(LAYOUTS)
+        elif op == 1:
+            kw["flat_shape"] = rng.choice([None, (2, 2, 4), (4, 2, 2), (16,), (0, 4), (3, 3, 3), (-1, 4, 4)])
+        elif op == 2:
+            kw["kind"] = rng.choice(KINDS)
+        elif op == 3:
+            names = [q.name for q in probes]
+            kw["inputs"] = rng.sample(names + ["ghost"], k=rng.randint(0, min(3, len(names))))
+        elif op == 4:
+            kw["params"] = mutators.mutate_json(dict(p.params), rng) if p.params else {"axis": rng.choice([1, -1, 7])}
+            if not isinstance(kw["params"], dict):
+                kw["params"] = {}
+        elif op == 5 and p.value is not None:
+            kw["value"] = _hostile_value(p.value, rng)
+        elif op == 6:
+            kw["fused"] = rng.choice([[], ["relu"], ["relu6"], ["softmax"], ["bogus"], ["relu", "relu"]])
+        else:  # swap two probes' values (shapes follow)
+            j = rng.randrange(len(probes))
+            kw["value"] = probes[j].value
+        try:
+            probes[i] = Probe(**kw)
+        except (TypeError, ValueError):
+            continue
+    out = Trace(t.framework, t.source, probes, inputs=t.inputs, meta=t.meta)
+    out.save(tmp)
+    with open(tmp, "rb") as f:
+        return f.read()
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
+    if rng.random() < 0.6:
+        try:
+            return mutate_trace(data, rng)
+        except Exception:  # noqa: BLE001 - not a loadable trace any more: fall back to raw edits
+            pass
     return mutators.mutate_archive(data, rng)
 
 
@@ -116,6 +204,11 @@ def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
     import atheris
 
     def mut(d: bytes, rng: random.Random) -> bytes:
+        if rng.random() < 0.6:
+            try:
+                return mutate_trace(d, rng)
+            except Exception:  # noqa: BLE001
+                pass
         return mutators.mutate_archive(d, rng, byte_mutator=lambda b: atheris.Mutate(b, max(len(b) * 2, 64)))
 
     return mutators.guarded(mut, lambda d: atheris.Mutate(d, max_size))(data, max_size, seed)

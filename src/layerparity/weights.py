@@ -503,7 +503,8 @@ def _group_graph_weights(tw: dict[str, list[np.ndarray]]) -> dict[str, list[np.n
     if len(graphish) < 2:
         return tw
     try:
-        from .backends.tensorflow import scope_layers  # pure Python; TensorFlow itself stays unimported
+        # pure Python: importing it leaves TensorFlow unimported
+        from .backends.tensorflow import scope_layers
     except ImportError:  # pragma: no cover
         return tw
     scopes = scope_layers(graphish)

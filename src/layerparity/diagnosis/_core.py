@@ -160,6 +160,8 @@ class Case:
         self.evidence_extra: dict[str, Any] = {}
         #: set once a hypothesis is proven (weights or recomputation): costly ones are skipped after
         self.proven = False
+        #: Caffe's formula recomputed in float64 from the Caffe inputs (with the chain's activations)
+        self.reference: np.ndarray | None = None
 
     # -- setup ---------------------------------------------------------------------
     def _kind_of(self, name: str) -> str:
@@ -215,6 +217,13 @@ class Case:
                 return float("inf")
             d = d[np.isfinite(d)]
         return float(np.max(d, initial=0.0)) / self.scale
+
+    def set_reference(self, base: np.ndarray) -> None:
+        ref = self.post(base)
+        ok = ref.shape == self.y.shape and self.resid(ref, target=self.y) <= 1e-4
+        self.evidence_extra["reference_reproduces_caffe"] = bool(ok)
+        if ok:
+            self.reference = ref
 
     def post(self, z: np.ndarray) -> np.ndarray:
         """Apply the chain's trailing activations (Caffe conv+relu held against one fused TF op)."""

@@ -160,7 +160,7 @@ def conv_rules(case: Case) -> list[Diagnosis]:
     if case.proven:  # the weights already name the bug: no need to recompute anything
         return out
     base = conv()
-    case.evidence_extra["reference_reproduces_caffe"] = bool(case.resid(base, target=case.y) <= 1e-4)
+    case.set_reference(base)
     if pads and pads[1] != sym:
         _try(case, out, "padding_asymmetry",
              f"TF 'SAME' padding {pads[1]} (top, bottom, left, right) is not Caffe's symmetric pad "
@@ -209,7 +209,9 @@ def _input_scale_offset(case: Case, out: list[Diagnosis], base: np.ndarray, b: n
     if case.proven:
         return
     bb = 0.0 if b is None else b.reshape((1, -1) + (1,) * (t.ndim - 2))
-    ly, lt = base - bb, t - bb
+    # through a fused ReLU only the positions where neither side is clipped carry the linear relation
+    valid = ((t > 0) & (case.post(base) > 0)) if case.tail else np.ones(t.shape, bool)
+    ly, lt = np.where(valid, base - bb, 0.0), np.where(valid, t - bb, 0.0)
     den = float(np.sum(ly * ly))
     if den > 0:
         c = float(np.sum(lt * ly) / den)
@@ -229,8 +231,11 @@ def _input_scale_offset(case: Case, out: list[Diagnosis], base: np.ndarray, b: n
             e[:, ch] = 1.0
             basis.append((layer(e) - zero[:1]).reshape(-1))
         a = np.stack(basis, 1)
-        rhs = (t - base).reshape(t.shape[0], -1)
-        m, *_ = np.linalg.lstsq(a, rhs.mean(0), rcond=None)
+        rhs = (t - base)[0].reshape(-1)
+        keep = valid[0].reshape(-1)
+        if keep.sum() < a.shape[1]:
+            return
+        m, *_ = np.linalg.lstsq(a[keep], rhs[keep], rcond=None)
         if np.max(np.abs(m)) > 1e-6 * (np.max(np.abs(x)) or 1.0):
             _try(case, out, "constant_offset",
                  "The TF layer sees its input plus a constant per channel (a mean subtracted on one side only): "

@@ -20,7 +20,7 @@ from ._core import (
     rnd,
 )
 from .conv import conv_rules, deconv_rules, fc_rules
-from .drift import DRIFT_MAX_REL_RMS, precision_drift
+from .drift import DRIFT_MAX_REL_RMS, _nice_up, precision_drift
 from .elementwise import (
     crop_rules,
     eltwise_rules,
@@ -176,6 +176,10 @@ def _fallback(case: Case) -> Diagnosis:
         d = precision_drift(rows)
         if d is not None:
             return d
+    if small:
+        d = float_rounding(case)
+        if d is not None:
+            return d
     hint = ""
     if case.evidence_extra.get("weights"):
         hint += (" The TF weights differ from Caffe's under every known transform (not a layout bug): the port "
@@ -198,6 +202,35 @@ def _fallback(case: Case) -> Diagnosis:
                   "inputs_given": bool(case.x), "caffe_weights_given": bool(case.cw_chain),
                   "tf_weights_given": bool(case.tw)},
     )
+
+
+def float_rounding(case: Case) -> Diagnosis | None:
+    """One layer's ``precision_drift``: TF is as close to the float64 reference as Caffe itself is."""
+    ref, t = case.reference, case.t
+    if ref is None or t is None:
+        return None
+    e_caffe = case.resid(ref, target=case.y)
+    e_tf = case.resid(ref, target=t)
+    eps32 = float(np.finfo(np.float32).eps)
+    if not e_tf <= 10 * max(e_caffe, 10 * eps32):
+        return None
+    m = case.row.metrics
+    tol = case.row.tolerance or case.ctx.tolerance
+    ev: dict[str, Any] = {"caffe_vs_float64_reference": rnd(e_caffe), "tf_vs_float64_reference": rnd(e_tf),
+                          "tf_vs_caffe": rnd(case.r0)}
+    fix = "Loosen the tolerance a little, or compare in float64 on both sides."
+    if m is not None and np.isfinite(m.min_atol):
+        sug = max(_nice_up(2 * m.min_atol), tol.atol if tol else 0.0)
+        ev.update(min_atol_that_passes=rnd(m.min_atol), suggested_rtol=tol.rtol if tol else None, suggested_atol=sug)
+        fix = (f"Loosen the tolerance to atol={sug:g} (relative to the layer's max |value|) at rtol="
+               f"{tol.rtol if tol else 0:g}, or compare in float64 on both sides; run diagnose_report(report) "
+               "to size it over all layers.")
+    return Diagnosis(
+        kind="precision_drift",
+        summary=(f"No porting bug in this layer: TF is as close to Caffe's formula recomputed in float64 "
+                 f"({e_tf:.2g} of the layer's scale) as Caffe itself is ({e_caffe:.2g}): float32 rounding, "
+                 "accumulated in a different order."),
+        fix=fix, confidence=0.75, evidence=ev)
 
 
 def _annotate(case: Case, out: list[Diagnosis]) -> None:

@@ -39,7 +39,7 @@ def lrn_rules(case: Case) -> list[Diagnosis]:
                                  ratio_min=rnd(ratio.min()), ratio_max=rnd(ratio.max())))
         return out
     base = ref.lrn_across(x, lo, hi, alpha / n, beta, k)
-    case.evidence_extra["reference_reproduces_caffe"] = bool(case.resid(base, target=case.y) <= 1e-4)
+    case.set_reference(base)
     with np.errstate(divide="ignore", invalid="ignore"):
         rr = base / ref.lrn_across(x, lo, hi, alpha, beta, k)  # Caffe / TF: grows with local energy
     rr = rr[np.isfinite(rr)]
@@ -121,7 +121,7 @@ def bn_rules(case: Case) -> list[Diagnosis]:
             z = ref.channel_affine(z, gamma, beta)
         return z
 
-    case.evidence_extra["reference_reproduces_caffe"] = bool(case.resid(chain(mean, var, eps), target=case.y) <= 1e-4)
+    case.set_reference(chain(mean, var, eps))
     eps_cands = [e for e in ([teps] if teps else []) + [1e-3, 1e-5, 1e-4, 2e-5, 1e-6, 0.0] if e is not None and e != eps]
     eps_cands = list(dict.fromkeys(eps_cands))
     for e in eps_cands:

@@ -91,7 +91,7 @@ def pool_rules(case: Case) -> list[Diagnosis]:
     oh, ow = t.shape[2:]
     sym = (p[0], p[0], p[1], p[1])
     base = ref.caffe_pool(x, k, s, p, mode, ceil)
-    case.evidence_extra["reference_reproduces_caffe"] = bool(case.resid(base, target=case.y) <= 1e-4)
+    case.set_reference(base)
     if mode == "AVE" and max(p) > 0:
         if _try(case, out, "avg_pool_padding_divisor",
                 "Border-only error: Caffe's AVE pooling divides windows that overlap the padding by the full "
