@@ -1,5 +1,5 @@
 # layerparity: two commands do everything on a fresh Debian 12 machine.
-#   make demo   run the parity check on the bundled example (fixtures/demo)
+#   make demo   run the parity check on the bundled example (src/layerparity/demo)
 #   make test   run the whole suite against real Caffe and real TensorFlow
 # Each sets up what it needs on first use (Debian packages, .venv, the Caffe
 # build, cached in ~/.cache/layerparity) and reuses it afterwards.

@@ -24,7 +24,7 @@ peak memory (one fresh child per net/batch/mode, two runs each)
     ``ru_maxrss`` of the child, and of the Caffe worker (its ``VmHWM``, read
     before it exits; also ``RUSAGE_CHILDREN`` once reaped); compared as the sum.
 
-sweep (one child): the check with replay over ``--sweep`` different inputs
+sweep (one child): the check (``--sweep-replay``: with replay) over ``--sweep`` different inputs
 (GoogLeNet, batch 1) with both models open once; RSS (this process + the
 Caffe worker) after input 8 and after the last one; per-layer error statistics
 across inputs (max, mean, p50/p90/p99, the worst input), accumulated streaming
@@ -250,7 +250,7 @@ def child_sweep(args) -> None:
     for i in range(n):
         x = (np.random.default_rng(1000 + i).standard_normal((batch, c, h, w)) * common.INPUT_SCALE).astype(np.float32)
         t0 = common.now()
-        rep = _check_once(cb, tb, cw, tw, x, replay=True, render=False)
+        rep = _check_once(cb, tb, cw, tw, x, replay=args.sweep_replay, render=False)
         times.append(common.now() - t0)
         stats.add(rep, label=f"input {i}")
         del rep, x
@@ -261,6 +261,7 @@ def child_sweep(args) -> None:
     cb.close()
     tb.close()
     _emit({"net": net, "batch": batch, "inputs": n, "rss": rss, "median_s": statistics.median(times),
+           "replay": bool(args.sweep_replay),
            "stats": stats.summary(), "top": stats.top(8)})
 
 
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="interleaved timing repetitions (median reported)")
     ap.add_argument("--sweep", type=int, default=64, help="inputs in the memory/statistics sweep (0: skip)")
     ap.add_argument("--sweep-net", default="googlenet")
+    ap.add_argument("--sweep-replay", action="store_true", help="own-error replay in the sweep too (slower)")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory children")
     ap.add_argument("--json", help="write every measurement as JSON here")
@@ -343,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep and not args.no_sweep:
         print(f"sweep {args.sweep_net} over {args.sweep} inputs ...", flush=True)
         results["sweep"] = _run_child(["--child", "sweep", "--net", args.sweep_net, "--batch", "1",
-                                       "--inputs", str(args.sweep)], timeout=7200)
+                                       "--inputs", str(args.sweep)] + (["--sweep-replay"] if args.sweep_replay else []),
+                                      timeout=7200)
     results["facts"]["loadavg_end"] = os.getloadavg()
     results["wall_s"] = time.time() - started
 
@@ -418,7 +421,8 @@ def render(results: dict) -> dict[str, str]:
         k8 = 8 if 8 in rss else min(rss)
         a, z = rss[k8], rss[last]
         tot = lambda r: r["self_mib"] + r["worker_mib"]  # noqa: E731
-        line = (f"sweep {s['net']} batch {s['batch']}, {s['inputs']} inputs (check with replay, "
+        how = "with" if s.get("replay") else "without"
+        line = (f"sweep {s['net']} batch {s['batch']}, {s['inputs']} inputs (check {how} replay, "
                 f"median {s['median_s']:.3f} s/input): RSS after input {k8} = {tot(a):.0f} MiB "
                 f"({a['self_mib']:.0f}+{a['worker_mib']:.0f}), after input {last} = {tot(z):.0f} MiB "
                 f"({z['self_mib']:.0f}+{z['worker_mib']:.0f}); growth {tot(z) - tot(a):+.0f} MiB")

@@ -55,6 +55,7 @@ class Stats:
         self.crashes = 0
         self.signatures: dict[str, int] = {}
         self.rejection_kinds: dict[str, int] = {}
+        self.rejection_messages: dict[str, int] = {}  # normalized message -> count (top few kept)
         self.slowest = 0.0
         self.started = time.time()
         self._last_flush = 0.0
@@ -69,6 +70,7 @@ class Stats:
             "crashes": self.crashes,
             "signatures": self.signatures,
             "rejection_kinds": self.rejection_kinds,
+            "rejection_messages": dict(sorted(self.rejection_messages.items(), key=lambda kv: -kv[1])[:25]),
             "slowest_case_s": round(self.slowest, 3),
             "elapsed_s": round(time.time() - self.started, 2),
         }
@@ -82,6 +84,16 @@ class Stats:
         if now - self._last_flush > 1.0:
             self._last_flush = now
             self.flush()
+
+
+def _normalize(msg: str) -> str:
+    """A rejection message without its variable parts (paths, quoted names, numbers)."""
+    import re
+
+    msg = re.sub(r"(/[^\s:'\"]+)+", "<path>", msg)
+    msg = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", msg)
+    msg = re.sub(r"\d+", "N", msg)
+    return msg[:110]
 
 
 def signature(e: BaseException) -> str:
@@ -111,6 +123,9 @@ def make_test_one_input(target, stats: Stats):
             stats.rejected += 1
             k = type(e).__name__
             stats.rejection_kinds[k] = stats.rejection_kinds.get(k, 0) + 1
+            msg = _normalize(str(e))
+            if msg in stats.rejection_messages or len(stats.rejection_messages) < 500:
+                stats.rejection_messages[msg] = stats.rejection_messages.get(msg, 0) + 1
         except (Exception, SystemExit) as e:  # noqa: BLE001 - that is the point
             stats.crashes += 1
             sig = signature(e)

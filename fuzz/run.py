@@ -81,6 +81,7 @@ def run_target(name: str, seconds: float, workdir: str, engine: str, timeout: fl
     env["PYTHONPATH"] = os.pathsep.join(p for p in [src, ROOT, env.get("PYTHONPATH", "")] if p)
 
     totals = {"cases": 0, "accepted": 0, "rejected": 0, "crashes": 0, "signatures": {}, "rejection_kinds": {},
+              "rejection_messages": {},
               "deaths": [], "slowest_case_s": 0.0}
     start = time.monotonic()
     runs = 0
@@ -93,7 +94,7 @@ def run_target(name: str, seconds: float, workdir: str, engine: str, timeout: fl
                "--seconds", f"{left:.1f}", "--seed", str(runs)]
         if engine == "atheris":
             cmd += ["--", f"-max_total_time={max(1, int(left))}", f"-timeout={int(timeout)}",
-                    f"-rss_limit_mb={rss_limit_mb}", f"-max_len={max_len}", "-len_control=0", "-print_final_stats=1",
+                    f"-rss_limit_mb={rss_limit_mb}", f"-max_len={max_len}", "-len_control=0", "-cross_over=0", "-print_final_stats=1",
                     f"-artifact_prefix={os.path.join(wd, 'artifacts')}/", "-close_fd_mask=0"]
         log_path = os.path.join(wd, f"run{runs}.log")
         with open(log_path, "wb") as log:
@@ -106,7 +107,7 @@ def run_target(name: str, seconds: float, workdir: str, engine: str, timeout: fl
         st = _read_status(wd)
         for k in ("cases", "accepted", "rejected", "crashes"):
             totals[k] += int(st.get(k, 0))
-        for k in ("signatures", "rejection_kinds"):
+        for k in ("signatures", "rejection_kinds", "rejection_messages"):
             for sig, n in st.get(k, {}).items():
                 totals[k][sig] = totals[k].get(sig, 0) + n
         totals["slowest_case_s"] = max(totals["slowest_case_s"], float(st.get("slowest_case_s", 0)))

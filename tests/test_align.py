@@ -358,3 +358,16 @@ def test_structural_ties_between_same_shape_branches_need_the_values():
     blind = align(list(caffe), [p.without_value() for p in tf])
     seeing = align(caffe, tf)
     assert {p.caffe: p.tf for p in seeing.pairs} != {p.caffe: p.tf for p in blind.pairs}
+
+
+def test_separate_keras_bn_and_scale_layers_each_pair_with_their_caffe_layer():
+    # A Keras port with one layer per Caffe layer: BatchNormalization 'bn3' then a
+    # Scale-like layer 'scale3'. The BN row must not swallow the TF scale layer.
+    caffe = [C("data", "Input"), C("conv3", "Convolution", ["data"]),
+             C("bn3", "BatchNorm", ["conv3"], blob="conv3"), C("scale3", "Scale", ["bn3"], blob="conv3")]
+    tf = [T("data", "InputLayer"), T("conv3", "Conv2D", ["data"]),
+          T("bn3", "BatchNormalization", ["conv3"]), T("scale3", "Scale", ["bn3"])]
+    a = align(Trace("caffe", "c", caffe), Trace("tensorflow", "t", tf))
+    assert a.pair_for("bn3").tf == "bn3"
+    assert a.pair_for("bn3").caffe_chain == ["bn3"]
+    assert a.pair_for("scale3").tf == "scale3"

@@ -938,3 +938,47 @@ def test_constant_scale_through_a_fused_relu(tmp_path):
     d = top(compare(net, m, x_in()))
     assert d.kind == "constant_scale" and d.evidence["factor"] == pytest.approx(255.0, rel=1e-4)
     assert d.evidence["confirmed_by"] == "recomputation"
+
+
+def test_flatten_order_after_an_explicit_caffe_flatten(tmp_path):
+    w1, b1 = conv_w(4, 3, 3, seed=5)
+    w2 = f32(rng(6).standard_normal((6, 4 * 6 * 6)) * 0.2)
+    b2 = f32(rng(7).standard_normal(6) * 0.1)
+    body = conv_layer("conv1", "data", 4, 3) + (
+        'layer { name: "flat" type: "Flatten" bottom: "conv1" top: "flat" }\n'
+        'layer { name: "ip1" type: "InnerProduct" bottom: "flat" top: "ip1" inner_product_param { num_output: 6 } }\n')
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w1, b1], "ip1": [w2, b2]})
+
+    def port(bug):
+        inp = keras_input(SHAPE)
+        h = keras.layers.Conv2D(4, 3, name="conv1")(inp)
+        h = keras.layers.Flatten(name="flat")(h)
+        m = keras.Model(inp, keras.layers.Dense(6, name="ip1")(h))
+        m.get_layer("conv1").set_weights([hwio(w1), b1])
+        m.get_layer("ip1").set_weights([w2.T if bug else inner_product_weight_caffe_to_tf(w2, (4, 6, 6)), b2])
+        return m
+
+    x = x_in()
+    assert_clean(compare(net, port(False), x))
+    rep = compare(net, port(True), x)
+    assert rep.first_divergence.caffe_layer == "ip1"
+    d = top(rep)
+    assert d.kind == "flatten_order"
+    assert d.evidence["input_chw"] == [4, 6, 6]
+
+
+def test_shape_mismatch_explained_as_reshaped_memory(tmp_path):
+    net, w, b = _conv_case(tmp_path, k=3, s=1, p=1)
+    x = x_in((1, 3, 8, 8))
+    net.blobs["data"].data[...] = x
+    net.forward()
+    y = net.blobs["conv1"].data.copy()[:, :, :, :6]  # (1, 4, 8, 6): H != W so every shape is distinct
+    nhwc = np.ascontiguousarray(_nhwc(y))
+    row = LayerResult("conv1", "conv1", "conv1")
+    cp = Probe("conv1", "Convolution", y, layout="NCHW")
+    # the Q1 bug: the NHWC result reshaped to Caffe's NCHW shape, declared NHWC
+    d = diagnose(row, cp, Probe("conv1", "Reshape", nhwc.reshape(y.shape), layout="NHWC"))
+    assert d[0].kind == "reshape_not_transpose" and d[0].evidence["where"] == "output"
+    # Caffe's blob itself, declared with the wrong layout: not a porting bug
+    d = diagnose(row, cp, Probe("conv1", "Identity", y.copy(), layout="NHWC"))
+    assert d[0].kind == "layout_declaration"

@@ -148,22 +148,22 @@ def _caffe(proto, weights=None, **kw):
 # == 1. prototxt ====================================================================
 
 
-@pytest.mark.parametrize(
-    "case, text, must_name",
-    [
-        ("syntax", TINY.replace('top: "conv1"\n', 'top: "conv1"\n  kernel_size 3 }}\n', 1), [r":\d+"]),
-        ("unknown_type", TINY.replace('type: "Pooling"', 'type: "Poolinng"'), ["pool1", "Poolinng"]),
-        ("missing_bottom", TINY.replace('bottom: "pool1"', 'bottom: "pool9"'), ["fc", "pool9"]),
-        ("cycle", TINY.replace('name: "conv1" type: "Convolution" bottom: "data"',
-                               'name: "conv1" type: "Convolution" bottom: "fc"'), ["conv1", "fc"]),
-        ("duplicate_top", TINY.replace('top: "fc"', 'top: "data"'), ["fc", "data"]),
-        ("duplicate_name", TINY.replace('name: "fc"', 'name: "conv1"'), ["conv1"]),
-        ("empty", "", []),
-        ("no_layers", 'name: "nothing"\n', []),
-        ("binary", b"\x08\x96\x01\x00\x00garbage\xff\xfe", []),
-        ("not_utf8", b'name: "\xff\xfe"\n', []),
-    ],
-)
+PROTOTXT_CASES = [
+    ("syntax", TINY.replace('top: "conv1"\n', 'top: "conv1"\n  kernel_size 3 }}\n', 1), [r":\d+"]),
+    ("unknown_type", TINY.replace('type: "Pooling"', 'type: "Poolinng"'), ["pool1", "Poolinng"]),
+    ("missing_bottom", TINY.replace('bottom: "pool1"', 'bottom: "pool9"'), ["fc", "pool9"]),
+    ("cycle", TINY.replace('name: "conv1" type: "Convolution" bottom: "data"',
+                           'name: "conv1" type: "Convolution" bottom: "fc"'), ["conv1", "fc"]),
+    ("duplicate_top", TINY.replace('top: "fc"', 'top: "data"'), ["fc", "data"]),
+    ("duplicate_name", TINY.replace('name: "fc"', 'name: "conv1"'), ["conv1"]),
+    ("empty", "", []),
+    ("no_layers", 'name: "nothing"\n', []),
+    ("binary", b"\x08\x96\x01\x00\x00garbage\xff\xfe", []),
+    ("not_utf8", b'name: "\xff\xfe"\n', []),
+]
+
+
+@pytest.mark.parametrize("case, text, must_name", [pytest.param(*c, id=c[0]) for c in PROTOTXT_CASES])
 def test_prototxt_rejected(tmp_path, case, text, must_name):
     proto = _write(tmp_path / f"{case}.prototxt", text)
     with pytest.raises(CaffeError, match=esc(proto)) as ei:
@@ -425,7 +425,8 @@ def test_mapping_duplicate_tf_name(tmp_path):
     assert "dense" in str(ei.value)
 
 
-@pytest.mark.parametrize("text", ["[1, 2]", "fc1: [a, b]\n", "{not json", "fc1: {x: 1}\n", "? [a]\n: b\n"])
+@pytest.mark.parametrize("text", ["[1, 2]", "fc1: [a, b]\n", "{not json", "fc1: {x: 1}\n", "? [a]\n: b\n"],
+                         ids=["list", "list_value", "bad_json", "dict_value", "list_key"])
 def test_mapping_malformed(tmp_path, text):
     from layerparity.align import load_mapping
 
@@ -521,21 +522,21 @@ def _set_probe(i, key, value):
     return edit
 
 
-@pytest.mark.parametrize(
-    "case, edit, must_name",
-    [
-        ("shape_lies", _set_probe(1, "shape", [1, 2, 3, 5]), "conv1"),
-        ("missing_array", _set_probe(1, "key", "a99"), "conv1"),
-        ("newer_version", lambda m: m.update(version=2), "version"),
-        ("other_format", lambda m: m.update(format="something-else"), "format"),
-        ("probes_not_list", lambda m: m.update(probes={"x": 1}), "probes"),
-        ("duplicate_probe_names", lambda m: m["probes"].append(dict(m["probes"][0])), "data"),
-        ("infinite_shape", _set_probe(1, "shape", [float("inf")]), "conv1"),
-        ("huge_flat_shape", _set_probe(1, "flat_shape", [1e400]), "conv1"),
-        ("name_not_string", _set_probe(1, "name", ["conv1"]), "conv1"),
-        ("inputs_not_strings", _set_probe(1, "inputs", [{"a": 1}]), "conv1"),
-    ],
-)
+MANIFEST_CASES = [
+    ("shape_lies", _set_probe(1, "shape", [1, 2, 3, 5]), "conv1"),
+    ("missing_array", _set_probe(1, "key", "a99"), "conv1"),
+    ("newer_version", lambda m: m.update(version=2), "version"),
+    ("other_format", lambda m: m.update(format="something-else"), "format"),
+    ("probes_not_list", lambda m: m.update(probes={"x": 1}), "probes"),
+    ("duplicate_probe_names", lambda m: m["probes"].append(dict(m["probes"][0])), "data"),
+    ("infinite_shape", _set_probe(1, "shape", [float("inf")]), "conv1"),
+    ("huge_flat_shape", _set_probe(1, "flat_shape", [1e400]), "conv1"),
+    ("name_not_string", _set_probe(1, "name", ["conv1"]), "conv1"),
+    ("inputs_not_strings", _set_probe(1, "inputs", [{"a": 1}]), "conv1"),
+]
+
+
+@pytest.mark.parametrize("case, edit, must_name", [pytest.param(*c, id=c[0]) for c in MANIFEST_CASES])
 def test_archive_tampered_manifest(tmp_path, case, edit, must_name):
     path = _saved(tmp_path)
     _with_manifest(path, edit)
@@ -635,7 +636,8 @@ def test_archive_pathlike_names_are_data(tmp_path):
 
 
 @pytest.mark.parametrize("value", [np.float32(3.5), np.zeros((0, 4), np.float32), np.zeros((2, 0, 3), np.int8),
-                                   np.ones((1, 2, 3), np.float16)[:, ::-1]])
+                                   np.ones((1, 2, 3), np.float16)[:, ::-1]],
+                         ids=["scalar", "empty", "empty_int8", "non_contiguous"])
 def test_archive_odd_shapes_round_trip(tmp_path, value):
     """0-d (a scalar TF output, a loss), empty and non-contiguous values save and load as they are."""
     t = Trace("tensorflow", "m.keras")
@@ -704,6 +706,35 @@ def test_archive_dtype_lie_reaches_no_engine(tmp_path):
     with pytest.raises(ArchiveError, match=esc(tp)) as ei:
         compare_traces(cp, tp)
     assert "fc1" in str(ei.value)
+
+
+@pytest.mark.parametrize("bad", [[float("-inf"), 3], ["a", "b"], [[1, 2]], [None], float("nan"), {"h": 3}, 10**40],
+                         ids=["minus_inf", "strings", "nested", "none", "nan", "dict", "huge_int"])
+def test_archive_hostile_params_do_not_crash_diagnosis(tmp_path, bad):
+    """Params are data from the archive: a kernel_size of [-inf, 3] (found by fuzz/targets/diff.py)
+    must not crash a diagnosis rule (the engine reports that as "a layerparity bug")."""
+    import warnings
+
+    from layerparity.compare import compare_traces
+
+    sys.path.insert(0, ROOT)
+    from fuzz.targets.diff import _pair
+
+    c, t = _pair()
+    for p in c:
+        if p.name == "conv1":
+            p.params = {**p.params, "kernel_size": bad, "stride": bad, "pad": bad}
+    probes = [Probe(**{**q.__dict__, "value": q.value + 0.25}) if q.name == "conv1" else q for q in t]
+    t = Trace("tensorflow", t.source, probes, inputs=t.inputs)
+    cp, tp = os.fspath(tmp_path / "c.npz"), os.fspath(tmp_path / "t.npz")
+    c.save(cp)
+    t.save(tp)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = compare_traces(cp, tp)
+    bugs = [str(w.message) for w in caught if "layerparity bug" in str(w.message)]
+    assert not bugs, bugs
+    assert rep.first_divergence is not None and rep.first_divergence.caffe_layer in ("conv1", "relu1")
 
 
 def test_archive_tampered_cli_diff(tmp_path):

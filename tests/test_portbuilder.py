@@ -89,9 +89,11 @@ def _release():
     gc.collect()
 
 
-#: Float32 noise accumulated through depth: checked at every layer of the correct port against
-#: Caffe's (accumulated) value, so deep nets need more slack than one layer's own error.
-DEPTH_TOL = {"resnet50": 1e-3, "mobilenet_v1": 5e-4, "googlenet": 1e-4, "vgg16": 1e-4}
+#: Every layer of the correct port is checked against Caffe's value after the whole chain
+#: before it, so float32 noise accumulates with depth. Measured worst |diff| / max|ref|:
+#: ResNet-50 2.0e-4 (res5c, 50 convs deep), MobileNet v1 8e-5, GoogLeNet and VGG-16 < 2e-5;
+#: one layer alone (own error) stays below 1e-5 everywhere (the matrix checks that part).
+DEPTH_TOL = {"resnet50": 5e-4, "mobilenet_v1": 2e-4, "googlenet": 5e-5, "vgg16": 5e-5}
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,10 @@ padding='SAME')``, batch 10 where Caffe's deploy has batch 1). The user moved
 blobs between Caffe's NCHW and TF's NHWC with ``reshape`` and saw the outputs
 disagree. The library must rule padding out (stride 1 'SAME' is exactly pad 2),
 name the reshape at the layer where it happens, and pass the corrected graph.
+With one grey channel the reshape of the *input* is harmless (for C = 1 it equals
+the transpose: checked below), so here, as in any 1-channel rebuild, the reshape
+that bites is the one moving the 96-channel output back to Caffe's layout: nearly
+every element differs while the sorted values agree.
 
 Q2 (Keras): ``Conv2D(96, 11, strides=4, padding='valid')`` on a 500x500x3 image
 against Caffe, weights, input and output moved between layouts by reshape; and
@@ -98,6 +102,7 @@ def _q1_session(w: np.ndarray, b: np.ndarray, *, by_reshape: bool):
 def test_q1_symptom_is_reproduced(q1):
     """What the user saw: the reshaped graph disagrees with Caffe, the transposed one agrees."""
     proto, model, w, b, x = q1
+    np.testing.assert_array_equal(x.reshape(10, 128, 128, 1), nchw_to_nhwc(x))  # grey: input reshape is harmless
     ref = _caffe_output(proto, model, x)
     for by_reshape, expect_equal in ((True, False), (False, True)):
         sess = _q1_session(w, b, by_reshape=by_reshape)

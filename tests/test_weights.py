@@ -138,6 +138,7 @@ def test_each_wrong_transform_is_named(caffe_side, layer, bug, status):
     assert rep.row(layer).status == status
     assert [r.caffe_layer for r in rep.problems] == [layer]
     assert rep.row(layer).transform == status.split(":")[1]
+    assert rep.row(layer).fix and rep.row(layer).to_dict()["fix"] == rep.row(layer).fix
     assert status in rep.to_text()
 
 
@@ -237,3 +238,25 @@ def test_savedmodel_port_end_to_end(tmp_path):
     m.export(str(tmp_path / "sm"), verbose=False)
     rep = weight_parity(str(tmp_path / "net.prototxt"), save_caffemodel(net, tmp_path), str(tmp_path / "sm"))
     assert rep.row("conv1").status == "equal_under:kernel_flipped", rep.to_text()
+
+
+def test_flatten_order_through_an_explicit_caffe_flatten(tmp_path):
+    w1, b1 = conv_w(4, 3, 3, seed=5)
+    w2 = f32(rng(6).standard_normal((6, 4 * 4 * 4)))
+    body = ('layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 4 kernel_size: 3 } }\n'
+            'layer { name: "flat" type: "Flatten" bottom: "conv1" top: "flat" }\n'
+            'layer { name: "ip1" type: "InnerProduct" bottom: "flat" top: "ip1" inner_product_param { num_output: 6 bias_term: false } }\n')
+    net = caffe_net(tmp_path, prototxt({"data": (1, 3, 6, 6)}, body), {"conv1": [w1, b1], "ip1": [w2]})
+    model = save_caffemodel(net, tmp_path)
+
+    def port(kernel):
+        inp = keras_input((1, 3, 6, 6))
+        h = keras.layers.Flatten(name="flat")(keras.layers.Conv2D(4, 3, name="conv1")(inp))
+        m = keras.Model(inp, keras.layers.Dense(6, use_bias=False, name="ip1")(h))
+        m.get_layer("conv1").set_weights([hwio(w1), b1])
+        m.get_layer("ip1").set_weights([kernel])
+        return m
+
+    proto = str(tmp_path / "net.prototxt")
+    assert weight_parity(proto, model, port(inner_product_weight_caffe_to_tf(w2, (4, 4, 4))))
+    assert weight_parity(proto, model, port(w2.T)).row("ip1").status == "equal_under:flatten_order"

@@ -191,12 +191,18 @@ def mutate_trace(data: bytes, rng: random.Random) -> bytes:
         return f.read()
 
 
+def _engine_mutation(data: bytes, rng: random.Random) -> bytes:
+    """mutate_trace from ``data`` if it still loads, else from a valid seed: this target is
+    about the engine (fuzz/targets/archive.py covers the reader on broken files)."""
+    try:
+        return mutate_trace(data, rng)
+    except Exception:  # noqa: BLE001
+        return mutate_trace(rng.choice(seeds()), rng)
+
+
 def mutate(data: bytes, rng: random.Random) -> bytes:
-    if rng.random() < 0.6:
-        try:
-            return mutate_trace(data, rng)
-        except Exception:  # noqa: BLE001 - not a loadable trace any more: fall back to raw edits
-            pass
+    if rng.random() < 0.85:
+        return _engine_mutation(data, rng)
     return mutators.mutate_archive(data, rng)
 
 
@@ -204,11 +210,8 @@ def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
     import atheris
 
     def mut(d: bytes, rng: random.Random) -> bytes:
-        if rng.random() < 0.6:
-            try:
-                return mutate_trace(d, rng)
-            except Exception:  # noqa: BLE001
-                pass
+        if rng.random() < 0.85:
+            return _engine_mutation(d, rng)
         return mutators.mutate_archive(d, rng, byte_mutator=lambda b: atheris.Mutate(b, max(len(b) * 2, 64)))
 
     return mutators.guarded(mut, lambda d: atheris.Mutate(d, max_size))(data, max_size, seed)

@@ -289,6 +289,7 @@ class _Aligner:
         self.tp = {p.name: p for p in tf}
         self.cidx = {p.name: i for i, p in enumerate(caffe)}
         self.ckind = {p.name: _probe_kind(p) for p in caffe}
+        self._ccanon = {canon(p.name) for p in caffe} | {canon(p.layer) for p in caffe}
         self.cons: dict[str, list[str]] = {p.name: [] for p in caffe}
         for p in caffe:
             for i in p.inputs:
@@ -361,6 +362,8 @@ class _Aligner:
                     v = nxt[0]
                     if v.key in self.matched or v.ext_inputs != [last.key] or not v.kinds or v.primary not in inc:
                         break
+                    if self._names_a_caffe_layer(v):
+                        break  # a TF layer with its own Caffe counterpart (Keras BN then Scale) is not absorbed
                     units.append(v.key)
                     group.extend(v.members)
                     self.matched.add(v.key)
@@ -373,6 +376,9 @@ class _Aligner:
         for c in chain:
             self.pair_of_c[c] = pair
         return pair
+
+    def _names_a_caffe_layer(self, u: _Unit) -> bool:
+        return any(k in self._ccanon for k in tf_name_keys(u.key, self.tp[u.out].kind))
 
     def extend(self, pair: Pair, c: str, why: str) -> None:
         pair.caffe_chain.append(c)

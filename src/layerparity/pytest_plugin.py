@@ -19,7 +19,7 @@ Fixtures: ``parity`` (``.check(caffe_model, tf_model, inputs, **kw) -> Report``)
 ``caffe_net`` and ``tf_model`` (factories: ``caffe_net(prototxt, weights)``,
 ``tf_model(path)``; the backends are closed after the test).
 
-Example (see docs/pytest-plugin.md)::
+Example (see docs/pytest.md)::
 
     def test_port(parity):
         parity.check("deploy.prototxt", "port.keras", x, caffe_weights="w.caffemodel",

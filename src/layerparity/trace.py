@@ -287,6 +287,13 @@ class ArchiveReader:
         self.meta = _req(m, "meta", dict, self.path)
         self._probe_entries = _req(m, "probes", list, self.path)
         self._input_entries = _req(m, "inputs", list, self.path)
+        seen: set[str] = set()
+        for e in self._probe_entries:
+            name = e.get("name") if isinstance(e, dict) else None
+            if isinstance(name, str) and name in seen:
+                raise ArchiveError(f"{self.path}: probe name {name[:200]!r} appears twice in the manifest")
+            if isinstance(name, str):
+                seen.add(name)
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -351,6 +358,8 @@ class ArchiveReader:
             )
         except (TypeError, ValueError) as err:
             raise ArchiveError(f"{self.path}: probe {name!r}: malformed manifest entry ({err})") from None
+        if kw["dtype"] and not _is_numeric_dtype(kw["dtype"]):
+            raise ArchiveError(f"{self.path}: probe {name!r}: manifest dtype {kw['dtype'][:80]!r} is not a numeric dtype")
         if with_value and e.get("key") is not None:
             value = self._array(e.get("key"), f"probe {name!r}")
             if list(value.shape) != list(kw["shape"]):
@@ -358,8 +367,21 @@ class ArchiveReader:
                     f"{self.path}: probe {name!r}: manifest says shape {tuple(kw['shape'])} "
                     f"but the stored array is {value.shape} (tampered archive?)"
                 )
+            if kw["dtype"] and str(value.dtype) != kw["dtype"]:
+                raise ArchiveError(
+                    f"{self.path}: probe {name!r}: manifest says dtype {kw['dtype']} "
+                    f"but the stored array is {value.dtype} (tampered archive?)"
+                )
             kw["value"] = value
         return Probe(**kw)
+
+
+def _is_numeric_dtype(name: str) -> bool:
+    try:
+        dt = np.dtype(name)
+    except (TypeError, ValueError):
+        return False
+    return dt.kind in "biufc" or dt.name == "bfloat16"
 
 
 def _req(m: dict, key: str, typ: type, path: str) -> Any:

@@ -63,6 +63,27 @@ WEIGHT_ATOL = 1e-6  # times max |expected|
 
 STATUS_ORDER = {"equal": 0, "equal_under": 1, "different": 2, "missing": 3}
 
+#: What to write instead, per wrong transform (shared with the diagnosis).
+TRANSFORM_FIXES = {
+    "kernel_flipped": "Copy the kernel as `w.transpose(2, 3, 1, 0)` without flipping: both Caffe and TF "
+                      "compute cross-correlation (the 180-degree flip is a Theano-era habit).",
+    "kernel_hw_swapped": "Use `w.transpose(2, 3, 1, 0)` (kH, kW, I, O), not `(3, 2, 1, 0)`: the kernel's "
+                         "height and width are swapped.",
+    "reshape_not_transpose": "Convert Caffe weights with a transpose: conv `w.transpose(2, 3, 1, 0)`, "
+                             "InnerProduct `w.T` (plus the flatten permutation), never `w.reshape(...)`.",
+    "channel_order": "Caffe models take BGR: feed BGR to the TF model (`x[..., ::-1]`), or reverse the "
+                     "first conv's input channels once (`kernel[:, :, ::-1, :]`).",
+    "deconv_in_out_swapped": "Caffe Deconvolution weights are (C_in, C_out, kH, kW); Conv2DTranspose wants "
+                             "(kH, kW, C_out, C_in): `w.transpose(2, 3, 1, 0)`.",
+    "flatten_order": "Caffe flattens C*H*W, Keras Flatten on NHWC flattens H*W*C: permute the Dense kernel rows, "
+                     "`W.reshape(N, C, H, W).transpose(2, 3, 1, 0).reshape(-1, N)` "
+                     "(layerparity.layout.inner_product_weight_caffe_to_tf(W, (C, H, W))), or Permute((3, 1, 2)) "
+                     "before Flatten.",
+    "batchnorm_scale_factor": "Divide Caffe's BatchNorm blobs by the scale factor (third blob): moving_mean = "
+                              "b0 / b2, moving_variance = b1 / b2 (0 if b2 == 0).",
+    "prelu_shared_axes": "Use `PReLU(shared_axes=[1, 2])` with alpha = slopes.reshape(1, 1, C).",
+}
+
 
 class WeightParityError(InputError):
     """check_weights() was given arrays or mappings it cannot use."""
@@ -120,8 +141,13 @@ class WeightRow:
             "status": self.status,
             "transform": self.transform,
             "note": self.note,
+            "fix": self.fix,
             "blobs": [b.to_dict() for b in self.blobs],
         }
+
+    @property
+    def fix(self) -> str | None:
+        return TRANSFORM_FIXES.get(self.transform or "")
 
 
 @dataclass
@@ -165,6 +191,8 @@ class WeightReport:
         for r in problems[:max_rows]:
             tf = r.tf_layer or "-"
             lines.append(f"  {r.caffe_layer} ({r.caffe_kind}) -> {tf}: {r.status}" + (f"  [{r.note}]" if r.note else ""))
+            if r.fix:
+                lines.append(f"    fix: {r.fix}")
             for b in r.blobs:
                 if b.status != "equal":
                     err = f", max abs error {b.max_abs_error:.3g} under the expected layout" if b.max_abs_error is not None else ""
@@ -476,8 +504,11 @@ def _kind_and_meta(name: str, blobs: list[np.ndarray], probes: dict[str, Any]) -
             if src is not None:
                 break
         shape = tuple(getattr(src, "shape", ()) or ()) if src is not None else ()
+        flat = getattr(src, "flat_shape", None) if src is not None else None
         if len(shape) == 4:
             chw = (shape[1], shape[2], shape[3])
+        elif flat is not None and len(flat) == 3 and str(getattr(src, "layout", "")).startswith("flat:NCHW"):
+            chw = (int(flat[0]), int(flat[1]), int(flat[2]))  # an explicit Caffe Flatten in between
     return kind, group, chw, raw
 
 

@@ -295,9 +295,14 @@ def build_keras(
 ):
     """A Keras Functional model (NHWC) porting ``prototxt`` with its weights.
 
-    ``input_shape`` is Caffe's (N, C, H, W) (default: the prototxt's). The model's
-    input is named after the Caffe input blob; every Caffe layer that computes
-    something has a Keras layer of the same name (``/`` -> ``_``).
+    ``prototxt`` may be a path or an already parsed :class:`NetInfo` (then the
+    weights must be a dict). ``caffemodel_or_params``: a .caffemodel or
+    ``{layer: [blobs in Caffe's layout]}``. ``input_shape`` is Caffe's (N, C, H, W)
+    (default: the prototxt's). ``bugs``: see :data:`BUG_DOC` and :func:`plan_bugs`.
+    ``shapes_only`` builds the layers, checks every weight shape and returns None
+    (how :func:`applicable_layers` tells a shape-changing bug the port survives).
+    The model's input is named after the Caffe input blob; every Caffe layer that
+    computes something has a Keras layer of the same name (``/`` -> ``_``).
     """
     if isinstance(prototxt, NetInfo):  # already parsed (the matrix builds one net many times)
         if input_shape is not None and tuple(prototxt.shapes[prototxt.input_blob]) != tuple(input_shape):

@@ -40,7 +40,7 @@ class ZooCase:
     prototxt: str
     caffemodel: str
     x: np.ndarray
-    params: dict[str, list[np.ndarray]]
+    params: dict[str, list[np.ndarray]] | None  # in memory for the net in use only
     info: object
     caffe_trace: str  # archive path
     setup_seconds: float
@@ -53,9 +53,18 @@ class _Zoo:
         self._cases: dict[str, ZooCase] = {}
 
     def __call__(self, name: str) -> ZooCase:
+        import portbuilder as pb
+
         if name not in self._cases:
             self._cases[name] = self._prepare(NETS[name])
-        return self._cases[name]
+        case = self._cases[name]
+        # Only the net in use keeps its parameters in memory (VGG's alone are ~180 MB).
+        for other in self._cases.values():
+            if other is not case:
+                other.params = None
+        if case.params is None:
+            case.params = pb.read_params(case.prototxt, case.caffemodel)
+        return case
 
     def _prepare(self, net: ZooNet) -> ZooCase:
         import layerparity as lp
@@ -99,11 +108,12 @@ _SESSION_START = time.time()
 @pytest.fixture(scope="session")
 def record_result(request: pytest.FixtureRequest):
     """``record_result(dict)``: keep one matrix outcome for docs/validation.md."""
-    d = _results_dir(request.config)
     worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
 
     def record(entry: dict) -> None:
-        with open(d / f"results-{worker}.jsonl", "a") as f:
+        if os.environ.get("LAYERPARITY_WRITE_VALIDATION") != "1":
+            return
+        with open(_results_dir(request.config) / f"results-{worker}.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
 
     return record

@@ -67,7 +67,7 @@ def write_validation(path: Path, entries: list[dict], nets: dict, wall_seconds: 
         w("| " + " | ".join(row) + " |")
     w("")
     if unused:
-        w("Bug kinds no zoo net has a layer for (covered by the synthetic nets of tests/test_portbuilder.py): "
+        w("Bug kinds absent from this run (no net of the run has a layer for them): "
           + ", ".join(f"`{k}`" for k in unused) + ".")
         w("")
     w("## Correct ports")

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..layout import conv_weight_tf_to_caffe, nchw_to_nhwc, nhwc_to_nchw
 from ..result import Diagnosis
-from ..weights import compare_layer
+from ..weights import TRANSFORM_FIXES, compare_layer
 from . import reference as ref
 from ._core import CONF_FINGERPRINT, CONF_RECOMPUTED, CONF_WEIGHTS, Case, hw, rnd
 from .generic import name_scale
@@ -18,22 +18,7 @@ from .generic import name_scale
 #: Skip recomputation above this many multiply-adds (a big layer takes seconds in NumPy).
 MAX_MACS = 1e8
 
-FIXES = {
-    "kernel_flipped": "Copy the kernel as `w.transpose(2, 3, 1, 0)` without flipping: both Caffe and TF "
-                      "compute cross-correlation (the 180-degree flip is a Theano-era habit).",
-    "kernel_hw_swapped": "Use `w.transpose(2, 3, 1, 0)` (kH, kW, I, O), not `(3, 2, 1, 0)`: the kernel's "
-                         "height and width are swapped.",
-    "reshape_not_transpose": "Convert Caffe weights with a transpose: conv `w.transpose(2, 3, 1, 0)`, "
-                             "InnerProduct `w.T` (plus the flatten permutation), never `w.reshape(...)`.",
-    "channel_order": "Caffe models take BGR: feed BGR to the TF model (`x[..., ::-1]`), or reverse the "
-                     "first conv's input channels once (`kernel[:, :, ::-1, :]`).",
-    "deconv_in_out_swapped": "Caffe Deconvolution weights are (C_in, C_out, kH, kW); Conv2DTranspose wants "
-                             "(kH, kW, C_out, C_in): `w.transpose(2, 3, 1, 0)`.",
-    "flatten_order": "Caffe flattens C*H*W, Keras Flatten on NHWC flattens H*W*C: permute the Dense kernel rows, "
-                     "`W.reshape(N, C, H, W).transpose(2, 3, 1, 0).reshape(-1, N)` "
-                     "(layerparity.layout.inner_product_weight_caffe_to_tf(W, (C, H, W))), or Permute((3, 1, 2)) "
-                     "before Flatten.",
-}
+FIXES = TRANSFORM_FIXES
 
 
 #: What each weight transform did, for the summary.
@@ -268,32 +253,64 @@ def deconv_rules(case: Case) -> list[Diagnosis]:
     return out
 
 
+def _flat_chw_candidates(k: int) -> list[tuple[int, int, int]]:
+    """(C, H, W) with H == W > 1 and C > 1 whose C*H*W is k: what a flattened square blob could have been."""
+    out = []
+    h = 2
+    while h * h * 2 <= k:
+        if k % (h * h) == 0:
+            out.append((k // (h * h), h, h))
+        h += 1
+    return out
+
+
+def _input_chw(case: Case) -> tuple[int, int, int] | None:
+    """(C, H, W) of the InnerProduct's input: from the value, else from the input probe (flat_shape)."""
+    x = case.x0
+    if x is not None and x.ndim == 4:
+        return tuple(int(v) for v in x.shape[1:])
+    for name in case.cp.inputs if case.primary in (case.cp.layer, case.cp.name) else []:
+        p = case.ctx.caffe_probes.get(name)
+        if p is None:
+            continue
+        if len(p.shape) == 4:
+            return tuple(int(v) for v in p.shape[1:])
+        if p.flat_shape is not None and len(p.flat_shape) == 3 and p.layout.startswith("flat:NCHW"):
+            return tuple(int(v) for v in p.flat_shape)
+    return None
+
+
 def fc_rules(case: Case) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     x, t = case.x0, case.t
-    chw = tuple(int(v) for v in x.shape[1:]) if x is not None and x.ndim == 4 else None
-    if chw is None:
-        shp = _input_shape(case)
-        chw = tuple(shp[1:]) if shp is not None and len(shp) == 4 else None
-    out += _weights_evidence(case, "fc", chw=chw)
+    chw = _input_chw(case)
+    if chw is not None or x is None or x.ndim == 4:
+        out += _weights_evidence(case, "fc", chw=chw)
+    # else: a 2-D input of unknown origin (an explicit Caffe Flatten): W.T may be right or the bug
     if x is None or not case.cw or t is None:
         return out
     w = case.cw[0]
     b = case.cw[1] if len(case.cw) > 1 else None
+    bias = 0 if b is None else b
     n = x.shape[0]
     flat_caffe = x.reshape(n, -1)
     base = ref.inner_product(x, w, b)
-    if x.ndim == 4 and x.shape[2] * x.shape[3] > 1:
-        flat_tf = nchw_to_nhwc(x).reshape(n, -1)
-        _try(case, out, "flatten_order",
-             f"Everything matches up to the flatten; the Dense layer multiplies Keras' H*W*C flattening by "
-             f"Caffe's C*H*W-ordered weight rows (input C,H,W = {chw}): recomputing that reproduces the TF output.",
-             FIXES["flatten_order"], lambda: flat_tf @ w.T + (0 if b is None else b), input_chw=list(chw))
+    cands = [chw] if chw is not None else _flat_chw_candidates(flat_caffe.shape[1])
+    for c_, h_, w_ in cands:
+        if h_ * w_ <= 1:
+            continue
+        flat_tf = nchw_to_nhwc(flat_caffe.reshape(n, c_, h_, w_)).reshape(n, -1)
+        if _try(case, out, "flatten_order",
+                f"Everything matches up to the flatten; the Dense layer multiplies Keras' H*W*C flattening by "
+                f"Caffe's C*H*W-ordered weight rows (input C,H,W = {(c_, h_, w_)}): recomputing that reproduces the "
+                "TF output.", FIXES["flatten_order"], lambda f=flat_tf: f @ w.T + bias, input_chw=[c_, h_, w_]):
+            break
         _try(case, out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
              "instead of transposed: recomputing with it reproduces the TF output.", FIXES["reshape_not_transpose"],
-             lambda: flat_tf @ w.reshape(w.shape[1], w.shape[0]) + (0 if b is None else b), where="weights")
+             lambda f=flat_tf: f @ w.reshape(w.shape[1], w.shape[0]) + bias, where="weights")
     _try(case, out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
          "instead of transposed: recomputing with it reproduces the TF output.", FIXES["reshape_not_transpose"],
-         lambda: flat_caffe @ w.reshape(w.shape[1], w.shape[0]) + (0 if b is None else b), where="weights")
+         lambda: flat_caffe @ w.reshape(w.shape[1], w.shape[0]) + bias, where="weights")
+    case.set_reference(base)
     _input_scale_offset(case, out, base, b, lambda xx: ref.inner_product(xx, w, b))
     return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..result import Diagnosis
-from ..weights import compare_layer
+from ..weights import TRANSFORM_FIXES, compare_layer
 from . import reference as ref
 from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, channel_affine_fit, fnum, rnd
 from .conv import _try
@@ -67,8 +67,7 @@ def lrn_rules(case: Case) -> list[Diagnosis]:
 # -- BatchNorm + Scale ---------------------------------------------------------------
 
 BN_EPS_FIX = "Set `BatchNormalization(epsilon={eps:g})` (Caffe's batch_norm_param.eps; Keras defaults to 1e-3)."
-BN_S_FIX = ("Divide Caffe's BatchNorm blobs by the scale factor (third blob): moving_mean = b0 / b2, "
-            "moving_variance = b1 / b2 (0 if b2 == 0).")
+BN_S_FIX = TRANSFORM_FIXES["batchnorm_scale_factor"]
 SCALE_FIX = ("Port the Scale layer after the BatchNorm: `BatchNormalization(scale=True, center=True)` with "
              "gamma/beta from the Scale blobs, or a separate per-channel multiply-add.")
 

@@ -8,7 +8,7 @@ import numpy as np
 from ..layout import same_shape_in
 from ..result import Diagnosis
 from . import reference as ref
-from ._core import CONF_FINGERPRINT, CONF_FORMULA, Case
+from ._core import CONF_FINGERPRINT, CONF_FORMULA, Case, rnd
 from .conv import _conv_geom, _input_shape, _pad_fix
 from .elementwise import concat_shape_rule, deconv_shape_rule, interp_shape_rule
 from .pooling import pool_shape_rule
@@ -49,6 +49,46 @@ def conv_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
     return []
 
 
+def reshaped_memory_rule(case: Case) -> list[Diagnosis]:
+    """Same number of elements, shapes that do not line up: is the TF tensor a reshape of Caffe's blob?"""
+    y, tr = case.y, case.t_raw
+    if y.ndim != 4 or tr.size != y.size:
+        return []
+    n, c, h, w = y.shape
+    fix = ("Move tensors between NCHW and NHWC with a transpose, never a reshape: `tf.transpose(x, [0, 3, 1, 2])` "
+           "(NHWC->NCHW) or `[0, 2, 3, 1]` (NCHW->NHWC).")
+    # TF computed NHWC, then reshaped its memory into Caffe's NCHW shape
+    cand = tr.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    r = case.resid(cand, target=y)
+    if r <= 1e-4:
+        return [case.diag(
+            "reshape_not_transpose",
+            f"The TF tensor {tuple(tr.shape)} is the NHWC result reshaped into Caffe's NCHW shape instead of "
+            "transposed: read back as NHWC memory it equals Caffe's blob (the values are all there, in the wrong "
+            "places).", fix, CONF_FORMULA + 0.05, where="output", residual_as_nhwc_memory=rnd(r))]
+    cand = tr.reshape(n, c, h, w)
+    r = case.resid(cand, target=y)
+    if r <= 1e-4:
+        if tuple(tr.shape) == tuple(y.shape):
+            return [case.diag(
+                "layout_declaration",
+                f"The TF tensor is exactly Caffe's NCHW blob but is declared {case.tp.layout or 'without a layout'}: "
+                "the port is right here, the declared layout is not.",
+                "Declare the TF tensor's layout as NCHW (load_tf(..., data_format='channels_first'), or fix the "
+                "layout of this op), or leave it in NHWC inside the port.", CONF_FORMULA, residual=rnd(r))]
+        return [case.diag(
+            "reshape_not_transpose",
+            f"The TF tensor {tuple(tr.shape)} holds Caffe's NCHW memory reshaped to {case.tp.layout or 'another'} "
+            "shape instead of transposed.", fix, CONF_FORMULA + 0.05, where="output", residual_as_nchw_memory=rnd(r))]
+    d = float(np.max(np.abs(np.sort(y, axis=None) - np.sort(tr, axis=None)), initial=0.0)) / case.scale
+    if d <= 1e-4:
+        return [case.diag(
+            "reshape_not_transpose",
+            "The TF tensor holds exactly Caffe's values in another shape and order: a reshape or wrong transpose "
+            "moved them.", fix, CONF_FINGERPRINT + 0.1, sorted_values_max_diff=rnd(d * case.scale))]
+    return []
+
+
 def shape_rules(case: Case) -> list[Diagnosis]:
     t_shape = tf_shape_in_caffe_layout(case)
     out: list[Diagnosis] = []
@@ -63,6 +103,7 @@ def shape_rules(case: Case) -> list[Diagnosis]:
         out += concat_shape_rule(case, t_shape)
     elif case.ckind_raw in INTERP_KINDS or k == "resize":
         out += interp_shape_rule(case, t_shape)
+    out += reshaped_memory_rule(case)  # ranked with the size rules by confidence
     if not out:
         y = case.y
         ev = {"caffe_shape": list(y.shape), "caffe_layout": case.cp.layout, "tf_shape": list(case.t_raw.shape),

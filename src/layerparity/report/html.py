@@ -1,7 +1,8 @@
 """One self-contained HTML file per report: no external assets, every user string escaped.
 
-The page holds the verdict, the first divergence with its diagnoses and fixes,
-the full per-layer table (first divergent row highlighted, per-row metrics
+The page holds the verdict, the per-layer error chart (inline SVG from
+:mod:`.chart`: log scale, graph order, the tolerance line, the first divergence
+marked), the first divergence with its diagnoses and fixes, the full per-layer table (first divergent row highlighted, per-row metrics
 folded in ``<details>``), the unmapped layers and the report's meta data.
 
 Safety: layer names, sources, notes, diagnoses and meta are data from model
@@ -27,6 +28,7 @@ import os
 from typing import Any
 
 from ..result import LayerResult, Report
+from .chart import render_chart
 from .text import fmt_num, fmt_shape, status
 
 __all__ = ["render_html", "write_html"]
@@ -48,6 +50,7 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font
 dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em;margin:.3em 0}dt{color:#57606a}dd{margin:0}
 pre{white-space:pre-wrap;word-break:break-all;background:#f6f8fa;padding:.6em;border-radius:6px}
 .muted{color:#57606a}label{user-select:none}
+.chart{overflow-x:auto;margin:.4em 0}.chart svg{display:block}
 """
 
 # The only script: marks the page as scripted and toggles failing-only rows. It reads no user data.
@@ -147,6 +150,10 @@ def _row(i: int, row: LayerResult, report: Report) -> str:
     return f"<tr class=s-{e(st)}{rid}>" + "".join(cells) + "</tr>"
 
 
+def _has_tolerance(report: Report) -> bool:
+    return report.tolerance is not None or any(r.tolerance is not None for r in report.rows)
+
+
 def render_html(report: Report, title: str = "layerparity report") -> str:
     """The whole page as a string (UTF-8 text, self-contained)."""
     passed = report.passed
@@ -169,6 +176,16 @@ def render_html(report: Report, title: str = "layerparity report") -> str:
         unit = " &times; max|caffe|" if t.relative_atol else ""
         parts.append(f"<dt>tolerance</dt><dd class=mono>rtol={e(fmt_num(t.rtol))}, atol={e(fmt_num(t.atol))}{unit}</dd>")
     parts.append("</dl>")
+
+    chart = render_chart(report)
+    if chart:
+        parts.append(
+            "<h2>Error per layer</h2><div class=chart id=error-chart>" + chart + "</div>"
+            "<p class=muted>"
+            + ("Each layer's worst error divided by what its tolerance allows (log scale; above the "
+               "tolerance line at 1 = out of tolerance)" if _has_tolerance(report) else "Each layer's max abs error (log scale)")
+            + ", in Caffe graph order; dots: total error, squares: own error. Hover a point for its numbers.</p>"
+        )
 
     fd = report.first_divergence
     if fd is not None:
