@@ -708,11 +708,20 @@ def test_archive_dtype_lie_reaches_no_engine(tmp_path):
     assert "fc1" in str(ei.value)
 
 
-@pytest.mark.parametrize("bad", [[float("-inf"), 3], ["a", "b"], [[1, 2]], [None], float("nan"), {"h": 3}, 10**40],
-                         ids=["minus_inf", "strings", "nested", "none", "nan", "dict", "huge_int"])
-def test_archive_hostile_params_do_not_crash_diagnosis(tmp_path, bad):
-    """Params are data from the archive: a kernel_size of [-inf, 3] (found by fuzz/targets/diff.py)
-    must not crash a diagnosis rule (the engine reports that as "a layerparity bug")."""
+HOSTILE_PARAMS = {
+    "minus_inf": [float("-inf"), 3], "strings": ["a", "b"], "nested": [[1, 2]], "none": [None],
+    "nan": float("nan"), "dict": {"h": 3}, "huge_int": 10**40, "int32_max": [2, 2**31 - 1], "zero": [0, 0],
+    "negative": [-3, -3],
+}
+
+
+@pytest.mark.parametrize("fields", [("kernel_size", "stride", "pad"), ("stride",)], ids=["all", "stride"])
+@pytest.mark.parametrize("layer", ["conv1", "pool1"])
+@pytest.mark.parametrize("bad", list(HOSTILE_PARAMS.values()), ids=list(HOSTILE_PARAMS))
+def test_archive_hostile_params_do_not_crash_diagnosis(tmp_path, bad, layer, fields):
+    """Params are data from the archive: a kernel_size of [-inf, 3] or a stride of 2**31-1 (found by
+    fuzz/targets/diff.py) must not crash a diagnosis rule nor make it allocate what the blob does not
+    hold (the engine reports either as "a layerparity bug")."""
     import warnings
 
     from layerparity.compare import compare_traces
@@ -722,9 +731,10 @@ def test_archive_hostile_params_do_not_crash_diagnosis(tmp_path, bad):
 
     c, t = _pair()
     for p in c:
-        if p.name == "conv1":
-            p.params = {**p.params, "kernel_size": bad, "stride": bad, "pad": bad}
-    probes = [Probe(**{**q.__dict__, "value": q.value + 0.25}) if q.name == "conv1" else q for q in t]
+        if p.name == layer:
+            p.params = {**p.params, **{f: bad for f in fields}}
+    tf_name = "conv1" if layer == "conv1" else "pool1"
+    probes = [Probe(**{**q.__dict__, "value": q.value + 0.25}) if q.name == tf_name else q for q in t]
     t = Trace("tensorflow", t.source, probes, inputs=t.inputs)
     cp, tp = os.fspath(tmp_path / "c.npz"), os.fspath(tmp_path / "t.npz")
     c.save(cp)
@@ -734,7 +744,8 @@ def test_archive_hostile_params_do_not_crash_diagnosis(tmp_path, bad):
         rep = compare_traces(cp, tp)
     bugs = [str(w.message) for w in caught if "layerparity bug" in str(w.message)]
     assert not bugs, bugs
-    assert rep.first_divergence is not None and rep.first_divergence.caffe_layer in ("conv1", "relu1")
+    assert rep.first_divergence is not None
+    assert rep.first_divergence.caffe_layer in (("conv1", "relu1") if layer == "conv1" else ("pool1",))
 
 
 def test_archive_tampered_cli_diff(tmp_path):

@@ -125,7 +125,7 @@ def check_input_array(source: str, name: str, arr: object, spec: InputSpec) -> n
                 f"{source}: input {name!r} has rank {a.ndim} (shape {a.shape}); "
                 f"the model expects rank {len(spec.shape)} {_fmt(spec.shape)} in NCHW"
             )
-        for i, (got, want) in enumerate(zip(a.shape, spec.shape)):
+        for i, (got, want) in enumerate(zip(a.shape, spec.shape, strict=True)):
             if i > 0 and want is not None and got != want:
                 raise InputDataError(
                     f"{source}: input {name!r} has shape {a.shape}; the model expects "

@@ -211,7 +211,7 @@ def render_chart(report: Report) -> str:
         g.left = max(g.left, longest * 0.71 - g.step / 2 + 8)
         every = max(1, math.ceil(19.0 / g.step))
     label_h = longest * 0.71 + 14 if rotate else 18
-    height = g.bottom + 10 + label_h + 22
+    height = g.bottom + 16 + label_h + 22
 
     o: list[str] = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="error-chart" width="{g.width:g}" height="{height:.0f}" '
@@ -300,7 +300,7 @@ def render_chart(report: Report) -> str:
     for p, text in zip(pts, labels, strict=True):
         if not p.first and (p.index % every or (fd is not None and 0 < abs(p.index - fd.index) < every)):
             continue  # thinned; the first divergence always keeps its label, its neighbours make room
-        x, y = g.x(p.index), g.bottom + 14
+        x, y = g.x(p.index), g.bottom + 20  # below the squares on the bottom edge
         extra = f' fill="{C["first"]}" font-weight="700"' if p.first else f' fill="{C["axis"]}"'
         if rotate:
             o.append(f'<text class="xtick" data-row="{p.index}" transform="translate({x + 3:g} {y - 4:g}) rotate(-45)" text-anchor="end"{extra}>{_esc(text)}</text>')
