@@ -20,7 +20,6 @@ diagnosis' job, not a way to pass.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import sys
@@ -510,7 +509,9 @@ class _Engine:
             tw = self.tw.get(tm.layer, self.tw.get(pair.tf))
         ctx = None
         if ctx_cls is not None:
-            probes = {n: self.c_held.get(n) or self.cs.by_name[n] for n in pair.caffe_chain}
+            # the chain and the probes it reads (e.g. a Flatten's flat_shape before an InnerProduct)
+            names = [*self.cs.by_name[c0].inputs, *pair.caffe_chain]
+            probes = {n: self.c_held.get(n) or self.cs.by_name[n] for n in names if n in self.cs.by_name}
             ctx = ctx_cls(
                 rows=list(rows),
                 caffe_probes=probes,
@@ -541,19 +542,11 @@ class _Engine:
                 r.contaminated_by = first.caffe_layer
 
 
-def _diagnose_hook() -> tuple[Callable[..., Any], Any] | None:
-    """``layerparity.diagnose.diagnose`` if it exists (written separately), else None."""
-    for modname in ("layerparity.diagnose", "layerparity.diagnosis"):
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name in (modname, *modname.split(".")[:1]) or e.name == modname:
-                continue
-            raise
-        fn = getattr(mod, "diagnose", None)
-        if callable(fn):
-            return fn, getattr(mod, "DiagnosisContext", None)
-    return None
+def _diagnose_hook() -> tuple[Callable[..., Any], Any]:
+    """The diagnosis entry point and its context type (pure NumPy; imported when first needed)."""
+    from .diagnose import DiagnosisContext, diagnose
+
+    return diagnose, DiagnosisContext
 
 
 # -- models -------------------------------------------------------------------------

@@ -107,7 +107,8 @@ def _weights_evidence(case: Case, kind: str, chw=None, group: int = 1) -> list[D
                           "that transform is the bug.",
                           FIXES.get(bug, "Use the expected weight transform (see docs/weights.md)."),
                           CONF_WEIGHTS, confirmed_by="weights",
-                          weight_blobs=[b.to_dict() for b in blobs if b.status != "equal"])]
+                          weight_blobs=[b.to_dict() for b in blobs if b.status != "equal"],
+                          **({"input_chw": [int(v) for v in chw]} if chw else {}))]
     if status == "different":
         case.evidence_extra["weights"] = "TF weights differ from Caffe's under every known transform"
     elif status == "equal":
