@@ -16,7 +16,10 @@ interleaved repetitions in rotating order; medians)
              from the Caffe worker and every Keras layer output, align, convert
              layouts, compute metrics, diagnose, and render the text, JSON and
              HTML reports; without own-error replay;
-    replay   the same with own-error replay (each TF layer re-run on the Caffe input).
+    replay   the same with own-error replay (each TF layer re-run on the Caffe input);
+    in-memory  (diagnostic) the check without replay on two in-memory ``Trace``
+             objects (``capture``) instead of the streams: no spool to a
+             temporary archive, every blob held in memory.
     The one-off costs (starting the Caffe worker and loading the net, opening the
     TF backend, fetching both models' weights for diagnosis) are reported apart.
 
@@ -128,6 +131,18 @@ def _check_once(cb, tb, cw, tw, x, replay: bool, render: bool = True):
     return rep
 
 
+def _check_in_memory(cb, tb, cw, tw, x):
+    """The same check on two in-memory Traces (``capture``): no spool to a temporary archive."""
+    from layerparity.compare import compare_traces
+    from layerparity.report import format_report, render_html
+
+    rep = compare_traces(cb.capture(x), tb.capture(x), caffe_weights=cw, tf_weights=tw)
+    format_report(rep)
+    rep.to_json()
+    render_html(rep)
+    return rep
+
+
 def child_prepare(args) -> None:
     out = {}
     for net in args.nets.split(","):
@@ -161,14 +176,16 @@ def child_timing(args) -> None:
     }
     _check_once(cb, tb, cw, tw, x, replay=False)
 
-    kinds = ["plain", "check", "replay"]
+    kinds = ["plain", "check", "replay", "inmem"]
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(reps):
-        order = kinds[r % 3:] + kinds[:r % 3]
+        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         for k in order:
             t0 = common.now()
             if k == "plain":
                 plain(x, x_nhwc)
+            elif k == "inmem":
+                _check_in_memory(cb, tb, cw, tw, x)
             else:
                 _check_once(cb, tb, cw, tw, x, replay=(k == "replay"))
             times[k].append(common.now() - t0)
@@ -364,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(results: dict) -> dict[str, str]:
     mem = {(m["net"], m["batch"], m["mode"]): m for m in results["mem"]}
-    head = ["net", "batch", "plain s", "check s", "check/plain", "replay s", "replay/plain",
+    head = ["net", "batch", "plain s", "check s", "check/plain", "replay s", "replay/plain", "in-memory check s",
             "peak plain MiB", "peak check MiB", "check/plain", "peak replay MiB", "replay/plain", "parity"]
     rows = []
     for t in results["timing"]:
@@ -379,7 +396,8 @@ def render(results: dict) -> dict[str, str]:
         v = t["verdict"]
         parity = "pass" if v["passed"] else f"FAIL at {v['first_divergence']}"
         row = [net, str(b), f"{med['plain']:.3f}", f"{med['check']:.3f}", _fmt_ratio(rc, TARGET_CHECK.get(b)),
-               f"{med['replay']:.3f}", _fmt_ratio(rr, TARGET_REPLAY)]
+               f"{med['replay']:.3f}", _fmt_ratio(rr, TARGET_REPLAY),
+               f"{med['inmem']:.3f} ({med['inmem'] / med['plain']:.2f}x)" if "inmem" in med else "-"]
         if mp and mc and mr:
             row += [f"{mp['total_mib']:.0f}",
                     f"{mc['total_mib']:.0f} ({mc['self_mib']:.0f}+{mc['worker_mib']:.0f})",

@@ -35,12 +35,13 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-TARGETS = ["archive", "prototxt", "caffemodel", "diff", "caffe_worker"]
+TARGETS = ["archive", "prototxt", "caffemodel", "diff", "report", "caffe_worker"]
 DESCRIPTIONS = {
     "archive": "trace archive reader (Trace.load / ArchiveReader) on mutated archives",
     "prototxt": "Caffe prototxt parse + validation (the Caffe backend's in-process checker)",
     "caffemodel": "caffemodel wire-format scanner (the Caffe backend's in-process checker, before copy_from)",
     "diff": "compare_traces on a mutated archive (archive reader + engine + renderers on hostile traces)",
+    "report": "JSON report reader (load_report) and the renderers on what it rebuilds",
     "caffe_worker": "CaffeBackend(prototxt) + one capture through the real worker (slow: a worker per case)",
 }
 

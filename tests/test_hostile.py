@@ -883,6 +883,56 @@ def test_report_control_characters_in_names(tmp_path):
     assert [r.caffe_layer for r in load_report(path).rows] == names
 
 
+def _report_file(tmp_path, edit) -> str:
+    rep = _report(["data", "fc1", "fc2"], offset_at=2)
+    doc = json.loads(rep.to_json())
+    edit(doc)
+    path = os.fspath(tmp_path / "report.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc))  # allow_nan: Python writes NaN / Infinity literals
+    return path
+
+
+def _set_layer(i, key, value, sub=None):
+    def edit(doc):
+        target = doc["layers"][i] if sub is None else doc["layers"][i][sub]
+        target[key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "case, edit",
+    [
+        pytest.param("chain_of_ints", _set_layer(1, "caffe_chain", [1, 2]), id="chain_of_ints"),
+        pytest.param("infinity_literal", _set_layer(1, "scale", float("inf"), sub="metrics"), id="infinity_literal"),
+        pytest.param("nan_literal", _set_layer(1, "cosine", float("nan"), sub="metrics"), id="nan_literal"),
+        pytest.param("passed_contradicts_metrics", _set_layer(2, "passed", True), id="passed_contradicts_metrics"),
+        pytest.param("shape_of_strings", _set_layer(1, "caffe_shape", ["1", "6"]), id="shape_of_strings"),
+    ],
+)
+def test_json_report_tampered(tmp_path, case, edit):
+    """A JSON report (a golden file, a CI artifact) is read back: refused with ReportFormatError,
+    or rebuilt into a report that renders and re-serializes to what the file says (found by
+    fuzz/targets/report.py)."""
+    from layerparity.report import ReportFormatError, format_report, load_report, render_html
+
+    path = _report_file(tmp_path, edit)
+    try:
+        rep = load_report(path)
+    except ReportFormatError as e:
+        assert path in str(e)
+        return
+    format_report(rep)
+    render_html(rep)
+    again = json.loads(rep.to_json())
+    with open(path, encoding="utf-8") as f:
+        given = json.load(f)
+    for i, layer in enumerate(given["layers"]):
+        for k in ("caffe_layer", "caffe_chain", "passed", "caffe_shape"):
+            assert again["layers"][i][k] == layer[k], (i, k)
+
+
 # == 8. the command line ================================================================
 
 

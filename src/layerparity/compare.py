@@ -538,7 +538,7 @@ class _Engine:
                 down.add(p.name)
         start = rows.index(first)
         for r in rows[start + 1:]:
-            if not r.passed and r.caffe_chain and r.caffe_chain[0] in down:
+            if (r.metrics is None or not r.metrics.passed) and r.caffe_chain and r.caffe_chain[0] in down:
                 r.contaminated_by = first.caffe_layer
 
 

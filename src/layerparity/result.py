@@ -17,6 +17,13 @@ from typing import Any
 
 REPORT_FORMAT_VERSION = 1
 
+#: How far past its tolerance a layer's *total* error may go when its *own* error
+#: (the TF layer fed the Caffe input) is within tolerance: float32 noise that
+#: accumulates with depth. Measured on correct ports: ResNet-50's deepest layers
+#: reach ~7x the float32 tolerance (docs/tolerances.md); a real bug fails its own
+#: error at the layer that has it, so the allowance hides none.
+DRIFT_FACTOR = 50.0
+
 
 @dataclass
 class Tolerance:
@@ -123,7 +130,23 @@ class LayerResult:
 
     @property
     def passed(self) -> bool:
-        return self.metrics is not None and self.metrics.passed
+        """Within tolerance, or only drifting: see :attr:`drift`."""
+        return self.metrics is not None and (self.metrics.passed or self.drift)
+
+    @property
+    def drift(self) -> bool:
+        """The total error is out of tolerance, but only by accumulated float noise.
+
+        True when the layer's own error was measured and passes, nothing is NaN/Inf on
+        one side only, no divergent layer lies upstream (``contaminated_by``), and the
+        total error would pass at ``DRIFT_FACTOR`` times the tolerance. A layer whose own error was not measured gets no such allowance.
+        """
+        m, o, t = self.metrics, self.own, self.tolerance
+        if m is None or m.passed or o is None or not o.passed or t is None or m.nan_mismatch:
+            return False
+        if self.contaminated_by is not None:  # downstream of a real divergence: inherited, not noise
+            return False
+        return m.min_atol <= DRIFT_FACTOR * t.atol or m.min_rtol <= DRIFT_FACTOR * t.rtol
 
     @property
     def own_passed(self) -> bool | None:
@@ -153,6 +176,8 @@ class LayerResult:
             "cosine": _f(m.cosine) if m else None,
             "mismatched_fraction": _f(m.mismatched_fraction) if m else None,
             "passed": self.passed,
+            "drift": self.drift,
+            "tolerance": self.tolerance.to_dict() if self.tolerance else None,
             "metrics": m.to_dict() if m else None,
             "own_error": self.own.to_dict() if self.own else None,
             "note": self.note,

@@ -227,6 +227,12 @@ def _diag(d: dict[str, Any]) -> Diagnosis:
     )
 
 
+def _tol(t: dict[str, Any] | None) -> Tolerance | None:
+    if not t:
+        return None
+    return Tolerance(_num(t["rtol"]), _num(t["atol"]), bool(t.get("relative_atol", True)))
+
+
 def report_from_dict(data: dict[str, Any]) -> Report:
     """A :class:`Report` from its (validated) JSON form."""
     validate_report(data)
@@ -247,9 +253,9 @@ def report_from_dict(data: dict[str, Any]) -> Report:
                 note=x["note"],
                 diagnoses=[_diag(d) for d in x["diagnoses"]],
                 contaminated_by=x.get("contaminated_by"),
+                tolerance=_tol(x.get("tolerance")),
             )
         )
-    tol = data.get("tolerance")
     fd = data.get("first_divergence")
     first = None
     if fd is not None:
@@ -258,7 +264,7 @@ def report_from_dict(data: dict[str, Any]) -> Report:
         rows=rows,
         unmapped_caffe=list(data["unmapped"]["caffe"]),
         unmapped_tf=list(data["unmapped"]["tf"]),
-        tolerance=Tolerance(_num(tol["rtol"]), _num(tol["atol"]), bool(tol.get("relative_atol", True))) if tol else None,
+        tolerance=_tol(data.get("tolerance")),
         first_divergence=first,
         caffe_source=data.get("caffe_source", ""),
         tf_source=data.get("tf_source", ""),

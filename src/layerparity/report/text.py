@@ -58,12 +58,15 @@ def fmt_shape(shape: Any) -> str:
 def status(row: LayerResult, report: Report) -> str:
     """One word per row: ``ok``, ``FIRST`` (the first divergence), ``inherited``
     (wrong, but the TF layer is right when fed the Caffe input: the error came from
-    upstream), ``FAIL`` (wrong, own error not measured or also wrong), ``shape``
+    upstream), ``drift`` (own error within tolerance, total error past it only by
+    accumulated float noise: passes), ``FAIL`` (wrong, own error not measured or also wrong), ``shape``
     (shapes could not be reconciled)."""
     if row is report.first_divergence:
         return "FIRST"
     if row.metrics is None:
         return "shape"
+    if row.drift:
+        return "drift"
     if row.passed:
         return "ok"
     if row.own is not None and row.own.passed:
