@@ -530,6 +530,27 @@ def test_end_to_end_converter_style_graph_without_names_aligns_structurally(tmp_
     # the 1x1 and 3x3_reduce convs read the same tensor and have the same shape: told apart by value
     assert by["inc/relu_1x1"].tf_layer != by["inc/relu_3x3_reduce"].tf_layer
     assert by["inc/relu_1x1"].metrics.max_abs_error < 1e-4
+    # own error is measured for multi-op groups too (Pad -> Conv2D -> BiasAdd), by feeding the group's input
+    grouped = [row for row in r.rows if row.caffe_kind == "Convolution"]
+    assert grouped and all(row.own is not None and row.own.passed for row in grouped), [
+        (row.caffe_layer, row.tf_layer, row.note) for row in grouped]
+
+
+def test_end_to_end_savedmodel_port_measures_own_error_of_op_groups(tiny_caffe, tmp_path):
+    """A SavedModel export: each Keras layer becomes a group of graph ops; own error still measured."""
+    proto, weights, P, x = tiny_caffe
+    model = _keras_port(P)
+    model.export(str(tmp_path / "sm"), verbose=False)
+    r = layerparity.compare_models(proto, str(tmp_path / "sm"), x[:1], caffe_weights=weights)
+    assert r, [(row.caffe_chain, row.tf_layer, row.note) for row in r.rows]
+    conv1 = r.row("conv1")
+    assert conv1.own is not None and conv1.own.passed, conv1.note
+    # a wrong BN epsilon in the exported graph is caught by its own error, at bn2
+    bad = _keras_port(P, bn_eps=1e-3)
+    bad.export(str(tmp_path / "bad"), verbose=False)
+    rb = layerparity.compare_models(proto, str(tmp_path / "bad"), x[:1], caffe_weights=weights)
+    assert not rb and rb.first_divergence.caffe_layer in ("bn2", "scale2")
+    assert rb.first_divergence.own is not None and not rb.first_divergence.own.passed
 
 
 def test_end_to_end_keras_port_with_auto_names_aligns_structurally(tiny_caffe):

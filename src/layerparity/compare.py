@@ -422,16 +422,27 @@ class _Engine:
              tol: Tolerance) -> tuple[Metrics | None, str]:
         if pair.how == "identity":
             return None, ""
-        if len(pair.tf_group) > 1:
-            return None, ""  # a group of TF ops: no single op to re-run
+        group = len(pair.tf_group) > 1
+        if group:  # several TF ops (Conv2D -> BiasAdd -> Relu): feed the group's external inputs
+            members = set(pair.tf_group)
+            tnames = []
+            for m in pair.tf_group:
+                for i in self.ts.by_name[m].inputs if m in self.ts.by_name else []:
+                    if i not in members and i not in tnames:
+                        tnames.append(i)
+        else:
+            tnames = list(tm.inputs)
         try:
-            if not self.replay.can_replay(pair.tf):
+            if group:
+                can = self.replay.can_replay_group(pair.tf, tnames)
+            else:
+                can = self.replay.can_replay(pair.tf)
+            if not can:
                 return None, ""
         except Exception as e:  # noqa: BLE001 - a backend question must not sink the comparison
             return None, f"own error not measured ({type(e).__name__}: {e})"
         c0 = self.cs.by_name[pair.caffe_chain[0]]
         cnames = [i for i in c0.inputs if i in self.cs.by_name]
-        tnames = list(tm.inputs)
         if cin is None or len(cnames) != len(tnames) or not cnames:
             return None, f"own error not measured: {len(cnames)} Caffe input(s) vs {len(tnames)} TF input(s)"
         feed = []
@@ -441,7 +452,10 @@ class _Engine:
                 if x is None:
                     return None, f"own error not measured: {why}"
                 feed.append(x)
-            out = self.replay.replay(pair.tf, feed)
+            if group:
+                out = self.replay.replay_group(pair.tf, tnames, feed)
+            else:
+                out = self.replay.replay(pair.tf, feed)
         except InputError as e:
             return None, f"own error not measured ({e})"
         got, note = self._to_caffe(np.asarray(out), tm, cm)

@@ -55,6 +55,13 @@ class Backend:
     def replay(self, probe_name: str, inputs: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} cannot run {probe_name!r} on its own")
 
+    def can_replay_group(self, output: str, inputs: list[str]) -> bool:
+        return False
+
+    def replay_group(self, output: str, inputs: list[str], arrays: list[np.ndarray]) -> np.ndarray:
+        """Run the ops between the probes ``inputs`` (fed ``arrays``) and ``output``: own error of a group."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a group of ops on its own")
+
     def meta(self) -> dict:
         return {}
 

@@ -189,6 +189,7 @@ class GraphBackend(TFBackend):
         self.session = session if session is not None else tf.compat.v1.Session(graph=graph)
         self._default = data_format or "NHWC"
         self._replay_fns: dict[str, Any] = {}
+        self._group_fns: dict[tuple[str, tuple[str, ...]], tuple[Any, list[Any]]] = {}
         self._analyse(inputs, outputs)
 
     # -- constructors -----------------------------------------------------------
@@ -541,6 +542,42 @@ class GraphBackend(TFBackend):
             raise InputDataError(
                 f"{self.source}: replaying op {probe_name!r} failed: {_first_line(e.message)}"
             ) from None
+
+    def can_replay_group(self, output: str, inputs: list[str]) -> bool:
+        """Whether the ops between the probes ``inputs`` and ``output`` can run alone."""
+        return output in self._by_name and all(self._probe_tensor(n) is not None for n in inputs)
+
+    def replay_group(self, output: str, inputs: list[str], arrays: list[np.ndarray]) -> np.ndarray:
+        """Run the ops of one layer group (``Conv2D`` -> ``BiasAdd`` -> ``Relu``): feed the
+        probes ``inputs`` with ``arrays`` (graph layout) and fetch probe ``output``."""
+        tf = import_tf()
+        key = (output, tuple(inputs))
+        cached = self._group_fns.get(key)
+        if cached is None:
+            feeds = [self._probe_tensor(n) for n in inputs]
+            if output not in self._by_name or any(t is None for t in feeds):
+                raise InputDataError(f"{self.source}: group {inputs} -> {output!r} cannot be replayed")
+            try:
+                fn = self.session.make_callable(self._by_name[output].tensor, feed_list=feeds)
+            except Exception as e:  # noqa: BLE001
+                raise InputDataError(f"{self.source}: group -> {output!r} cannot be replayed ({_first_line(e)})") from None
+            cached = self._group_fns[key] = (fn, feeds)
+        fn, feeds = cached
+        args = [np.asarray(a).astype(t.dtype.as_numpy_dtype, copy=False) for a, t in zip(arrays, feeds, strict=True)]
+        try:
+            return np.asarray(fn(*args))
+        except tf.errors.OpError as e:
+            raise InputDataError(f"{self.source}: replaying group -> {output!r} failed: {_first_line(e.message)}") from None
+
+    def _probe_tensor(self, probe_name: str) -> Any:
+        rec = self._by_name.get(probe_name)
+        if rec is not None:
+            return rec.tensor
+        name = probe_name if ":" in probe_name else probe_name + ":0"
+        try:
+            return self.session.graph.get_tensor_by_name(name)
+        except (KeyError, ValueError):
+            return None
 
     def close(self) -> None:
         if self._own_session and self.session is not None:
