@@ -50,9 +50,9 @@ def conv_layer(name, bottom, n, k, s=1, p=0, extra=""):
 # -- convolution ------------------------------------------------------------------------
 
 
-def _conv_case(tmp_path, k=3, s=2, p=1, shape=SHAPE):
-    w, b = conv_w(4, shape[1], k, seed=3)
-    net = caffe_net(tmp_path, prototxt({"data": shape}, conv_layer("conv1", "data", 4, k, s, p)), {"conv1": [w, b]})
+def _conv_case(tmp_path, k=3, s=2, p=1, shape=SHAPE, n_out=4):
+    w, b = conv_w(n_out, shape[1], k, seed=3)
+    net = caffe_net(tmp_path, prototxt({"data": shape}, conv_layer("conv1", "data", n_out, k, s, p)), {"conv1": [w, b]})
     return net, w, b
 
 
@@ -88,6 +88,29 @@ def test_padding_asymmetry_same_vs_symmetric_pad_stride2(tmp_path):
     assert d.evidence["residual"] < 1e-5
     assert "ZeroPadding2D((1, 1))" in d.fix
     assert d.confidence >= 0.95
+
+
+@pytest.mark.parametrize("size,n_out", [(16, 8), (224, 64)])
+def test_padding_asymmetry_7x7_stride2_pad3_even_input(tmp_path, size, n_out):
+    # GoogLeNet's and ResNet's conv1: TF 'SAME' pads (2, 3) where Caffe pads (3, 3). At the real
+    # 224x224 with 64 outputs the layer is 1.2e8 multiply-adds, above the recomputation budget:
+    # it is recomputed on part of its output rows instead of being skipped
+    shape = (1, 3, size, size)
+    net, w, b = _conv_case(tmp_path, k=7, s=2, p=3, shape=shape, n_out=n_out)
+    rep = compare(net, _conv_port(shape, w, b, k=7, s=2, p=3, padding="same"), x_in(shape))
+    d = top(rep)
+    assert rep.first_divergence.caffe_layer == "conv1"
+    assert d.kind == "padding_asymmetry"
+    assert d.evidence["confirmed_by"] == "recomputation" and d.confidence >= 0.95
+    assert d.evidence["caffe_pads"] == [3, 3, 3, 3] and d.evidence["tf_same_pads"] == [2, 3, 2, 3]
+    assert d.evidence["residual"] < 1e-5
+    assert "ZeroPadding2D((3, 3))" in d.fix
+    if size == 224:
+        rows, total = d.evidence["recomputed_output_rows"]
+        assert total == 112 and 2 <= rows < 112
+        assert d.evidence["max_abs_error_now"] == pytest.approx(rep.first_divergence.max_abs_error, rel=1e-3)
+    else:
+        assert "recomputed_output_rows" not in d.evidence
 
 
 def test_padding_same_is_exact_for_odd_input(tmp_path):
@@ -209,6 +232,21 @@ def test_constant_offset_mean_not_subtracted(tmp_path):
     d = top(rep)
     assert d.kind == "constant_offset"
     np.testing.assert_allclose(d.evidence["offset_caffe_minus_tf"], mean, rtol=1e-3)
+
+
+def test_constant_offset_bias_shifted_on_a_1x1_map(tmp_path):
+    # MobileNet's fc7: a 1x1 classifier conv on a 1x1 map, one value per channel, the bias loaded +1
+    shape = (1, 32, 1, 1)
+    w, b = conv_w(40, 32, 1, seed=7)
+    net = caffe_net(tmp_path, prototxt({"data": shape}, conv_layer("fc7", "data", 40, 1)), {"fc7": [w, b]})
+    inp = keras_input(shape)
+    c = keras.layers.Conv2D(40, 1, name="fc7")
+    m = keras.Model(inp, c(inp))
+    c.set_weights([hwio(w), b + 1.0])
+    d = top(compare(net, m, x_in(shape)))
+    assert d.kind == "constant_offset"
+    assert d.evidence["offset"] == pytest.approx(1.0, rel=1e-4)
+    assert d.confidence >= 0.9
 
 
 def test_unknown_when_weights_are_just_different(tmp_path):

@@ -227,12 +227,26 @@ BUGS: tuple[str, ...] = tuple(BUG_DOC)
 SHAPE_CHANGING = ("pool_rounding", "concat_axis")
 
 
-def applicable_layers(info: NetInfo, kind: str) -> list[str]:
-    """Caffe layer names where bug ``kind`` can be injected, in net order."""
-    where = [lp.name for lp in info.layers if _applies(kind, info, lp)]
-    if kind in SHAPE_CHANGING:
-        where = [name for name in where if _buildable(info, {name: kind})]
+def applicable_layers(info: NetInfo, kind: str, first: bool = False) -> list[str]:
+    """Caffe layer names where bug ``kind`` can be injected, in net order (``first``: the
+    first one only, sparing the shapes-only builds of the others)."""
+    where = []
+    for lp in info.layers:
+        if _applies(kind, info, lp) and _survives(info, lp.name, kind):
+            where.append(lp.name)
+            if first:
+                break
     return where
+
+
+def _survives(info: NetInfo, layer: str, kind: str) -> bool:
+    """A shape-changing bug at ``layer`` leaves a port that still builds (memoized on ``info``)."""
+    if kind not in SHAPE_CHANGING:
+        return True
+    key = (layer, kind)
+    if key not in info.buildable:
+        info.buildable[key] = _buildable(info, {layer: kind})
+    return info.buildable[key]
 
 
 def _buildable(info: NetInfo, plan: dict[str, str]) -> bool:
@@ -250,13 +264,15 @@ def plan_bugs(info: NetInfo, bugs: Iterable[str | tuple[str, str]]) -> dict[str,
         kind, layer = (b, None) if isinstance(b, str) else b
         if kind not in BUG_DOC:
             raise ValueError(f"unknown bug kind {kind!r}; known: {sorted(BUG_DOC)}")
-        where = applicable_layers(info, kind)
         if layer is None:
+            where = applicable_layers(info, kind, first=True)
             if not where:
                 raise ValueError(f"{info.prototxt}: bug {kind!r} applies to no layer")
             layer = where[0]
-        elif layer not in where:
-            raise ValueError(f"{info.prototxt}: bug {kind!r} does not apply to layer {layer!r} (applies to {where})")
+        elif not any(lp.name == layer and _applies(kind, info, lp) for lp in info.layers) or not _survives(
+                info, layer, kind):
+            raise ValueError(f"{info.prototxt}: bug {kind!r} does not apply to layer {layer!r} "
+                             f"(applies to {applicable_layers(info, kind)})")
         if layer in plan:
             raise ValueError(f"two bugs at layer {layer!r}: {plan[layer]!r} and {kind!r}")
         plan[layer] = kind

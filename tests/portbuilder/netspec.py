@@ -69,6 +69,8 @@ class NetInfo:
     input_blob: str = "data"
     param_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
     resolved: str = ""  # the prototxt Caffe actually loaded (with the test's input shape)
+    #: (layer, bug) -> whether the port still builds with that shape-changing bug (keras_port memo)
+    buildable: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False, compare=False)
 
     def layer(self, name: str):
         for lp in self.layers:

@@ -204,6 +204,22 @@ class Case:
         p = self.ctx.caffe_probes.get(name)
         return dict(p.params or {}) if p is not None else {}
 
+    def at_rows(self, rows: Sequence[int]) -> Case:
+        """This case seen at output rows ``rows`` only (axis 2 of a 4-D value), for
+        recomputing a layer too large to recompute whole. The layer's scale stays the
+        whole layer's; ``r0`` is measured on those rows, so a hypothesis must explain
+        them as well as :meth:`explains` demands of a whole layer. Rulings-out and
+        extra evidence are shared with this case; ``proven`` is not (copy it back)."""
+        import copy
+
+        sub = copy.copy(self)
+        idx = np.asarray(rows, dtype=int)
+        sub.y = self.y[:, :, idx]
+        sub.t = self.t[:, :, idx] if self.t is not None else None
+        sub.r0 = sub.resid(sub.y) if sub.t is not None else float("inf")
+        sub.reference = None
+        return sub
+
     # -- measuring -----------------------------------------------------------------
     def resid(self, cand: np.ndarray | None, target: np.ndarray | None = None) -> float:
         """max |cand - target| / scale (target defaults to the TF value)."""

@@ -156,8 +156,12 @@ def _scale_fix(c: float) -> str:
 
 def channel_offset(case: Case) -> list[Diagnosis]:
     y, t = case.y, case.t
-    if t is None or y.ndim < 2 or y.size < MIN_PER_CHANNEL * y.shape[1]:
+    if t is None or y.ndim < 2:
         return []
+    if y.size < MIN_PER_CHANNEL * y.shape[1]:
+        # too few values per channel for one offset each (a 1x1 map: a classifier conv, an
+        # InnerProduct): one offset for the whole tensor is still well determined
+        return _global_offset(case)
     axes = tuple(i for i in range(y.ndim) if i != 1)
     d = np.mean(t - y, axis=axes)
     if np.max(np.abs(d)) < CONFIRM_RTOL * case.scale:
@@ -174,6 +178,26 @@ def channel_offset(case: Case) -> list[Diagnosis]:
         CONF_EXACT,
         offset_per_channel=[rnd(v) for v in d[:64]],
         offset_caffe_minus_tf=[rnd(-v) for v in d[:64]],
+    )]
+
+
+def _global_offset(case: Case) -> list[Diagnosis]:
+    """TF = Caffe + one constant everywhere (e.g. a bias shifted by the same amount in every channel)."""
+    y, t = case.y, case.t
+    assert t is not None
+    if y.size < MIN_PER_CHANNEL * MIN_PER_CHANNEL:
+        return []
+    d = float(np.mean(t - y))
+    if abs(d) < CONFIRM_RTOL * case.scale or not case.explains(y + d):
+        return []
+    return [case.diag(
+        "constant_offset",
+        f"The TF tensor is Caffe's plus the constant {rnd(d)} everywhere: an offset (a mean, or a bias "
+        "shifted by a constant) applied on one side only.",
+        "Subtract the same mean on both sides (Caffe's mean is in BGR order, e.g. [104, 117, 123]) and copy "
+        "the biases unchanged; check `Normalization`/mean-subtraction layers and bias loading in the port.",
+        CONF_EXACT,
+        offset=rnd(d), offset_caffe_minus_tf=rnd(-d),
     )]
 
 
