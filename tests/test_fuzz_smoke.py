@@ -21,11 +21,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from fuzz.targets import archive, caffemodel, diff, prototxt  # noqa: E402
+from fuzz.targets import archive, caffemodel, diff, prototxt, report  # noqa: E402
 
 from layerparity.errors import InputError  # noqa: E402
 
-TARGETS = {"archive": archive, "prototxt": prototxt, "caffemodel": caffemodel, "diff": diff}
+TARGETS = {"archive": archive, "prototxt": prototxt, "caffemodel": caffemodel, "diff": diff, "report": report}
 # no shrinking: a smoke run reports the first failing input as generated, quickly
 SMOKE = settings(max_examples=60, deadline=None, derandomize=True, database=None, report_multiple_bugs=False,
                  phases=[Phase.explicit, Phase.generate],
@@ -73,7 +73,7 @@ def test_mutated_inputs_accepted_or_input_error(seeded, name):
     case()
 
 
-@pytest.mark.parametrize("name", ["archive", "prototxt", "caffemodel"])
+@pytest.mark.parametrize("name", ["archive", "prototxt", "caffemodel", "report"])
 def test_raw_bytes_accepted_or_input_error(seeded, name):
     mod = TARGETS[name]
 

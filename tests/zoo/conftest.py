@@ -122,6 +122,10 @@ def record_result(request: pytest.FixtureRequest):
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("LAYERPARITY_WRITE_VALIDATION") != "1":
         return
+    if not hasattr(session.config, "workerinput") and getattr(session.config.option, "numprocesses", None):
+        # the xdist controller ran no test and has no results: its session ends after the
+        # workers' (the last of which wrote the complete table) and must not overwrite it
+        return
     import fcntl
 
     from validation_doc import write_validation
