@@ -170,6 +170,8 @@ def _load_yaml(path: str, text: str) -> Any:
         out: dict = {}
         for k_node, v_node in node.value:
             k = loader.construct_object(k_node, deep=deep)
+            if not isinstance(k, str):
+                raise MappingError(f"{path}: mapping key {k!r} (line {k_node.start_mark.line + 1}) is not a Caffe layer name")
             if k in out:
                 raise MappingError(f"{path}: Caffe layer {k!r} is mapped twice (line {k_node.start_mark.line + 1})")
             out[k] = loader.construct_object(v_node, deep=deep)

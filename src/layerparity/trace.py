@@ -229,7 +229,7 @@ def save_archive(
             if arr.dtype == object:
                 raise ArchiveError(f"{path}: refusing to store an object array")
             buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            np.lib.format.write_array(buf, arr if arr.flags.c_contiguous else arr.copy(order="C"), allow_pickle=False)
             zf.writestr(key + ".npy", buf.getvalue())
             return key
 
@@ -267,10 +267,10 @@ class ArchiveReader:
             raw = self._npz["manifest"]
         except Exception as e:  # noqa: BLE001
             raise ArchiveError(f"{self.path}: no readable manifest ({e})") from None
-        if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_MANIFEST_BYTES:
+        if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_MANIFEST_BYTES:
             raise ArchiveError(f"{self.path}: manifest is not UTF-8 JSON bytes")
         try:
-            m = json.loads(raw.tobytes().decode("utf-8"))
+            m = json.loads(raw.tobytes().decode("utf-8"))  # raw checked to be an ndarray above
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ArchiveError(f"{self.path}: manifest is not valid JSON ({e})") from None
         if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -308,11 +308,14 @@ class ArchiveReader:
         if not isinstance(key, str) or key not in self._npz.files:
             raise ArchiveError(f"{self.path}: {what}: array {key!r} is missing from the archive")
         try:
-            return self._npz[key]
+            arr = self._npz[key]
         except ValueError as e:  # object arrays need pickle: refused
             raise ArchiveError(f"{self.path}: {what}: refusing to load array {key!r} ({e})") from None
         except Exception as e:  # noqa: BLE001
             raise ArchiveError(f"{self.path}: {what}: array {key!r} is unreadable ({e})") from None
+        if not isinstance(arr, np.ndarray):
+            raise ArchiveError(f"{self.path}: {what}: member {key!r} is not a .npy array")
+        return arr
 
     def inputs(self) -> dict[str, np.ndarray]:
         out = {}
@@ -348,15 +351,15 @@ class ArchiveReader:
                 kind=_opt(e, "kind", str, ""),
                 layer=_opt(e, "layer", str, ""),
                 blob=_opt(e, "blob", str, ""),
-                inputs=[str(x) for x in _opt(e, "inputs", list, [])],
+                inputs=_strs(_opt(e, "inputs", list, []), "inputs"),
                 params=_opt(e, "params", dict, {}),
-                fused=[str(x) for x in _opt(e, "fused", list, [])],
+                fused=_strs(_opt(e, "fused", list, []), "fused"),
                 layout=_opt(e, "layout", str, ""),
                 flat_shape=tuple(int(d) for d in e["flat_shape"]) if e.get("flat_shape") is not None else None,
                 shape=tuple(int(d) for d in _opt(e, "shape", list, [])),
                 dtype=_opt(e, "dtype", str, ""),
             )
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise ArchiveError(f"{self.path}: probe {name!r}: malformed manifest entry ({err})") from None
         if kw["dtype"] and not _is_numeric_dtype(kw["dtype"]):
             raise ArchiveError(f"{self.path}: probe {name!r}: manifest dtype {kw['dtype'][:80]!r} is not a numeric dtype")
@@ -374,6 +377,12 @@ class ArchiveReader:
                 )
             kw["value"] = value
         return Probe(**kw)
+
+
+def _strs(xs: list, field: str) -> list[str]:
+    if not all(isinstance(x, str) for x in xs):
+        raise TypeError(f"field {field!r} must be a list of strings")
+    return list(xs)
 
 
 def _is_numeric_dtype(name: str) -> bool:
@@ -420,5 +429,5 @@ def is_archive(path: str | os.PathLike[str]) -> bool:
     try:
         with zipfile.ZipFile(os.fspath(path)) as zf:
             return "manifest.npy" in zf.namelist()
-    except (OSError, zipfile.BadZipFile):
+    except Exception:  # noqa: BLE001 - a yes/no question about any file never raises
         return False

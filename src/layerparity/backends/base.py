@@ -97,6 +97,10 @@ class Backend:
         out = {}
         for name, arr in inputs.items():
             out[name] = check_input_array(self.source, name, arr, known[name])
+        batches = {n: a.shape[0] for n, a in out.items() if a.ndim}
+        if len(set(batches.values())) > 1:
+            desc = ", ".join(f"{n!r} has {b}" for n, b in batches.items())
+            raise InputDataError(f"{self.source}: inputs disagree on the batch size: {desc}")
         return out
 
     # -- hooks -------------------------------------------------------------

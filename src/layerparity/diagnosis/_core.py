@@ -75,10 +75,24 @@ def hw(params: dict[str, Any], key: str, default: int) -> tuple[int, int]:
     v = params.get(key, default)
     if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
         v = default
-    if isinstance(v, (list, tuple)):
-        v = [int(a) for a in v]
-        return (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
-    return int(v), int(v)
+    try:
+        if isinstance(v, (list, tuple)):
+            v = [_small_int(a) for a in v]
+            return (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
+        return _small_int(v), _small_int(v)
+    except (TypeError, ValueError, OverflowError):
+        # params are data (from an archive): a geometry no layer can have falls back to the default
+        return default, default
+
+
+_MAX_GEOMETRY = 1 << 16
+
+
+def _small_int(a: Any) -> int:
+    f = float(a)
+    if not np.isfinite(f) or abs(f) > _MAX_GEOMETRY:
+        raise ValueError(f"geometry value {a!r} out of range")
+    return int(f)
 
 
 def fnum(v: Any, default: float | None = None) -> float | None:
