@@ -61,7 +61,7 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_report(path: str | os.PathLike[str]) -> Report:
     """Read a JSON report back into a :class:`Report` (``to_dict`` of it equals the file)."""
-    return report_from_dict(read_json(path))
+    return report_from_dict(read_json(path), where=os.fspath(path))
 
 
 # -- validation ------------------------------------------------------------------
@@ -156,6 +156,9 @@ def _layer(x: Any, w: str) -> None:
         _check(all(isinstance(d, int) and not isinstance(d, bool) for d in x[k]), w, f"{k!r} holds a non-integer")
     for k in _LAYER_NUMS:
         _check(x.get(k) is None or _is_num(x.get(k)), w, f"{k!r} is not a number or null")
+    _check(all(isinstance(c, str) for c in x["caffe_chain"]), w, "'caffe_chain' holds a non-string")
+    if x.get("tolerance") is not None:
+        _tolerance(x["tolerance"], f"{w}.tolerance")
     if x.get("metrics") is not None:
         _metrics(x["metrics"], f"{w}.metrics")
     if x.get("own_error") is not None:
@@ -233,9 +236,9 @@ def _tol(t: dict[str, Any] | None) -> Tolerance | None:
     return Tolerance(_num(t["rtol"]), _num(t["atol"]), bool(t.get("relative_atol", True)))
 
 
-def report_from_dict(data: dict[str, Any]) -> Report:
+def report_from_dict(data: dict[str, Any], where: str = "report") -> Report:
     """A :class:`Report` from its (validated) JSON form."""
-    validate_report(data)
+    validate_report(data, where)
     rows = []
     for x in data["layers"]:
         rows.append(
@@ -256,6 +259,8 @@ def report_from_dict(data: dict[str, Any]) -> Report:
                 tolerance=_tol(x.get("tolerance")),
             )
         )
+    for i, (r, x) in enumerate(zip(rows, data["layers"], strict=True)):
+        _check(r.passed == x["passed"], f"{where}: layers[{i}]", "'passed' contradicts its metrics, own error and tolerance")
     fd = data.get("first_divergence")
     first = None
     if fd is not None:

@@ -196,7 +196,17 @@ def format_summary(report: Report) -> str:
         lines.append("Unmapped Caffe layers: " + _names(report.unmapped_caffe))
     if report.unmapped_tf:
         lines.append("Unmapped TF layers: " + _names(report.unmapped_tf))
-    return "\n".join(lines)
+    return "\n".join(_cap_line(line) for line in lines)
+
+
+_MAX_LINE = 1000
+
+
+def _cap_line(line: str) -> str:
+    """Cap a summary line (a model can name a layer with 100k characters), saying so."""
+    if len(line) <= _MAX_LINE:
+        return line
+    return line[: _MAX_LINE - 40] + f"... ({len(line) - _MAX_LINE + 40} characters cut)"
 
 
 def _names(names: list[str], cap: int = 12) -> str:
