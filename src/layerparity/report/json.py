@@ -157,6 +157,7 @@ def _layer(x: Any, w: str) -> None:
     for k in _LAYER_NUMS:
         _check(x.get(k) is None or _is_num(x.get(k)), w, f"{k!r} is not a number or null")
     _check(all(isinstance(c, str) for c in x["caffe_chain"]), w, "'caffe_chain' holds a non-string")
+    _check(isinstance(x.get("drift", False), bool), w, "'drift' is not a boolean")
     if x.get("tolerance") is not None:
         _tolerance(x["tolerance"], f"{w}.tolerance")
     if x.get("metrics") is not None:
@@ -261,6 +262,7 @@ def report_from_dict(data: dict[str, Any], where: str = "report") -> Report:
         )
     for i, (r, x) in enumerate(zip(rows, data["layers"], strict=True)):
         _check(r.passed == x["passed"], f"{where}: layers[{i}]", "'passed' contradicts its metrics, own error and tolerance")
+        _check(r.drift == x.get("drift", r.drift), f"{where}: layers[{i}]", "'drift' contradicts its metrics, own error and tolerance")
     fd = data.get("first_divergence")
     first = None
     if fd is not None:
