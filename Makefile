@@ -42,6 +42,7 @@ bench: setup
 	@$(PY) benchmarks/run.py
 
 fuzz: setup
+	@$(PY) -c "import atheris" 2>/dev/null || $(PY) -m pip install -q 'atheris>=2.3'
 	@$(PY) fuzz/run.py
 
 lint: setup

@@ -272,10 +272,10 @@ def compute_metrics(ref: Any, got: Any, tol: Tolerance) -> Metrics:
             max_rel_i = start + (int(idx[i]) if idx is not None else i)
 
         sum_abs += float(ad.sum())
-        sum_dd += float(np.dot(d, d))
-        sum_rr += float(np.dot(r, r))
-        sum_gg += float(np.dot(g, g))
-        sum_rg += float(np.dot(r, g))
+        sum_dd += float(np.einsum("i,i->", d, d))
+        sum_rr += float(np.einsum("i,i->", r, r))
+        sum_gg += float(np.einsum("i,i->", g, g))
+        sum_rg += float(np.einsum("i,i->", r, g))
 
         # rel is free now: reuse it for the allowed error
         allowed = np.multiply(ar, rtol, out=rel)
