@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..result import LayerResult, Metrics, Report, Tolerance
-from .text import fmt_num
+from .text import _clip, fmt_num
 
 __all__ = ["render_chart", "error_ratio", "chart_points", "COLORS", "Geometry"]
 
@@ -55,11 +55,8 @@ def _esc(x: Any) -> str:
 
 
 def clip_name(s: str, width: int = NAME_CHARS) -> str:
-    s = s.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    if len(s) <= width:
-        return s
-    head = width // 3  # keep both ends: graph op names carry the layer at the end
-    return s[:head] + "~" + s[-(width - head - 1):]
+    """A layer name cut to ``width`` characters, both ends kept (the text report's rule)."""
+    return _clip(s, width)
 
 
 def error_ratio(m: Metrics | None, tol: Tolerance | None) -> float | None:
