@@ -282,20 +282,55 @@ def _peak(n_layers: int):
     return r, peak
 
 
-def test_streaming_peak_memory_is_a_few_layers_not_the_sum():
+def test_streaming_peak_memory_is_the_budget_not_the_sum(monkeypatch):
     one = int(np.prod(SHAPE)) * 4
+    monkeypatch.setattr(compare_mod, "STREAM_MEMORY_BYTES", 8 * one)  # per side; the rest spills to a file
     r100, peak100 = _peak(60)
     r300, peak300 = _peak(180)  # 2 x 180 x 128 KB = 45 MB of layers
     for r, n in ((r100, 60), (r300, 180)):
         assert len(r.rows) == n and r.first_divergence.caffe_layer == f"l{n - 20}"
         assert r.meta["streaming"]["max_held_values"] <= 3
         assert r.meta["streaming"]["max_held_bytes"] <= 3 * one
+        for side in ("caffe", "tensorflow"):
+            assert r.meta["streaming"][f"{side}_spooled_in_memory_bytes"] == 8 * one
+            assert r.meta["streaming"][f"{side}_spilled_bytes"] == (n - 8) * one
     # 120 more layers add only their metadata and rows (a few KB each), not their values
     # (holding them would add 2 x 128 KB per layer) ...
     per_layer = (peak300 - peak100) / 120
     assert per_layer < one / 8, f"{peak100 / 2**20:.2f} MB -> {peak300 / 2**20:.2f} MB ({per_layer / 1024:.1f} KB/layer)"
-    # ... and stays a small constant: a few values plus the metric blocks
+    # ... and stays a small constant: the two budgets, a few values, the metric blocks
     assert peak300 < 48 * one, f"peak {peak300 / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize("budget_values", [0, 5, 1000])
+def test_spilled_and_held_streams_give_the_same_report(monkeypatch, budget_values):
+    one = int(np.prod(SHAPE)) * 4
+    reference = compare_traces(Trace("caffe", probes=_stream("caffe", 30)),
+                               Trace("tensorflow", probes=_stream("tf", 30, break_at=12)))
+    monkeypatch.setattr(compare_mod, "STREAM_MEMORY_BYTES", budget_values * one)
+    r = compare_traces(_stream("caffe", 30), _stream("tf", 30, break_at=12))
+    assert r.to_dict()["layers"] == reference.to_dict()["layers"]
+    assert r.first_divergence.caffe_layer == "l12"
+    spilled = r.meta["streaming"]["caffe_spilled_bytes"]
+    assert spilled == max(0, 30 - budget_values) * one
+
+
+def test_stream_failures_reach_the_caller_caffe_first():
+    def broken(side: str, at: int):
+        for i, p in enumerate(_stream(side, 10)):
+            if i == at:
+                raise InputError(f"{side} broke at l{i}")
+            yield p
+
+    with pytest.raises(InputError, match="caffe broke at l3"):  # raised in the draining thread
+        compare_traces(broken("caffe", 3), _stream("tf", 10))
+    with pytest.raises(InputError, match="tf broke at l5"):
+        compare_traces(_stream("caffe", 10), broken("tf", 5))
+    with pytest.raises(InputError, match="caffe broke at l7"):
+        compare_traces(broken("caffe", 7), broken("tf", 2))
+    dup = [Probe("a", value=np.zeros(3, np.float32)), Probe("a", value=np.zeros(3, np.float32))]
+    with pytest.raises(InputError, match="probe name 'a' appears twice"):
+        compare_traces(iter(dup), iter(dup))
 
 
 def test_streaming_holds_tf_probes_until_their_caffe_partner_arrives(tmp_path):

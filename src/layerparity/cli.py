@@ -298,13 +298,12 @@ def compare_many(
     and return one report (:func:`~layerparity.report.aggregate_reports` over the inputs)."""
     from .backends.caffe import CaffeBackend
     from .backends.tensorflow import load_tf
-    from .compare import compare_traces
+    from .compare import LazyWeights, compare_traces
     from .report import aggregate_reports
 
     reports = []
     with CaffeBackend(caffe_model, caffe_weights) as cb, load_tf(tf_model) as tb:
-        cw = _weights_or_none(cb)
-        tw = _weights_or_none(tb)
+        cw, tw = LazyWeights(cb), LazyWeights(tb)  # fetched once, and only if a layer is diagnosed
         bar = _progress(len(items), enabled=progress)
         with bar as (advance, note):
             for x, label in zip(items, labels, strict=True):
@@ -323,13 +322,6 @@ def compare_many(
                 reports.append(r)
                 advance()
     return aggregate_reports(reports, labels)
-
-
-def _weights_or_none(backend: Any) -> Any:
-    try:
-        return backend.weights()
-    except NotImplementedError:
-        return None
 
 
 @contextlib.contextmanager

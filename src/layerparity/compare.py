@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -35,9 +36,9 @@ from .errors import ArchiveError, InputDataError, InputError
 from .layout import axes_permutation, convert, is_flat
 from .metrics import ToleranceTable, compute_metrics, default_tolerance
 from .result import LayerResult, Metrics, Report, Tolerance
-from .trace import ArchiveReader, Probe, Trace, is_archive, save_archive
+from .trace import ArchiveReader, Probe, Trace, is_archive
 
-__all__ = ["compare_traces", "compare_models", "relayout", "relayout_shape", "LayoutMismatch"]
+__all__ = ["compare_traces", "compare_models", "LazyWeights", "relayout", "relayout_shape", "LayoutMismatch"]
 
 
 class LayoutMismatch(InputDataError):
@@ -123,6 +124,89 @@ def relayout_shape(shape: tuple[int, ...], src: str, src_flat: tuple[int, ...] |
 # -- sources ------------------------------------------------------------------------
 
 
+#: Bytes of streamed values each side keeps in memory while both models run; the rest
+#: goes to a raw spill file in a temporary folder. ``LAYERPARITY_STREAM_MEMORY_MB``
+#: overrides it (0: everything to the file).
+STREAM_MEMORY_BYTES = int(float(os.environ.get("LAYERPARITY_STREAM_MEMORY_MB", "256")) * (1 << 20))
+
+
+class _Spool:
+    """The values of one live stream, in arrival order: in memory up to a budget, then in a raw file.
+
+    Raw bytes, no zip, no CRC and no pickle: the file only lives for one comparison
+    and is read back by offset, dtype and shape recorded here.
+    """
+
+    def __init__(self, framework: str, source: str, tmpdir: Callable[[], str], budget: int) -> None:
+        self.framework, self.source = framework, source
+        self.metas: list[Probe] = []
+        self._tmpdir = tmpdir
+        self._budget = budget
+        self._mem: dict[str, np.ndarray] = {}
+        self._spilled: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+        self._file: Any = None
+        self._path = ""
+        self.held_bytes = 0
+        self.spilled_bytes = 0
+
+    def fill(self, it: Iterable[Any]) -> None:
+        seen: set[str] = set()
+        for p in _checked_probes(it, self.framework):
+            if p.name in seen:
+                raise InputError(f"{self.framework} stream {self.source!r}: probe name {p.name!r} appears twice")
+            seen.add(p.name)
+            self.metas.append(p.without_value())
+            if p.value is not None:
+                self._keep(p.name, np.asarray(p.value))
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _keep(self, name: str, v: np.ndarray) -> None:
+        if v.dtype.hasobject:
+            raise InputError(f"{self.framework} stream {self.source!r}: probe {name!r} holds an object array")
+        if self.held_bytes + v.nbytes <= self._budget:
+            self._mem[name] = v
+            self.held_bytes += v.nbytes
+            return
+        if self._file is None:
+            self._path = os.path.join(self._tmpdir(), f"{self.framework}.raw")
+            self._file = open(self._path, "wb", buffering=0)  # noqa: SIM115 - closed in fill()/close()
+        offset = self.spilled_bytes
+        data = np.ascontiguousarray(v)
+        if data.nbytes:
+            self._file.write(data.reshape(-1).view(np.uint8).data)
+        self._spilled[name] = (offset, v.dtype, tuple(v.shape))
+        self.spilled_bytes += data.nbytes
+
+    def value(self, name: str) -> np.ndarray | None:
+        v = self._mem.get(name)
+        if v is not None:
+            return v
+        where = self._spilled.get(name)
+        if where is None:
+            return None
+        offset, dtype, shape = where
+        count = int(np.prod(shape, dtype=np.int64))
+        if count == 0:
+            return np.empty(shape, dtype)
+        with open(self._path, "rb") as f:
+            return np.fromfile(f, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+    def iter_probes(self) -> Iterator[Probe]:
+        """Each probe with its value, once; a value leaves memory as it is handed out."""
+        for m in self.metas:
+            v = self.value(m.name)
+            self._mem.pop(m.name, None)
+            yield Probe(**{**m.__dict__, "value": v}) if v is not None else m
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._mem.clear()
+
+
 class _Side:
     """One trace being compared: metadata up front, values streamed in order."""
 
@@ -130,7 +214,7 @@ class _Side:
         self.framework = framework
         self.reader: ArchiveReader | None = None
         self.trace: Trace | None = None
-        self.spooled = False
+        self.spool: _Spool | None = None
         if isinstance(obj, Trace):
             self.trace = obj
             self.source = obj.source
@@ -144,14 +228,11 @@ class _Side:
             self.metas = self.reader.probe_metas()
         elif isinstance(obj, Iterable) and not isinstance(obj, (bytes, Mapping, np.ndarray)):
             # A live stream: structural alignment needs both graphs before the first
-            # comparison, so spool it to a temporary archive (one value in memory at a time).
-            path = os.path.join(tmpdir(), f"{framework}.npz")
-            source = getattr(obj, "source", "") or f"<{framework} stream>"
-            save_archive(path, framework, source, {}, {}, _checked_probes(obj, framework))
-            self.reader = ArchiveReader(path)
-            self.source = source
-            self.metas = self.reader.probe_metas()
-            self.spooled = True
+            # comparison, so it is drained into a spool first (see :func:`_drain_both`).
+            self.source = getattr(obj, "source", "") or f"<{framework} stream>"
+            self.spool = _Spool(framework, self.source, tmpdir, STREAM_MEMORY_BYTES)
+            self.stream: Iterable[Any] = obj
+            self.metas = []
         else:
             raise InputError(
                 f"{framework} side: expected a Trace, a trace archive path or an iterable of Probes, "
@@ -159,15 +240,26 @@ class _Side:
             )
         self.by_name = {p.name: p for p in self.metas}
 
+    def drain(self) -> None:
+        """Run a live stream to its end (the model runs here); no-op for traces and archives."""
+        if self.spool is not None and not self.metas:
+            self.spool.fill(self.stream)
+            self.metas = self.spool.metas
+            self.by_name = {p.name: p for p in self.metas}
+
     def values(self) -> Iterator[Probe]:
         if self.trace is not None:
             return iter(self.trace)
+        if self.spool is not None:
+            return self.spool.iter_probes()
         assert self.reader is not None
         return self.reader.iter_probes()
 
     def value(self, name: str) -> np.ndarray | None:
         if self.trace is not None:
             return self.trace[name].value if name in self.trace else None
+        if self.spool is not None:
+            return self.spool.value(name)
         assert self.reader is not None
         try:
             return self.reader.probe(name).value
@@ -177,6 +269,40 @@ class _Side:
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
+        if self.spool is not None:
+            self.spool.close()
+
+
+def _drain_both(cs: _Side, ts: _Side) -> None:
+    """Drain both live streams; the Caffe one in a thread, so both models run at once.
+
+    The Caffe worker is another process and TensorFlow releases the GIL while it
+    runs, so Caffe's forward overlaps TF's instead of following it.
+    """
+    if cs.spool is None or ts.spool is None:
+        cs.drain()
+        ts.drain()
+        return
+    failure: list[BaseException] = []
+
+    def caffe_side() -> None:
+        try:
+            cs.drain()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(e)
+
+    th = threading.Thread(target=caffe_side, name="layerparity-caffe-stream", daemon=True)
+    th.start()
+    try:
+        ts.drain()
+    except BaseException:
+        th.join()
+        if failure:  # both failed: Caffe's error first, as when the streams ran one after the other
+            raise failure[0] from None
+        raise
+    th.join()
+    if failure:
+        raise failure[0]
 
 
 def _checked_probes(it: Iterable[Any], framework: str) -> Iterator[Probe]:
@@ -232,6 +358,7 @@ def compare_traces(
         sides.append(cs)
         ts = _Side(tf, "tensorflow", tmpdir)
         sides.append(ts)
+        _drain_both(cs, ts)
         alignment = align(cs.metas, ts.metas, mapping, caffe_value=cs.value, tf_value=ts.value)
         engine = _Engine(cs, ts, alignment, table, replay, diagnose, caffe_weights, tf_weights, on_row)
         return engine.run()
@@ -248,8 +375,8 @@ class _Engine:
         self.cs, self.ts, self.al, self.table = cs, ts, alignment, table
         self.replay = replay
         self.diag_fn = _diagnose_hook() if diagnose else None
-        self.cw = dict(caffe_weights or {})
-        self.tw = dict(tf_weights or {})
+        self.cw = caffe_weights if caffe_weights is not None else {}
+        self.tw = tf_weights if tf_weights is not None else {}
         self.on_row = on_row
         self.pairs = alignment.pairs
         # who needs which value, and until when
@@ -340,7 +467,8 @@ class _Engine:
             "alignment": self.al.counts(),
             "absorbed": dict(self.al.absorbed),
             "mapping": self.al.mapping_source,
-            "streaming": {"max_held_values": self.max_held, "max_held_bytes": self.max_held_bytes},
+            "streaming": {"max_held_values": self.max_held, "max_held_bytes": self.max_held_bytes,
+                          **self._spool_stats()},
         }
         if first is not None:
             meta["first_divergence_by"] = first_by
@@ -357,6 +485,14 @@ class _Engine:
             tf_source=self.ts.source,
             meta=meta,
         )
+
+    def _spool_stats(self) -> dict[str, int]:
+        out = {}
+        for side in (self.cs, self.ts):
+            if side.spool is not None:
+                out[f"{side.framework}_spooled_in_memory_bytes"] = side.spool.held_bytes
+                out[f"{side.framework}_spilled_bytes"] = side.spool.spilled_bytes
+        return out
 
     def _caffe_inputs(self, pair: Pair) -> list[np.ndarray] | None:
         names = [i for i in self.cs.by_name[pair.caffe_chain[0]].inputs if i in self.cs.by_name]
@@ -624,7 +760,7 @@ def compare_models(
                     f"got {type(caffe_model).__name__}"
                 )
             c_side = _Stream(cb.iter_capture(inputs), cb.source)
-            cw = _safe_weights(cb) if diagnose else None
+            cw = LazyWeights(cb) if diagnose else None
         replay = None
         if _is_archive_path(tf_model):
             t_side: Any = os.fspath(tf_model)
@@ -640,7 +776,7 @@ def compare_models(
                 tb = load_tf(tf_model, **tf_kw)
                 opened.append(tb)
             t_side = _Stream(tb.iter_capture(inputs), tb.source)
-            tw = _safe_weights(tb) if diagnose else None
+            tw = LazyWeights(tb) if diagnose else None
             replay = tb if own_error else None
         return compare_traces(
             c_side, t_side, mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances, replay=replay,
@@ -664,11 +800,29 @@ class _Stream:
         return iter(self._it)
 
 
-def _safe_weights(backend: Any) -> dict[str, list[np.ndarray]] | None:
-    try:
-        return backend.weights()
-    except NotImplementedError:
-        return None
+class LazyWeights(Mapping[str, list[np.ndarray]]):
+    """A backend's weights, fetched on first use: only a diagnosis reads them, and most checks have none."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._w: dict[str, list[np.ndarray]] | None = None
+
+    def _all(self) -> dict[str, list[np.ndarray]]:
+        if self._w is None:
+            try:
+                self._w = dict(self._backend.weights())
+            except NotImplementedError:
+                self._w = {}
+        return self._w
+
+    def __getitem__(self, name: str) -> list[np.ndarray]:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
 def _is_archive_path(x: Any) -> bool:

@@ -316,7 +316,7 @@ def run_parity(
             caffe_model, tf_model, inputs, caffe_weights=caffe_weights, mapping=mapping,
             rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, **kw,
         )
-    # live objects, backends or Trace objects: capture here, then compare the traces
+    # live objects, backends or Trace objects: stream what runs here, then compare
     opened: list[Any] = []
     try:
         cw = None
@@ -324,8 +324,8 @@ def run_parity(
             c_trace = caffe_model
         else:
             cb = _caffe_backend(caffe_model, caffe_weights, opened)
-            c_trace = cb.capture(inputs)
-            cw = _weights(cb)
+            c_trace = compare._Stream(cb.iter_capture(inputs), cb.source)  # both run at once
+            cw = compare.LazyWeights(cb)
         tw = None
         replay = None
         if isinstance(tf_model, Trace) or compare._is_archive_path(tf_model):
@@ -338,8 +338,8 @@ def run_parity(
 
                 tb = load_tf(tf_model)
                 opened.append(tb)
-            t_trace = tb.capture(inputs)
-            tw = _weights(tb)
+            t_trace = compare._Stream(tb.iter_capture(inputs), tb.source)
+            tw = compare.LazyWeights(tb)
             replay = tb if own_error else None
         return compare.compare_traces(
             c_trace, t_trace, mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances,
@@ -362,13 +362,6 @@ def _caffe_backend(model: Any, weights: Any, opened: list[Any]) -> Any:
         b = CaffeBackend.from_net(model)
     opened.append(b)
     return b
-
-
-def _weights(backend: Any) -> Any:
-    try:
-        return backend.weights()
-    except NotImplementedError:
-        return None
 
 
 def _register_keras_objects(tf_model: Any) -> None:
