@@ -176,6 +176,105 @@ def test_keras_replay_conv_reproduces_capture(functional):
     assert not b.can_replay("nope")
 
 
+def _close(got, want, rtol=1e-6):
+    want = np.asarray(want)
+    np.testing.assert_allclose(
+        got, want, rtol=rtol, atol=rtol * max(float(np.abs(want).max()), 1.0)
+    )
+
+
+def _compiled(backend, name):
+    return backend._by_name[name].compiled not in (None, False)
+
+
+def test_compiled_capture_matches_eager_layers_at_any_batch(functional):
+    b = load_tf(functional)
+    names = [n for n in b.capture(nchw(n=1)).names if n != "data"]
+    assert b._probe_fn is None  # a one-off capture does not pay for a trace
+    eager = keras.Model(functional.input, [functional.get_layer(n).output for n in names])
+    for n in (2, 5, 1):  # the batch changes between captures
+        x = nchw(n=n)
+        t = b.capture(x)
+        for name, want in zip(names, eager(nhwc(x), training=False), strict=True):
+            assert t[name].shape[0] == n
+            _close(t[name].value, want.numpy())
+    assert b._probe_fn.experimental_get_tracing_count() == 1  # one trace for every batch
+
+
+def test_replay_compiled_matches_eager_op(functional):
+    b = load_tf(functional)
+    b.replay_compile_at = 2
+    t = b.capture(nchw(n=2))
+    bn, add = functional.get_layer("bn"), functional.get_layer("add")
+    first = b.replay("bn", [t["conv1"].value])
+    assert not _compiled(b, "bn")  # the first replay is eager
+    _close(first, bn(t["conv1"].value, training=False).numpy())
+    for n in (2, 3):  # compiled from the second replay on, at any batch
+        x = RNG.standard_normal((n, 8, 8, 4)).astype(np.float32)
+        y = RNG.standard_normal((n, 8, 8, 4)).astype(np.float32)
+        _close(b.replay("bn", [x]), bn(x, training=False).numpy())  # moving statistics
+        _close(b.replay("add", [x, y]), add([x, y]).numpy())
+    assert _compiled(b, "bn") and _compiled(b, "add")
+    h = RNG.standard_normal((4, 64)).astype(np.float32)
+    for _ in range(2):
+        _close(b.replay("fc", [h]), functional.get_layer("fc")(h).numpy())
+
+
+def test_replay_compiles_only_at_the_threshold(functional):
+    b = load_tf(functional)
+    b.replay_compile_at = 3
+    t = b.capture(nchw())
+    for _ in range(2):
+        out = b.replay("conv1", [t["ident"].value])
+    assert not _compiled(b, "conv1")
+    np.testing.assert_array_equal(out, t["conv1"].value)
+    _close(b.replay("conv1", [t["ident"].value]), t["conv1"].value)
+    assert _compiled(b, "conv1")
+
+
+class _EagerOnly(keras.layers.Layer):
+    """Runs eagerly but cannot be traced: NumPy on the tensor's value in ``call``."""
+
+    def call(self, x):
+        return tf.convert_to_tensor(np.tanh(x.numpy()))
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def test_layer_that_cannot_be_traced_stays_eager():
+    inp = keras.Input((4, 4, 2), name="x")
+    c = keras.layers.Conv2D(2, 1, name="c")(inp)
+    m = keras.Model(inp, keras.layers.Flatten(name="flat")(_EagerOnly(name="np")(c)))
+    b = load_tf(m)
+    b.replay_compile_at = 1
+    for n in (2, 3):
+        t = b.capture(nchw(n=n, c=2, h=4, w=4))
+        _close(t["np"].value, np.tanh(t["c"].value))
+        _close(b.replay("np", [t["c"].value]), np.tanh(t["c"].value))
+    assert b._probe_fn is False and b._by_name["np"].compiled is False
+    # an input at fault is not taken for an untraceable layer: the eager error is raised
+    with pytest.raises(ValueError, match="incompatible with the layer"):
+        b.replay("c", [np.zeros((2, 4, 4, 3), np.float32)])
+    assert _compiled(b, "c")
+    _close(b.replay("c", [t["x"].value]), t["c"].value)
+
+
+def test_subclassed_model_compiled_replay():
+    keras.utils.set_random_seed(5)
+    m = _Sub()
+    m(np.zeros((1, 8, 8, 3), np.float32))
+    b = load_tf(m)
+    b.replay_compile_at = 1
+    t = b.capture(nchw())
+    for n in (2, 4):
+        x = RNG.standard_normal((n, 8, 8, 3)).astype(np.float32)
+        _close(b.replay("block/conv", [x]), m.block.conv(x).numpy())
+        _close(b.replay("block", [x]), m.block(x).numpy())
+    assert _compiled(b, "block") and _compiled(b, "block/conv")
+    _close(b.replay("head", [t["pool"].value]), t["head"].value)
+
+
 def test_keras_weights(functional):
     w = load_tf(functional).weights()
     assert [a.shape for a in w["conv1"]] == [(3, 3, 3, 4), (4,)]
@@ -544,14 +643,15 @@ def test_tflite_full_integer_model_quantizes_input(tmp_path):
     m = keras.Model(inp, keras.layers.Dense(5, name="fc")(keras.layers.Flatten(name="flat")(x)))
     conv = tf.lite.TFLiteConverter.from_keras_model(m)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: (
-        [RNG.random((1, 8, 8, 3), dtype=np.float32)] for _ in range(20)
-    )
+    # the checked input is one of the calibration samples, so its output lies inside the
+    # calibrated int8 range (a fresh random input may be clipped at the range's edge)
+    samples = [np.random.default_rng(i).random((1, 8, 8, 3), dtype=np.float32) for i in range(20)]
+    conv.representative_dataset = lambda: ([s] for s in samples)
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = conv.inference_output_type = tf.int8
     path = tmp_path / "q.tflite"
     path.write_bytes(conv.convert())
-    x = RNG.random((1, 3, 8, 8), dtype=np.float32)
+    x = np.ascontiguousarray(samples[7].transpose(0, 3, 1, 2))
     t = load_tf(str(path)).capture(x)
     last = t.probes[-1]
     assert last.dtype == "int8" and t.probes[0].dtype == "float32"
