@@ -315,6 +315,15 @@ def test_spilled_and_held_streams_give_the_same_report(monkeypatch, budget_value
     assert spilled == max(0, 30 - budget_values) * one
 
 
+def test_stream_memory_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LAYERPARITY_STREAM_MEMORY_MB", "0.25")  # two 128 KB values
+    r = compare_traces(_stream("caffe", 5), _stream("tf", 5))
+    assert r.meta["streaming"]["caffe_spooled_in_memory_bytes"] == 2 * int(np.prod(SHAPE)) * 4
+    monkeypatch.setenv("LAYERPARITY_STREAM_MEMORY_MB", "lots")
+    with pytest.raises(InputError, match="LAYERPARITY_STREAM_MEMORY_MB='lots': expected a number of MiB"):
+        compare_traces(_stream("caffe", 5), _stream("tf", 5))
+
+
 def test_stream_failures_reach_the_caller_caffe_first():
     def broken(side: str, at: int):
         for i, p in enumerate(_stream(side, 10)):

@@ -129,7 +129,20 @@ def relayout_shape(shape: tuple[int, ...], src: str, src_flat: tuple[int, ...] |
 #: overrides it (0: everything to the file). 64 MiB keeps a batch-1 GoogLeNet (38 MiB a
 #: side) in memory and ResNet-50 at batch 8 within 1.5x a plain run's peak memory
 #: (256 MiB measured 1.56x); what spills costs one write and one read of page cache.
-STREAM_MEMORY_BYTES = int(float(os.environ.get("LAYERPARITY_STREAM_MEMORY_MB", "64")) * (1 << 20))
+STREAM_MEMORY_BYTES: int | None = None  # None: the environment variable, else 64 MiB
+
+
+def _stream_budget() -> int:
+    if STREAM_MEMORY_BYTES is not None:
+        return STREAM_MEMORY_BYTES
+    raw = os.environ.get("LAYERPARITY_STREAM_MEMORY_MB", "64")
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not (0 <= mb < float("inf")):
+        raise InputError(f"LAYERPARITY_STREAM_MEMORY_MB={raw!r}: expected a number of MiB >= 0")
+    return int(mb * (1 << 20))
 
 
 class _Spool:
@@ -232,7 +245,7 @@ class _Side:
             # A live stream: structural alignment needs both graphs before the first
             # comparison, so it is drained into a spool first (see :func:`_drain_both`).
             self.source = getattr(obj, "source", "") or f"<{framework} stream>"
-            self.spool = _Spool(framework, self.source, tmpdir, STREAM_MEMORY_BYTES)
+            self.spool = _Spool(framework, self.source, tmpdir, _stream_budget())
             self.stream: Iterable[Any] = obj
             self.metas = []
         else:
