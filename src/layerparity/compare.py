@@ -27,6 +27,8 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from .align import Alignment, Pair, align
 from .errors import ArchiveError, InputDataError, InputError
 from .layout import axes_permutation, convert, is_flat
 from .metrics import ToleranceTable, compute_metrics, default_tolerance
-from .result import LayerResult, Metrics, Report, Tolerance
+from .result import LayerResult, Report
 from .trace import ArchiveReader, Probe, Trace, is_archive
 
 __all__ = ["compare_traces", "compare_models", "LazyWeights", "relayout", "relayout_shape", "LayoutMismatch"]
@@ -329,6 +331,30 @@ def _checked_probes(it: Iterable[Any], framework: str) -> Iterator[Probe]:
 
 # -- the engine ---------------------------------------------------------------------
 
+#: Rows in flight without replay (their metrics run in two threads while the next are read).
+_WINDOW = 3
+#: With own-error replay, rows are replayed in batches of at most this many rows or Caffe
+#: bytes: one backend call per batch, memory bounded by the batch.
+_REPLAY_ROWS = 64
+_REPLAY_BYTES = 32 << 20
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One row between reading its values and deciding it."""
+
+    k: int
+    pair: Pair
+    cp: Probe | None
+    tp: Probe | None
+    cin: list[np.ndarray] | None
+    cm: Probe
+    tm: Probe | None
+    row: LayerResult = field(default=None)  # type: ignore[assignment]
+    notes: list[str] = field(default_factory=list)
+    metrics: Any = None  # the Future of its total error
+    own_out: Any = None  # the replayed output, or the InputError that stopped it
+
 
 def compare_traces(
     caffe: Trace | str | os.PathLike[str] | Iterable[Probe],
@@ -447,27 +473,27 @@ class _Engine:
     # main loop -------------------------------------------------------------------
     def run(self) -> Report:
         c_it, t_it = self.cs.values(), self.ts.values()
-        rows: list[LayerResult] = []
-        first: LayerResult | None = None
-        fallback: tuple[LayerResult, Probe, Probe | None, list[np.ndarray] | None] | None = None
-        for k, pair in enumerate(self.pairs):
-            cp = self._pull_caffe(c_it, pair.caffe, k)
-            tp = self._pull_tf(t_it, pair.tf, k)
-            cin = self._caffe_inputs(pair)
-            row = self._row(pair, cp, tp, cin)
-            rows.append(row)
-            own_bad = row.own is not None and not row.own.passed
-            total_bad = not row.passed
-            if first is None and (own_bad or (row.own is None and total_bad)):
-                first = row
-                self._diagnose(row, pair, cp, tp, cin, rows)
-            elif own_bad:
-                self._diagnose(row, pair, cp, tp, cin, rows)
-            elif first is None and fallback is None and total_bad and cp is not None:
-                fallback = (row, cp, tp, cin)
-            if self.on_row is not None:
-                self.on_row(row)
-            self._release(k)
+        self.rows: list[LayerResult] = []
+        self.first: LayerResult | None = None
+        self.fallback: tuple[LayerResult, Probe, Probe | None, list[np.ndarray] | None] | None = None
+        # Rows are computed a few at a time: their metrics in two threads (NumPy releases
+        # the GIL), their own errors in one batched replay; decisions stay in Caffe order.
+        rows_per_batch, bytes_per_batch = (_REPLAY_ROWS, _REPLAY_BYTES) if self.replay is not None else (_WINDOW, 0)
+        batch: list[_Pending] = []
+        held = 0
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="layerparity-metrics") as pool:
+            for k, pair in enumerate(self.pairs):
+                cp = self._pull_caffe(c_it, pair.caffe, k)
+                tp = self._pull_tf(t_it, pair.tf, k)
+                item = self._start_row(k, pair, cp, tp, pool)
+                batch.append(item)
+                held += cp.value.nbytes if cp is not None and cp.value is not None else 0
+                if len(batch) >= rows_per_batch or (bytes_per_batch and held >= bytes_per_batch):
+                    self._finish_batch(batch, pool)
+                    batch, held = [], 0
+            if batch:
+                self._finish_batch(batch, pool)
+        rows, first, fallback = self.rows, self.first, self.fallback
         first_by = "own" if first is not None and first.own is not None else "total"
         if first is None and fallback is not None:
             # every failing row passed its own error: the divergence comes from something
@@ -519,15 +545,15 @@ class _Engine:
             vals.append(p.value)
         return vals
 
-    def _row(self, pair: Pair, cp: Probe | None, tp: Probe | None, cin: list[np.ndarray] | None) -> LayerResult:
+    def _start_row(self, k: int, pair: Pair, cp: Probe | None, tp: Probe | None, pool: Any) -> _Pending:
         cm = self.cs.by_name[pair.caffe]
         tm = self.ts.by_name.get(pair.tf)
-        notes: list[str] = []
+        item = _Pending(k, pair, cp, tp, self._caffe_inputs(pair), cm, tm or tp)
         if pair.note:
-            notes.append(pair.note)
+            item.notes.append(pair.note)
         if len(pair.caffe_chain) > 1:
-            notes.append("chain " + "+".join(pair.caffe_chain))
-        row = LayerResult(
+            item.notes.append("chain " + "+".join(pair.caffe_chain))
+        row = item.row = LayerResult(
             caffe_layer=pair.caffe,
             caffe_blob=cm.blob,
             tf_layer=pair.tf,
@@ -540,22 +566,85 @@ class _Engine:
         dtypes = [d for d in (cm.dtype, tm.dtype if tm else "") if d]
         row.tolerance = self.table.for_layer([*reversed(pair.caffe_chain), pair.tf], *(dtypes or ["float32"]))
         if cp is None or cp.value is None:
-            notes.append(f"no Caffe value for {pair.caffe!r}")
+            item.notes.append(f"no Caffe value for {pair.caffe!r}")
         elif tp is None or tp.value is None:
-            notes.append(f"no TF value for {pair.tf!r}")
+            item.notes.append(f"no TF value for {pair.tf!r}")
         else:
-            got, note = self._to_caffe(tp.value, tm or tp, cm)
+            got, note = self._to_caffe(tp.value, item.tm, cm)
             if got is None:
-                notes.append(note)
+                item.notes.append(note)
             else:
-                row.metrics = compute_metrics(cp.value, got, row.tolerance)
-                if self.replay is not None:
-                    own, onote = self._own(pair, cp, cm, tm or tp, cin, row.tolerance)
-                    row.own = own
-                    if onote:
-                        notes.append(onote)
-        row.note = "; ".join(n for n in notes if n)
-        return row
+                item.metrics = pool.submit(compute_metrics, cp.value, got, row.tolerance)
+        return item
+
+    def _finish_batch(self, batch: list[_Pending], pool: Any) -> None:
+        for item in batch:
+            if item.metrics is not None:
+                item.row.metrics = item.metrics.result()
+        if self.replay is not None:
+            self._own_errors([item for item in batch if item.row.metrics is not None], pool)
+        for item in batch:
+            row, pair, cp, tp, cin = item.row, item.pair, item.cp, item.tp, item.cin
+            row.note = "; ".join(n for n in item.notes if n)
+            self.rows.append(row)
+            own_bad = row.own is not None and not row.own.passed
+            total_bad = not row.passed
+            if self.first is None and (own_bad or (row.own is None and total_bad)):
+                self.first = row
+                self._diagnose(row, pair, cp, tp, cin, self.rows)
+            elif own_bad:
+                self._diagnose(row, pair, cp, tp, cin, self.rows)
+            elif self.first is None and self.fallback is None and total_bad and cp is not None:
+                self.fallback = (row, cp, tp, cin)
+            if self.on_row is not None:
+                self.on_row(row)
+        self._release(batch[-1].k)
+
+    def _own_errors(self, items: list[_Pending], pool: Any) -> None:
+        """Own error of each row: its TF layer fed the Caffe input, all single layers in one replay call."""
+        singles: list[tuple[_Pending, str, list[np.ndarray]]] = []
+        for item in items:
+            req = self._own_request(item)
+            if isinstance(req, str):  # not measured, and why ("" when the layer is not replayable)
+                item.notes.append(req)
+            elif req[0] == "group":
+                _, name, tnames, feed = req
+                try:
+                    item.own_out = self.replay.replay_group(name, tnames, feed)
+                except InputError as e:
+                    item.own_out = e
+            else:
+                singles.append((item, req[1], req[2]))
+        if singles:
+            many = getattr(self.replay, "replay_many", None)
+            if many is not None:
+                outs = many([(name, feed) for _, name, feed in singles])
+            else:
+                outs = []
+                for _, name, feed in singles:
+                    try:
+                        outs.append(self.replay.replay(name, feed))
+                    except InputError as e:
+                        outs.append(e)
+            for (item, _, _), out in zip(singles, outs, strict=True):
+                item.own_out = out
+        jobs = []
+        for item in items:
+            if item.own_out is None:
+                continue
+            out, item.own_out = item.own_out, None
+            if isinstance(out, InputError):
+                item.notes.append(f"own error not measured ({out})")
+                continue
+            if isinstance(out, BaseException):
+                raise out
+            got, note = self._to_caffe(np.asarray(out), item.tm, item.cm)
+            if got is None:
+                item.notes.append("own error: " + note)
+                continue
+            jobs.append((item, pool.submit(compute_metrics, item.cp.value, got, item.row.tolerance)))
+        for item, fut in jobs:
+            item.row.own = fut.result()
 
     def _to_caffe(self, value: np.ndarray, tm: Probe, cm: Probe) -> tuple[np.ndarray | None, str]:
         try:
@@ -569,10 +658,12 @@ class _Engine:
                           f"tf {tuple(np.shape(value))}{' in ' + tm.layout if tm.layout else ''}{how}")
         return got, ""
 
-    def _own(self, pair: Pair, cp: Probe, cm: Probe, tm: Probe, cin: list[np.ndarray] | None,
-             tol: Tolerance) -> tuple[Metrics | None, str]:
+    def _own_request(self, item: _Pending) -> str | tuple[Any, ...]:
+        """What to replay for the row's own error: ``("one", name, feed)``,
+        ``("group", name, tnames, feed)``, or a note saying why it is not measured."""
+        pair, tm, cin = item.pair, item.tm, item.cin
         if pair.how == "identity":
-            return None, ""
+            return ""
         group = len(pair.tf_group) > 1
         if group:  # several TF ops (Conv2D -> BiasAdd -> Relu): feed the group's external inputs
             members = set(pair.tf_group)
@@ -589,30 +680,23 @@ class _Engine:
             else:
                 can = self.replay.can_replay(pair.tf)
             if not can:
-                return None, ""
+                return ""
         except Exception as e:  # noqa: BLE001 - a backend question must not sink the comparison
-            return None, f"own error not measured ({type(e).__name__}: {e})"
+            return f"own error not measured ({type(e).__name__}: {e})"
         c0 = self.cs.by_name[pair.caffe_chain[0]]
         cnames = [i for i in c0.inputs if i in self.cs.by_name]
         if cin is None or len(cnames) != len(tnames) or not cnames:
-            return None, f"own error not measured: {len(cnames)} Caffe input(s) vs {len(tnames)} TF input(s)"
+            return f"own error not measured: {len(cnames)} Caffe input(s) vs {len(tnames)} TF input(s)"
         feed = []
         try:
             for cn, tn, v in zip(cnames, tnames, cin, strict=True):
                 x, why = self._feed(cn, tn, v)
                 if x is None:
-                    return None, f"own error not measured: {why}"
+                    return f"own error not measured: {why}"
                 feed.append(x)
-            if group:
-                out = self.replay.replay_group(pair.tf, tnames, feed)
-            else:
-                out = self.replay.replay(pair.tf, feed)
         except InputError as e:
-            return None, f"own error not measured ({e})"
-        got, note = self._to_caffe(np.asarray(out), tm, cm)
-        if got is None:
-            return None, "own error: " + note
-        return compute_metrics(cp.value, got, tol), ""
+            return f"own error not measured ({e})"
+        return ("group", pair.tf, tnames, feed) if group else ("one", pair.tf, feed)
 
     def _feed(self, cn: str, tn: str, v: np.ndarray) -> tuple[np.ndarray | None, str]:
         """The Caffe value ``v`` of ``cn`` as the TF layer's input ``tn``.
