@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from layerparity.backends.base import Backend  # noqa: E402
 from layerparity.backends.tensorflow import capture_tf, load_tf, scope_layers  # noqa: E402
 from layerparity.errors import InputDataError, ModelLoadError  # noqa: E402
 from layerparity.trace import Trace  # noqa: E402
@@ -273,6 +274,179 @@ def test_subclassed_model_compiled_replay():
         _close(b.replay("block", [x]), m.block(x).numpy())
     assert _compiled(b, "block") and _compiled(b, "block/conv")
     _close(b.replay("head", [t["pool"].value]), t["head"].value)
+
+
+# -- replay_many: all of a check's layers in one call ------------------------------------
+
+_MANY = ["ident", "conv1", "bn", "side", "add", "pool", "flat", "fc"]
+
+
+def _requests(t, names=_MANY):
+    return [(n, [t[i].value for i in t[n].inputs]) for n in names]
+
+
+def _random_requests(t, n, names=_MANY):
+    """Requests at batch ``n`` with fresh inputs of the captured shapes (not the capture's)."""
+    return [
+        (
+            name,
+            [RNG.standard_normal((n, *t[i].shape[1:])).astype(np.float32) for i in t[name].inputs],
+        )
+        for name in names
+    ]
+
+
+def _batch(backend, names):
+    return backend._batches[tuple(names)]
+
+
+def test_replay_many_matches_replay_eager_then_compiled_at_any_batch(functional):
+    b = load_tf(functional)
+    ref = load_tf(functional)  # per-item replays on another backend: b's counters stay at 0
+    t = b.capture(nchw(n=2))
+    ref.capture(nchw(n=2))
+    for call, reqs in enumerate(
+        [_requests(t), _requests(t), _random_requests(t, 3), _random_requests(t, 1)], start=1
+    ):
+        got = b.replay_many(reqs)
+        assert len(got) == len(reqs)
+        for (name, xs), out in zip(reqs, got, strict=True):
+            assert isinstance(out, np.ndarray), (name, out)
+            assert out.shape[0] == xs[0].shape[0]
+            _close(out, ref.replay(name, xs))
+        fn = _batch(b, _MANY).fn
+        if call == 1:  # a one-off check pays no trace
+            assert fn is None
+            np.testing.assert_array_equal(got[_MANY.index("fc")], t["fc"].value)
+        else:  # compiled from the second call on
+            assert fn not in (None, False)
+    # one trace serves every batch size (the first is traced with the batch free)
+    assert _batch(b, _MANY).fn.experimental_get_tracing_count() == 1
+    # what the per-item path counts and compiles is left alone
+    assert all(r.replays == 0 and r.compiled is None for r in b._records)
+    # a different list of probes is a batch of its own, eager on its first call
+    sub = ["bn", "add"]
+    got = b.replay_many(_requests(t, sub))
+    assert _batch(b, sub).fn is None and _batch(b, _MANY).fn
+    _close(got[1], t["add"].value)
+
+
+def test_replay_many_faulty_requests_get_their_error_in_their_slot(functional):
+    b = load_tf(functional)
+    t = b.capture(nchw(n=2))
+    good = _requests(t, ["conv1", "add", "fc"])
+    bad = [
+        ("nope", [t["ident"].value]),  # unknown probe
+        ("add", [t["bn"].value]),  # one input of two
+        ("conv1", [np.zeros((2, 8, 8, 5), np.float32)]),  # 5 channels for 3
+        ("data", [t["data"].value]),  # a model input, not a layer output
+        ("fc", [np.array([["a", "b"]])]),  # not numbers
+    ]
+    reqs = [good[0], bad[0], good[1], bad[1], bad[2], good[2], bad[3], bad[4]]
+    names = [n for n, _ in reqs]
+    for _ in range(3):  # eager, first compiled call, compiled
+        got = b.replay_many(reqs)
+        assert len(got) == len(reqs)
+        for i in (0, 2, 5):
+            _close(got[i], t[names[i]].value)
+        assert all(isinstance(got[i], InputDataError) for i in (1, 3, 4, 6, 7))
+        assert "no layer output 'nope'" in str(got[1])
+        assert "'add' reads 2 input" in str(got[3])
+        assert "replaying layer 'conv1' failed" in str(got[4])
+        assert "incompatible with the layer" in str(got[4])  # Keras' own words are kept
+        assert isinstance(got[4].__cause__, ValueError)
+        assert "no layer output 'data'" in str(got[6])
+        assert "inputs of layer 'fc' are not usable tensors" in str(got[7])
+    valid = [n for n, out in zip(names, got, strict=True) if not isinstance(out, Exception)]
+    assert valid == ["conv1", "add", "fc"]
+    # faulty inputs are not taken for a batch that cannot be traced: it stays compiled
+    fn = _batch(b, ["conv1", "add", "conv1", "fc"]).fn
+    assert fn not in (None, False)
+    ok = b.replay_many([good[0], good[1], good[0], good[2]])
+    assert all(isinstance(o, np.ndarray) for o in ok)
+    _close(ok[2], t["conv1"].value)
+    # the failed calls did not spoil the batch-free trace: one trace for both batch sizes
+    t5 = b.capture(nchw(n=5))
+    ok = b.replay_many(_requests(t5, ["conv1", "add", "conv1", "fc"]))
+    _close(ok[3], t5["fc"].value)
+    assert fn.experimental_get_tracing_count() == 1
+    assert all(r.replays == 0 and r.compiled is None for r in b._records)
+
+
+def test_replay_many_with_nothing_to_replay(functional):
+    b = load_tf(functional)
+    assert b.replay_many([]) == []
+    b.capture(nchw())
+    assert b.replay_many([]) == []
+    (out,) = b.replay_many([("nope", [])])
+    assert isinstance(out, InputDataError)
+    assert b._batches == {}
+
+
+def test_replay_many_of_a_layer_that_cannot_be_traced_runs_eagerly():
+    inp = keras.Input((4, 4, 2), name="x")
+    c = keras.layers.Conv2D(2, 1, name="c")(inp)
+    m = keras.Model(inp, keras.layers.Flatten(name="flat")(_EagerOnly(name="np")(c)))
+    b = load_tf(m)
+    b.replay_many_compile_at = 1
+    t = b.capture(nchw(n=2, c=2, h=4, w=4))
+    for n in (2, 3):
+        x = RNG.standard_normal((n, 4, 4, 2)).astype(np.float32)
+        c_out, np_out = b.replay_many([("c", [x]), ("np", [x])])
+        _close(c_out, m.get_layer("c")(x).numpy())
+        _close(np_out, np.tanh(x))
+    assert _batch(b, ["c", "np"]).fn is False  # eager for good
+    _close(b.replay_many([("flat", [t["np"].value])])[0], t["flat"].value)
+
+
+def test_replay_many_of_a_subclassed_model_after_a_capture():
+    keras.utils.set_random_seed(5)
+    m = _Sub()
+    m(np.zeros((1, 8, 8, 3), np.float32))
+    b = load_tf(m)
+    names = ["block/conv", "block", "head"]
+    before = b.replay_many([(n, [np.zeros((1, 8, 8, 3), np.float32)]) for n in names])
+    assert all(isinstance(o, InputDataError) and "after a capture" in str(o) for o in before)
+    for _ in range(2):  # each capture makes new records: their batches start over
+        t = b.capture(nchw())
+        for call in range(3):
+            x = RNG.standard_normal((2, 8, 8, 3)).astype(np.float32)
+            conv, block, head = b.replay_many(
+                [("block/conv", [x]), ("block", [x]), ("head", [t["pool"].value])]
+            )
+            _close(conv, m.block.conv(x).numpy())
+            _close(block, m.block(x).numpy())
+            _close(head, t["head"].value)
+            assert (_batch(b, names).fn is None) == (call == 0)
+
+
+class _NumpyBackend(Backend):
+    """A backend whose replay is NumPy: ``double`` doubles, ``sum`` adds, ``boom`` is a bug."""
+
+    def can_replay(self, probe_name):
+        return probe_name in ("double", "sum", "boom")
+
+    def replay(self, probe_name, inputs):
+        if probe_name == "boom":
+            raise RuntimeError("a bug")
+        if not self.can_replay(probe_name):
+            raise InputDataError(f"no layer {probe_name!r}")
+        if probe_name == "double":
+            (x,) = inputs
+            return 2 * np.asarray(x)
+        return np.add(*inputs)
+
+
+def test_default_replay_many_loops_over_replay():
+    b = _NumpyBackend("np")
+    x, y = np.arange(4.0), np.ones(4)
+    out = b.replay_many([("double", [x]), ("nope", [x]), ("sum", [x, y])])
+    np.testing.assert_array_equal(out[0], 2 * x)
+    assert isinstance(out[1], InputDataError) and "'nope'" in str(out[1])
+    np.testing.assert_array_equal(out[2], x + y)
+    assert b.replay_many([]) == []
+    with pytest.raises(RuntimeError, match="a bug"):  # not an input error: it propagates
+        b.replay_many([("double", [x]), ("boom", [x])])
 
 
 def test_keras_weights(functional):

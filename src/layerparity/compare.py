@@ -333,6 +333,8 @@ def _checked_probes(it: Iterable[Any], framework: str) -> Iterator[Probe]:
 
 #: Rows in flight without replay (their metrics run in two threads while the next are read).
 _WINDOW = 3
+#: Threads computing metrics.
+_THREADS = 2
 #: With own-error replay, rows are replayed in batches of at most this many rows or Caffe
 #: bytes: one backend call per batch, memory bounded by the batch.
 _REPLAY_ROWS = 64
@@ -481,7 +483,7 @@ class _Engine:
         rows_per_batch, bytes_per_batch = (_REPLAY_ROWS, _REPLAY_BYTES) if self.replay is not None else (_WINDOW, 0)
         batch: list[_Pending] = []
         held = 0
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="layerparity-metrics") as pool:
+        with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="layerparity-metrics") as pool:
             for k, pair in enumerate(self.pairs):
                 cp = self._pull_caffe(c_it, pair.caffe, k)
                 tp = self._pull_tf(t_it, pair.tf, k)

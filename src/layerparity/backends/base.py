@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputDataError
+from ..errors import InputDataError, InputError
 from ..trace import Probe, Trace
 
 
@@ -54,6 +54,25 @@ class Backend:
 
     def replay(self, probe_name: str, inputs: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} cannot run {probe_name!r} on its own")
+
+    def replay_many(
+        self, requests: list[tuple[str, list[np.ndarray]]]
+    ) -> list[np.ndarray | Exception]:
+        """Replay several probes at once: one output per request, in order. A request that
+        cannot be replayed gives its exception (an InputError subclass) in its slot instead
+        of sinking the others.
+
+        ``requests`` are ``(probe_name, inputs)`` pairs, as for :meth:`replay`. This default
+        calls :meth:`replay` for each; other exceptions than :class:`InputError` propagate.
+        Backends that can run several layers in one call override it.
+        """
+        out: list[np.ndarray | Exception] = []
+        for name, inputs in requests:
+            try:
+                out.append(self.replay(name, inputs))
+            except InputError as e:
+                out.append(e)
+        return out
 
     def can_replay_group(self, output: str, inputs: list[str]) -> bool:
         return False

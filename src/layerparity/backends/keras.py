@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputDataError, ModelLoadError
+from ..errors import InputDataError, InputError, ModelLoadError
 from ..trace import Probe
 from .tensorflow import (
     TFBackend,
@@ -94,6 +94,12 @@ REPLAY_COMPILE_AT = 32
 #: one-off check stays as fast as before and a second capture already starts paying back.
 CAPTURE_COMPILE_AT = 2
 
+#: Default of ``KerasBackend.replay_many_compile_at``: the first ``replay_many`` calls
+#: with a given list of probes run the layers eagerly, this one and every later one
+#: through one ``tf.function`` over all of them (same policy as the capture: a one-off
+#: check pays no trace, the engine sends the same list on every check of the same models).
+REPLAY_MANY_COMPILE_AT = 2
+
 
 class _Slot:
     """Stands for a tensor argument in a replay template."""
@@ -126,6 +132,16 @@ class _Rec:
     def slots(self) -> list[_Slot]:
         keras = import_keras()
         return [s for s in keras.tree.flatten(self.template) if isinstance(s, _Slot)]
+
+
+@dataclass
+class _Batch:
+    """``replay_many``'s state for one list of probes."""
+
+    recs: tuple[_Rec, ...]
+    calls: int = 0
+    fn: Any = None  # its tf.function once compiled; False: it does not trace
+    batch_free: bool = False  # traced with the batch size free (or found to need it fixed)
 
 
 def _act_name(a: Any) -> str | None:
@@ -200,6 +216,8 @@ class KerasBackend(TFBackend):
         self._probe_fn: Any = None  # the probe model's tf.function; False: it does not trace
         self.replay_compile_at = REPLAY_COMPILE_AT
         self.capture_compile_at = CAPTURE_COMPILE_AT
+        self.replay_many_compile_at = REPLAY_MANY_COMPILE_AT
+        self._batches: dict[tuple[str, ...], _Batch] = {}
         self._captures = 0
         self._graph = _functional_of(model)
         self.mode = "graph" if self._graph is not None else "eager"
@@ -440,6 +458,7 @@ class KerasBackend(TFBackend):
         self._records = records
         self._by_name = {r.name: r for r in records}
         self._weights_of = weights_of
+        self._batches.clear()  # they hold the previous capture's records
 
     # -- capture ------------------------------------------------------------------
     def _iter_capture_impl(self, inputs: dict[str, np.ndarray]) -> Iterator[Probe]:
@@ -575,12 +594,7 @@ class KerasBackend(TFBackend):
         one array per entry of the probe's ``inputs``). Subclassed models: after a capture."""
         tf = import_tf()
         rec = self._replay_record(probe_name, inputs)
-        if rec.slot_dtypes is None:
-            rec.slot_dtypes = [_np_dtype(s.dtype) for s in rec.slots()]
-        xs = [
-            tf.convert_to_tensor(np.asarray(a), dtype=dt)
-            for a, dt in zip(inputs, rec.slot_dtypes, strict=True)
-        ]
+        xs = _replay_tensors(rec, inputs)
         rec.replays += 1
         if rec.compiled is None and rec.replays >= self.replay_compile_at:
             rec.compiled = tf.function(
@@ -594,6 +608,84 @@ class KerasBackend(TFBackend):
         else:
             out = eager(*xs)
         return np.asarray(out)
+
+    def replay_many(
+        self, requests: list[tuple[str, list[np.ndarray]]]
+    ) -> list[np.ndarray | Exception]:
+        """Replay several layers in one call: one output per ``(probe_name, inputs)``
+        request, in order; a request that cannot be replayed (unknown probe, wrong number
+        of inputs, inputs the layer refuses) gets its :class:`InputDataError` in its slot.
+
+        The valid requests run as one batch, cached per list of probe names: eagerly on
+        the first ``replay_many_compile_at - 1`` calls with that list, then through one
+        ``tf.function`` (eagerly for good if it does not trace). If the batch fails, its
+        requests run one by one so that only the faulty ones fail. The counters and
+        compiled functions of :meth:`replay` are left alone.
+        """
+        out: list[np.ndarray | Exception | None] = [None] * len(requests)
+        items: list[tuple[int, _Rec, list[Any]]] = []
+        for i, (name, inputs) in enumerate(requests):
+            try:
+                rec = self._replay_record(name, inputs)
+                xs = self._replay_inputs(rec, inputs)
+            except InputError as e:
+                out[i] = e
+                continue
+            items.append((i, rec, xs))
+        if items:
+            try:
+                values = self._run_batch(
+                    tuple(rec for _, rec, _ in items), [x for _, _, xs in items for x in xs]
+                )
+            except Exception:  # noqa: BLE001 - find the faulty requests one by one
+                for i, rec, xs in items:
+                    out[i] = self._replay_alone(rec, xs)
+            else:
+                for (i, _, _), v in zip(items, values, strict=True):
+                    out[i] = np.asarray(v)
+        return out  # type: ignore[return-value]
+
+    def _replay_inputs(self, rec: _Rec, inputs: list[np.ndarray]) -> list[Any]:
+        try:
+            return _replay_tensors(rec, inputs)
+        except Exception as e:  # noqa: BLE001 - TF raises several types for unconvertible data
+            raise InputDataError(
+                f"{self.source}: the inputs of layer {rec.name!r} are not usable tensors "
+                f"({type(e).__name__}: {_first_line(e)})"
+            ) from e
+
+    def _run_batch(self, recs: tuple[_Rec, ...], xs: list[Any]) -> list[Any]:
+        """Every record of ``recs`` on its slice of ``xs``, in one call."""
+        key = tuple(r.name for r in recs)
+        batch = self._batches.get(key)
+        if batch is None or any(a is not b for a, b in zip(batch.recs, recs, strict=True)):
+            batch = self._batches[key] = _Batch(recs)
+        batch.calls += 1
+        eager = functools.partial(_run_ops, recs)
+        if batch.fn is None and batch.calls >= self.replay_many_compile_at:
+            tf = import_tf()
+            # a partial, not a lambda, and no AutoGraph: see _compiled_probe_model
+            batch.fn = tf.function(eager, reduce_retracing=True, autograph=False)
+        if not batch.fn:
+            return eager(*xs)
+        values, traced = _run_compiled(functools.partial(_call_batch, batch), xs, eager)
+        if not traced:
+            batch.fn = False
+        return values
+
+    def _replay_alone(self, rec: _Rec, xs: list[Any]) -> np.ndarray | Exception:
+        """One record run eagerly, its failure returned as an InputDataError."""
+        try:
+            return np.asarray(_run_op(rec, *xs))
+        except InputError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 - the layer refused these inputs
+            err = InputDataError(
+                f"{self.source}: replaying layer {rec.name!r} failed "
+                f"({type(e).__name__}: {_first_line(e)})"
+            )
+            err.__cause__ = e
+            return err
 
     def _replay_record(self, probe_name: str, inputs: list[np.ndarray]) -> _Rec:
         rec = self._by_name.get(probe_name)
@@ -622,6 +714,54 @@ def _run_compiled(fn: Any, xs: Sequence[Any], eager: Callable[..., Any]) -> tupl
         return fn(*xs), True
     except Exception:  # noqa: BLE001 - an input at fault fails eagerly too, with its own error
         return eager(*xs), False
+
+
+def _replay_tensors(rec: _Rec, inputs: list[np.ndarray]) -> list[Any]:
+    """``inputs`` as tensors of the dtypes ``rec``'s op was called with."""
+    tf = import_tf()
+    if rec.slot_dtypes is None:
+        rec.slot_dtypes = [_np_dtype(s.dtype) for s in rec.slots()]
+    return [
+        tf.convert_to_tensor(np.asarray(a), dtype=dt)
+        for a, dt in zip(inputs, rec.slot_dtypes, strict=True)
+    ]
+
+
+def _run_ops(recs: tuple[_Rec, ...], *xs: Any) -> list[Any]:
+    """Each record's op on its own inputs, taken in turn from ``xs``: their outputs."""
+    outs = []
+    k = 0
+    for rec in recs:
+        n = len(rec.slot_dtypes or ())
+        outs.append(_run_op(rec, *xs[k : k + n]))
+        k += n
+    return outs
+
+
+def _call_batch(batch: _Batch, *xs: Any) -> list[Any]:
+    """``batch.fn(*xs)``. Its first trace is made with the batch size (axis 0) free, so that
+    it serves every batch size as the probe model's does (the engine's list of probes is
+    the same at any batch size; a retrace of GoogLeNet's 175 layers costs about a second).
+    Other shapes still retrace (``reduce_retracing``). A model whose layers need a static
+    batch size is traced per shape instead."""
+    if not batch.batch_free:
+        tf = import_tf()
+        specs = [
+            tf.TensorSpec((None, *x.shape[1:]) if x.shape.rank else x.shape, x.dtype) for x in xs
+        ]
+        try:
+            batch.fn.get_concrete_function(*specs)
+        except Exception:  # noqa: BLE001 - a layer needs a static batch size, or an input is bad
+            out = batch.fn(*xs)  # raises if an input is bad: the next call tries again
+            batch.batch_free = True
+            return out
+        batch.batch_free = True
+    return batch.fn(*xs)
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
 
 
 def _call_model(model: Any, *xs: Any) -> Any:
