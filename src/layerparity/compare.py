@@ -126,18 +126,25 @@ def relayout_shape(shape: tuple[int, ...], src: str, src_flat: tuple[int, ...] |
 # -- sources ------------------------------------------------------------------------
 
 
-#: Bytes of streamed values each side keeps in memory while both models run; the rest
-#: goes to a raw spill file in a temporary folder. ``LAYERPARITY_STREAM_MEMORY_MB``
-#: overrides it (0: everything to the file). 64 MiB keeps a batch-1 GoogLeNet (38 MiB a
-#: side) in memory and ResNet-50 at batch 8 within 1.5x a plain run's peak memory
-#: (256 MiB measured 1.56x); what spills costs one write and one read of page cache.
-STREAM_MEMORY_BYTES: int | None = None  # None: the environment variable, else 64 MiB
+#: Bytes of streamed values a side keeps in memory while both models run; the rest goes
+#: to a raw spill file in a temporary folder. None: ``LAYERPARITY_STREAM_MEMORY_MB`` (both
+#: sides; 0 sends everything to the file), else :data:`STREAM_MEMORY_DEFAULTS`.
+STREAM_MEMORY_BYTES: int | None = None
+
+#: Caffe values arrive one at a time from the worker, so each one held adds to the peak:
+#: 64 MiB keeps a batch-1 GoogLeNet (38 MiB) in memory and ResNet-50 at batch 8 within
+#: 1.5x a plain run's peak (256 MiB measured 1.56x). A Keras capture returns every
+#: layer's output from one graph call, so its values are resident anyway: spilling them
+#: cannot lower the peak and costs a write and a read (0.35 s at GoogLeNet batch 8).
+STREAM_MEMORY_DEFAULTS = {"caffe": 64 << 20, "tensorflow": 1 << 30}
 
 
-def _stream_budget() -> int:
+def _stream_budget(framework: str) -> int:
     if STREAM_MEMORY_BYTES is not None:
         return STREAM_MEMORY_BYTES
-    raw = os.environ.get("LAYERPARITY_STREAM_MEMORY_MB", "64")
+    raw = os.environ.get("LAYERPARITY_STREAM_MEMORY_MB")
+    if raw is None:
+        return STREAM_MEMORY_DEFAULTS[framework]
     try:
         mb = float(raw)
     except ValueError:
@@ -247,7 +254,7 @@ class _Side:
             # A live stream: structural alignment needs both graphs before the first
             # comparison, so it is drained into a spool first (see :func:`_drain_both`).
             self.source = getattr(obj, "source", "") or f"<{framework} stream>"
-            self.spool = _Spool(framework, self.source, tmpdir, _stream_budget())
+            self.spool = _Spool(framework, self.source, tmpdir, _stream_budget(framework))
             self.stream: Iterable[Any] = obj
             self.metas = []
         else:
@@ -290,13 +297,16 @@ class _Side:
             self.spool.close()
 
 
+_CONCURRENT = True
+
+
 def _drain_both(cs: _Side, ts: _Side) -> None:
     """Drain both live streams; the Caffe one in a thread, so both models run at once.
 
     The Caffe worker is another process and TensorFlow releases the GIL while it
     runs, so Caffe's forward overlaps TF's instead of following it.
     """
-    if cs.spool is None or ts.spool is None:
+    if cs.spool is None or ts.spool is None or not _CONCURRENT:
         cs.drain()
         ts.drain()
         return
