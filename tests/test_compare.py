@@ -317,6 +317,20 @@ def test_spilled_and_held_streams_give_the_same_report(monkeypatch, budget_value
     assert spilled == max(0, 30 - budget_values) * one
 
 
+@pytest.mark.parametrize("threads,window", [(0, 1), (1, 3), (2, 8)])
+def test_rows_in_threads_or_inline_give_the_same_report(monkeypatch, threads, window):
+    caffe, tf, replay = _chain_net(broken="conv2")
+    reference = compare_traces(caffe, tf, replay=replay).to_dict()
+    monkeypatch.setattr(compare_mod, "_THREADS", threads)
+    monkeypatch.setattr(compare_mod, "_WINDOW", window)
+    seen = []
+    r = compare_traces(caffe, tf, replay=replay, on_row=lambda row: seen.append(row.caffe_layer))
+    assert r.to_dict() == reference and r.first_divergence.caffe_layer == "conv2"
+    assert seen == [row.caffe_layer for row in r.rows]  # on_row still in Caffe order
+    r = compare_traces(_stream("caffe", 12), _stream("tf", 12, break_at=4))
+    assert r.first_divergence.caffe_layer == "l4" and [row.caffe_layer for row in r.rows] == [f"l{i}" for i in range(12)]
+
+
 def test_stream_memory_from_the_environment(monkeypatch):
     monkeypatch.setenv("LAYERPARITY_STREAM_MEMORY_MB", "0.25")  # two 128 KB values
     r = compare_traces(_stream("caffe", 5), _stream("tf", 5))
