@@ -893,6 +893,53 @@ def _report_file(tmp_path, edit) -> str:
     return path
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("mismatched", -1, r"'mismatched' \(-1\) is not between 0 and 'total'"),
+        ("mismatched", 10**6, r"'mismatched' \(1000000\) is not between 0 and 'total'"),
+        ("total", -5, r"'total' is negative \(-5\)"),
+        ("nan_mismatch", 10**6, r"'nan_mismatch' \(1000000\) is not between 0 and 'mismatched'"),
+    ],
+)
+def test_json_report_metric_counts_out_of_range(tmp_path, key, value, message):
+    from layerparity.report import ReportFormatError, load_report
+
+    path = _report_file(tmp_path, _set_layer(2, key, value, sub="metrics"))
+    with pytest.raises(ReportFormatError, match=message) as e:
+        load_report(path)
+    assert path in str(e.value) and "layers[2].metrics" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["layers"][2].__setitem__("max_abs_error", 0.0), r"'max_abs_error' \(0.0\) contradicts its metrics"),
+        (lambda d: d["layers"][1].__setitem__("cosine", None), r"'cosine' is null but 'metrics' is given"),
+        (lambda d: d["layers"][1].__setitem__("metrics", None), r"'max_abs_error' is given but 'metrics' is null"),
+    ],
+)
+def test_json_report_summary_must_repeat_the_metrics(tmp_path, edit, message):
+    """Found by the report fuzz target: a layer's summary numbers that say something else than its metrics."""
+    from layerparity.report import ReportFormatError, load_report
+
+    path = _report_file(tmp_path, edit)
+    with pytest.raises(ReportFormatError, match=message):
+        load_report(path)
+
+
+def test_html_chart_with_ratios_near_the_float_limit(tmp_path):
+    """Found by the report fuzz target: an error ratio near 1e308 overflowed the chart's decade grid."""
+    from layerparity.report import load_report, render_html
+
+    def edit(doc):  # smallest passing atol 4.5e303 against atol 3e-5: a finite ratio of 1.5e308
+        doc["layers"][2]["metrics"]["min_atol"] = 4.5e303
+
+    rep = load_report(_report_file(tmp_path, edit))
+    html = render_html(rep)
+    assert "<svg" in html and "error-chart" in html
+
+
 def _set_layer(i, key, value, sub=None):
     def edit(doc):
         target = doc["layers"][i] if sub is None else doc["layers"][i][sub]

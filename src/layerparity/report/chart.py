@@ -157,10 +157,11 @@ def _decades(values: list[float], normalised: bool) -> tuple[int, int]:
     finite = [v for v in values if v > 0 and math.isfinite(v)]
     anchor = [1e-2, 1e1] if normalised else []  # keep the tolerance line (1) well inside
     pool = finite + anchor or [1e-6, 1.0]
-    lo = math.floor(math.log10(min(pool)))
-    hi = math.ceil(math.log10(max(pool)))
-    if hi == lo:
-        hi += 1
+    # within float range (10.0**309 overflows): larger ratios sit on the top edge
+    lo = min(max(math.floor(math.log10(min(pool))), -300), 299)
+    hi = min(math.ceil(math.log10(max(pool))), 300)
+    if hi <= lo:
+        hi = lo + 1
     if hi - lo > 16:  # very small noise: keep 16 decades, the rest sits on the bottom edge
         lo = hi - 16
     return lo, hi

@@ -175,6 +175,11 @@ def _metrics(m: Any, w: str) -> None:
         _check(_is_num(m.get(k)), w, f"{k!r} is missing or not a number")
     for k in _METRIC_INTS:
         _check(isinstance(m.get(k), int) and not isinstance(m.get(k), bool), w, f"{k!r} is missing or not an integer")
+    total, mismatched, nan_mismatch = m["total"], m["mismatched"], m["nan_mismatch"]
+    _check(total >= 0, w, f"'total' is negative ({total})")
+    _check(0 <= mismatched <= total, w, f"'mismatched' ({mismatched}) is not between 0 and 'total' ({total})")
+    _check(0 <= nan_mismatch <= mismatched, w,
+           f"'nan_mismatch' ({nan_mismatch}) is not between 0 and 'mismatched' ({mismatched})")
     for k in ("max_abs_index", "max_rel_index"):
         v = m.get(k)
         _check(v is None or (isinstance(v, list) and all(isinstance(i, int) for i in v)), w, f"{k!r} is not a list of integers or null")
@@ -231,6 +236,10 @@ def _diag(d: dict[str, Any]) -> Diagnosis:
     )
 
 
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
 def _tol(t: dict[str, Any] | None) -> Tolerance | None:
     if not t:
         return None
@@ -261,6 +270,14 @@ def report_from_dict(data: dict[str, Any], where: str = "report") -> Report:
             )
         )
     for i, (r, x) in enumerate(zip(rows, data["layers"], strict=True)):
+        for k in ("max_abs_error", "max_rel_error", "cosine", "mismatched_fraction"):  # they repeat the metrics
+            if k in x and x[k] is None:
+                _check(r.metrics is None, f"{where}: layers[{i}]", f"{k!r} is null but 'metrics' is given")
+            if x.get(k) is None:
+                continue
+            _check(r.metrics is not None, f"{where}: layers[{i}]", f"{k!r} is given but 'metrics' is null")
+            _check(_same(_num(x[k]), getattr(r.metrics, k)), f"{where}: layers[{i}]",
+                   f"{k!r} ({x[k]}) contradicts its metrics ({getattr(r.metrics, k)})")
         _check(r.passed == x["passed"], f"{where}: layers[{i}]", "'passed' contradicts its metrics, own error and tolerance")
         _check(r.drift == x.get("drift", r.drift), f"{where}: layers[{i}]", "'drift' contradicts its metrics, own error and tolerance")
     fd = data.get("first_divergence")
