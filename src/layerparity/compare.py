@@ -354,6 +354,22 @@ _REPLAY_ROWS = 64
 _REPLAY_BYTES = 32 << 20
 
 
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _metrics_pool() -> ThreadPoolExecutor:
+    """One pool for every comparison in the process: the same threads (and their metric
+    buffers and malloc arenas) are reused, so a sweep over many inputs stays flat."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != _THREADS:
+            if _POOL is not None:
+                _POOL[1].shutdown(wait=False)
+            _POOL = (_THREADS, ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="layerparity-metrics"))
+        return _POOL[1]
+
+
 class _Inline:
     """An executor that runs each job at once, in the caller's thread."""
 
@@ -364,12 +380,6 @@ class _Inline:
         except BaseException as e:  # noqa: BLE001 - delivered by result(), like a pool's
             f.set_exception(e)
         return f
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 @dataclass(eq=False)
@@ -516,19 +526,18 @@ class _Engine:
         )
         batch: list[_Pending] = []
         held = 0
-        pool = ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="layerparity-metrics") if _THREADS else _Inline()
-        with pool:
-            for k, pair in enumerate(self.pairs):
-                cp = self._pull_caffe(c_it, pair.caffe, k)
-                tp = self._pull_tf(t_it, pair.tf, k)
-                item = self._start_row(k, pair, cp, tp, pool)
-                batch.append(item)
-                held += cp.value.nbytes if cp is not None and cp.value is not None else 0
-                if len(batch) >= rows_per_batch or (bytes_per_batch and held >= bytes_per_batch):
-                    self._finish_batch(batch, pool)
-                    batch, held = [], 0
-            if batch:
+        pool = _metrics_pool() if _THREADS else _Inline()
+        for k, pair in enumerate(self.pairs):
+            cp = self._pull_caffe(c_it, pair.caffe, k)
+            tp = self._pull_tf(t_it, pair.tf, k)
+            item = self._start_row(k, pair, cp, tp, pool)
+            batch.append(item)
+            held += cp.value.nbytes if cp is not None and cp.value is not None else 0
+            if len(batch) >= rows_per_batch or (bytes_per_batch and held >= bytes_per_batch):
                 self._finish_batch(batch, pool)
+                batch, held = [], 0
+        if batch:
+            self._finish_batch(batch, pool)
         rows, first, fallback = self.rows, self.first, self.fallback
         first_by = "own" if first is not None and first.own is not None else "total"
         if first is None and fallback is not None:

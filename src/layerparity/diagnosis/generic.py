@@ -98,13 +98,21 @@ def channel_permutation(case: Case) -> list[Diagnosis]:
     ny, nt = np.sort(np.linalg.norm(yc, axis=1)), np.sort(np.linalg.norm(tc, axis=1))
     if np.max(np.abs(ny - nt)) > CONFIRM_RTOL * case.scale * np.sqrt(yc.shape[1]):
         return []
+    limit = CONFIRM_RTOL * case.scale
+    if float(np.max(np.abs(yc - tc))) <= limit:
+        return []  # the channels already match in order: nothing permuted (an O(C*N) test before O(C*C*N))
+    norm_y, norm_t = np.linalg.norm(yc, axis=1), np.linalg.norm(tc, axis=1)
+    slack = limit * np.sqrt(yc.shape[1])  # |norm(a) - norm(b)| <= norm(a - b) <= sqrt(n) * max|a - b|
     perm = []
     for i in range(c):
-        d = np.max(np.abs(yc - tc[i]), axis=1)
-        j = int(np.argmin(d))
-        if d[j] > CONFIRM_RTOL * case.scale:
+        cand = np.flatnonzero(np.abs(norm_y - norm_t[i]) <= slack)
+        if cand.size == 0:
             return []
-        perm.append(j)
+        d = np.max(np.abs(yc[cand] - tc[i]), axis=1)
+        k = int(np.argmin(d))
+        if d[k] > limit:
+            return []
+        perm.append(int(cand[k]))
     if sorted(perm) != list(range(c)) or perm == list(range(c)):
         return []
     moved = [i for i in range(c) if perm[i] != i]
