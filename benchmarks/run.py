@@ -13,13 +13,14 @@ interleaved repetitions in rotating order; medians)
              (``tf.function`` of the Keras port) of the same input;
     check    the parity check as ``layerparity compare`` runs it per input once
              both models are open (``cli.compare_many``): stream every Caffe blob
-             from the Caffe worker and every Keras layer output, align, convert
-             layouts, compute metrics, diagnose, and render the text, JSON and
-             HTML reports; without own-error replay;
+             from the Caffe worker and every Keras layer output (the two streams
+             drained at the same time), align, convert layouts, compute metrics,
+             diagnose, and render the text, JSON and HTML reports; without
+             own-error replay;
     replay   the same with own-error replay (each TF layer re-run on the Caffe input);
     in-memory  (diagnostic) the check without replay on two in-memory ``Trace``
-             objects (``capture``) instead of the streams: no spool to a
-             temporary archive, every blob held in memory.
+             objects (``capture``, one side after the other) instead of the
+             streams: no overlap of the two models, nothing spilled.
     The one-off costs (starting the Caffe worker and loading the net, opening the
     TF backend, fetching both models' weights for diagnosis) are reported apart.
 

@@ -670,3 +670,18 @@ def test_workspace_is_per_thread():
     for th in threads:
         th.join()
     assert [got[k] for k in range(4)] == want
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 64, 40), (3, 700, 300, 2), (4, 3, 300001)])
+def test_transposed_large_inputs_are_read_block_by_block_with_the_same_numbers(shape):
+    """A transposed TF value is not copied whole: blocks of whole trailing rows are copied into a
+    per-thread buffer, cut where the contiguous path cuts, so every number is identical."""
+    rng = np.random.default_rng(7)
+    ref = rng.standard_normal(shape).astype(np.float32)
+    tf_layout = np.ascontiguousarray(np.moveaxis(ref, 1, -1)) * np.float32(1.0001)
+    tf_layout.reshape(-1)[4321] += 3.0
+    got = np.moveaxis(tf_layout, -1, 1)  # a view, as relayout returns it
+    assert not got.flags.c_contiguous
+    tol = Tolerance(1e-4, 3e-5)
+    assert compute_metrics(ref, got, tol) == compute_metrics(ref, np.ascontiguousarray(got), tol)
+    assert compute_metrics(np.asfortranarray(ref), got, tol) == compute_metrics(ref, np.ascontiguousarray(got), tol)

@@ -132,11 +132,12 @@ def relayout_shape(shape: tuple[int, ...], src: str, src_flat: tuple[int, ...] |
 STREAM_MEMORY_BYTES: int | None = None
 
 #: Caffe values arrive one at a time from the worker, so each one held adds to the peak:
-#: 64 MiB keeps a batch-1 GoogLeNet (38 MiB) in memory and ResNet-50 at batch 8 within
-#: 1.5x a plain run's peak (256 MiB measured 1.56x). A Keras capture returns every
-#: layer's output from one graph call, so its values are resident anyway: spilling them
-#: cannot lower the peak and costs a write and a read (0.35 s at GoogLeNet batch 8).
-STREAM_MEMORY_DEFAULTS = {"caffe": 64 << 20, "tensorflow": 1 << 30}
+#: 16 MiB keeps ResNet-50 at batch 8 within 1.5x a plain run's peak (64 MiB measured
+#: 1.49-1.51x, 256 MiB 1.56x); what spills is written by the Caffe thread while TF runs.
+#: A Keras capture returns every layer's output from one graph call, so its values are
+#: resident anyway: spilling them cannot lower the peak and costs a write and a read on
+#: the critical path (0.35 s at GoogLeNet batch 8).
+STREAM_MEMORY_DEFAULTS = {"caffe": 16 << 20, "tensorflow": 1 << 30}
 
 
 def _stream_budget(framework: str) -> int:
@@ -345,13 +346,13 @@ def _checked_probes(it: Iterable[Any], framework: str) -> Iterator[Probe]:
 #: metrics run in two threads while the next are read; 8 rows measured 2-15% faster
 #: than 3, and 15% faster than no threads at GoogLeNet batch 8).
 _WINDOW = 8
-_WINDOW_BYTES = 16 << 20
+_WINDOW_BYTES = 8 << 20
 #: Threads computing metrics.
 _THREADS = 2
 #: With own-error replay, rows are replayed in batches of at most this many rows or Caffe
 #: bytes: one backend call per batch, memory bounded by the batch.
 _REPLAY_ROWS = 64
-_REPLAY_BYTES = 32 << 20
+_REPLAY_BYTES = 16 << 20
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
