@@ -780,7 +780,8 @@ class _Engine:
         if smeta.shape and tuple(x.shape) != tuple(smeta.shape):
             return None, (f"Caffe input {cn!r} is {tuple(x.shape)} in {smeta.layout}, "
                           f"TF input {start!r} is {tuple(smeta.shape)}")
-        x = np.ascontiguousarray(x)
+        # a view (NCHW -> NHWC) of the held Caffe value: the backend copies it into a tensor
+        # once, so a contiguous copy here would only double the copying and the memory
         for q in reversed(path):
             if not self.replay.can_replay(q):
                 return None, f"TF-only layer {q!r} between {start!r} and the layer cannot be replayed"
