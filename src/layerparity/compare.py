@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .align import Alignment, Pair, align
+from .backends.base import replay_each
 from .errors import ArchiveError, InputDataError, InputError
 from .layout import axes_permutation, convert, is_flat
 from .metrics import ToleranceTable, compute_metrics, default_tolerance
@@ -298,16 +299,13 @@ class _Side:
             self.spool.close()
 
 
-_CONCURRENT = True
-
-
 def _drain_both(cs: _Side, ts: _Side) -> None:
     """Drain both live streams; the Caffe one in a thread, so both models run at once.
 
     The Caffe worker is another process and TensorFlow releases the GIL while it
     runs, so Caffe's forward overlaps TF's instead of following it.
     """
-    if cs.spool is None or ts.spool is None or not _CONCURRENT:
+    if cs.spool is None or ts.spool is None:
         cs.drain()
         ts.drain()
         return
@@ -394,7 +392,7 @@ class _Pending:
     cin: list[np.ndarray] | None
     cm: Probe
     tm: Probe | None
-    row: LayerResult = field(default=None)  # type: ignore[assignment]
+    row: LayerResult
     notes: list[str] = field(default_factory=list)
     metrics: Any = None  # the Future of its total error
     own_out: Any = None  # the replayed output, or the InputError that stopped it
@@ -594,12 +592,7 @@ class _Engine:
     def _start_row(self, k: int, pair: Pair, cp: Probe | None, tp: Probe | None, pool: Any) -> _Pending:
         cm = self.cs.by_name[pair.caffe]
         tm = self.ts.by_name.get(pair.tf)
-        item = _Pending(k, pair, cp, tp, self._caffe_inputs(pair), cm, tm or tp)
-        if pair.note:
-            item.notes.append(pair.note)
-        if len(pair.caffe_chain) > 1:
-            item.notes.append("chain " + "+".join(pair.caffe_chain))
-        row = item.row = LayerResult(
+        row = LayerResult(
             caffe_layer=pair.caffe,
             caffe_blob=cm.blob,
             tf_layer=pair.tf,
@@ -611,6 +604,11 @@ class _Engine:
         )
         dtypes = [d for d in (cm.dtype, tm.dtype if tm else "") if d]
         row.tolerance = self.table.for_layer([*reversed(pair.caffe_chain), pair.tf], *(dtypes or ["float32"]))
+        item = _Pending(k, pair, cp, tp, self._caffe_inputs(pair), cm, tm or tp, row)
+        if pair.note:
+            item.notes.append(pair.note)
+        if len(pair.caffe_chain) > 1:
+            item.notes.append("chain " + "+".join(pair.caffe_chain))
         if cp is None or cp.value is None:
             item.notes.append(f"no Caffe value for {pair.caffe!r}")
         elif tp is None or tp.value is None:
@@ -662,16 +660,9 @@ class _Engine:
             else:
                 singles.append((item, req[1], req[2]))
         if singles:
-            many = getattr(self.replay, "replay_many", None)
-            if many is not None:
-                outs = many([(name, feed) for _, name, feed in singles])
-            else:
-                outs = []
-                for _, name, feed in singles:
-                    try:
-                        outs.append(self.replay.replay(name, feed))
-                    except InputError as e:
-                        outs.append(e)
+            requests = [(name, feed) for _, name, feed in singles]
+            many = getattr(self.replay, "replay_many", None)  # a duck-typed replayer may lack it
+            outs = many(requests) if many is not None else replay_each(self.replay, requests)
             for (item, _, _), out in zip(singles, outs, strict=True):
                 item.own_out = out
         jobs = []
@@ -865,10 +856,11 @@ def compare_models(
     """Run both models on ``inputs`` (NCHW, Caffe's layout), capture and compare.
 
     ``caffe_model``: a prototxt path (with ``caffe_weights``: a .caffemodel), a live
-    ``caffe.Net`` or a Caffe trace archive. ``tf_model``: anything
-    :func:`layerparity.backends.tensorflow.load_tf` accepts (Keras model,
-    ``.keras``/``.h5``, SavedModel dir, frozen GraphDef, TFLite...) or a TF trace
-    archive. With ``own_error`` (default) each TF layer that the TF backend can
+    ``caffe.Net``, a Caffe backend, or a recorded Caffe ``Trace`` / trace archive.
+    ``tf_model``: anything :func:`layerparity.backends.tensorflow.load_tf` accepts
+    (Keras model, ``.keras``/``.h5``, SavedModel dir, frozen GraphDef, TFLite...), a
+    TF backend, or a recorded TF ``Trace`` / trace archive. Live models are streamed
+    and run at the same time; a recorded side is used as it is. With ``own_error`` (default) each TF layer that the TF backend can
     re-run alone is also fed the Caffe input of its counterpart. Extra keywords
     go to :func:`compare_traces` (``on_row``) or, prefixed ``tf_``/``caffe_``
     (``tf_safe_mode=...``), to the backend constructors.
@@ -882,8 +874,8 @@ def compare_models(
     del check
     opened: list[Any] = []
     try:
-        if _is_archive_path(caffe_model):
-            c_side: Any = os.fspath(caffe_model)
+        if isinstance(caffe_model, Trace) or _is_archive_path(caffe_model):
+            c_side: Any = caffe_model if isinstance(caffe_model, Trace) else os.fspath(caffe_model)
             cw = None
         else:
             from .backends.base import Backend
@@ -902,14 +894,14 @@ def compare_models(
                 opened.append(cb)
             else:
                 raise InputError(
-                    f"caffe_model: expected a prototxt path, a caffe.Net, a Caffe backend or a trace archive, "
+                    f"caffe_model: expected a prototxt path, a caffe.Net, a Caffe backend, a Trace or a trace archive, "
                     f"got {type(caffe_model).__name__}"
                 )
             c_side = _Stream(cb.iter_capture(inputs), cb.source)
             cw = LazyWeights(cb) if diagnose else None
         replay = None
-        if _is_archive_path(tf_model):
-            t_side: Any = os.fspath(tf_model)
+        if isinstance(tf_model, Trace) or _is_archive_path(tf_model):
+            t_side: Any = tf_model if isinstance(tf_model, Trace) else os.fspath(tf_model)
             tw = None
         else:
             from .backends.base import Backend

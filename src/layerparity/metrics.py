@@ -496,13 +496,8 @@ class _Flat:
 
     @classmethod
     def of(cls, a: np.ndarray, slot: str) -> _Flat:
-        if a.flags.c_contiguous or a.ndim < 2 or a.size <= _CHUNK:
-            return cls(a, np.ravel(a), 0, 0, slot)
-        rows, k = 1, a.ndim  # the largest run of trailing axes that fits in one block
-        while k > 1 and rows * a.shape[k - 1] <= _CHUNK:
-            k -= 1
-            rows *= a.shape[k]
-        if k == a.ndim:  # the last axis alone is larger than a block
+        rows, k = _trailing_rows(a.shape)
+        if a.flags.c_contiguous or a.size <= _CHUNK or not rows:
             return cls(a, np.ravel(a), 0, 0, slot)
         return cls(a, None, rows, k, slot)
 
@@ -528,16 +523,24 @@ class _Flat:
         return self.flat if self.flat is not None else np.ravel(self.a)
 
 
+def _trailing_rows(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(rows, k)``: ``rows`` elements in the largest run of trailing axes ``shape[k:]``
+    that fits in one block, leaving at least one leading axis; ``(0, ndim)`` when even
+    the last axis is larger than a block (or there is no leading axis)."""
+    rows, k = 1, len(shape)
+    while k > 1 and rows * shape[k - 1] <= _CHUNK:
+        k -= 1
+        rows *= shape[k]
+    return (rows, k) if k < len(shape) else (0, len(shape))
+
+
 def _blocks(shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
     """Block bounds: multiples of the largest run of trailing axes that fits in ``_CHUNK``
     (what :class:`_Flat` copies in one piece), from the shape alone, so a contiguous and
     a transposed array are summed in the same blocks and give the same numbers."""
     total = int(np.prod(shape, dtype=np.int64))
-    rows, k = 1, len(shape)
-    while k > 1 and rows * shape[k - 1] <= _CHUNK:
-        k -= 1
-        rows *= shape[k]
-    step = _CHUNK // rows * rows if 1 < rows <= _CHUNK and k < len(shape) else _CHUNK
+    rows, _ = _trailing_rows(shape)
+    step = _CHUNK // rows * rows if rows > 1 else _CHUNK
     for start in range(0, total, step):
         yield start, min(start + step, total)
 

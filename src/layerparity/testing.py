@@ -299,8 +299,6 @@ def run_parity(
     is re-run on the recorded Caffe values).
     """
     from . import compare
-    from .backends.base import Backend
-    from .trace import Trace
 
     if inputs is None:
         inputs = _stored_inputs(caffe_model)
@@ -310,58 +308,10 @@ def run_parity(
                 "(None is only allowed with a Caffe trace archive that stores its inputs)"
             )
     _register_keras_objects(tf_model)
-    caffe_is_path = isinstance(caffe_model, (str, os.PathLike))
-    if caffe_is_path and not isinstance(tf_model, (Trace, Backend)):
-        return compare.compare_models(
-            caffe_model, tf_model, inputs, caffe_weights=caffe_weights, mapping=mapping,
-            rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, **kw,
-        )
-    # live objects, backends or Trace objects: stream what runs here, then compare
-    opened: list[Any] = []
-    try:
-        cw = None
-        if isinstance(caffe_model, Trace) or compare._is_archive_path(caffe_model):
-            c_trace = caffe_model
-        else:
-            cb = _caffe_backend(caffe_model, caffe_weights, opened)
-            c_trace = compare._Stream(cb.iter_capture(inputs), cb.source)  # both run at once
-            cw = compare.LazyWeights(cb)
-        tw = None
-        replay = None
-        if isinstance(tf_model, Trace) or compare._is_archive_path(tf_model):
-            t_trace = tf_model
-        else:
-            if isinstance(tf_model, Backend):
-                tb = tf_model
-            else:
-                from .backends.tensorflow import load_tf
-
-                tb = load_tf(tf_model)
-                opened.append(tb)
-            t_trace = compare._Stream(tb.iter_capture(inputs), tb.source)
-            tw = compare.LazyWeights(tb)
-            replay = tb if own_error else None
-        return compare.compare_traces(
-            c_trace, t_trace, mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances,
-            replay=replay, caffe_weights=cw, tf_weights=tw, **kw,
-        )
-    finally:
-        for b in reversed(opened):
-            b.close()
-
-
-def _caffe_backend(model: Any, weights: Any, opened: list[Any]) -> Any:
-    from .backends.base import Backend
-    from .backends.caffe import CaffeBackend
-
-    if isinstance(model, Backend):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        b = CaffeBackend(model, weights)
-    else:  # a live caffe.Net
-        b = CaffeBackend.from_net(model)
-    opened.append(b)
-    return b
+    return compare.compare_models(
+        caffe_model, tf_model, inputs, caffe_weights=caffe_weights, mapping=mapping,
+        rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, **kw,
+    )
 
 
 def _register_keras_objects(tf_model: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,13 +67,7 @@ class Backend:
         calls :meth:`replay` for each; other exceptions than :class:`InputError` propagate.
         Backends that can run several layers in one call override it.
         """
-        out: list[np.ndarray | Exception] = []
-        for name, inputs in requests:
-            try:
-                out.append(self.replay(name, inputs))
-            except InputError as e:
-                out.append(e)
-        return out
+        return replay_each(self, requests)
 
     def can_replay_group(self, output: str, inputs: list[str]) -> bool:
         return False
@@ -131,6 +126,17 @@ class Backend:
 
     def _weights_impl(self) -> dict[str, list[np.ndarray]]:
         return {}
+
+
+def replay_each(replayer: Any, requests: list[tuple[str, list[np.ndarray]]]) -> list[np.ndarray | Exception]:
+    """``replayer.replay`` on each request in turn; an :class:`InputError` goes into its slot."""
+    out: list[np.ndarray | Exception] = []
+    for name, inputs in requests:
+        try:
+            out.append(replayer.replay(name, inputs))
+        except InputError as e:
+            out.append(e)
+    return out
 
 
 def check_input_array(source: str, name: str, arr: object, spec: InputSpec) -> np.ndarray:

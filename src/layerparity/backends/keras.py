@@ -36,6 +36,7 @@ from .tensorflow import (
     TFBackend,
     clean_attr,
     derive_layout,
+    first_line,
     flat_layout,
     import_keras,
     import_tf,
@@ -248,7 +249,7 @@ class KerasBackend(TFBackend):
         try:
             model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
         except Exception as e:  # noqa: BLE001 - Keras raises many types for bad files
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             if "safe_mode" in str(e):
                 raise ModelLoadError(
                     f"{path}: Keras refused to load it in safe mode ({msg}); if you trust this file, "
@@ -651,7 +652,7 @@ class KerasBackend(TFBackend):
         except Exception as e:  # noqa: BLE001 - TF raises several types for unconvertible data
             raise InputDataError(
                 f"{self.source}: the inputs of layer {rec.name!r} are not usable tensors "
-                f"({type(e).__name__}: {_first_line(e)})"
+                f"({type(e).__name__}: {first_line(e)})"
             ) from e
 
     def _run_batch(self, recs: tuple[_Rec, ...], xs: list[Any]) -> list[Any]:
@@ -682,7 +683,7 @@ class KerasBackend(TFBackend):
         except Exception as e:  # noqa: BLE001 - the layer refused these inputs
             err = InputDataError(
                 f"{self.source}: replaying layer {rec.name!r} failed "
-                f"({type(e).__name__}: {_first_line(e)})"
+                f"({type(e).__name__}: {first_line(e)})"
             )
             err.__cause__ = e
             return err
@@ -758,10 +759,6 @@ def _call_batch(batch: _Batch, *xs: Any) -> list[Any]:
         batch.batch_free = True
     return batch.fn(*xs)
 
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
 
 
 def _call_model(model: Any, *xs: Any) -> Any:

@@ -220,6 +220,12 @@ def _load_path(path: str, *, safe_mode: bool, **kw: Any) -> Backend:
 # -- layouts ---------------------------------------------------------------------
 
 
+def first_line(e: Any) -> str:
+    """The first line of an exception's message (TF's run on for pages), or its type's name."""
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
 def normalize_data_format(fmt: str | None) -> str | None:
     """``"NHWC"``/``"NCHW"`` (or None) from any of Keras' or TF's spellings."""
     if fmt is None:

@@ -36,6 +36,7 @@ from .tensorflow import (
     TFBackend,
     clean_attr,
     derive_layout,
+    first_line,
     flat_layout,
     import_tf,
     iter_filtered,
@@ -204,7 +205,7 @@ class GraphBackend(TFBackend):
             obj = tf.saved_model.load(path)
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(
-                f"{path}: not a loadable SavedModel ({type(e).__name__}: {_first_line(e)})"
+                f"{path}: not a loadable SavedModel ({type(e).__name__}: {first_line(e)})"
             ) from None
         sigs = dict(getattr(obj, "signatures", {}) or {})
         if not sigs:
@@ -218,7 +219,7 @@ class GraphBackend(TFBackend):
             gd = frozen.graph.as_graph_def()
         except Exception as e:  # noqa: BLE001
             raise ModelLoadError(
-                f"{path}: cannot freeze signature {key!r} ({type(e).__name__}: {_first_line(e)})"
+                f"{path}: cannot freeze signature {key!r} ({type(e).__name__}: {first_line(e)})"
             ) from None
         if kw.get("inputs") is None:
             kw["inputs"] = [t.name for t in frozen.inputs if t.dtype != tf.resource]
@@ -245,7 +246,7 @@ class GraphBackend(TFBackend):
                 gd.ParseFromString(data)
         except Exception as e:  # noqa: BLE001 - DecodeError, ParseError, UnicodeDecodeError
             raise ModelLoadError(
-                f"{path}: not a GraphDef (corrupt or another kind of file: {_first_line(e)})"
+                f"{path}: not a GraphDef (corrupt or another kind of file: {first_line(e)})"
             ) from None
         return cls.from_graph_def(gd, source=path, **kw)
 
@@ -426,7 +427,7 @@ class GraphBackend(TFBackend):
             op = getattr(e, "op", None)
             where = f" at op {op.name!r}" if op is not None else ""
             raise InputDataError(
-                f"{self.source}: running the graph failed{where}: {_first_line(e.message)}"
+                f"{self.source}: running the graph failed{where}: {first_line(e.message)}"
             ) from None
 
     def _capture(self, feed: dict[str, np.ndarray]) -> Iterator[Probe]:
@@ -529,7 +530,7 @@ class GraphBackend(TFBackend):
                 fn = self.session.make_callable(rec.tensor, feed_list=uniq)
             except Exception as e:  # noqa: BLE001
                 raise InputDataError(
-                    f"{self.source}: op {probe_name!r} cannot be replayed ({_first_line(e)})"
+                    f"{self.source}: op {probe_name!r} cannot be replayed ({first_line(e)})"
                 ) from None
             self._replay_fns[probe_name] = fn
         args = []
@@ -540,7 +541,7 @@ class GraphBackend(TFBackend):
             return np.asarray(fn(*args))
         except tf.errors.OpError as e:
             raise InputDataError(
-                f"{self.source}: replaying op {probe_name!r} failed: {_first_line(e.message)}"
+                f"{self.source}: replaying op {probe_name!r} failed: {first_line(e.message)}"
             ) from None
 
     def can_replay_group(self, output: str, inputs: list[str]) -> bool:
@@ -560,14 +561,14 @@ class GraphBackend(TFBackend):
             try:
                 fn = self.session.make_callable(self._by_name[output].tensor, feed_list=feeds)
             except Exception as e:  # noqa: BLE001
-                raise InputDataError(f"{self.source}: group -> {output!r} cannot be replayed ({_first_line(e)})") from None
+                raise InputDataError(f"{self.source}: group -> {output!r} cannot be replayed ({first_line(e)})") from None
             cached = self._group_fns[key] = (fn, feeds)
         fn, feeds = cached
         args = [np.asarray(a).astype(t.dtype.as_numpy_dtype, copy=False) for a, t in zip(arrays, feeds, strict=True)]
         try:
             return np.asarray(fn(*args))
         except tf.errors.OpError as e:
-            raise InputDataError(f"{self.source}: replaying group -> {output!r} failed: {_first_line(e.message)}") from None
+            raise InputDataError(f"{self.source}: replaying group -> {output!r} failed: {first_line(e.message)}") from None
 
     def _probe_tensor(self, probe_name: str) -> Any:
         rec = self._by_name.get(probe_name)
@@ -588,10 +589,6 @@ class GraphBackend(TFBackend):
 # -- helpers ------------------------------------------------------------------------
 
 
-def _first_line(e: Any) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
-
 
 def _probe_name(t: Any) -> str:
     return t.op.name if t.value_index == 0 else f"{t.op.name}:{t.value_index}"
@@ -610,7 +607,7 @@ def _import(gd: Any, source: str) -> Any:
             tf.compat.v1.import_graph_def(gd, name="")
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(
-            f"{source}: the GraphDef cannot be imported ({type(e).__name__}: {_first_line(e)})"
+            f"{source}: the GraphDef cannot be imported ({type(e).__name__}: {first_line(e)})"
         ) from None
     return graph
 

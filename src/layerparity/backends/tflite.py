@@ -30,6 +30,7 @@ from .tensorflow import (
     TFBackend,
     clean_attr,
     derive_layout,
+    first_line,
     flat_layout,
     import_tf,
     iter_filtered,
@@ -113,7 +114,7 @@ class TFLiteBackend(TFBackend):
                 )
                 self.interpreter.allocate_tensors()
         except Exception as e:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             raise ModelLoadError(f"{source}: not a loadable TFLite model ({msg})") from None
         self._content = content
         self._analyse()
