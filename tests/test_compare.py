@@ -13,7 +13,8 @@ import pytest
 import layerparity
 import layerparity.compare as compare_mod
 from layerparity.backends.base import Backend, InputSpec
-from layerparity.compare import compare_traces, relayout
+from layerparity.compare import compare_traces
+from layerparity.layout import LayoutMismatch, relayout
 from layerparity.errors import InputError, MappingError
 from layerparity.result import Tolerance
 from layerparity.trace import Probe, Trace
@@ -105,11 +106,11 @@ def test_unit_axes_only_one_side_has_are_reconciled():
 
 
 def test_relayout_refuses_to_guess():
-    with pytest.raises(compare_mod.LayoutMismatch, match="cannot reconcile 'flat:NHWC' with 'NCHW'"):
+    with pytest.raises(LayoutMismatch, match="cannot reconcile 'flat:NHWC' with 'NCHW'"):
         relayout(np.zeros((1, 12)), "flat:NHWC", (2, 2, 3), "NCHW")
-    with pytest.raises(compare_mod.LayoutMismatch, match="flattened shapes differ"):
+    with pytest.raises(LayoutMismatch, match="flattened shapes differ"):
         relayout(np.zeros((1, 12)), "flat:NHWC", (2, 2, 3), "flat:NCHW", (3, 1, 4))
-    assert issubclass(compare_mod.LayoutMismatch, InputError)
+    assert issubclass(LayoutMismatch, InputError)
 
 
 # -- divergence, contamination, own error ------------------------------------------------------

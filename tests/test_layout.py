@@ -20,7 +20,7 @@ from layerparity.layout import (
     inner_product_weight_caffe_to_tf,
     nchw_to_nhwc,
     nhwc_to_nchw,
-    same_shape_in,
+    relayout_shape,
 )
 
 rng = np.random.default_rng(7)
@@ -50,8 +50,9 @@ def test_convert_is_not_a_reshape():
 def test_axes_permutation_and_shapes():
     assert axes_permutation("NHWC", "NCHW") == (0, 3, 1, 2)
     assert axes_permutation("NCDHW", "NDHWC") == (0, 2, 3, 4, 1)
-    assert same_shape_in((1, 64, 56, 57), "NCHW", "NHWC") == (1, 56, 57, 64)
-    assert same_shape_in((1, 10), "NC", "NC") == (1, 10)
+    assert relayout_shape((1, 64, 56, 57), "NCHW", None, "NHWC") == (1, 56, 57, 64)
+    assert relayout_shape((1, 10), "NC", None, "NC") == (1, 10)
+    assert relayout_shape((1, 3, 4, 5), "NCHW", None, "NWHC") == (1, 5, 4, 3)
     with pytest.raises(ValueError, match="do not name the same axes"):
         axes_permutation("NCHW", "NC")
     with pytest.raises(InputDataError, match="3-D array cannot be in layout 'NCHW'"):

@@ -52,6 +52,7 @@ from .kinds import (
     compatible,
     fused_kinds,
 )
+from .layout import relayout, relayout_shape
 from .trace import Probe, Trace
 
 ROOT = "\x00root"
@@ -554,8 +555,6 @@ class _Aligner:
         return out
 
     def _shape_ok(self, p: Probe, u: _Unit) -> bool:
-        from .compare import relayout_shape
-
         t = self.tp[u.out]
         try:
             return relayout_shape(t.shape, t.layout, t.flat_shape, p.layout, p.flat_shape) == tuple(p.shape)
@@ -578,8 +577,6 @@ class _Aligner:
     def _by_value(self, p: Probe, cands: list[_Unit]) -> str | None:
         if self.caffe_value is None or self.tf_value is None:
             return None
-        from .compare import relayout
-
         cv = self.caffe_value(p.name)
         if cv is None:
             return None

@@ -35,93 +35,13 @@ import numpy as np
 
 from .align import Alignment, Pair, align
 from .backends.base import replay_each
-from .errors import ArchiveError, InputDataError, InputError
-from .layout import axes_permutation, convert, is_flat
+from .errors import ArchiveError, InputError
+from .layout import LayoutMismatch, relayout
 from .metrics import ToleranceTable, compute_metrics, default_tolerance
 from .result import LayerResult, Report
 from .trace import ArchiveReader, Probe, Trace, is_archive
 
-__all__ = ["compare_traces", "compare_models", "LazyWeights", "relayout", "relayout_shape", "LayoutMismatch"]
-
-
-class LayoutMismatch(InputDataError):
-    """Two declared layouts/shapes cannot be reconciled without guessing."""
-
-
-# -- layouts -----------------------------------------------------------------------
-
-
-def relayout(x: np.ndarray, src: str, src_flat: tuple[int, ...] | None, dst: str,
-             dst_flat: tuple[int, ...] | None = None) -> np.ndarray:
-    """Re-express ``x`` (declared ``src``) in the declared layout ``dst``.
-
-    Only transposes (via :func:`layerparity.layout.convert`) and insertion or
-    removal of size-1 axes that one layout names and the other does not. Raises
-    :class:`LayoutMismatch` when that is not enough.
-
-    >>> relayout(np.zeros((2, 7)), "NC", None, "NCHW").shape
-    (2, 7, 1, 1)
-    >>> relayout(np.zeros((2, 1, 1, 7)), "NHWC", None, "NC").shape
-    (2, 7)
-    """
-    x = np.asarray(x)
-    if not src or not dst or src == dst:
-        if src == dst and is_flat(src) and src_flat and dst_flat and tuple(src_flat) != tuple(dst_flat):
-            raise LayoutMismatch(f"flattened from {tuple(src_flat)} vs {tuple(dst_flat)} (both {src})")
-        return x
-    if is_flat(src) and is_flat(dst):
-        if src_flat is None:
-            raise LayoutMismatch(f"layout {src!r} without flat_shape cannot be converted to {dst!r}")
-        s_in, d_in = src[5:].replace("N", ""), dst[5:].replace("N", "")
-        if sorted(s_in) != sorted(d_in) or len(src_flat) != len(s_in):
-            raise LayoutMismatch(f"cannot convert {src!r} (flat_shape {tuple(src_flat)}) to {dst!r}")
-        moved = tuple(src_flat[i] for i in axes_permutation(s_in, d_in))
-        if dst_flat is not None and tuple(dst_flat) != moved:
-            raise LayoutMismatch(
-                f"flattened shapes differ: {src} {tuple(src_flat)} is {moved} in {dst[5:]}, "
-                f"the reference flattened {tuple(dst_flat)}"
-            )
-        try:
-            return convert(x, src, dst, tuple(src_flat))
-        except (ValueError, InputError) as e:
-            raise LayoutMismatch(str(e)) from None
-    if is_flat(src) or is_flat(dst):
-        flat, flat_shape, other = (src, src_flat, dst) if is_flat(src) else (dst, dst_flat, src)
-        inner = flat[5:].replace("N", "")
-        if other == "NC" and flat_shape is not None and "C" in inner and all(
-            d == 1 for a, d in zip(inner, flat_shape, strict=False) if a != "C"
-        ):
-            return x  # (N, C) either way: nothing spatial to reorder
-        raise LayoutMismatch(f"cannot reconcile {src!r} with {dst!r} (flat_shape {tuple(flat_shape) if flat_shape else None})")
-    if x.ndim != len(src):
-        raise LayoutMismatch(f"a {x.ndim}-D array {x.shape} cannot be in layout {src!r}")
-    if len(set(src)) != len(src) or len(set(dst)) != len(dst):
-        raise LayoutMismatch(f"layouts {src!r} / {dst!r} repeat an axis label")
-    labels = src
-    extra = [a for a in src if a not in dst]
-    if extra:
-        axes = tuple(src.index(a) for a in extra)
-        if any(x.shape[i] != 1 for i in axes):
-            raise LayoutMismatch(
-                f"shape {x.shape} in {src!r} has non-unit axes {''.join(extra)} that {dst!r} does not have"
-            )
-        x = np.squeeze(x, axis=axes)
-        labels = "".join(a for a in src if a not in extra)
-    missing = [a for a in dst if a not in labels]
-    if missing:
-        x = x.reshape(x.shape + (1,) * len(missing))  # appending unit axes moves no data
-        labels = labels + "".join(missing)
-    return np.transpose(x, axes_permutation(labels, dst)) if labels != dst else x
-
-
-def relayout_shape(shape: tuple[int, ...], src: str, src_flat: tuple[int, ...] | None, dst: str,
-                   dst_flat: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """The shape :func:`relayout` would return, without any data."""
-    dummy = np.broadcast_to(np.zeros((), np.float32), tuple(shape))
-    if is_flat(src) and is_flat(dst):
-        relayout(np.zeros((1, int(np.prod(src_flat or (0,)))), np.float32), src, src_flat, dst, dst_flat)
-        return tuple(shape)
-    return tuple(relayout(dummy, src, src_flat, dst, dst_flat).shape)
+__all__ = ["compare_traces", "compare_models", "LazyWeights"]
 
 
 # -- sources ------------------------------------------------------------------------
@@ -831,7 +751,7 @@ class _Engine:
 
 def _diagnose_hook() -> tuple[Callable[..., Any], Any]:
     """The diagnosis entry point and its context type (pure NumPy; imported when first needed)."""
-    from .diagnose import DiagnosisContext, diagnose
+    from .diagnosis import DiagnosisContext, diagnose
 
     return diagnose, DiagnosisContext
 

@@ -39,6 +39,10 @@ class InputDataError(InputError):
     """An input array or image has the wrong shape, rank, dtype or values."""
 
 
+class LayoutMismatch(InputDataError):
+    """Two declared layouts/shapes cannot be reconciled without guessing."""
+
+
 class FrameworkMissingError(LayerParityError, ImportError):
     """Caffe or TensorFlow is needed for this call and is not importable."""
 

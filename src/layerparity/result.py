@@ -98,10 +98,14 @@ class Diagnosis:
     fix: str
     confidence: float = 0.5
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: The Caffe layer the bug is placed in, when the row is a chain (``conv1`` of
+    #: ``conv1+relu1``, ``bn1`` of ``bn1+scale1``); "" when the diagnosis does not say.
+    layer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
+            "layer": self.layer,
             "summary": self.summary,
             "evidence": _clean(self.evidence),
             "fix": self.fix,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputDataError, InputError
+from .layout import relayout
 from .result import LayerResult, Metrics, Report, Tolerance
 
 __all__ = ["assert_parity", "assert_blob_close", "format_parity_failure", "format_blob_failure", "run_parity"]
@@ -192,8 +193,6 @@ def _shape(s: tuple[int, ...]) -> str:
 def _to_nchw(x: np.ndarray, layout: str) -> tuple[np.ndarray, str | None]:
     """``x`` declared in ``layout`` (``NHWC``, ``NCHW``, ``NDHWC``, ``NC``, ``""``...) re-expressed
     with the channel axis second, as Caffe keeps it."""
-    from .layout import convert
-
     if not layout:
         return x, None
     if layout.startswith("flat:"):
@@ -205,7 +204,7 @@ def _to_nchw(x: np.ndarray, layout: str) -> tuple[np.ndarray, str | None]:
     target = "NC" + "".join(a for a in layout if a not in "NC")
     if target == layout:
         return x, None
-    return convert(x, layout, target), layout
+    return relayout(x, layout, None, target), layout
 
 
 def assert_blob_close(

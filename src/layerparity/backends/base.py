@@ -47,6 +47,21 @@ class Backend:
         feed = self.normalize_inputs(inputs)
         return Trace(self.framework, self.source, self._iter_capture_impl(feed), inputs=feed, meta=self.meta())
 
+    def forward(self, inputs: Mapping[str, np.ndarray] | np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """Run the model once and return only the values of the probes ``names``.
+
+        For screening many inputs (a sweep compares outputs first): backends that can
+        run plainly (no per-layer capture) override :meth:`_forward_impl`. Values are in
+        the backend's own layout, as the probes of :meth:`iter_capture` declare them.
+        A name the model does not produce is an :class:`InputError`.
+        """
+        feed = self.normalize_inputs(inputs)
+        out = self._forward_impl(feed, list(names))
+        missing = [n for n in names if n not in out]
+        if missing:
+            raise InputError(f"{self.source}: the model produced no probe {missing[0]!r}")
+        return out
+
     def weights(self) -> dict[str, list[np.ndarray]]:
         return self._weights_impl()
 
@@ -126,6 +141,14 @@ class Backend:
 
     def _weights_impl(self) -> dict[str, list[np.ndarray]]:
         return {}
+
+    def _forward_impl(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """Default: a full capture, keeping only the wanted values."""
+        want, out = set(names), {}
+        for p in self._iter_capture_impl(inputs):
+            if p.name in want and p.value is not None:
+                out[p.name] = np.asarray(p.value)
+        return out
 
 
 def replay_each(replayer: Any, requests: list[tuple[str, list[np.ndarray]]]) -> list[np.ndarray | Exception]:

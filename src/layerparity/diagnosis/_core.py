@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..kinds import canonical_kind
-from ..layout import convert
+from ..layout import relayout
 from ..result import Diagnosis, LayerResult, Tolerance
 from ..trace import Probe
 
@@ -186,16 +186,7 @@ class Case:
 
     def _tf_in_caffe_layout(self) -> np.ndarray | None:
         try:
-            from ..compare import relayout  # the engine's own conversion, when present
-        except ImportError:  # pragma: no cover - compare.py is part of the package
-            relayout = None
-        cl, tl = self.cp.layout, self.tp.layout
-        t = self.t_raw
-        try:
-            if relayout is not None:
-                t = f64(relayout(t, tl, self.tp.flat_shape, cl, self.cp.flat_shape))
-            elif cl and tl and cl != tl:
-                t = convert(t, tl, cl, self.tp.flat_shape)
+            t = f64(relayout(self.t_raw, self.tp.layout, self.tp.flat_shape, self.cp.layout, self.cp.flat_shape))
         except (ValueError, InputError):
             return None
         if t.shape != self.y.shape:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import same_shape_in
+from ..errors import InputError
+from ..layout import relayout_shape
 from ..result import Diagnosis
 from . import reference as ref
 from ._core import CONF_FINGERPRINT, CONF_FORMULA, Case, rnd
@@ -17,14 +18,12 @@ INTERP_KINDS = {"Interp", "BilinearInterpolate", "Resize", "Upsample"}
 
 
 def tf_shape_in_caffe_layout(case: Case) -> tuple[int, ...]:
+    """The TF value's shape re-expressed in the Caffe probe's layout (as is when that cannot be done)."""
     shape = tuple(case.t_raw.shape)
-    cl, tl = case.cp.layout, case.tp.layout
     try:
-        if cl and tl and not cl.startswith("flat:") and not tl.startswith("flat:") and sorted(cl) == sorted(tl):
-            return same_shape_in(shape, tl, cl)
-    except ValueError:
-        pass
-    return shape
+        return relayout_shape(shape, case.tp.layout, case.tp.flat_shape, case.cp.layout, case.cp.flat_shape)
+    except (ValueError, InputError):
+        return shape
 
 
 def conv_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:

@@ -192,6 +192,7 @@ def _diagnosis(d: Any, w: str) -> None:
         _check(isinstance(d.get(k), str), w, f"{k!r} is missing or not a string")
     _check(isinstance(d.get("evidence"), dict), w, "'evidence' is missing or not an object")
     _check(d.get("confidence") is None or _is_num(d.get("confidence")), w, "'confidence' is not a number")
+    _check(isinstance(d.get("layer", ""), str), w, "'layer' is not a string")
 
 
 # -- rebuilding ------------------------------------------------------------------
@@ -233,6 +234,7 @@ def _diag(d: dict[str, Any]) -> Diagnosis:
         fix=d["fix"],
         confidence=_num(d.get("confidence", 0.5)),
         evidence=dict(d.get("evidence", {})),
+        layer=d.get("layer", ""),
     )
 
 
