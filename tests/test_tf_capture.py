@@ -15,7 +15,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from layerparity.backends.base import Backend  # noqa: E402
-from layerparity.backends.tensorflow import capture_tf, load_tf, scope_layers  # noqa: E402
+from layerparity.backends.tensorflow import capture_tf, load_tf  # noqa: E402
+from layerparity.backends.tfcommon import scope_layers  # noqa: E402
 from layerparity.errors import InputDataError, ModelLoadError  # noqa: E402
 from layerparity.trace import Trace  # noqa: E402
 
@@ -928,7 +929,8 @@ def test_scope_layers_rule():
 
 def test_import_does_not_import_tensorflow():
     code = (
-        "import sys, layerparity, layerparity.backends.tensorflow, layerparity.backends.keras, "
+        "import sys, layerparity, layerparity.backends.tensorflow, layerparity.backends.tfcommon, "
+        "layerparity.backends.keras, "
         "layerparity.backends.tfgraph, layerparity.backends.tflite; "
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported eagerly'"
     )

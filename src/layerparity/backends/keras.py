@@ -32,17 +32,15 @@ import numpy as np
 
 from ..errors import InputDataError, InputError, ModelLoadError
 from ..trace import Probe
-from .tensorflow import (
+from .tfcommon import (
     TFBackend,
     clean_attr,
-    derive_layout,
     first_line,
-    flat_layout,
     import_keras,
     import_tf,
     iter_filtered,
     layout_of_format,
-    permuted_layout,
+    probe_layout,
 )
 
 __all__ = ["KerasBackend"]
@@ -80,6 +78,9 @@ PARAM_KEYS = (
     "keepdims",
     "output_padding",
 )
+
+#: Keras layers that move data between axes, as :func:`~.tfcommon.probe_layout` names them
+_LAYOUT_OPS = {"Flatten": "flatten", "Reshape": "reshape", "Permute": "transpose"}
 
 #: Default of ``KerasBackend.replay_compile_at``: a record is replayed eagerly until its
 #: replay number ``REPLAY_COMPILE_AT``, which (and every later one) runs through a
@@ -544,33 +545,16 @@ class KerasBackend(TFBackend):
     def _layout(
         self, rec: _Rec, shape: tuple[int, ...], shapes: dict, lays: dict
     ) -> tuple[str, tuple[int, ...] | None]:
-        in_lays = [lays.get(n, "") for n in rec.inputs]
-        in_shape = shapes.get(rec.inputs[0]) if rec.inputs else None
-        in_lay = in_lays[0] if in_lays else ""
-        if (
-            rec.kind == "Flatten"
-            and in_shape is not None
-            and len(in_shape) == 4
-            and len(shape) == 2
-        ):
-            cf = layout_of_format(rec.params.get("data_format")) == "NCHW"
-            if in_lay == "NHWC" and not cf:
-                return "flat:NHWC", tuple(in_shape[1:])
-            if in_lay == "NCHW" and cf:
-                return "flat:NHWC", (in_shape[2], in_shape[3], in_shape[1])
-            if in_lay == "NCHW":
-                return "flat:NCHW", tuple(in_shape[1:])
-            return "", None
-        if rec.kind == "Reshape" and in_shape is not None and len(shape) == 2:
-            return flat_layout(in_lay, in_shape, shape)
-        if rec.kind == "Permute" and len(shape) == 4 and isinstance(rec.params.get("dims"), list):
-            lay = permuted_layout(in_lay, [0, *rec.params["dims"]])
-            if lay:
-                return lay, None
-        declared = layout_of_format(rec.params.get("data_format"))
-        return derive_layout(
-            len(shape), declared=declared, in_layouts=in_lays, default=self._default
-        ), None
+        dims = rec.params.get("dims")
+        return probe_layout(
+            shape,
+            op=_LAYOUT_OPS.get(rec.kind, ""),
+            in_layouts=[lays.get(n, "") for n in rec.inputs],
+            in_shape=shapes.get(rec.inputs[0]) if rec.inputs else None,
+            perm=[0, *dims] if isinstance(dims, list) else None,
+            data_format=rec.params.get("data_format"),
+            default=self._default,
+        )
 
     # -- weights and replay ---------------------------------------------------------
     def _weights_impl(self) -> dict[str, list[np.ndarray]]:

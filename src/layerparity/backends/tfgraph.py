@@ -13,7 +13,7 @@ op output can be fetched (and any input fed) by name:
 One probe per non-trivial op output, in graph order, all fetched in ONE
 ``Session.run``: ``name`` = op name (``op:1`` for a further output, kept only
 when something consumes it), ``kind`` = op type, ``layer`` = the layer scope
-(see :func:`~layerparity.backends.tensorflow.scope_layers`), ``params`` = the
+(see :func:`~layerparity.backends.tfcommon.scope_layers`), ``params`` = the
 op's attributes that matter (strides, padding, ...), plus constant operands
 such as a ConcatV2 axis, ``inputs`` = producing probes (seen through Identity).
 
@@ -32,16 +32,14 @@ import numpy as np
 
 from ..errors import InputDataError, ModelLoadError
 from ..trace import Probe
-from .tensorflow import (
+from .tfcommon import (
     TFBackend,
     clean_attr,
-    derive_layout,
     first_line,
-    flat_layout,
     import_tf,
     iter_filtered,
     layout_of_format,
-    permuted_layout,
+    probe_layout,
     scope_layers,
 )
 
@@ -470,19 +468,16 @@ class GraphBackend(TFBackend):
     def _layout(
         self, rec: _Op, shape: tuple[int, ...], shapes: dict, lays: dict
     ) -> tuple[str, tuple[int, ...] | None]:
-        in_lays = [lays.get(n, "") for n in rec.inputs]
-        in_lay = in_lays[0] if in_lays else ""
-        in_shape = shapes.get(rec.inputs[0]) if rec.inputs else None
-        if rec.kind == "Reshape" and in_shape is not None and len(shape) == 2:
-            return flat_layout(in_lay, in_shape, shape)
-        if rec.kind == "Transpose" and isinstance(rec.params.get("perm"), list):
-            lay = permuted_layout(in_lay, rec.params["perm"])
-            if lay and len(shape) == len(lay):
-                return lay, None
-        declared = layout_of_format(rec.params.get("data_format"))
-        return derive_layout(
-            len(shape), declared=declared, in_layouts=in_lays, default=self._default
-        ), None
+        perm = rec.params.get("perm")
+        return probe_layout(
+            shape,
+            op={"Reshape": "reshape", "Transpose": "transpose"}.get(rec.kind, ""),
+            in_layouts=[lays.get(n, "") for n in rec.inputs],
+            in_shape=shapes.get(rec.inputs[0]) if rec.inputs else None,
+            perm=perm if isinstance(perm, list) else None,
+            data_format=rec.params.get("data_format"),
+            default=self._default,
+        )
 
     # -- weights and replay ---------------------------------------------------------
     def _weights_impl(self) -> dict[str, list[np.ndarray]]:

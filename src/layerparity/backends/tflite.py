@@ -26,15 +26,13 @@ import numpy as np
 
 from ..errors import InputDataError, ModelLoadError
 from ..trace import Probe
-from .tensorflow import (
+from .tfcommon import (
     TFBackend,
     clean_attr,
-    derive_layout,
     first_line,
-    flat_layout,
     import_tf,
     iter_filtered,
-    permuted_layout,
+    probe_layout,
     scope_layers,
 )
 
@@ -242,21 +240,15 @@ class TFLiteBackend(TFBackend):
             if not self.wanted(op.name):
                 continue
             arr = np.array(it.get_tensor(op.tensor))
-            in_lays = [lays.get(n, "") for n in op.inputs]
-            flat = None
-            in_shape = shapes.get(op.inputs[0]) if op.inputs else None
-            if op.kind == "RESHAPE" and in_shape is not None and arr.ndim == 2:
-                layout, flat = flat_layout(in_lays[0], in_shape, arr.shape)
-            elif (
-                op.kind == "TRANSPOSE"
-                and isinstance(op.params.get("perm"), list)
-                and permuted_layout(in_lays[0], op.params["perm"])
-            ):
-                layout = permuted_layout(in_lays[0], op.params["perm"])
-            else:
-                layout = derive_layout(
-                    arr.ndim, declared=None, in_layouts=in_lays, default=self._default
-                )
+            perm = op.params.get("perm")
+            layout, flat = probe_layout(
+                arr.shape,
+                op={"RESHAPE": "reshape", "TRANSPOSE": "transpose"}.get(op.kind, ""),
+                in_layouts=[lays.get(n, "") for n in op.inputs],
+                in_shape=shapes.get(op.inputs[0]) if op.inputs else None,
+                perm=perm if isinstance(perm, list) else None,
+                default=self._default,
+            )
             shapes[op.name], lays[op.name] = arr.shape, layout
             yield Probe(
                 name=op.name,
