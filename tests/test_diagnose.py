@@ -23,9 +23,10 @@ from diagnose_cases import (
     rng,
     top,
 )
-from layerparity.diagnose import (
-    KINDS,
+from layerparity.diagnosis import (
+    DIAGNOSIS_KINDS,
     DiagnosisContext,
+    STRICT_ENV,
     DiagnosisInputError,
     diagnose,
     diagnose_report,
@@ -36,6 +37,16 @@ from layerparity.result import LayerResult
 from layerparity.trace import Probe
 
 SHAPE = (1, 3, 8, 8)
+
+# A diagnosis bug must fail these tests, not hide as "rules_skipped" evidence or as the
+# engine's "diagnosis of ... failed" warning.
+pytestmark = pytest.mark.filterwarnings("error:diagnosis of:RuntimeWarning")
+
+
+@pytest.fixture(autouse=True)
+def _strict_diagnosis(monkeypatch):
+    """Strict mode for every test here: a rule that raises propagates."""
+    monkeypatch.setenv(STRICT_ENV, "1")
 
 
 def x_in(shape=SHAPE, seed=1, scale=1.0):
@@ -708,7 +719,7 @@ def test_every_documented_kind_is_in_the_cookbook():
     import pathlib
 
     text = (pathlib.Path(__file__).parents[1] / "docs" / "diagnosis.md").read_text()
-    missing = [k for k in KINDS if f"`{k}`" not in text]
+    missing = [k for k in DIAGNOSIS_KINDS if f"`{k}`" not in text]
     assert not missing, missing
 
 

@@ -43,6 +43,10 @@ class LayoutMismatch(InputDataError):
     """Two declared layouts/shapes cannot be reconciled without guessing."""
 
 
+class DiagnosisInputError(InputError):
+    """diagnose() was given something it cannot use (wrong types, unusable arrays)."""
+
+
 class FrameworkMissingError(LayerParityError, ImportError):
     """Caffe or TensorFlow is needed for this call and is not importable."""
 

@@ -5,12 +5,22 @@ NCHW), the TF value ``t`` converted to Caffe's layout (``None`` when the shapes
 cannot be reconciled), the Caffe bottoms ``x``, both sides' parameters and
 weights, and ``r0``: how far ``t`` is from ``y`` (max abs difference over the
 layer's scale). A rule proposes a hypothesis ``cand`` (what TF would output if
-the port had bug B) and :meth:`Case.explains` says whether ``t`` matches it.
+the port had bug B) and :meth:`Case.explains` says whether ``t`` matches it;
+:meth:`Case.attempt` does both and records the diagnosis. The rule modules share
+only what this module makes public: :class:`Case` and its methods, the confidence
+levels, and small helpers (:func:`hw`, :func:`fnum`, :func:`rnd`, :func:`pad_fix`,
+:func:`nice_up`, ...).
+
+Strict mode (:func:`strict_mode`): a rule or hypothesis that raises propagates
+instead of being counted as skipped (``evidence["rules_skipped"]``). Turn it on
+with ``diagnose(..., strict=True)`` or ``LAYERPARITY_DIAGNOSIS_STRICT=1``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,11 +51,49 @@ CONF_UNKNOWN = 0.1
 MIN_PER_CHANNEL = 4
 
 
-_ACTIVATIONS = ("ReLU", "ReLU6", "Sigmoid", "TanH")
+#: Every stable ``Diagnosis.kind`` this package can return (see docs/diagnosis.md).
+#: (Not to be confused with :data:`layerparity.kinds.KINDS`, the canonical *layer* kinds.)
+DIAGNOSIS_KINDS = (
+    "padding_asymmetry", "padding_mismatch", "pool_rounding", "avg_pool_padding_divisor",
+    "reshape_not_transpose", "wrong_transpose", "flatten_order", "channel_order", "kernel_flipped",
+    "kernel_hw_swapped", "deconv_in_out_swapped", "deconv_same_padding", "lrn_alpha_scaling",
+    "lrn_depth_radius", "lrn_parameters", "batchnorm_epsilon", "batchnorm_scale_factor", "missing_scale",
+    "softmax_axis", "concat_axis", "eltwise_coeff", "eltwise_operation", "leaky_slope", "prelu_shared_axes",
+    "constant_scale", "constant_offset", "spatial_shift", "interp_align_corners", "layout_declaration", "shape_mismatch",
+    "precision_drift", "spatially_transposed_port", "input_channel_order", "unknown",
+)
+
+#: Caffe activation layers a chain can end with (``conv1`` + ``relu1`` held against one
+#: Keras ``Conv2D(activation='relu')``): recomputed candidates get them applied.
+ACTIVATIONS = ("ReLU", "ReLU6", "Sigmoid", "TanH", "ELU", "PReLU", "Softmax")
+
+#: The environment switch of strict mode (any of 1/true/yes/on).
+STRICT_ENV = "LAYERPARITY_DIAGNOSIS_STRICT"
 
 
-class DiagnosisInputError(InputError):
-    """diagnose() was given something it cannot use (wrong types, unusable arrays)."""
+def strict_mode(strict: bool | None = None) -> bool:
+    """Whether a rule that raises propagates: ``strict`` when given, else ``LAYERPARITY_DIAGNOSIS_STRICT``."""
+    if strict is not None:
+        return bool(strict)
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def nice_up(x: float) -> float:
+    """Round up to 1, 2 or 5 times a power of ten."""
+    if x <= 0 or not math.isfinite(x):
+        return x
+    e = math.floor(math.log10(x))
+    for m in (1, 2, 5, 10):
+        if m * 10**e >= x * (1 - 1e-12):
+            return float(f"{m * 10**e:.3g}")
+    return x
+
+
+def pad_fix(p: tuple[int, int]) -> str:
+    """The fix text for a conv padded unlike Caffe's symmetric ``pad: [ph, pw]``."""
+    return (f"Pad explicitly like Caffe and convolve 'VALID': `ZeroPadding2D(({p[0]}, {p[1]}))` (or "
+            f"`tf.pad(x, [[0, 0], [{p[0]}, {p[0]}], [{p[1]}, {p[1]}], [0, 0]])`) then `padding='valid'`. "
+            "'SAME' only equals Caffe's pad at stride 1 (odd kernel) or for some input sizes.")
 
 
 @dataclass
@@ -54,10 +102,16 @@ class DiagnosisContext:
 
     rows
         The report's rows up to and including this one (Caffe graph order), for
-        rules that need the whole picture (``precision_drift``).
+        rules that need the whole picture (``precision_drift``). When the list
+        holds the row itself, the rows after it are ignored: a divergence named
+        after the fact is judged on the rows up to it, never on the rows its bug
+        contaminated.
     caffe_probes
-        Caffe probes (values optional) by name, for the kinds of a fused chain
-        (``BatchNorm`` + ``Scale`` held against one Keras BatchNormalization).
+        Caffe probes by name: the chain's members and the first member's bottoms,
+        for their kinds, params and shapes (``BatchNorm`` + ``Scale`` held against
+        one Keras BatchNormalization; a Flatten's ``flat_shape`` before an
+        InnerProduct). Their values are not read: the layer's own inputs are
+        ``caffe_inputs``.
     caffe_weights
         Caffe params of other layers by name (the chain's members).
     tolerance
@@ -127,8 +181,11 @@ class Case:
         caffe_weights: Any,
         tf_weights: Sequence[np.ndarray] | None,
         ctx: DiagnosisContext,
+        strict: bool = False,
     ) -> None:
         self.row, self.cp, self.tp, self.ctx = row, cp, tp, ctx
+        #: strict mode: a hypothesis or rule that raises propagates (see :func:`strict_mode`)
+        self.strict = bool(strict)
         self.cparams = dict(cp.params or {})
         self.tparams = dict(tp.params or {})
         self.ckind_raw = cp.kind or row.caffe_kind
@@ -162,7 +219,9 @@ class Case:
                 self.ckind_raw = pk
                 self.cparams = self.cparams_of(self.primary)
                 self.ckind = canonical_kind(pk, self.cparams)
-        self.tail = [(n, k) for n, k in zip(self.chain[1:], self.chain_kinds[1:], strict=True) if k in _ACTIVATIONS]
+        # (a PReLU only with its slopes: without them Caffe's chain cannot be recomputed)
+        self.tail = [(n, k) for n, k in zip(self.chain[1:], self.chain_kinds[1:], strict=True)
+                     if k in ACTIVATIONS and (k != "PReLU" or self.cw_chain.get(n))]
         self.t = self._tf_in_caffe_layout()
         scale = float(np.max(np.abs(self.y[np.isfinite(self.y)]), initial=0.0))
         if self.t is not None:
@@ -176,6 +235,8 @@ class Case:
         self.proven = False
         #: Caffe's formula recomputed in float64 from the Caffe inputs (with the chain's activations)
         self.reference: np.ndarray | None = None
+        #: the same before the chain's trailing activations (the primary layer's own output)
+        self.pre_activation: np.ndarray | None = None
 
     # -- setup ---------------------------------------------------------------------
     def _kind_of(self, name: str) -> str:
@@ -245,6 +306,7 @@ class Case:
         self.evidence_extra["reference_reproduces_caffe"] = bool(ok)
         if ok:
             self.reference = ref
+            self.pre_activation = base
 
     def post(self, z: np.ndarray) -> np.ndarray:
         """Apply the chain's trailing activations (Caffe conv+relu held against one fused TF op)."""
@@ -259,11 +321,86 @@ class Case:
                 z = 1 / (1 + np.exp(-z))
             elif kind == "TanH":
                 z = np.tanh(z)
+            elif kind == "ELU":
+                a = fnum(p.get("alpha"), 1.0)
+                z = np.where(z > 0, z, a * np.expm1(np.minimum(z, 0)))
+            elif kind == "PReLU":
+                a = self.cw_chain[name][0].reshape(-1)
+                a = a.reshape((1, -1) + (1,) * (z.ndim - 2)) if a.size > 1 else a.reshape(())
+                z = np.where(z > 0, z, a * z)
+            elif kind == "Softmax":
+                ax = int(fnum(p.get("axis"), 1) or 0) % max(z.ndim, 1)
+                e = np.exp(z - np.max(z, axis=ax, keepdims=True))
+                z = e / np.sum(e, axis=ax, keepdims=True)
         return z
 
     def explains(self, cand: np.ndarray | None) -> bool:
         r = self.resid(cand)
         return r <= CONFIRM_RTOL and r <= CONFIRM_GAIN * self.r0
+
+    def attempt(self, out: list[Diagnosis], kind: str, summary: str, fix: str, fn: Callable[[], np.ndarray],
+                conf: float = CONF_RECOMPUTED, layer: str | None = None, post: bool = True, **ev: Any) -> bool:
+        """Recompute one hypothesis (``fn()``: what TF would output with the bug) and, when it
+        :meth:`explains` the TF value, append its diagnosis to ``out`` and mark the case proven.
+
+        Skipped once something is already proven (recomputing is the costly part). ``post``
+        applies the chain's trailing activations to the candidate (off when ``fn`` already
+        computes the whole chain). A hypothesis that cannot be computed (``ValueError`` /
+        ``IndexError``) does not apply, except in strict mode, where it propagates."""
+        if self.proven:
+            return False
+        try:
+            cand = fn()
+            if post:
+                cand = self.post(cand)
+        except (ValueError, IndexError):
+            if self.strict:
+                raise
+            return False
+        if self.explains(cand):
+            out.append(self.diag(kind, summary, fix, conf, layer=layer, confirmed_by="recomputation",
+                                 residual=rnd(self.resid(cand)), **ev))
+            self.proven = True
+            return True
+        return False
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of the layer's first bottom: its value when given, else its probe's shape."""
+        if self.x0 is not None:
+            return tuple(self.x0.shape)
+        for name in self.cp.inputs:
+            p = self.ctx.caffe_probes.get(name)
+            if p is not None and p.shape:
+                return tuple(p.shape)
+        return None
+
+    def conv_geom(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], int]:
+        """(kernel, stride, pad, dilation, group) of the primary conv layer, kernel from its weights when given."""
+        p = self.cparams
+        w = self.cw[0] if self.cw else None
+        kdef = int(w.shape[2]) if w is not None and w.ndim == 4 else 1
+        k = hw(p, "kernel_size", kdef)
+        if w is not None and w.ndim == 4:
+            k = (int(w.shape[2]), int(w.shape[3]))
+        return k, hw(p, "stride", 1), hw(p, "pad", 0), hw(p, "dilation", 1), int(p.get("group", 1) or 1)
+
+    def output_layer(self, kind: str = "", factor: float | None = None) -> str:
+        """The chain member a relation between the two *outputs* blames: the layer itself
+        when the row is one layer; in a chain, the primary layer when the trailing
+        activations cannot have caused the relation (they commute with a permutation or a
+        shift of positions, ReLU/PReLU also with a positive factor), else ""."""
+        if len(self.chain) == 1:
+            return self.chain[0]
+        if len(self.tail) != len(self.chain) - 1:
+            return ""
+        tail_kinds = {k for _, k in self.tail}
+        if kind in ("channel_order", "spatial_shift"):
+            if kind == "channel_order" and "PReLU" in tail_kinds:
+                return ""  # per-channel slopes do not commute with a channel permutation
+            return self.primary
+        if kind == "constant_scale" and factor is not None and factor > 0 and tail_kinds <= {"ReLU", "PReLU"}:
+            return self.primary
+        return ""
 
     @property
     def x0(self) -> np.ndarray | None:
@@ -279,12 +416,16 @@ class Case:
         p = self.tparam("padding", default="")
         return p.upper() if isinstance(p, str) else "EXPLICIT"
 
-    def diag(self, kind: str, summary: str, fix: str, confidence: float, **evidence: Any) -> Diagnosis:
+    def diag(self, kind: str, summary: str, fix: str, confidence: float, layer: str | None = None,
+             **evidence: Any) -> Diagnosis:
+        """A diagnosis of this case. ``layer`` is the chain member it blames (``Diagnosis.layer``);
+        by default the primary layer, the one the layer rules study (the conv of conv+relu)."""
         ev: dict[str, Any] = {}
         if np.isfinite(self.r0):
             ev["max_abs_error_now"] = rnd(self.r0 * self.scale)
         ev.update({k: v for k, v in evidence.items()})
-        return Diagnosis(kind=kind, summary=summary, fix=fix, confidence=float(confidence), evidence=ev)
+        return Diagnosis(kind=kind, summary=summary, fix=fix, confidence=float(confidence), evidence=ev,
+                         layer=self.primary if layer is None else layer)
 
 
 def channel_affine_fit(y: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:

@@ -12,7 +12,7 @@ from ..layout import conv_weight_tf_to_caffe, nchw_to_nhwc, nhwc_to_nchw
 from ..result import Diagnosis
 from ..weights import TRANSFORM_FIXES, compare_layer
 from . import reference as ref
-from ._core import CONF_FINGERPRINT, CONF_RECOMPUTED, CONF_WEIGHTS, Case, hw, rnd
+from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, hw, pad_fix, rnd
 from .generic import name_scale
 
 #: Recompute at most this many multiply-adds per hypothesis (a big layer takes seconds in NumPy):
@@ -33,27 +33,18 @@ WEIGHT_BUGS = {
 }
 
 
-def _conv_geom(case: Case) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], int]:
-    p = case.cparams
-    w = case.cw[0] if case.cw else None
-    kdef = int(w.shape[2]) if w is not None and w.ndim == 4 else 1
-    k = hw(p, "kernel_size", kdef)
-    if w is not None and w.ndim == 4:
-        k = (int(w.shape[2]), int(w.shape[3]))
-    return k, hw(p, "stride", 1), hw(p, "pad", 0), hw(p, "dilation", 1), int(p.get("group", 1) or 1)
 
 
 def padding_check(case: Case, pool: bool = False) -> tuple[ref.Pads, ref.Pads] | None:
     """(Caffe pads, TF 'SAME' pads) for this layer; records the ruling-out when they agree."""
-    x = case.x0
-    in_shape = x.shape if x is not None else _input_shape(case)
+    in_shape = case.input_shape()
     if in_shape is None or len(in_shape) != 4:
         return None
     if pool:
         k, s, p = hw(case.cparams, "kernel_size", 1), hw(case.cparams, "stride", 1), hw(case.cparams, "pad", 0)
         d = (1, 1)
     else:
-        k, s, p, d, _ = _conv_geom(case)
+        k, s, p, d, _ = case.conv_geom()
     h, w = in_shape[2], in_shape[3]
     same = ref.same_pads_2d(h, w, k, s, d)
     caffe = (p[0], p[0], p[1], p[1])
@@ -68,29 +59,8 @@ def padding_check(case: Case, pool: bool = False) -> tuple[ref.Pads, ref.Pads] |
     return caffe, same
 
 
-def _input_shape(case: Case) -> tuple[int, ...] | None:
-    for name in case.cp.inputs:
-        p = case.ctx.caffe_probes.get(name)
-        if p is not None and p.shape:
-            return tuple(p.shape)
-    return None
 
 
-def _try(case: Case, out: list[Diagnosis], kind: str, summary: str, fix: str,
-         fn: Callable[[], np.ndarray], conf: float = CONF_RECOMPUTED, **ev) -> bool:
-    """Recompute one hypothesis; skipped once something is already proven (recomputing is the costly part)."""
-    if case.proven:
-        return False
-    try:
-        cand = case.post(fn())
-    except (ValueError, IndexError):
-        return False
-    if case.explains(cand):
-        out.append(case.diag(kind, summary, fix, conf, confirmed_by="recomputation",
-                             residual=rnd(case.resid(cand)), **ev))
-        case.proven = True
-        return True
-    return False
 
 
 def _weights_evidence(case: Case, kind: str, chw=None, group: int = 1) -> list[Diagnosis]:
@@ -100,6 +70,8 @@ def _weights_evidence(case: Case, kind: str, chw=None, group: int = 1) -> list[D
     try:
         status, blobs, _ = compare_layer(kind, case.cw, case.tw, chw, group)
     except Exception:  # noqa: BLE001 - odd TF arrays: no weight evidence
+        if case.strict:
+            raise
         return []
     if status.startswith("equal_under:"):
         bug = status.split(":", 1)[1]
@@ -120,7 +92,7 @@ def _weights_evidence(case: Case, kind: str, chw=None, group: int = 1) -> list[D
 def conv_rules(case: Case) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     x, t = case.x0, case.t
-    k, s, p, d, g = _conv_geom(case)
+    k, s, p, d, g = case.conv_geom()
     pads = padding_check(case)
     group = g
     out += _weights_evidence(case, "conv", group=group)
@@ -130,7 +102,7 @@ def conv_rules(case: Case) -> list[Diagnosis]:
                 "padding_asymmetry",
                 f"TF 'SAME' pads {pads[1]} (top, bottom, left, right) where Caffe pads {pads[0]}: "
                 "the sampling grids are shifted (not confirmed: the layer's input/weights were not given).",
-                _pad_fix(p), CONF_FINGERPRINT + 0.1, caffe_pads=list(pads[0]), tf_same_pads=list(pads[1]),
+                pad_fix(p), CONF_FINGERPRINT + 0.1, caffe_pads=list(pads[0]), tf_same_pads=list(pads[1]),
                 stride=list(s)))
         return out
     w = case.cw[0]
@@ -182,42 +154,38 @@ def _conv_hypotheses(case: Case, out: list[Diagnosis], conv: Callable[..., np.nd
     base = conv()
     case.set_reference(base)
     if pads and pads[1] != sym:
-        _try(case, out, "padding_asymmetry",
+        case.attempt(out, "padding_asymmetry",
              f"TF 'SAME' padding {pads[1]} (top, bottom, left, right) is not Caffe's symmetric pad "
              f"{p[0]}x{p[1]} at stride {s[0]}: the sampling grid is shifted by a pixel. Recomputing "
              "Caffe's convolution with TF's padding reproduces the TF output.",
-             _pad_fix(p), lambda: conv(pads_=pads[1]),
+             pad_fix(p), lambda: conv(pads_=pads[1]),
              caffe_pads=list(sym), tf_same_pads=list(pads[1]), stride=list(s),
              input_hw=[x.shape[2], x.shape[3]], odd_input=bool(x.shape[2] % 2))
-    _try(case, out, "kernel_flipped", "The TF kernel is Caffe's rotated by 180 degrees: recomputing with "
+    case.attempt(out, "kernel_flipped", "The TF kernel is Caffe's rotated by 180 degrees: recomputing with "
          "the flipped kernel reproduces the TF output.", FIXES["kernel_flipped"],
          lambda: conv(ww=w[:, :, ::-1, ::-1]))
     if k[0] == k[1] and k[0] > 1:
-        _try(case, out, "kernel_hw_swapped", "The TF kernel is Caffe's with height and width swapped: "
+        case.attempt(out, "kernel_hw_swapped", "The TF kernel is Caffe's with height and width swapped: "
              "recomputing with the transposed kernel reproduces the TF output.", FIXES["kernel_hw_swapped"],
              lambda: conv(ww=w.transpose(0, 1, 3, 2)))
     o, cg, kh, kw = w.shape
-    _try(case, out, "reshape_not_transpose", "The TF kernel is Caffe's (O, I, kH, kW) array reshaped to "
+    case.attempt(out, "reshape_not_transpose", "The TF kernel is Caffe's (O, I, kH, kW) array reshaped to "
          "(kH, kW, I, O) instead of transposed: recomputing with it reproduces the TF output.",
          FIXES["reshape_not_transpose"], lambda: conv(ww=conv_weight_tf_to_caffe(w.reshape(kh, kw, cg, o))),
          where="weights")
     n, c, h, wd = x.shape
-    _try(case, out, "reshape_not_transpose", "The TF input is Caffe's NCHW blob reshaped to NHWC instead "
+    case.attempt(out, "reshape_not_transpose", "The TF input is Caffe's NCHW blob reshaped to NHWC instead "
          "of transposed: recomputing the layer on the reshaped input reproduces the TF output.",
          "Feed TF `np.transpose(x, (0, 2, 3, 1))`, never `x.reshape(N, H, W, C)`; a channels-first input "
          "ported with `Reshape((H, W, C))` needs `Permute((2, 3, 1))` instead.",
          lambda: conv(xx=nhwc_to_nchw(x.reshape(n, h, wd, c))), where="input")
     if c > 1:
-        _try(case, out, "channel_order", "The layer sees its input channels in reverse order (BGR vs RGB "
+        case.attempt(out, "channel_order", "The layer sees its input channels in reverse order (BGR vs RGB "
              "when this is the first layer): recomputing with reversed input channels reproduces the TF output.",
              FIXES["channel_order"], lambda: conv(xx=x[:, ::-1]))
     _input_scale_offset(case, out, base, b, lambda xx: conv(xx=xx))
 
 
-def _pad_fix(p: tuple[int, int]) -> str:
-    return (f"Pad explicitly like Caffe and convolve 'VALID': `ZeroPadding2D(({p[0]}, {p[1]}))` (or "
-            f"`tf.pad(x, [[0, 0], [{p[0]}, {p[0]}], [{p[1]}, {p[1]}], [0, 0]])`) then `padding='valid'`. "
-            "'SAME' only equals Caffe's pad at stride 1 (odd kernel) or for some input sizes.")
 
 
 def _input_scale_offset(case: Case, out: list[Diagnosis], base: np.ndarray, b: np.ndarray | None,
@@ -235,7 +203,7 @@ def _input_scale_offset(case: Case, out: list[Diagnosis], base: np.ndarray, b: n
     if den > 0:
         c = float(np.sum(lt * ly) / den)
         if abs(c - 1) > 1e-3 and c != 0 and np.isfinite(c):
-            _try(case, out, "constant_scale",
+            case.attempt(out, "constant_scale",
                  f"The TF layer sees its input times {name_scale(c)}: recomputing the layer on {name_scale(c)}*x "
                  "reproduces the TF output (a preprocessing scale applied on one side only).",
                  "Scale the input identically on both sides (Caffe Transformer: raw_scale 255 on [0, 1] images, "
@@ -256,7 +224,7 @@ def _input_scale_offset(case: Case, out: list[Diagnosis], base: np.ndarray, b: n
             return
         m, *_ = np.linalg.lstsq(a[keep], rhs[keep], rcond=None)
         if np.max(np.abs(m)) > 1e-6 * (np.max(np.abs(x)) or 1.0):
-            _try(case, out, "constant_offset",
+            case.attempt(out, "constant_offset",
                  "The TF layer sees its input plus a constant per channel (a mean subtracted on one side only): "
                  "recomputing the layer on x + m reproduces the TF output.",
                  "Subtract the same per-channel mean on both sides (Caffe's mean is BGR, e.g. [104, 117, 123]).",
@@ -272,16 +240,16 @@ def deconv_rules(case: Case) -> list[Diagnosis]:
         return out
     w = case.cw[0]
     b = case.cw[1] if len(case.cw) > 1 else None
-    k, s, p, d, g = _conv_geom(case)
+    k, s, p, d, g = case.conv_geom()
     crop = (p[0], p[0], p[1], p[1])
 
     def deconv(ww=w):
         return ref.deconv2d(x, ww, b, s, crop, d, g)
 
-    _try(case, out, "kernel_flipped", "The TF transpose-conv kernel is Caffe's rotated by 180 degrees: "
+    case.attempt(out, "kernel_flipped", "The TF transpose-conv kernel is Caffe's rotated by 180 degrees: "
          "recomputing with it reproduces the TF output.", FIXES["kernel_flipped"], lambda: deconv(w[:, :, ::-1, ::-1]))
     if w.shape[0] == w.shape[1] * g:
-        _try(case, out, "deconv_in_out_swapped", "The TF transpose-conv kernel has Caffe's input and output "
+        case.attempt(out, "deconv_in_out_swapped", "The TF transpose-conv kernel has Caffe's input and output "
              "channel axes swapped: recomputing with them swapped reproduces the TF output.",
              FIXES["deconv_in_out_swapped"], lambda: deconv(w.transpose(1, 0, 2, 3)))
     return out
@@ -334,15 +302,15 @@ def fc_rules(case: Case) -> list[Diagnosis]:
         if h_ * w_ <= 1:
             continue
         flat_tf = nchw_to_nhwc(flat_caffe.reshape(n, c_, h_, w_)).reshape(n, -1)
-        if _try(case, out, "flatten_order",
+        if case.attempt(out, "flatten_order",
                 f"Everything matches up to the flatten; the Dense layer multiplies Keras' H*W*C flattening by "
                 f"Caffe's C*H*W-ordered weight rows (input C,H,W = {(c_, h_, w_)}): recomputing that reproduces the "
                 "TF output.", FIXES["flatten_order"], lambda f=flat_tf: f @ w.T + bias, input_chw=[c_, h_, w_]):
             break
-        _try(case, out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
+        case.attempt(out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
              "instead of transposed: recomputing with it reproduces the TF output.", FIXES["reshape_not_transpose"],
              lambda f=flat_tf: f @ w.reshape(w.shape[1], w.shape[0]) + bias, where="weights")
-    _try(case, out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
+    case.attempt(out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
          "instead of transposed: recomputing with it reproduces the TF output.", FIXES["reshape_not_transpose"],
          lambda: flat_caffe @ w.reshape(w.shape[1], w.shape[0]) + bias, where="weights")
     case.set_reference(base)

@@ -12,8 +12,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import DiagnosisInputError
 from ..result import Diagnosis, LayerResult
-from ._core import rnd
+from ._core import nice_up, rnd
 
 #: Above this relative RMS error a layer is not "small error".
 DRIFT_MAX_REL_RMS = 1e-3
@@ -24,15 +25,6 @@ DRIFT_MAX_JUMP = 30.0
 DRIFT_MIN_LAYERS = 3
 
 
-def _nice_up(x: float) -> float:
-    """Round up to 1, 2 or 5 times a power of ten."""
-    if x <= 0 or not math.isfinite(x):
-        return x
-    e = math.floor(math.log10(x))
-    for m in (1, 2, 5, 10):
-        if m * 10**e >= x * (1 - 1e-12):
-            return float(f"{m * 10**e:.3g}")
-    return x
 
 
 def precision_drift(rows: Sequence[LayerResult]) -> Diagnosis | None:
@@ -76,8 +68,8 @@ def precision_drift(rows: Sequence[LayerResult]) -> Diagnosis | None:
     # smallest-passing atol (atol is relative to each layer's scale: float noise is too)
     cur_rtol = max((r.tolerance.rtol for r, _ in ms if r.tolerance is not None), default=0.0)
     cur_atol = max((r.tolerance.atol for r, _ in ms if r.tolerance is not None), default=0.0)
-    sug_rtol, sug_atol = cur_rtol, max(_nice_up(2 * need_atol), cur_atol)
-    alt_rtol = max(_nice_up(2 * need_rtol), cur_rtol)
+    sug_rtol, sug_atol = cur_rtol, max(nice_up(2 * need_atol), cur_atol)
+    alt_rtol = max(nice_up(2 * need_rtol), cur_rtol)
     failing = [r.caffe_layer for r, m in ms if not m.passed]
     ev: dict[str, Any] = {
         "layers": len(ms),
@@ -121,8 +113,6 @@ def diagnose_report(report: Any) -> list[Diagnosis]:
     """
     rows = getattr(report, "rows", None)
     if rows is None:
-        from ._core import DiagnosisInputError
-
         raise DiagnosisInputError(f"diagnose_report needs a Report, got {type(report).__name__}")
     if bool(report):
         return []

@@ -20,7 +20,6 @@ from ._core import (
     hw,
     rnd,
 )
-from .conv import _try
 
 _NHWC_OF_NCHW = {0: 0, 1: 3, 2: 1, 3: 2}
 
@@ -44,7 +43,7 @@ def relu_rules(case: Case) -> list[Diagnosis]:
         return out
     named = {0.3: "Keras LeakyReLU's default 0.3", 0.2: "tf.nn.leaky_relu's default 0.2",
              0.01: "0.01 (a common Keras choice)"}.get(round(ts, 6), f"{ts:.6g}")
-    _try(case, out, "leaky_slope",
+    case.attempt(out, "leaky_slope",
          f"The TF activation's negative slope is {named}; Caffe's ReLU has negative_slope {cs:g}. Recomputing "
          "with the TF slope reproduces the TF output.", _leaky_fix(cs),
          lambda: np.where(x > 0, x, ts * x), caffe_slope=cs, tf_slope=rnd(ts))
@@ -77,13 +76,13 @@ def prelu_rules(case: Case) -> list[Diagnosis]:
     if case.explains(per_channel):
         a = float(np.median(per_c))
         if slopes is not None and slopes.size > 1 and np.ptp(slopes) > 1e-6 and np.ptp(per_c) <= 1e-5 * max(abs(a), 1e-6):
-            _try(case, out, "prelu_shared_axes",
+            case.attempt(out, "prelu_shared_axes",
                  f"The TF PReLU applies one slope {a:.6g} to every channel; Caffe's has {slopes.size} per-channel "
                  f"slopes [{slopes.min():.4g} .. {slopes.max():.4g}]. Recomputing with the single slope reproduces "
                  "the TF output.", fix, lambda: np.where(x > 0, x, a * x), tf_slope=rnd(a),
                  caffe_slopes=[rnd(v) for v in slopes[:32]])
         elif slopes is not None:
-            _try(case, out, "prelu_shared_axes",
+            case.attempt(out, "prelu_shared_axes",
                  "The TF PReLU's per-channel slopes are not Caffe's (a wrongly shared or reordered alpha): "
                  "recomputing with the slopes TF applies reproduces its output.",
                  fix, lambda: per_channel, tf_slopes=[rnd(v) for v in per_c[:32]],
@@ -111,7 +110,7 @@ def softmax_rules(case: Case) -> list[Diagnosis]:
     axes = [a for a in range(1, y.ndim) if a != ca] + ([tuple(range(1, y.ndim))] if y.ndim > 2 else [])
     for a in axes:
         if x is not None:
-            if _try(case, out, "softmax_axis",
+            if case.attempt(out, "softmax_axis",
                     f"TF normalizes over NCHW axis {a} (NHWC axis {_nhwc(a, y.ndim)}), Caffe over axis {ca} "
                     f"(NHWC axis {_nhwc(ca, y.ndim)}): recomputing softmax over that axis reproduces the TF output.",
                     fix, lambda a=a: ref.softmax(x, a), caffe_axis=ca, tf_axis_nchw=a, tf_axis_nhwc=_nhwc(a, y.ndim)):
@@ -174,14 +173,14 @@ def eltwise_rules(case: Case) -> list[Diagnosis]:
         A = np.stack([v.ravel() for v in xs], 1)
         fit, *_ = np.linalg.lstsq(A, t.ravel(), rcond=None)
         if np.max(np.abs(fit - np.array(coeff))) > 1e-4:
-            _try(case, out, "eltwise_coeff",
+            case.attempt(out, "eltwise_coeff",
                  f"TF sums the inputs with coefficients {[rnd(v, 4) for v in fit]}, Caffe with {coeff}: recomputing "
                  "with the fitted coefficients reproduces the TF output.", fix_c,
                  lambda: sum(c * v for c, v in zip(fit, xs, strict=True)), caffe_coeff=coeff, tf_coeff=[rnd(v, 6) for v in fit])
     for name, fn in (("PROD", lambda: np.prod(np.stack(xs), 0)), ("SUM", lambda: np.sum(np.stack(xs), 0)),
                      ("MAX", lambda: np.max(np.stack(xs), 0))):
         if name != op and not out:
-            _try(case, out, "eltwise_operation", f"TF computes Eltwise {name}, Caffe {op}.",
+            case.attempt(out, "eltwise_operation", f"TF computes Eltwise {name}, Caffe {op}.",
                  f"Use the Keras merge layer for {op} ({'Multiply' if op == 'PROD' else 'Maximum' if op == 'MAX' else 'Add'}).",
                  fn, caffe_operation=op, tf_operation=name)
     return out
@@ -212,7 +211,7 @@ def crop_rules(case: Case) -> list[Diagnosis]:
         seen.add((oy, ox))
         if float(np.max(np.abs(x[0, 0, oy:oy + h, ox:ox + w] - t[0, 0]), initial=0.0)) > tol:
             continue
-        if _try(case, out, "spatial_shift",
+        if case.attempt(out, "spatial_shift",
                 f"TF crops at offset ({oy}, {ox}); Caffe's Crop takes offset ({full[2]}, {full[3]}) from the "
                 "top-left: the output is shifted.",
                 f"Crop from the top-left like Caffe: `x[:, {full[2]}:{full[2]}+{h}, {full[3]}:{full[3]}+{w}, :]` or "
@@ -243,7 +242,7 @@ def interp_rules(case: Case) -> list[Diagnosis]:
             fix = INTERP_FIX if caffe_mode == "align_corners" else (
                 "Caffe's layer here has align_corners: false (half-pixel centres): use `tf.image.resize(x, size, "
                 "'bilinear')` / `UpSampling2D(interpolation='bilinear')`, not align_corners=True.")
-            if _try(case, out, "interp_align_corners",
+            if case.attempt(out, "interp_align_corners",
                     f"Caffe interpolates with {caffe_mode.replace('_', ' ')} sampling, TF with {mode.replace('_', ' ')} "
                     "sampling: recomputing the resize that way reproduces the TF output (corners exact, interior off).",
                     fix, lambda mode=mode: ref.resize_bilinear(x, t.shape[2:], mode), caffe_sampling=caffe_mode,

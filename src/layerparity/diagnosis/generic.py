@@ -250,4 +250,6 @@ def generic_rules(case: Case) -> list[Diagnosis]:
         out += rule(case)
         if out and out[-1].confidence >= CONF_EXACT:
             break
+    for d in out:  # a relation between the chain's outputs: which member it blames, if any
+        d.layer = case.output_layer(d.kind, d.evidence.get("factor"))
     return out

@@ -9,7 +9,6 @@ from ..result import Diagnosis
 from ..weights import TRANSFORM_FIXES, compare_layer
 from . import reference as ref
 from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, channel_affine_fit, fnum, rnd
-from .conv import _try
 
 LRN_FIX = ("TF's LRN divides nothing by the window size: use `tf.nn.local_response_normalization(x, "
            "depth_radius=n // 2, bias=k, alpha=alpha / n, beta=beta)` for Caffe's (local_size=n, alpha, beta, k).")
@@ -43,21 +42,21 @@ def lrn_rules(case: Case) -> list[Diagnosis]:
     with np.errstate(divide="ignore", invalid="ignore"):
         rr = base / ref.lrn_across(x, lo, hi, alpha, beta, k)  # Caffe / TF: grows with local energy
     rr = rr[np.isfinite(rr)]
-    _try(case, out, "lrn_alpha_scaling",
+    case.attempt(out, "lrn_alpha_scaling",
          f"TF's LRN uses alpha = {alpha:g} where Caffe's formula means alpha/n = {alpha / n:g} (n = {n}): "
          "recomputing LRN with the undivided alpha reproduces the TF output.", LRN_FIX,
          lambda: ref.lrn_across(x, lo, hi, alpha, beta, k), caffe_alpha=alpha, expected_tf_alpha=rnd(alpha / n),
          tf_alpha=ta, local_size=n, ratio_min=rnd(rr.min()) if rr.size else None,
          ratio_max=rnd(rr.max()) if rr.size else None)
     if not out:
-        _try(case, out, "lrn_depth_radius",
+        case.attempt(out, "lrn_depth_radius",
              f"TF's LRN uses depth_radius = {n} (the window size) where Caffe's local_size {n} means "
              f"depth_radius = {n // 2}: recomputing with that window reproduces the TF output.", LRN_FIX,
              lambda: ref.lrn_across(x, n, n, alpha / n, beta, k), local_size=n)
     if not out and ta is not None:
         r = int(fnum(case.tparam("depth_radius"), lo))
         tb, tk = fnum(case.tparam("beta"), beta), fnum(case.tparam("bias"), k)
-        _try(case, out, "lrn_parameters",
+        case.attempt(out, "lrn_parameters",
              f"TF's LRN parameters (depth_radius={r}, alpha={ta:g}, beta={tb:g}, bias={tk:g}) reproduce the TF "
              f"output but differ from Caffe's (local_size={n}, alpha={alpha:g}, beta={beta:g}, k={k:g}).",
              LRN_FIX, lambda: ref.lrn_across(x, r, r, ta, tb, tk))
@@ -88,8 +87,8 @@ def bn_rules(case: Case) -> list[Diagnosis]:
     teps = fnum(case.tparam("epsilon", "variance_epsilon"), None)
     if bn is None and sc is not None and x is not None and t is not None:
         # a lone Scale layer held against a TF layer that skipped it
-        _try(case, out, "missing_scale", "The TF output equals the Scale layer's input: the Scale (gamma, beta) "
-             "was not ported.", SCALE_FIX, lambda: x)
+        case.attempt(out, "missing_scale", "The TF output equals the Scale layer's input: the Scale (gamma, beta) "
+             "was not ported.", SCALE_FIX, lambda: x, layer=sc)
         return out
     if bn is None or t is None:
         return out
@@ -97,19 +96,21 @@ def bn_rules(case: Case) -> list[Diagnosis]:
     if bn_w is not None and case.tw:
         try:
             status, blobs, _ = compare_layer("bn", bn_w, case.tw, scale_blobs=sc_w)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - odd TF arrays: no weight evidence
+            if case.strict:
+                raise
             status, blobs = "", []
         if status == "equal_under:batchnorm_scale_factor":
             out.append(case.diag("batchnorm_scale_factor",
                                  "The TF moving mean/variance are Caffe's raw BatchNorm blobs, not divided by the "
-                                 "scale factor (third blob).", BN_S_FIX, CONF_WEIGHTS, confirmed_by="weights",
+                                 "scale factor (third blob).", BN_S_FIX, CONF_WEIGHTS, layer=bn, confirmed_by="weights",
                                  scale_factor=rnd(float(bn_w[2].reshape(-1)[0])) if len(bn_w) > 2 else None))
         elif sc is not None and any(b.role == "gamma" and b.status == "missing" for b in blobs):
             out.append(case.diag("missing_scale", "The TF BatchNormalization has no gamma/beta: the Caffe Scale "
                                  "layer after the BatchNorm was not ported.", SCALE_FIX, CONF_WEIGHTS - 0.02,
-                                 confirmed_by="weights"))
+                                 layer=sc, confirmed_by="weights"))
     if x is None or bn_w is None or len(bn_w) < 2:
-        return out + _affine_fingerprints(case, eps, teps, sc is not None)
+        return out + _affine_fingerprints(case, eps, teps, bn, sc)
     mean, var, s = ref.caffe_bn_stats(bn_w)
     gamma = sc_w[0] if sc_w else None
     beta = sc_w[1] if sc_w and len(sc_w) > 1 else None
@@ -124,34 +125,34 @@ def bn_rules(case: Case) -> list[Diagnosis]:
     eps_cands = [e for e in ([teps] if teps else []) + [1e-3, 1e-5, 1e-4, 2e-5, 1e-6, 0.0] if e is not None and e != eps]
     eps_cands = list(dict.fromkeys(eps_cands))
     for e in eps_cands:
-        if _try(case, out, "batchnorm_epsilon",
+        if case.attempt(out, "batchnorm_epsilon",
                 f"TF's BatchNormalization uses epsilon {e:g}, Caffe's BatchNorm {eps:g}: a per-channel constant "
                 f"ratio sqrt((var + {eps:g}) / (var + {e:g})), largest on small-variance channels. Recomputing "
                 "with that epsilon reproduces the TF output.",
-                BN_EPS_FIX.format(eps=eps), lambda e=e: chain(mean, var, e), caffe_eps=eps, tf_eps=e,
+                BN_EPS_FIX.format(eps=eps), lambda e=e: chain(mean, var, e), layer=bn, caffe_eps=eps, tf_eps=e,
                 ratio_per_channel_min=rnd(float(np.min(np.sqrt((var + e) / (var + eps)))), 6),
                 ratio_per_channel_max=rnd(float(np.max(np.sqrt((var + e) / (var + eps)))), 6)):
             break
     if s not in (0.0, 1.0):
         for e in [eps] + eps_cands:
-            if _try(case, out, "batchnorm_scale_factor",
+            if case.attempt(out, "batchnorm_scale_factor",
                     f"TF normalizes with Caffe's raw BatchNorm blobs (mean*S, var*S with S = {s:g}), not divided by "
                     "the scale factor: recomputing that reproduces the TF output.", BN_S_FIX,
-                    lambda e=e: chain(mean * s, var * s, e), scale_factor=rnd(s), tf_eps=e):
+                    lambda e=e: chain(mean * s, var * s, e), layer=bn, scale_factor=rnd(s), tf_eps=e):
                 break
     if gamma is not None:
         for e in [eps] + eps_cands:
-            if _try(case, out, "missing_scale",
+            if case.attempt(out, "missing_scale",
                     "The TF output is the BatchNorm output without the following Scale layer's gamma/beta: "
                     "recomputing BatchNorm alone reproduces it.", SCALE_FIX,
-                    lambda e=e: chain(mean, var, e, scale=False)):
+                    lambda e=e: chain(mean, var, e, scale=False), layer=sc):
                 break
     if not out:
-        out += _affine_fingerprints(case, eps, teps, sc is not None)
+        out += _affine_fingerprints(case, eps, teps, bn, sc)
     return out
 
 
-def _affine_fingerprints(case: Case, eps: float, teps: float | None, has_scale: bool) -> list[Diagnosis]:
+def _affine_fingerprints(case: Case, eps: float, teps: float | None, bn: str, sc: str | None) -> list[Diagnosis]:
     """Per-channel fit t_c = a_c * y_c + b_c without inputs/weights (a guess)."""
     y, t = case.y, case.t
     if t is None:
@@ -175,16 +176,16 @@ def _affine_fingerprints(case: Case, eps: float, teps: float | None, has_scale: 
                               f"[{a.min():.5f} .. {a.max():.5f}] and TF epsilon {teps:g} vs Caffe {eps:g}; every "
                               "channel's ratio is sqrt((var + eps_caffe) / (var + eps_tf)) for a positive variance "
                               "(not confirmed: inputs/weights not given).", BN_EPS_FIX.format(eps=eps),
-                              CONF_FINGERPRINT + 0.15, implied_var=[rnd(v, 4) for v in v_impl[:32]], **ev)]
+                              CONF_FINGERPRINT + 0.15, layer=bn, implied_var=[rnd(v, 4) for v in v_impl[:32]], **ev)]
     if np.all(np.abs(a - 1) < 0.05):
         return []
     spread = (a.max() - a.min()) / (abs(a).mean() or 1)
     if spread < 0.05:
         return [case.diag("batchnorm_scale_factor", "Per-channel affine error with nearly the same slope "
                           f"{a.mean():.4g} on every channel (~1/sqrt(S)): mean/var not divided by the scale factor "
-                          "(not confirmed).", BN_S_FIX, CONF_FINGERPRINT, **ev)]
-    if has_scale:
+                          "(not confirmed).", BN_S_FIX, CONF_FINGERPRINT, layer=bn, **ev)]
+    if sc is not None:
         return [case.diag("missing_scale", "Per-channel affine error with slopes that vary per channel "
                           "(1/gamma): the Scale after the BatchNorm looks missing (not confirmed).", SCALE_FIX,
-                          CONF_FINGERPRINT, **ev)]
+                          CONF_FINGERPRINT, layer=sc, **ev)]
     return []

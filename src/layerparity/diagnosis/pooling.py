@@ -7,7 +7,7 @@ import numpy as np
 from ..result import Diagnosis
 from . import reference as ref
 from ._core import CONF_EXACT, CONF_FINGERPRINT, CONF_FORMULA, CONF_RECOMPUTED, Case, hw, rnd
-from .conv import _input_shape, _try, padding_check
+from .conv import padding_check
 
 ROUNDING_FIX = (
     "Caffe rounds the pooled size up (ceil): pad the bottom/right so the last window exists, e.g. "
@@ -36,7 +36,7 @@ def pool_params(case: Case) -> tuple[tuple[int, int], tuple[int, int], tuple[int
 def pool_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
     """Output shapes differ: which size rule explains TF's?"""
     k, s, p, mode, ceil, glob = pool_params(case)
-    in_shape = case.x0.shape if case.x0 is not None else _input_shape(case)
+    in_shape = case.input_shape()
     if glob or in_shape is None or len(in_shape) != 4 or len(t_shape) != 4:
         return []
     h, w = in_shape[2], in_shape[3]
@@ -93,7 +93,7 @@ def pool_rules(case: Case) -> list[Diagnosis]:
     base = ref.caffe_pool(x, k, s, p, mode, ceil)
     case.set_reference(base)
     if mode == "AVE" and max(p) > 0:
-        if _try(case, out, "avg_pool_padding_divisor",
+        if case.attempt(out, "avg_pool_padding_divisor",
                 "Border-only error: Caffe's AVE pooling divides windows that overlap the padding by the full "
                 f"{k[0]}x{k[1]} (padding counted), TF by the valid count only. Recomputing with TF's divisor "
                 "reproduces the TF output.",
@@ -101,7 +101,7 @@ def pool_rules(case: Case) -> list[Diagnosis]:
                 **_border_ratios(case)):
             return out
     if pads is not None and pads[1] != sym:
-        _try(case, out, "padding_asymmetry",
+        case.attempt(out, "padding_asymmetry",
              f"TF 'SAME' pads {pads[1]} (top, bottom, left, right) where Caffe pads {sym} symmetrically at stride "
              f"{s[0]}: the pooling windows are shifted. Recomputing with TF's padding reproduces the TF output.",
              f"Pad explicitly like Caffe and pool 'VALID' (`ZeroPadding2D(({p[0]}, {p[1]}))` for AVE; for MAX pad "
@@ -113,7 +113,7 @@ def pool_rules(case: Case) -> list[Diagnosis]:
     ew = max(0, (ow - 1) * s[1] + k[1] - (x.shape[3] + 2 * p[1]))
     if eh or ew:
         xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0] + eh), (p[1], p[1] + ew)))
-        _try(case, out, "pool_rounding",
+        case.attempt(out, "pool_rounding",
              "Only the last (bottom/right) row/column differs: Caffe's ceil rounding makes a window that hangs "
              "over the input; the port zero-pads it and divides by the full window, Caffe clips it. "
              "Recomputing that reproduces the TF output.",

@@ -9,8 +9,7 @@ from ..errors import InputError
 from ..layout import relayout_shape
 from ..result import Diagnosis
 from . import reference as ref
-from ._core import CONF_FINGERPRINT, CONF_FORMULA, Case, rnd
-from .conv import _conv_geom, _input_shape, _pad_fix
+from ._core import CONF_FINGERPRINT, CONF_FORMULA, Case, pad_fix, rnd
 from .elementwise import concat_shape_rule, deconv_shape_rule, interp_shape_rule
 from .pooling import pool_shape_rule
 
@@ -27,10 +26,10 @@ def tf_shape_in_caffe_layout(case: Case) -> tuple[int, ...]:
 
 
 def conv_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
-    in_shape = case.x0.shape if case.x0 is not None else _input_shape(case)
+    in_shape = case.input_shape()
     if in_shape is None or len(in_shape) != 4 or len(t_shape) != 4:
         return []
-    k, s, p, d, _ = _conv_geom(case)
+    k, s, p, d, _ = case.conv_geom()
     h, w = in_shape[2:]
     keff = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
     c_out = (ref.caffe_conv_out(h, k[0], s[0], p[0], d[0]), ref.caffe_conv_out(w, k[1], s[1], p[1], d[1]))
@@ -41,10 +40,10 @@ def conv_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
               tf_valid_out=list(valid), tf_same_out=list(same), tf_out=list(got))
     if got == valid and got != c_out:
         return [case.diag("padding_mismatch", f"TF convolves 'VALID' ({got[0]}x{got[1]}) where Caffe pads {p[0]}x{p[1]} "
-                          f"({c_out[0]}x{c_out[1]}).", _pad_fix(p), CONF_FORMULA, **ev)]
+                          f"({c_out[0]}x{c_out[1]}).", pad_fix(p), CONF_FORMULA, **ev)]
     if got == same and got != c_out:
         return [case.diag("padding_mismatch", f"TF 'SAME' gives ceil(H/s) = {got[0]}x{got[1]}; Caffe's pad {p[0]}x{p[1]} "
-                          f"gives {c_out[0]}x{c_out[1]}.", _pad_fix(p), CONF_FORMULA, **ev)]
+                          f"gives {c_out[0]}x{c_out[1]}.", pad_fix(p), CONF_FORMULA, **ev)]
     return []
 
 
@@ -102,7 +101,9 @@ def shape_rules(case: Case) -> list[Diagnosis]:
         out += concat_shape_rule(case, t_shape)
     elif case.ckind_raw in INTERP_KINDS or k == "resize":
         out += interp_shape_rule(case, t_shape)
-    out += reshaped_memory_rule(case)  # ranked with the size rules by confidence
+    for d in reshaped_memory_rule(case):  # ranked with the size rules by confidence
+        d.layer = case.output_layer(d.kind)  # the TF tensor's layout, not a member of a chain
+        out.append(d)
     if not out:
         y = case.y
         ev = {"caffe_shape": list(y.shape), "caffe_layout": case.cp.layout, "tf_shape": list(case.t_raw.shape),
@@ -113,11 +114,11 @@ def shape_rules(case: Case) -> list[Diagnosis]:
                                  f"Same number of elements, different shapes (Caffe {tuple(y.shape)} {case.cp.layout}, TF "
                                  f"{tuple(case.t_raw.shape)} {case.tp.layout}): a reshape or a wrongly declared layout.",
                                  "Check the Reshape/Flatten/Permute feeding this layer and the layout declared for it.",
-                                 CONF_FINGERPRINT - 0.2, **ev))
+                                 CONF_FINGERPRINT - 0.2, layer=case.output_layer(), **ev))
         else:
             out.append(case.diag("shape_mismatch",
                                  f"The output shapes differ (Caffe {tuple(y.shape)} {case.cp.layout}, TF "
                                  f"{tuple(case.t_raw.shape)} {case.tp.layout}, i.e. {t_shape} in Caffe's layout) and no "
                                  "size rule explains it.", "Compare the layer's parameters (kernel, stride, pad, axis) "
-                                 "on both sides.", CONF_FINGERPRINT - 0.3, **ev))
+                                 "on both sides.", CONF_FINGERPRINT - 0.3, layer=case.output_layer(), **ev))
     return out

@@ -1,4 +1,17 @@
-"""diagnose(): run the decision list over one divergent layer and rank the answers."""
+"""diagnose(): run the decision list over one divergent layer and rank the answers.
+
+>>> import numpy as np
+>>> from layerparity.result import LayerResult
+>>> from layerparity.trace import Probe
+>>> x = np.random.default_rng(0).random((1, 3, 4, 4)).astype(np.float32)
+>>> caffe = Probe("data", "Input", x, layout="NCHW")
+>>> tf = Probe("data", "InputLayer", 255 * x.transpose(0, 2, 3, 1), layout="NHWC")
+>>> d = diagnose(LayerResult("data", "data", "data"), caffe, tf)
+>>> d[0].kind, d[0].evidence["named"], d[0].layer
+('constant_scale', '255 (raw_scale)', 'data')
+>>> diagnose(LayerResult("data", "data", "data"), caffe, Probe("data", "InputLayer", x.transpose(0, 2, 3, 1), layout="NHWC"))
+[]
+"""
 
 from __future__ import annotations
 
@@ -7,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DiagnosisInputError
 from ..metrics import compute_metrics, default_tolerance
 from ..result import Diagnosis, LayerResult
 from ..trace import Probe
@@ -15,12 +29,14 @@ from ._core import (
     CONF_UNKNOWN,
     Case,
     DiagnosisContext,
-    DiagnosisInputError,
     error_stats,
+    fnum,
+    nice_up,
     rnd,
+    strict_mode,
 )
 from .conv import conv_rules, deconv_rules, fc_rules
-from .drift import DRIFT_MAX_REL_RMS, _nice_up, precision_drift
+from .drift import DRIFT_MAX_REL_RMS, precision_drift
 from .elementwise import (
     crop_rules,
     eltwise_rules,
@@ -87,14 +103,28 @@ def _check_args(row: Any, cp: Any, tp: Any, caffe_inputs: Any, context: Any) -> 
                 raise DiagnosisInputError(f"diagnose: caffe_inputs[{i}] is not a numeric array")
     if context is None:
         return DiagnosisContext()
-    if isinstance(context, DiagnosisContext):
-        return context
     if isinstance(context, dict):
         try:
-            return DiagnosisContext(**context)
+            context = DiagnosisContext(**context)
         except TypeError as e:
             raise DiagnosisInputError(f"diagnose: bad context keys ({e})") from None
-    raise DiagnosisInputError(f"diagnose: context must be a DiagnosisContext, got {type(context).__name__}")
+    if not isinstance(context, DiagnosisContext):
+        raise DiagnosisInputError(f"diagnose: context must be a DiagnosisContext, got {type(context).__name__}")
+    return _rows_so_far(context, row)
+
+
+def _rows_so_far(ctx: DiagnosisContext, row: LayerResult) -> DiagnosisContext:
+    """The context's contract: ``rows`` are the report's rows up to and including this one.
+    A caller that hands over more (the finished report, when a divergence is named after the
+    fact) must not let later rows, downstream of the bug, decide about this one."""
+    rows = list(ctx.rows or [])
+    if not all(isinstance(r, LayerResult) for r in rows):
+        raise DiagnosisInputError("diagnose: context rows must be LayerResult objects")
+    at = next((i for i, r in enumerate(rows) if r is row), None)
+    if at is None or at == len(rows) - 1:
+        return ctx
+    return DiagnosisContext(rows=rows[: at + 1], caffe_probes=ctx.caffe_probes, caffe_weights=ctx.caffe_weights,
+                            tolerance=ctx.tolerance)
 
 
 def _is_fine(case: Case) -> bool:
@@ -115,19 +145,27 @@ def diagnose(
     caffe_weights: Sequence[np.ndarray] | dict[str, Sequence[np.ndarray]] | None = None,
     tf_weights: Sequence[np.ndarray] | None = None,
     context: DiagnosisContext | None = None,
+    *,
+    strict: bool | None = None,
 ) -> list[Diagnosis]:
     """Why did this layer diverge? Ranked :class:`~layerparity.result.Diagnosis` objects, best first.
 
     ``[]`` when the layer is fine; ``[unknown]`` (with the numbers) when something is
-    wrong and no rule fits. ``caffe_inputs`` are the Caffe layer's bottoms (NCHW),
-    ``caffe_weights`` its params in Caffe's layout (or ``{layer: params}`` for a fused
-    chain), ``tf_weights`` the TF layer's arrays in TF's layout. With inputs and
-    weights a suspected bug is *confirmed* by recomputing Caffe's formula with the
-    bug in NumPy; confirmed diagnoses rank above fingerprint-only guesses. Pure NumPy.
+    wrong and no rule fits. ``caffe_inputs`` are the Caffe layer's bottoms (NCHW; for a
+    chain, the bottoms of its first layer), ``caffe_weights`` its params in Caffe's
+    layout (or ``{layer: params}`` for a fused chain), ``tf_weights`` the TF layer's
+    arrays in TF's layout. With inputs and weights a suspected bug is *confirmed* by
+    recomputing Caffe's formula with the bug in NumPy; confirmed diagnoses rank above
+    fingerprint-only guesses. Each diagnosis' ``layer`` names the chain member it
+    blames ("" when no rule localises the bug). ``context.rows`` after ``row`` are
+    ignored (see :class:`DiagnosisContext`). ``strict`` (default: the
+    ``LAYERPARITY_DIAGNOSIS_STRICT`` environment variable) makes a rule that raises
+    propagate instead of being recorded under ``evidence["rules_skipped"]``. Pure NumPy.
     """
     ctx = _check_args(row, caffe_probe, tf_probe, caffe_inputs, context)
     try:
-        case = Case(row, caffe_probe, tf_probe, caffe_inputs, caffe_weights, tf_weights, ctx)
+        case = Case(row, caffe_probe, tf_probe, caffe_inputs, caffe_weights, tf_weights, ctx,
+                    strict=strict_mode(strict))
     except (TypeError, ValueError) as e:
         raise DiagnosisInputError(f"diagnose: layer {row.caffe_layer!r}: unusable arrays ({e})") from None
     if _is_fine(case):
@@ -143,6 +181,8 @@ def diagnose(
             case.proven = True
         for rule in _rules_for(case):
             cands += _run(rule, case)
+        if case.tail:
+            cands += _run(tail_rules, case)
     out = _rank(cands)
     if not out:
         out = [_fallback(case)]
@@ -155,6 +195,8 @@ def _run(rule: Rule, case: Case) -> list[Diagnosis]:
     try:
         return rule(case)
     except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError, np.linalg.LinAlgError) as e:
+        if case.strict:
+            raise
         case.evidence_extra.setdefault("rules_skipped", []).append(f"{rule.__name__}: {type(e).__name__}: {e}"[:200])
         return []
 
@@ -192,6 +234,7 @@ def _fallback(case: Case) -> Diagnosis:
                 "drift (call diagnose_report(report) or pass context rows).")
     return Diagnosis(
         kind="unknown",
+        layer="",
         summary=f"Layer {case.row.caffe_layer!r} ({case.ckind_raw or '?'}) differs and no known porting bug "
                 "explains it." + hint,
         fix="Compare the layer's parameters and weights on both sides (layerparity weights ...), and check its "
@@ -220,7 +263,7 @@ def float_rounding(case: Case) -> Diagnosis | None:
                           "tf_vs_caffe": rnd(case.r0)}
     fix = "Loosen the tolerance a little, or compare in float64 on both sides."
     if m is not None and np.isfinite(m.min_atol):
-        sug = max(_nice_up(2 * m.min_atol), tol.atol if tol else 0.0)
+        sug = max(nice_up(2 * m.min_atol), tol.atol if tol else 0.0)
         ev.update(min_atol_that_passes=rnd(m.min_atol), suggested_rtol=tol.rtol if tol else None, suggested_atol=sug)
         fix = (f"Loosen the tolerance to atol={sug:g} (relative to the layer's max |value|) at rtol="
                f"{tol.rtol if tol else 0:g}, or compare in float64 on both sides; run diagnose_report(report) "
@@ -233,6 +276,33 @@ def float_rounding(case: Case) -> Diagnosis | None:
         fix=fix, confidence=0.75, evidence=ev)
 
 
+def tail_rules(case: Case) -> list[Diagnosis]:
+    """A chain ending in an activation (``conv1`` + ``relu1`` against one ``Conv2D(activation=...)``):
+    the primary layer recomputes Caffe's value, but the TF activation differs. Blames the activation."""
+    out: list[Diagnosis] = []
+    z, t = case.pre_activation, case.t
+    if case.proven or z is None or t is None or len(case.tail) != 1 or case.tail[0][1] != "ReLU":
+        return out
+    name = case.tail[0][0]
+    cs = fnum(case.cparams_of(name).get("negative_slope"), 0.0) or 0.0
+    neg = z < -1e-3 * case.scale  # slopes measured where the pre-activation is not rounding noise
+    if not neg.any():
+        return out
+    ts = float(np.median(t[neg] / z[neg]))
+    if not np.isfinite(ts) or abs(ts - cs) < 1e-6:
+        return out
+    named = {0.3: "Keras LeakyReLU's default 0.3", 0.2: "tf.nn.leaky_relu's default 0.2",
+             0.01: "0.01 (a common Keras choice)"}.get(round(ts, 6), f"{ts:.6g}")
+    fix = ("Caffe's ReLU here is a plain ReLU: use `activation='relu'` (Keras' 'leaky_relu' has slope 0.2)."
+           if cs == 0 else f"Use a LeakyReLU with negative_slope={cs:g} after the layer (not the fused default).")
+    case.attempt(out, "leaky_slope",
+                 f"The layer before it computes Caffe's values, but the fused TF activation's negative slope is "
+                 f"{named} where Caffe's {name!r} has negative_slope {cs:g}: recomputing the chain with the TF slope "
+                 "reproduces the TF output.", fix, lambda: np.where(z > 0, z, ts * z), layer=name, post=False,
+                 caffe_slope=cs, tf_slope=rnd(ts))
+    return out
+
+
 def _annotate(case: Case, out: list[Diagnosis]) -> None:
     if case.ruled_out:
         for d in out:
@@ -241,6 +311,8 @@ def _annotate(case: Case, out: list[Diagnosis]) -> None:
         top.summary += " Ruled out: " + "; ".join(case.ruled_out) + "."
     for k, v in case.evidence_extra.items():
         out[0].evidence.setdefault(k, v)
+    # the Caffe type of the layer the rules studied (the conv of conv+relu): conventions() reads it
+    out[0].evidence.setdefault("caffe_kind", case.ckind_raw)
     if case.row.own is not None and case.row.own.passed:
         out[0].evidence.setdefault("own_error_passed", True)
     if case.row.contaminated_by:
