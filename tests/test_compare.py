@@ -12,6 +12,7 @@ import pytest
 
 import layerparity
 import layerparity.compare as compare_mod
+import layerparity.sources as sources_mod
 from layerparity.backends.base import Backend, InputSpec
 from layerparity.compare import compare_traces
 from layerparity.layout import LayoutMismatch, relayout
@@ -285,7 +286,7 @@ def _peak(n_layers: int):
 
 def test_streaming_peak_memory_is_the_budget_not_the_sum(monkeypatch):
     one = int(np.prod(SHAPE)) * 4
-    monkeypatch.setattr(compare_mod, "STREAM_MEMORY_BYTES", 8 * one)  # per side; the rest spills to a file
+    monkeypatch.setattr(sources_mod, "STREAM_MEMORY_BYTES", 8 * one)  # per side; the rest spills to a file
     r100, peak100 = _peak(60)
     r300, peak300 = _peak(180)  # 2 x 180 x 128 KB = 45 MB of layers
     for r, n in ((r100, 60), (r300, 180)):
@@ -310,7 +311,7 @@ def test_spilled_and_held_streams_give_the_same_report(monkeypatch, budget_value
     one = int(np.prod(SHAPE)) * 4
     reference = compare_traces(Trace("caffe", probes=_stream("caffe", 30)),
                                Trace("tensorflow", probes=_stream("tf", 30, break_at=12)))
-    monkeypatch.setattr(compare_mod, "STREAM_MEMORY_BYTES", budget_values * one)
+    monkeypatch.setattr(sources_mod, "STREAM_MEMORY_BYTES", budget_values * one)
     r = compare_traces(_stream("caffe", 30), _stream("tf", 30, break_at=12))
     assert r.to_dict()["layers"] == reference.to_dict()["layers"]
     assert r.first_divergence.caffe_layer == "l12"
@@ -629,3 +630,28 @@ def test_end_to_end_keras_port_with_auto_names_aligns_structurally(tiny_caffe):
     assert [(row.caffe_chain, row.tf_layer) for row in r.rows][1:5] == [
         (["conv1", "relu1"], "layer_1"), (["pool1"], "layer_2"), (["conv2"], "layer_3"), (["bn2", "scale2"], "layer_4")]
     assert r.unmapped_tf == ["layer_6", "layer_8"]  # the ZeroPadding2D and the Flatten
+
+
+def test_a_short_write_to_the_spill_file_is_retried_not_lost():
+    from layerparity.sources import write_all
+
+    class Dribble:  # an unbuffered file that takes at most 3 bytes a call, like a signal-interrupted write
+        def __init__(self):
+            self.data = bytearray()
+
+        def write(self, b):
+            chunk = bytes(memoryview(b)[:3])
+            self.data += chunk
+            return len(chunk)
+
+    f = Dribble()
+    payload = np.arange(10, dtype=np.float32)
+    write_all(f, payload.view(np.uint8).data, "spill.raw")
+    assert np.array_equal(np.frombuffer(bytes(f.data), np.float32), payload)
+
+    class Full:
+        def write(self, b):
+            return 0
+
+    with pytest.raises(OSError, match="spill.raw: could not write the spilled values"):
+        write_all(Full(), payload.view(np.uint8).data, "spill.raw")

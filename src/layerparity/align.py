@@ -80,6 +80,7 @@ class Alignment:
     unmapped_tf: list[str]
     absorbed: dict[str, str] = field(default_factory=dict)  # caffe probe -> why it is in a chain
     mapping_source: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)  # caffe probe -> why it is deliberately not compared
 
     def pair_for(self, caffe_name: str) -> Pair | None:
         for p in self.pairs:
@@ -306,6 +307,7 @@ class _Aligner:
         self.pair_units: dict[int, list[str]] = {}  # id(pair) -> TF unit keys, in order
         self.matched: set[str] = set()
         self.absorbed: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}  # Caffe probes deliberately not compared -> why
 
     # units ---------------------------------------------------------------
     def _build_units(self) -> None:
@@ -487,6 +489,41 @@ class _Aligner:
             if u is not None:
                 self.add_pair([c], u, "structural")
 
+    def inputs_after_preprocessing(self) -> None:
+        """The TF side was fed its own inputs: hold each Caffe input against the end of the
+        TF layers that preprocess it (a channel swap, a mean, a scale: a chain of unmatched
+        TF units from the input), their first common point; with no such chain the input
+        is not compared at all (the two sides were fed different values on purpose)."""
+        for pair in list(self.pairs):
+            c = pair.caffe_chain[0]
+            if self.ckind[c] != "input":
+                continue
+            units = self.pair_units.get(id(pair), [])
+            path: list[str] = []
+            cur = units[-1] if units else None
+            while cur is not None:
+                cons = self.units[cur].consumers
+                if len(cons) != 1 or cons[0] in self.matched:
+                    break
+                nxt = self.units[cons[0]]
+                if nxt.ext_inputs != [cur] or nxt.primary in ("input", "const"):
+                    break
+                path.append(nxt.key)
+                cur = nxt.key
+            if path:
+                for k in path:
+                    self.matched.add(k)
+                    pair.tf_group.extend(self.units[k].members)
+                self.pair_units[id(pair)] = [*units, *path]
+                pair.tf = self.units[path[-1]].out
+                pair.note = (f"the TF side was fed its own input: compared after its preprocessing "
+                             f"({', '.join(path)})")
+            else:
+                self.pairs.remove(pair)
+                for n in pair.caffe_chain:
+                    self.pair_of_c.pop(n, None)
+                self.skipped[c] = "the TF side was fed its own input and has no preprocessing layers after it"
+
     def _match_input(self, p: Probe) -> None:
         cands = [u for u in self.uorder if u.key not in self.matched and "input" in u.kinds]
         if not cands:
@@ -604,9 +641,9 @@ class _Aligner:
     # result -------------------------------------------------------------------
     def result(self, source: str) -> Alignment:
         pairs = sorted(self.pairs, key=lambda q: self.cidx[q.caffe_chain[-1]])
-        unmapped_c = [p.name for p in self.c if p.name not in self.pair_of_c]
+        unmapped_c = [p.name for p in self.c if p.name not in self.pair_of_c and p.name not in self.skipped]
         unmapped_t = [m for u in self.uorder if u.key not in self.matched for m in u.members]
-        return Alignment(pairs, unmapped_c, unmapped_t, dict(self.absorbed), source)
+        return Alignment(pairs, unmapped_c, unmapped_t, dict(self.absorbed), source, dict(self.skipped))
 
 
 def _near(name: str, pool: list[str]) -> str:
@@ -623,12 +660,14 @@ def align(
     *,
     caffe_value: Callable[[str], np.ndarray | None] | None = None,
     tf_value: Callable[[str], np.ndarray | None] | None = None,
+    separate_inputs: bool = False,
 ) -> Alignment:
     """Align a Caffe trace with a TF trace (values are only read to break structural ties).
 
     ``caffe_trace``/``tf_trace`` are :class:`Trace` objects or lists of probes
     (values optional). ``caffe_value``/``tf_value`` fetch a value by probe name
-    when the probes carry none (archives). Returns an :class:`Alignment` whose
+    when the probes carry none (archives). ``separate_inputs``: the TF side was fed
+    its own inputs (see :meth:`_Aligner.inputs_after_preprocessing`). Returns an :class:`Alignment` whose
     pairs are in Caffe graph order.
 
     >>> from layerparity.trace import Probe, Trace
@@ -651,4 +690,6 @@ def align(
         a.explicit(mp)
     a.by_name()
     a.walk()
+    if separate_inputs:
+        a.inputs_after_preprocessing()
     return a.result(mp.source if mp else "")

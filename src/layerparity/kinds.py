@@ -109,7 +109,7 @@ TRIVIAL = frozenset({"dropout", "identity", "split", "silence", "cast", "quantiz
 #: Kinds a TF port commonly folds into the preceding layer (Caffe in-place chains).
 ABSORBABLE = frozenset(
     {"relu", "relu6", "leaky_relu", "prelu", "elu", "selu", "sigmoid", "tanh", "swish", "hard_swish",
-     "gelu", "clip", "bn", "scale", "bias", "power", "dropout", "identity"}
+     "gelu", "clip", "bn", "scale", "bias", "power", "dropout", "identity", "softmax", "log_softmax"}
 )
 
 #: Kinds a TF op/layer of the key kind computes on top of its main job.
@@ -117,7 +117,7 @@ INCLUDES: dict[str, frozenset[str]] = {
     "conv": frozenset({"bias"}),
     "deconv": frozenset({"bias"}),
     "depthwise_conv": frozenset({"bias"}),
-    "fc": frozenset({"bias"}),
+    "fc": frozenset({"scale", "bias"}),  # a converter's Gemm: MatMul -> Mul (alpha) -> AddV2 (bias)
     "bn": frozenset({"scale", "bias"}),
     "scale": frozenset({"bias"}),
     "prelu": frozenset(),

@@ -114,6 +114,73 @@ class Diagnosis:
 
 
 @dataclass
+class Coverage:
+    """How much of the Caffe net a comparison covers (see :mod:`layerparity.verdict`).
+
+    ``outputs``: Caffe output probes (tops no layer consumes). ``missing_outputs``:
+    required outputs that were not compared. ``uncovered``: Caffe layers that compute
+    something and were neither compared nor absorbed into a compared chain.
+    ``partial``: False, True (a declared partial check), or the Caffe layers the check
+    stops at. ``left_out``: what a partial check did not compare. ``scope``: for a
+    check that stops at given layers, the Caffe probes it covers (None: all).
+    """
+
+    outputs: list[str] = field(default_factory=list)
+    missing_outputs: list[str] = field(default_factory=list)
+    uncovered: list[str] = field(default_factory=list)
+    partial: bool | list[str] = False
+    left_out: list[str] = field(default_factory=list)
+    scope: list[str] | None = None
+
+    @property
+    def passes(self) -> bool:
+        """Nothing required was left out."""
+        return not self.missing_outputs and not self.uncovered
+
+    def in_scope(self, row: LayerResult) -> bool:
+        return self.scope is None or any(n in self.scope for n in row.caffe_chain or [row.caffe_layer])
+
+    def problem(self) -> str:
+        """One sentence saying what is missing, or ""."""
+        parts = []
+        if self.missing_outputs:
+            parts.append(f"Caffe output(s) not compared: {_names(self.missing_outputs)}")
+        if self.uncovered:
+            parts.append(f"Caffe layer(s) that compute something with no TF counterpart: {_names(self.uncovered)}")
+        if not parts:
+            return ""
+        return ("; ".join(parts) + ". The TF port may be truncated or missing layers; map them "
+                "(mapping=...) or declare a partial check (partial=True / --partial).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outputs": list(self.outputs),
+            "missing_outputs": list(self.missing_outputs),
+            "uncovered": list(self.uncovered),
+            "partial": self.partial if isinstance(self.partial, bool) else list(self.partial),
+            "left_out": list(self.left_out),
+            "scope": None if self.scope is None else list(self.scope),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Coverage:
+        p = d.get("partial", False)
+        return cls(
+            outputs=list(d.get("outputs", [])),
+            missing_outputs=list(d.get("missing_outputs", [])),
+            uncovered=list(d.get("uncovered", [])),
+            partial=p if isinstance(p, bool) else list(p),
+            left_out=list(d.get("left_out", [])),
+            scope=None if d.get("scope") is None else list(d["scope"]),
+        )
+
+
+def _names(xs: list[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(x) for x in xs[:limit])
+    return shown + (f" and {len(xs) - limit} more" if len(xs) > limit else "")
+
+
+@dataclass
 class LayerResult:
     """One aligned pair: a Caffe probe (the last of its chain) against a TF probe."""
 
@@ -131,6 +198,22 @@ class LayerResult:
     note: str = ""  # e.g. "shape mismatch: caffe (1,64,56,56) vs tf (1,57,57,64) in NHWC"
     diagnoses: list[Diagnosis] = field(default_factory=list)
     contaminated_by: str | None = None  # first divergent layer upstream, if any
+    chain_head: str = ""  # the chain's first layer with parameters (its first layer when none has)
+
+    @property
+    def divergent_layer(self) -> str:
+        """The Caffe layer to blame when this row diverges: the chain member the top
+        diagnosis places the bug in, else the chain's first layer with parameters."""
+        chain = self.caffe_chain or [self.caffe_layer]
+        if self.diagnoses and self.diagnoses[0].layer in chain:
+            return self.diagnoses[0].layer
+        return self.chain_head if self.chain_head in chain else chain[0]
+
+    def __repr__(self) -> str:
+        m = self.metrics
+        err = f"max_abs_error={m.max_abs_error:.3g}" if m is not None else "no metrics"
+        chain = "+".join(self.caffe_chain) if len(self.caffe_chain) > 1 else self.caffe_layer
+        return f"<LayerResult {chain!r} vs TF {self.tf_layer!r}: {'passed' if self.passed else 'FAILED'}, {err}>"
 
     @property
     def passed(self) -> bool:
@@ -186,6 +269,8 @@ class LayerResult:
             "own_error": self.own.to_dict() if self.own else None,
             "note": self.note,
             "contaminated_by": self.contaminated_by,
+            "chain_head": self.chain_head,
+            "divergent_layer": self.divergent_layer,
             "diagnoses": [d.to_dict() for d in self.diagnoses],
         }
 
@@ -205,9 +290,51 @@ class Report:
     caffe_source: str = ""
     tf_source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    coverage: Coverage | None = None  # None only for reports read from files that predate it
 
     def __bool__(self) -> bool:
-        return all(r.passed for r in self.rows)
+        """Every compared row in scope passes, and the comparison covers the whole Caffe
+        net (every output blob compared, every computing layer compared or absorbed)
+        unless a partial check was declared."""
+        cov = self.coverage
+        rows_ok = all(r.passed for r in self.rows if cov is None or cov.in_scope(r))
+        return rows_ok and (cov is None or cov.partial is True or cov.passes)
+
+    def summary(self) -> str:
+        """A few lines: verdict, first divergence, rows compared, what is not covered."""
+        cov = self.coverage
+        lines = [f"layerparity report: {'PASSED' if self else 'FAILED'} "
+                 f"({self.caffe_source or 'caffe'} vs {self.tf_source or 'tf'})"]
+        fd = self.first_divergence
+        if fd is not None:
+            where = fd.divergent_layer
+            chain = f" (chain {'+'.join(fd.caffe_chain)})" if len(fd.caffe_chain) > 1 else ""
+            top = f"; top diagnosis: {fd.diagnoses[0].kind}" if fd.diagnoses else ""
+            lines.append(f"  first divergence: Caffe layer {where!r}{chain}, TF {fd.tf_layer!r}{top}")
+        failed = sum(1 for r in self.rows if not r.passed)
+        lines.append(f"  rows compared: {len(self.rows)} ({failed} failed)")
+        if cov is not None and cov.problem():
+            lines.append("  " + cov.problem())
+        if cov is not None and cov.partial is not False and cov.left_out:
+            lines.append(f"  partial check; left out: {_names(cov.left_out)}")
+        if self.unmapped_caffe:
+            lines.append(f"  unmapped Caffe: {_names(self.unmapped_caffe)}")
+        if self.unmapped_tf:
+            lines.append(f"  unmapped TF: {_names(self.unmapped_tf)}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        fd = self.first_divergence
+        first = f", first_divergence={fd.divergent_layer!r}" if fd is not None else ""
+        cov = self.coverage
+        missing = ""
+        if cov is not None and (cov.missing_outputs or cov.uncovered):
+            missing = f", not_covered={len(cov.missing_outputs) + len(cov.uncovered)}"
+        return (f"<Report {'passed' if self else 'FAILED'}{first}, rows={len(self.rows)}{missing}, "
+                f"unmapped_caffe={len(self.unmapped_caffe)}, unmapped_tf={len(self.unmapped_tf)}>")
 
     @property
     def passed(self) -> bool:
@@ -232,6 +359,8 @@ class Report:
             if fd is None
             else {
                 "caffe_layer": fd.caffe_layer,
+                "divergent_layer": fd.divergent_layer,
+                "caffe_chain": list(fd.caffe_chain),
                 "tf_layer": fd.tf_layer,
                 "max_abs_error": _f(fd.max_abs_error),
                 "max_rel_error": _f(fd.max_rel_error),
@@ -241,6 +370,7 @@ class Report:
             },
             "layers": [r.to_dict() for r in self.rows],
             "unmapped": {"caffe": list(self.unmapped_caffe), "tf": list(self.unmapped_tf)},
+            "coverage": self.coverage.to_dict() if self.coverage is not None else None,
             "meta": _clean(self.meta),
         }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -91,6 +91,15 @@ class Backend:
         """Run the ops between the probes ``inputs`` (fed ``arrays``) and ``output``: own error of a group."""
         raise NotImplementedError(f"{type(self).__name__} cannot run a group of ops on its own")
 
+    def replay_groups(
+        self, requests: list[tuple[str, list[str], list[np.ndarray]]]
+    ) -> list[np.ndarray | Exception]:
+        """Several :meth:`replay_group` requests ``(output, inputs, arrays)`` at once, one
+        output per request in order; a refused request gets its :class:`InputError` in its
+        slot. This default calls :meth:`replay_group` for each; graph backends run them
+        all in one compiled call."""
+        return replay_each_group(self, requests)
+
     def meta(self) -> dict:
         return {}
 
@@ -149,6 +158,75 @@ class Backend:
             if p.name in want and p.value is not None:
                 out[p.name] = np.asarray(p.value)
         return out
+
+
+@runtime_checkable
+class Replayer(Protocol):
+    """What the engine needs to measure own errors: run one TF layer, or one group of
+    ops, on given inputs (arrays in the backend's own layout). Every :class:`Backend`
+    is one; :func:`as_replayer` adapts an object that only has ``can_replay``/``replay``."""
+
+    def can_replay(self, probe_name: str) -> bool: ...
+
+    def replay(self, probe_name: str, inputs: list[np.ndarray]) -> np.ndarray: ...
+
+    def replay_many(self, requests: list[tuple[str, list[np.ndarray]]]) -> list[np.ndarray | Exception]: ...
+
+    def can_replay_group(self, output: str, inputs: list[str]) -> bool: ...
+
+    def replay_group(self, output: str, inputs: list[str], arrays: list[np.ndarray]) -> np.ndarray: ...
+
+    def replay_groups(
+        self, requests: list[tuple[str, list[str], list[np.ndarray]]]
+    ) -> list[np.ndarray | Exception]: ...
+
+
+class _SingleLayerReplayer:
+    """A :class:`Replayer` over an object that can only replay single layers."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def can_replay(self, probe_name: str) -> bool:
+        return bool(self._obj.can_replay(probe_name))
+
+    def replay(self, probe_name: str, inputs: list[np.ndarray]) -> np.ndarray:
+        return self._obj.replay(probe_name, inputs)
+
+    def replay_many(self, requests: list[tuple[str, list[np.ndarray]]]) -> list[np.ndarray | Exception]:
+        return replay_each(self._obj, requests)
+
+    def can_replay_group(self, output: str, inputs: list[str]) -> bool:
+        return False
+
+    def replay_group(self, output: str, inputs: list[str], arrays: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError(f"{type(self._obj).__name__} cannot run a group of ops on its own")
+
+    def replay_groups(self, requests: list[tuple[str, list[str], list[np.ndarray]]]) -> list[np.ndarray | Exception]:
+        return replay_each_group(self, requests)
+
+
+def as_replayer(obj: Any) -> Replayer:
+    """``obj`` as a :class:`Replayer`: itself when it is one, else an adapter over its
+    ``can_replay``/``replay``; anything else is an :class:`InputError`."""
+    if isinstance(obj, Replayer):
+        return obj
+    if callable(getattr(obj, "can_replay", None)) and callable(getattr(obj, "replay", None)):
+        return _SingleLayerReplayer(obj)
+    raise InputError(f"replay: expected a TF backend (or an object with can_replay/replay), got {type(obj).__name__}")
+
+
+def replay_each_group(
+    replayer: Any, requests: list[tuple[str, list[str], list[np.ndarray]]]
+) -> list[np.ndarray | Exception]:
+    """``replayer.replay_group`` on each request in turn; an :class:`InputError` goes into its slot."""
+    out: list[np.ndarray | Exception] = []
+    for output, names, arrays in requests:
+        try:
+            out.append(replayer.replay_group(output, names, arrays))
+        except InputError as e:
+            out.append(e)
+    return out
 
 
 def replay_each(replayer: Any, requests: list[tuple[str, list[np.ndarray]]]) -> list[np.ndarray | Exception]:

@@ -19,30 +19,18 @@ import math
 import os
 from typing import Any
 
-from ..errors import InputError
-from ..result import REPORT_FORMAT_VERSION, Diagnosis, LayerResult, Metrics, Report, Tolerance
+from ..atomic_write import write_text
+from ..errors import ReportFormatError
+from ..result import REPORT_FORMAT_VERSION, Coverage, Diagnosis, LayerResult, Metrics, Report, Tolerance
 
 __all__ = ["ReportFormatError", "write_json", "read_json", "validate_report", "report_from_dict", "load_report"]
 
 FORMAT = "layerparity-report"
 
 
-class ReportFormatError(InputError):
-    """A JSON report file is unreadable or does not follow docs/report-format.md."""
-
-
 def write_json(report: Report, path: str | os.PathLike[str]) -> None:
     """Write ``report`` as JSON (UTF-8, indented); atomically (a temp file, then rename)."""
-    path = os.fspath(path)
-    text = report.to_json(indent=2)
-    tmp = f"{path}.{os.getpid()}.partial"
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, report.to_json(indent=2) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -139,6 +127,13 @@ def validate_report(data: Any, where: str = "report") -> None:
             f"'unmapped.{k}' is missing or not a list of names",
         )
     _check(isinstance(data.get("meta", {}), dict), where, "'meta' is not an object")
+    cov = data.get("coverage")
+    if cov is not None:
+        _check(isinstance(cov, dict), where, "'coverage' is not an object")
+        for k in ("outputs", "missing_outputs", "uncovered", "left_out"):
+            _check(isinstance(cov.get(k, []), list) and all(isinstance(x, str) for x in cov.get(k, [])),
+                   where, f"'coverage.{k}' is not a list of names")
+        _check(isinstance(cov.get("partial", False), (bool, list)), where, "'coverage.partial' is not a boolean or a list")
 
 
 def _tolerance(t: Any, w: str) -> None:
@@ -269,6 +264,7 @@ def report_from_dict(data: dict[str, Any], where: str = "report") -> Report:
                 diagnoses=[_diag(d) for d in x["diagnoses"]],
                 contaminated_by=x.get("contaminated_by"),
                 tolerance=_tol(x.get("tolerance")),
+                chain_head=x.get("chain_head", ""),
             )
         )
     for i, (r, x) in enumerate(zip(rows, data["layers"], strict=True)):
@@ -295,4 +291,5 @@ def report_from_dict(data: dict[str, Any], where: str = "report") -> Report:
         caffe_source=data.get("caffe_source", ""),
         tf_source=data.get("tf_source", ""),
         meta=dict(data.get("meta", {})),
+        coverage=Coverage.from_dict(data["coverage"]) if isinstance(data.get("coverage"), dict) else None,
     )
