@@ -118,25 +118,77 @@ def test_fixed_batch_is_a_clear_error():
     assert b.capture(nchw(n=1, c=2, h=4, w=4))["c"].shape == (1, 4, 4, 2)
 
 
-def test_channels_first_model_is_fed_nchw_and_declares_it():
-    inp = keras.Input((3, 8, 8), name="data")
-    x = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first", name="conv1")(inp)
-    x = keras.layers.ReLU(name="relu")(x)
-    x = keras.layers.MaxPooling2D(data_format="channels_first", name="pool")(x)
-    out = keras.layers.Flatten(data_format="channels_first", name="flat")(x)
-    m = keras.Model(inp, out)
-    b = load_tf(m)
-    assert b.input_specs()[0].shape == (None, 3, 8, 8) and b.input_layouts() == {"data": "NCHW"}
-    x = nchw()
+_CHANNELS_FIRST = """
+import numpy as np, keras
+from layerparity.backends.tensorflow import load_tf
+from layerparity.errors import ModelLoadError
+from layerparity.layout import convert
+
+inp = keras.Input((3, 8, 8), name="data")
+x = keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first", name="conv1")(inp)
+x = keras.layers.ReLU(name="relu")(x)
+x = keras.layers.MaxPooling2D(data_format="channels_first", name="pool")(x)
+out = keras.layers.Flatten(data_format="channels_first", name="flat")(x)
+m = keras.Model(inp, out)
+b = load_tf(m)
+assert b.input_specs()[0].shape == (None, 3, 8, 8) and b.input_layouts() == {"data": "NCHW"}
+x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+try:
     t = b.capture(x)
+except ModelLoadError as e:
+    # TF has no NCHW Conv2D kernel on this CPU: one line naming the layer and why
+    msg = str(e)
+    assert "\\n" not in msg and "layer 'conv1' (Conv2D)" in msg, msg
+    assert "cannot run" in msg and "NHWC" in msg and "channels_last" in msg, msg
+    print("refused")
+else:
     np.testing.assert_array_equal(t["data"].value, x)  # not transposed
     assert [t[n].layout for n in ("data", "conv1", "relu", "pool")] == ["NCHW"] * 4
     # Keras' channels_first Flatten moves C last: the flat order is H, W, C
     assert t["flat"].layout == "flat:NHWC" and t["flat"].flat_shape == (4, 4, 4)
-    from layerparity.layout import convert
-
     caffe_order = convert(t["flat"].value, "flat:NHWC", "flat:NCHW", t["flat"].flat_shape)
     np.testing.assert_array_equal(caffe_order, t["pool"].value.reshape(2, -1))
+    print("ran")
+"""
+
+
+def test_channels_first_model_is_fed_nchw_and_declares_it():
+    """Captured and checked where TF can run an NCHW conv here; a one-line error naming
+    the layer where it cannot (a CPU without oneDNN). Never skipped."""
+    exec(compile(_CHANNELS_FIRST, "channels_first_check", "exec"), {})
+
+
+def test_channels_first_model_with_onednn_off():
+    """The same check in a process with oneDNN off, as on a fresh machine's CI: on an
+    x86 CPU TF then has no NCHW Conv2D, and the error path runs."""
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    r = subprocess.run(
+        [sys.executable, "-c", _CHANNELS_FIRST], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] in ("ran", "refused")
+
+
+def test_session_graph_tf_cannot_run_names_the_op():
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 3, 8, 8), name="x")
+        w = tf.constant(RNG.standard_normal((3, 3, 3, 4)).astype(np.float32))
+        with tf.name_scope("conv1"):
+            y = tf.nn.relu(tf.nn.conv2d(x, w, strides=1, padding="SAME", data_format="NCHW"))
+    sess = tf.compat.v1.Session(graph=g)
+    b = load_tf(sess, inputs=["x:0"])
+    xin = nchw()
+    try:
+        t = b.capture(xin)
+    except ModelLoadError as e:
+        msg = str(e)
+        assert "op 'conv1/Conv2D' (Conv2D, layer 'conv1')" in msg and "\n" not in msg, msg
+        assert "cannot run" in msg and "NHWC" in msg, msg
+    else:
+        assert t["conv1/Relu"].layout == "NCHW"
+        np.testing.assert_allclose(t["conv1/Relu"].value, sess.run(y, {x: xin}), rtol=1e-6)
+    sess.close()
 
 
 def test_two_inputs_by_name():

@@ -34,6 +34,8 @@ from ..errors import InputDataError, InputError, ModelLoadError
 from ..trace import Probe
 from .tfcommon import (
     TFBackend,
+    cannot_run_error,
+    cannot_run_here,
     clean_attr,
     first_line,
     import_keras,
@@ -401,12 +403,20 @@ class KerasBackend(TFBackend):
         records: list[_Rec] = []
         counts: dict[str, int] = {}
         weights_of: dict[str, Any] = {}
+        failed: list[Exception] = []  # the first layer TF cannot run here (Keras rewraps errors)
 
         def make_wrapper(layer: Any, path: str, orig: Any) -> Any:
             is_container = isinstance(layer, keras.Model)
 
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                out = orig(*args, **kwargs)
+                try:
+                    out = orig(*args, **kwargs)
+                except Exception as e:
+                    if not is_container and not failed and cannot_run_here(e):
+                        failed.append(
+                            cannot_run_error(self.source, f"layer {path!r} ({type(layer).__name__})", e)
+                        )
+                    raise
                 if is_container or not tf.executing_eagerly():
                     return out
                 flat_in = [t for t in keras.tree.flatten((args, kwargs)) if tf.is_tensor(t)]
@@ -450,7 +460,12 @@ class KerasBackend(TFBackend):
                 prev = layer.__dict__.get("call")
                 object.__setattr__(layer, "call", make_wrapper(layer, path, layer.call))
                 patched.append((layer, had, prev))
-            self.model(x, training=False)
+            try:
+                self.model(x, training=False)
+            except Exception:
+                if failed:
+                    raise failed[0] from None
+                raise
         finally:
             for layer, had, prev in reversed(patched):
                 if had:
@@ -474,7 +489,12 @@ class KerasBackend(TFBackend):
             for n in self._input_names
         ]
         if self.mode == "graph":
-            values = self._run_probe_model(xs)
+            try:
+                values = self._run_probe_model(xs)
+            except Exception as e:
+                if cannot_run_here(e):
+                    raise self._cannot_run(xs, e) from None
+                raise
         else:
             if len(xs) != 1:
                 raise InputDataError(
@@ -510,6 +530,21 @@ class KerasBackend(TFBackend):
         if self.mode == "eager":
             for r in self._records:
                 r.tensor = None
+
+    def _cannot_run(self, xs: list[Any], e: BaseException) -> Exception:
+        """The probe model hit an op TF cannot run here: find the first layer that fails
+        by running the layers one by one, and name it."""
+        values: dict[str, Any] = dict(zip(self._input_names, xs, strict=True))
+        for rec in self._records:
+            if not self.can_replay(rec.name) or any(n not in values for n in rec.inputs):
+                continue
+            try:
+                values[rec.name] = _run_op(rec, *_replay_tensors(rec, [values[n] for n in rec.inputs]))
+            except Exception as err:  # noqa: BLE001 - the first layer that fails is the culprit
+                if cannot_run_here(err):
+                    return cannot_run_error(self.source, f"layer {rec.name!r} ({rec.kind})", err)
+                break
+        return cannot_run_error(self.source, "this model", e)
 
     def _run_probe_model(self, xs: list[Any]) -> list[Any]:
         if self._probe_model is None:

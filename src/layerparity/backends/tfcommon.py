@@ -28,6 +28,8 @@ __all__ = [
     "import_tf",
     "import_keras",
     "first_line",
+    "cannot_run_here",
+    "cannot_run_error",
     "clean_attr",
     "iter_filtered",
     "scope_layers",
@@ -73,20 +75,53 @@ def import_keras() -> Any:
 # -- small helpers -----------------------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]")
+
+
+#: lines of TF's and Keras' messages that only frame the reason
+_PREAMBLE = (
+    "Exception encountered when calling",
+    "Graph execution error",
+    "Detected at node",
+    "File ",
+    "Node:",
+    "[[",
+    "Arguments received by",
+    "\u2022",
+)
 
 
 def first_line(e: Any) -> str:
-    """The first line of an exception's message (TF's run on for pages), or its type's name.
+    """The first line of an exception's message that says what went wrong (TF's run on
+    for pages), or its type's name.
 
-    TF's decorations go: ANSI colour codes, ``{{function_node ...}}`` prefixes and
-    Keras' "Exception encountered when calling X.call()." preamble.
+    TF's decorations go: ANSI colour codes, ``{{function_node ...}}`` prefixes, Keras'
+    "Exception encountered when calling X.call()." and a Session's "Graph execution
+    error: Detected at node ... defined at (traceback)" framing.
     """
     s = _FUNCTION_NODE.sub("", _ANSI.sub("", str(e))).strip()
     lines = [ln.strip() for ln in s.splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
-        lines = lines[1:]
-    return lines[0] if lines else type(e).__name__
+    useful = [ln for ln in lines if not ln.startswith(_PREAMBLE)]
+    return (useful or lines or [type(e).__name__])[0]
+
+
+def cannot_run_here(e: BaseException) -> bool:
+    """Whether ``e`` says TensorFlow has no kernel for an op *on this machine*: an
+    ``UnimplementedError`` (an NCHW ``Conv2D`` on a CPU without oneDNN, say)."""
+    tf = import_tf()
+    return isinstance(e, tf.errors.UnimplementedError)
+
+
+def cannot_run_error(source: str, what: str, e: BaseException) -> ModelLoadError:
+    """The one-line error for a model TF cannot run here, naming the layer/op and why."""
+    reason = first_line(e)
+    hint = ""
+    if "NHWC" in reason and "NCHW" in reason:
+        hint = (
+            " (TF's CPU kernels take channels_last; run it where TF has NCHW kernels, e.g. "
+            "a GPU or a oneDNN build, or export the port channels_last)"
+        )
+    return ModelLoadError(f"{source}: TensorFlow cannot run {what} on this machine: {reason}{hint}")
 
 
 def clean_attr(v: Any) -> Any:

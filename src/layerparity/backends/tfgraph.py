@@ -34,6 +34,8 @@ from ..errors import InputDataError, ModelLoadError
 from ..trace import Probe
 from .tfcommon import (
     TFBackend,
+    cannot_run_error,
+    cannot_run_here,
     clean_attr,
     first_line,
     import_tf,
@@ -423,6 +425,12 @@ class GraphBackend(TFBackend):
             return self.session.run(fetches, feed_dict=feed_dict)
         except tf.errors.OpError as e:
             op = getattr(e, "op", None)
+            if cannot_run_here(e):
+                what = "this graph"
+                if op is not None:
+                    rec = self._by_name.get(op.name)
+                    what = f"op {op.name!r} ({op.type}, layer {rec.layer if rec else op.name!r})"
+                raise cannot_run_error(self.source, what, e) from None
             where = f" at op {op.name!r}" if op is not None else ""
             raise InputDataError(
                 f"{self.source}: running the graph failed{where}: {first_line(e.message)}"
