@@ -669,6 +669,7 @@ class NetSession:
         self.lps = layer_params_by_name
         self.legacy_input = legacy_input
         self.weights_missing = list(weights_missing or [])
+        self.source = "<live net>"  # the prototxt, for messages (set by load_session)
         names = list(net._layer_names)
         layers = list(net.layers)
         self.plan = []
@@ -682,6 +683,15 @@ class NetSession:
             if kind == "Input":
                 self.input_names.extend(t for t in tops if t not in self.input_names)
         self.probe_names = self._probe_names()
+        self.probe_at = {pname: key for key, pname in self.probe_names.items()}
+        for n in self.free_inputs:
+            self.probe_at[n] = (-1, n)
+        self.last_writer: dict[str, int] = {}
+        for i, _, _, _, tops, _ in self.plan:
+            for t in tops:
+                self.last_writer[t] = i
+        self.pins = input_pins(self)
+        self.ran_shapes: dict[str, tuple] | None = None  # input shapes of the last forward that finished
 
     def _probe_names(self) -> dict[tuple[int, str], str]:
         taken = set(self.free_inputs)
@@ -707,7 +717,14 @@ class NetSession:
 
     # -- description ----------------------------------------------------------------
     def inputs(self) -> list[dict]:
-        return [{"name": n, "shape": [int(d) for d in self.net.blobs[n].data.shape]} for n in self.input_names]
+        out = []
+        for n in self.input_names:
+            shape = [int(d) for d in self.net.blobs[n].data.shape]
+            pins = self.pins.get(n, {})
+            free = [a for a in range(2, len(shape)) if a not in pins] if len(shape) == 4 else []
+            out.append({"name": n, "shape": shape, "free": free,
+                        "pinned": {str(a): why for a, why in sorted(pins.items())}})
+        return out
 
     def describe(self) -> dict:
         ins = self.inputs()
@@ -747,6 +764,50 @@ class NetSession:
                 blob.reshape(*a.shape)
         for n, a in arrays.items():
             self.net.blobs[n].data[...] = a
+
+    def forward(self, names: list[str], mark=None) -> dict:
+        """Run the net once and return the current values of the probes ``names`` (views, not copies,
+        except for probes whose blob a later in-place layer overwrites: those are copied when their
+        layer has run, the net being run in pieces up to them). Call :meth:`feed` first.
+
+        ``mark(i)`` is called before layer ``i`` runs, and then the layers run one at a time
+        (so an abort can be pinned to its layer): the parent asks for this when the input
+        shapes changed since the last forward.
+        """
+        unknown = [n for n in names if n not in self.probe_at]
+        if unknown:
+            known = sorted(self.probe_at)
+            close = difflib.get_close_matches(unknown[0], known, n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise UserError(f"{self.source}: the net has no probe {unknown[0]!r} (probe names are layer names, "
+                            f"'layer/top' for layers with several tops){hint}")
+        net = self.net
+        blobs = net.blobs
+        last = len(self.plan) - 1
+        early = sorted({(self.probe_at[n][0], n) for n in names
+                        if self.last_writer.get(self.probe_at[n][1], -1) > self.probe_at[n][0]})
+        out: dict = {}
+        pos = 0
+
+        def run_to(end: int) -> int:
+            if end < pos:
+                return pos
+            if mark is None:
+                net._forward(pos, end)
+            else:
+                for k in range(pos, end + 1):
+                    mark(k)
+                    net._forward(k, k)
+            return end + 1
+
+        for i, n in early:
+            pos = run_to(i)
+            out[n] = blobs[self.probe_at[n][1]].data.copy()
+        run_to(last)
+        for n in names:
+            if n not in out:
+                out[n] = blobs[self.probe_at[n][1]].data
+        return out
 
     def iter_probes(self, copy: bool):
         """Yield ``(meta, value)`` per top, right after its layer ran. Call :meth:`feed` first."""
@@ -790,6 +851,105 @@ class NetSession:
                 yield name, [(b.data.copy() if copy else b.data) for b in layer.blobs]
 
 
+_SPATIAL_FIXING = {"SPP", "ROIPooling", "PSROIPooling"}
+
+
+def input_pins(session: NetSession) -> dict[str, dict[int, dict]]:
+    """Which spatial dims of the 4-D inputs the net cannot change, and the layer that fixes each.
+
+    A dependency walk over the layers: each blob axis records the input axes its
+    size follows. A layer whose parameters need a fixed count pins the input axes
+    behind it (InnerProduct: the axes it flattens into its weights; Reshape with
+    fully explicit dims); a layer whose output size does not follow its input
+    (global pooling, InnerProduct, Interp to a given size, SPP) cuts the
+    dependency. Batch and channels are not analysed (Caffe reshapes the batch;
+    channels are fixed by the first layer's weights). Conservative where unsure:
+    an unknown layer passes its inputs' dependencies on, so a net it misjudges
+    still gets Caffe's own error, naming the layer that aborted.
+    """
+    net = session.net
+    deps: dict[str, list] = {}
+    for n in session.input_names:
+        nd = len(net.blobs[n].data.shape)
+        deps[n] = [frozenset({(n, a)}) if (nd == 4 and a >= 2) else frozenset() for a in range(nd)]
+    pins: dict[str, dict[int, dict]] = {}
+    empty: frozenset = frozenset()
+
+    def pin(ds, layer: str, kind: str, why: str) -> None:
+        for d in sorted(set().union(*ds)) if ds else ():
+            pins.setdefault(d[0], {}).setdefault(d[1], {"layer": layer, "type": kind, "why": why})
+
+    def rank(b: str) -> int:
+        return len(net.blobs[b].data.shape)
+
+    def union(ds) -> frozenset:
+        return frozenset().union(*ds) if ds else empty
+
+    for _, name, kind, bottoms, tops, layer in session.plan:
+        if kind == "Input":
+            for t in tops:
+                deps.setdefault(t, [empty] * rank(t))
+            continue
+        lp = session.lps.get(name)
+        bd = [deps.get(b) or [empty] * rank(b) for b in bottoms]
+        b0 = bd[0] if bd else []
+        nd = rank(tops[0]) if tops else 0
+        out = None
+        if kind == "InnerProduct" and lp is not None and b0:
+            axis = lp.inner_product_param.axis % len(b0)
+            shape = [int(d) for d in net.blobs[bottoms[0]].data.shape]
+            k = int(np.prod(shape[axis:]))
+            wshape = tuple(int(d) for d in layer.blobs[0].data.shape) if len(layer.blobs) else None
+            dims = "x".join(str(d) for d in shape[axis:])
+            pin(b0[axis:], name, kind, f"takes {dims} = {k} values per item at the declared size"
+                + (f" (its weights are {wshape})" if wshape else ""))
+            out = list(b0[:axis]) + [empty]
+        elif kind in ("Convolution", "Deconvolution") and len(b0) >= 2:
+            out = [b0[0], empty] + list(b0[2:])
+        elif kind == "Pooling" and lp is not None and lp.pooling_param.global_pooling and len(b0) >= 2:
+            out = [b0[0], b0[1]] + [empty] * (len(b0) - 2)
+        elif kind in _SPATIAL_FIXING and len(b0) >= 2:
+            out = [b0[0]] + [empty] * (nd - 1)
+        elif kind == "Interp" and lp is not None and len(b0) >= 2:
+            p = lp.interp_param
+            fixed = p.HasField("height") and p.HasField("width") and p.height > 0 and p.width > 0
+            out = [b0[0], b0[1]] + ([empty] * (nd - 2) if fixed else list(b0[2:nd]))
+        elif kind == "Reshape" and lp is not None and b0:
+            p = lp.reshape_param
+            dims = [int(d) for d in p.shape.dim]
+            axis = p.axis % (len(b0) + 1) if p.axis < 0 else p.axis
+            end = len(b0) if p.num_axes == -1 else axis + p.num_axes
+            inner = b0[axis:end]
+            if -1 not in dims:
+                copied = {j for j, d in enumerate(dims) if d == 0}
+                pin([d for j, d in enumerate(inner) if j not in copied], name, kind,
+                    f"reshapes to the fixed dims {dims}")
+                mid = [inner[j] if dims[j] == 0 and j < len(inner) else empty for j in range(len(dims))]
+            else:
+                mid = [inner[j] if (d == 0 and j < len(inner)) else union(inner) if d == -1 else empty
+                       for j, d in enumerate(dims)]
+            out = list(b0[:axis]) + mid + list(b0[end:])
+        elif kind == "Flatten" and lp is not None and b0:
+            p = lp.flatten_param
+            axis = p.axis % len(b0)
+            end = p.end_axis % len(b0)
+            out = list(b0[:axis]) + [union(b0[axis:end + 1])] + list(b0[end + 1:])
+        elif kind == "Crop" and lp is not None and len(bd) == 2:
+            axis = lp.crop_param.axis % len(b0)
+            out = list(b0[:axis]) + list(bd[1][axis:])
+        elif kind == "Permute" and lp is not None and b0:
+            out = [b0[o] for o in permute_order(list(lp.permute_param.order), len(b0))]
+        if out is None or len(out) != nd:
+            same = [d for d in bd if len(d) == nd]
+            if same and len(same) == len(bd):
+                out = [union([d[a] for d in bd]) for a in range(nd)]
+            else:
+                out = [union([x for d in bd for x in d])] * nd
+        for t in tops:
+            deps[t] = out if rank(t) == len(out) else [union(out)] * rank(t)
+    return pins
+
+
 def load_session(caffe, prototxt: str, weights: str | None, phase: str, batch: int | None,
                  stage=lambda s: None, on_parsed=lambda p: None) -> NetSession:
     """Parse and check, build the net, copy the weights, set the batch; each step announced by ``stage``."""
@@ -824,6 +984,7 @@ def load_session(caffe, prototxt: str, weights: str | None, phase: str, batch: i
         stage("weights")
         net.copy_from(weights)
     session = NetSession(caffe, net, {lp.name: lp for lp in parsed.layers}, phase, parsed.legacy_input, missing)
+    session.source = prototxt
     if batch is not None:
         stage("batch")
         session.set_batch(int(batch))

@@ -8,9 +8,9 @@ requests on stdin and answers on stdout with the framing of
 Anything else that would go to stdout is sent to stderr, which the parent keeps in
 a temporary file and reads after a crash to explain it.
 
-Requests (``op``): ``load``, ``capture``, ``weights``, ``locate``, ``debug``,
+Requests (``op``): ``load``, ``capture``, ``forward``, ``weights``, ``locate``, ``debug``,
 ``sleep``, ``exit``. Progress markers written to stderr (``layerparity-stage: X``,
-``layerparity-locate: i name``) tell the parent how far the worker got.
+``layerparity-layer: i``, ``layerparity-locate: i name``) tell the parent how far the worker got.
 
 This module imports only the standard library, NumPy and (lazily) Caffe. It never
 imports TensorFlow.
@@ -115,9 +115,36 @@ def _op_capture(chan, state, header, arrays):
     session.feed(feed)
     del arrays, feed
     _mark("stage: forward")
+    shapes = {n: list(session.net.blobs[n].data.shape) for n in header["names"]}
     for meta, value in session.iter_probes(copy=False):
         chan.send({"op": "probe", "probe": meta}, [value])
+    session.ran_shapes = shapes
     chan.send({"op": "done", "desc": session.describe()})
+
+
+def _op_forward(chan, state, header, arrays):
+    """One plain forward; answers the values of the probes ``header["probes"]``.
+
+    When the input shapes differ from the last run's, the layers run one at a time
+    after a ``layerparity-layer: i`` marker, so a layer that cannot take the new
+    shape is named if Caffe aborts; otherwise the whole net runs in one call.
+    """
+    session = state["session"]
+    if session is None:
+        chan.send({"op": "error", "kind": "internal", "message": "forward before load"})
+        return
+    feed = dict(zip(header["names"], arrays))  # noqa: B905 - worker runs on Python < 3.10 too
+    _mark("stage: feed")
+    session.feed(feed)
+    shapes = {n: list(a.shape) for n, a in feed.items()}
+    del arrays, feed
+    _mark("stage: forward")
+    stepped = bool(header.get("step")) or session.ran_shapes != shapes
+    out = session.forward(list(header["probes"]), (lambda i: _mark(f"layer: {i}")) if stepped else None)
+    session.ran_shapes = shapes
+    names = list(out)
+    chan.send({"op": "values", "names": names, "desc": session.describe() if stepped else None},
+              [out[n] for n in names])
 
 
 def _op_weights(chan, state, header, arrays):
@@ -166,6 +193,7 @@ def _op_sleep(chan, state, header, arrays):
 _HANDLERS = {
     "load": _op_load,
     "capture": _op_capture,
+    "forward": _op_forward,
     "weights": _op_weights,
     "locate": _op_locate,
     "debug": _op_debug,

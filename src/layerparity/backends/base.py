@@ -63,7 +63,11 @@ class Backend:
         return out
 
     def weights(self) -> dict[str, list[np.ndarray]]:
-        return self._weights_impl()
+        """Every layer's parameters in the framework's own layout; read once per backend."""
+        cached = getattr(self, "_weights_cache", None)
+        if cached is None:
+            cached = self._weights_cache = self._weights_impl()
+        return cached
 
     def can_replay(self, probe_name: str) -> bool:
         return False

@@ -205,13 +205,17 @@ class KerasBackend(TFBackend):
         *,
         tensors: list[str] | None = None,
         data_format: str | None = None,
+        tf_layout: str | None = None,
     ) -> None:
         keras = import_keras()
         super().__init__(
-            source or f"keras.Model {model.name!r}", tensors=tensors, data_format=data_format
+            source or f"keras.Model {model.name!r}",
+            tensors=tensors,
+            data_format=data_format,
+            tf_layout=tf_layout,
         )
         self.model = model
-        self._default = data_format or (
+        self._default = self._data_format or (
             "NCHW" if keras.config.image_data_format() == "channels_first" else "NHWC"
         )
         self._records: list[_Rec] = []
@@ -239,6 +243,7 @@ class KerasBackend(TFBackend):
         safe_mode: bool = True,
         tensors: list[str] | None = None,
         data_format: str | None = None,
+        tf_layout: str | None = None,
     ) -> KerasBackend:
         keras = import_keras()
         config = _read_config(path)
@@ -263,7 +268,7 @@ class KerasBackend(TFBackend):
             ) from None
         if not isinstance(model, keras.Model):
             raise ModelLoadError(f"{path}: holds a {type(model).__name__}, not a keras.Model")
-        return cls(model, source=path, tensors=tensors, data_format=data_format)
+        return cls(model, source=path, tensors=tensors, data_format=data_format, tf_layout=tf_layout)
 
     # -- graph mode (Functional / Sequential) ------------------------------------
     def _build_graph(self) -> None:

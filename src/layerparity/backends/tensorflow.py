@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import ModelLoadError
 from ..trace import Trace
 from .base import Backend
-from .tfcommon import import_keras, import_tf, normalize_data_format
+from .tfcommon import import_keras, import_tf, normalize_tf_layout
 from .tfcommon import scope_layers as scope_layers  # kept for importers of the old home
 
 __all__ = ["load_tf", "capture_tf"]
@@ -51,6 +51,7 @@ def load_tf(
     outputs: Sequence[str] | str | None = None,
     tensors: Sequence[str] | str | None = None,
     data_format: str | None = None,
+    tf_layout: str | None = None,
 ) -> Backend:
     """Open a TensorFlow model of any supported form as a capture :class:`Backend`.
 
@@ -75,14 +76,23 @@ def load_tf(
         ``"channels_last"``/``"NHWC"`` or ``"channels_first"``/``"NCHW"``: the
         layout of 4-D tensors whose layout the model does not state itself
         (inputs, element-wise ops). Default: what the model's layers say, else
-        NHWC (Keras: ``keras.config.image_data_format()``).
+        NHWC (Keras: ``keras.config.image_data_format()``). The older spelling of
+        ``tf_layout="NHWC"``/``"NCHW"``.
+    tf_layout
+        The layout of the model's 4-D tensors relative to Caffe's NCHW: any
+        permutation of the letters N, C, H, W. ``"NHWC"`` is the usual port;
+        ``"NWHC"`` a port that takes spatially transposed images (MATLAB-trained
+        Caffe models). It says how to derive the TF input from the Caffe (NCHW)
+        one, and labels every 4-D probe whose layout no op changes; Keras
+        ``Permute`` layers and graph/TFLite ``Transpose`` ops move the labels with
+        the data. Default: ``data_format``, else what the model's layers say, else NHWC.
 
     A missing path, a path of the wrong kind or a corrupt file raises
     :class:`~layerparity.errors.ModelLoadError` naming the path and the problem.
     """
-    fmt = normalize_data_format(data_format)
+    fmt = normalize_tf_layout(tf_layout, data_format)
     kw = dict(
-        inputs=_names(inputs), outputs=_names(outputs), tensors=_names(tensors), data_format=fmt
+        inputs=_names(inputs), outputs=_names(outputs), tensors=_names(tensors), tf_layout=fmt
     )
     if isinstance(model, (str, os.PathLike)):
         return _load_path(os.fspath(model), safe_mode=safe_mode, **kw)
@@ -93,7 +103,7 @@ def load_tf(
 
         _reject_graph_options("a keras.Model", kw, ("inputs", "outputs"))
         return KerasBackend(
-            model, source=f"keras.Model {model.name!r}", tensors=kw["tensors"], data_format=fmt
+            model, source=f"keras.Model {model.name!r}", tensors=kw["tensors"], tf_layout=fmt
         )
     from .tfgraph import GraphBackend
 
@@ -174,13 +184,13 @@ def _load_path(path: str, *, safe_mode: bool, **kw: Any) -> Backend:
 
         _reject_graph_options(path, kw, ("inputs", "outputs"))
         return KerasBackend.from_file(
-            path, safe_mode=safe_mode, tensors=kw["tensors"], data_format=kw["data_format"]
+            path, safe_mode=safe_mode, tensors=kw["tensors"], tf_layout=kw["tf_layout"]
         )
     if ext == ".tflite" or head[4:8] == b"TFL3":
         from .tflite import TFLiteBackend
 
         _reject_graph_options(path, kw, ("inputs", "outputs"))
-        return TFLiteBackend.from_file(path, tensors=kw["tensors"], data_format=kw["data_format"])
+        return TFLiteBackend.from_file(path, tensors=kw["tensors"], tf_layout=kw["tf_layout"])
     if ext in (".pb", ".graphdef", ".pbtxt"):
         from .tfgraph import GraphBackend
 

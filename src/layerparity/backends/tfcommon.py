@@ -35,6 +35,7 @@ __all__ = [
     "scope_layers",
     "normalize_data_format",
     "layout_of_format",
+    "normalize_tf_layout",
     "is_spatial_layout",
     "derive_layout",
     "flat_layout",
@@ -162,6 +163,32 @@ def normalize_data_format(fmt: str | None) -> str | None:
             f"data_format={fmt!r} is not understood; use 'channels_last'/'NHWC' or 'channels_first'/'NCHW'"
         )
     return table[f.lower()]
+
+
+def normalize_tf_layout(tf_layout: str | None, data_format: str | None = None) -> str | None:
+    """The declared layout of a model's 4-D tensors, relative to Caffe's NCHW: any
+    permutation of the letters ``N, C, H, W`` (``"NHWC"``, ``"NWHC"`` for a port that
+    takes spatially transposed images...), or None (let the model say).
+
+    ``data_format`` (``"channels_last"``/``"channels_first"``) is the older spelling of
+    ``"NHWC"``/``"NCHW"``; giving both, differently, is an :class:`InputDataError`.
+    """
+    fmt = normalize_data_format(data_format)
+    if tf_layout is None:
+        return fmt
+    lay = str(tf_layout).strip()
+    lay = normalize_data_format(lay) if lay.lower().startswith("channels_") else lay.upper()
+    if not is_spatial_layout(lay):
+        raise InputDataError(
+            f"tf_layout={tf_layout!r} is not a layout: give the axes of the model's 4-D tensors as a "
+            "permutation of the letters N, C, H, W relative to Caffe's NCHW (e.g. 'NHWC', or 'NWHC' "
+            "for a port that takes spatially transposed images)"
+        )
+    if fmt is not None and fmt != lay:
+        raise InputDataError(
+            f"tf_layout={tf_layout!r} and data_format={data_format!r} disagree; give only tf_layout"
+        )
+    return lay
 
 
 def layout_of_format(fmt: Any) -> str | None:
@@ -309,6 +336,9 @@ class TFBackend(Backend):
     """What every TF backend shares: NCHW input specs, feeding in the model's
     layout, the fixed-batch check, the ``tensors=`` filter and ``meta()``.
 
+    ``tf_layout`` (or its older spelling ``data_format``) declares the layout of the
+    model's 4-D tensors relative to Caffe's NCHW (see :func:`normalize_tf_layout`).
+
     Subclasses set ``self._inputs``: a list of ``(name, model_shape, layout)``,
     where ``model_shape`` is in the model's own layout (None if unknown) and
     ``layout`` is the model's layout for that input.
@@ -318,11 +348,17 @@ class TFBackend(Backend):
     model_format = ""
 
     def __init__(
-        self, source: str = "", *, tensors: list[str] | None = None, data_format: str | None = None
+        self,
+        source: str = "",
+        *,
+        tensors: list[str] | None = None,
+        data_format: str | None = None,
+        tf_layout: str | None = None,
     ) -> None:
         super().__init__(source)
         self._tensors = set(tensors) if tensors else None
-        self._data_format = data_format
+        #: the declared layout of the model's 4-D tensors (None: what the model says)
+        self._data_format = normalize_tf_layout(tf_layout, data_format)
         self._inputs: list[tuple[str, tuple[int | None, ...] | None, str]] = []
 
     def _input_specs_impl(self) -> list[InputSpec]:

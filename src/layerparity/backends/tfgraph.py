@@ -180,15 +180,16 @@ class GraphBackend(TFBackend):
         outputs: list[str] | None = None,
         tensors: list[str] | None = None,
         data_format: str | None = None,
+        tf_layout: str | None = None,
         model_format: str = "graph",
     ) -> None:
         tf = import_tf()
-        super().__init__(source, tensors=tensors, data_format=data_format)
+        super().__init__(source, tensors=tensors, data_format=data_format, tf_layout=tf_layout)
         self.model_format = model_format
         self.graph = graph
         self._own_session = session is None
         self.session = session if session is not None else tf.compat.v1.Session(graph=graph)
-        self._default = data_format or "NHWC"
+        self._default = self._data_format or "NHWC"
         self._replay_fns: dict[str, Any] = {}
         self._group_fns: dict[tuple[str, tuple[str, ...]], tuple[Any, list[Any]]] = {}
         self._analyse(inputs, outputs)

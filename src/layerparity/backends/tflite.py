@@ -98,10 +98,11 @@ class TFLiteBackend(TFBackend):
         *,
         tensors: list[str] | None = None,
         data_format: str | None = None,
+        tf_layout: str | None = None,
     ) -> None:
         tf = import_tf()
-        super().__init__(source, tensors=tensors, data_format=data_format)
-        self._default = data_format or "NHWC"
+        super().__init__(source, tensors=tensors, data_format=data_format, tf_layout=tf_layout)
+        self._default = self._data_format or "NHWC"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -119,7 +120,12 @@ class TFLiteBackend(TFBackend):
 
     @classmethod
     def from_file(
-        cls, path: str, *, tensors: list[str] | None = None, data_format: str | None = None
+        cls,
+        path: str,
+        *,
+        tensors: list[str] | None = None,
+        data_format: str | None = None,
+        tf_layout: str | None = None,
     ) -> TFLiteBackend:
         try:
             with open(path, "rb") as f:
@@ -130,7 +136,7 @@ class TFLiteBackend(TFBackend):
             raise ModelLoadError(
                 f"{path}: not a TFLite flatbuffer (no TFL3 identifier; corrupt or another kind of file)"
             )
-        return cls(content, path, tensors=tensors, data_format=data_format)
+        return cls(content, path, tensors=tensors, data_format=data_format, tf_layout=tf_layout)
 
     # -- analysis -------------------------------------------------------------------
     def _analyse(self) -> None:
