@@ -35,7 +35,7 @@ def files():
 @pytest.fixture(scope="module")
 def fixed_keras(files, tmp_path_factory):
     p = tmp_path_factory.mktemp("fixed") / "fixed.keras"
-    demo.build_keras_port(demo._weights(), buggy=False).save(str(p))
+    demo.build_keras_port(demo.demo_weights(), buggy=False).save(str(p))
     return str(p)
 
 
@@ -202,7 +202,7 @@ def test_weights_subcommand_finds_a_reshape_bug(files, tmp_path, capsys):
 
     from layerparity.layout import conv_weight_caffe_to_tf
 
-    w = demo._weights()
+    w = demo.demo_weights()
     model = demo.build_keras_port(w, buggy=False)
     k = model.get_layer("conv1").get_weights()
     model.get_layer("conv1").set_weights([w["conv1"][0].reshape(conv_weight_caffe_to_tf(w["conv1"][0]).shape), k[1]])
@@ -231,7 +231,7 @@ def exported_ports(tmp_path_factory):
     import tensorflow as tf
 
     d = tmp_path_factory.mktemp("exported")
-    model = demo.build_keras_port(demo._weights(), buggy=True)
+    model = demo.build_keras_port(demo.demo_weights(), buggy=True)
     model.export(str(d / "saved_model"), verbose=False)
     (d / "port.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     return {"saved_model": str(d / "saved_model"), "tflite": str(d / "port.tflite")}

@@ -28,7 +28,7 @@ X = np.load({FILES.input!r})
 
 
 def fixed_port():
-    return demo.build_keras_port(demo._weights(), buggy=False)
+    return demo.build_keras_port(demo.demo_weights(), buggy=False)
 """
 
 

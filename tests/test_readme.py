@@ -38,7 +38,7 @@ def python_blocks() -> list[str]:
 @pytest.fixture(scope="module")
 def fixed_keras(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("fixed") / "fixed.keras"
-    demo.build_keras_port(demo._weights(), buggy=False).save(str(p))
+    demo.build_keras_port(demo.demo_weights(), buggy=False).save(str(p))
     return p
 
 

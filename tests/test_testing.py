@@ -27,7 +27,7 @@ def test_blob_close_message_is_torch_shaped():
         "Blobs are not close!\n"
         "\n"
         "Mismatched elements: 2 / 3 (66.7%)\n"
-        "Greatest absolute difference: 2.0 at index (1,) (up to 3e-05 allowed)\n"
+        "Greatest absolute difference: 2.0 at index (1,) (up to 3e-05 allowed: atol 1e-05 x max|caffe| 3.0)\n"
         "Greatest relative difference: 1.0 at index (1,) (up to 0.0001 allowed)"
     )
     with pytest.raises(AssertionError, match="^" + re.escape(expected) + "$"):
@@ -45,7 +45,8 @@ def test_blob_close_index_is_nchw_and_name_in_header():
     from layerparity.metrics import DEFAULT_TOLERANCES
 
     allowed = DEFAULT_TOLERANCES["float32"].atol  # relative to max|caffe|, which is 1.0 for all zeros
-    assert f"Greatest absolute difference: 1.0 at index (0, 0, 2, 1) (up to {allowed!r} allowed)" in msg
+    assert (f"Greatest absolute difference: 1.0 at index (0, 0, 2, 1) (up to {allowed!r} allowed: "
+            f"atol {allowed!r} x max|caffe| 1.0)") in msg
     assert msg.endswith("(indices are in Caffe's NCHW layout; the TF tensor was converted from NHWC)")
 
 
@@ -62,7 +63,9 @@ def test_blob_close_nan_is_never_close():
 
 
 def test_blob_close_bad_arguments_are_input_errors():
-    with pytest.raises(InputError, match=re.escape("rtol and atol must be given together or not at all (got rtol=0.1, atol=None)")):
+    with pytest.raises(InputError, match=re.escape(
+        "assert_blob_close: rtol and atol must be given together or not at all: rtol needs atol too (got rtol=0.1, atol=None)"
+    )):
         assert_blob_close(np.ones(2), np.ones(2), layout="", rtol=0.1)
     with pytest.raises(InputDataError, match=re.escape("the TF tensor has shape (2, 3) (rank 2), which cannot be in layout 'NHWC'")):
         assert_blob_close(np.ones((2, 3)), np.ones((2, 3)))
@@ -70,6 +73,27 @@ def test_blob_close_bad_arguments_are_input_errors():
         assert_blob_close(np.ones((2, 3)), np.ones((2, 3)), layout="XY")
     with pytest.raises(InputDataError, match="tf_tensor has dtype <U1"):
         assert_blob_close(np.ones(1), np.array(["a"]), layout="")
+
+
+def test_blob_close_refuses_complex_instead_of_dropping_the_imaginary_part():
+    # equal real parts, imaginary parts 1 apart: comparing .real only would pass
+    a = np.array([1 + 0j, 2 + 0j])
+    b = np.array([1 + 1j, 2 + 0j])
+    for caffe, tf, what in ((a, b, "caffe_blob"), (a.real, b, "tf_tensor")):
+        with pytest.raises(InputDataError, match=re.escape(f"assert_blob_close: {what} is complex (complex128)")):
+            assert_blob_close(caffe, tf, layout="")
+
+
+def test_parity_message_of_a_report_without_tolerances_uses_the_default_table():
+    """A report that records no tolerance (hand-built, or read back from JSON without one) is
+    explained with the float32 default of the one table, not with a tolerance of its own."""
+    from layerparity.metrics import DEFAULT_TOLERANCES
+
+    row = LayerResult("conv1", "conv1", "conv1", caffe_shape=(1, 2, 2, 2), metrics=_m(0.5, False))
+    msg = format_parity_failure(Report([row], [], [], first_divergence=row))
+    t = DEFAULT_TOLERANCES["float32"]
+    assert (f"(up to {t.atol * 2.0!r} allowed: atol {t.atol!r} x max|caffe| 2.0)\n"
+            f"Greatest relative difference: 0.5 at index (0, 1, 2, 3) (up to {t.rtol!r} allowed)") in msg
 
 
 # -- the parity message (hand-built report) ------------------------------------------------
@@ -92,7 +116,7 @@ def test_parity_message_layout_is_fixed():
 Models diverge at Caffe layer 'conv2' (TF layer 'tf_conv2')!
 
 Mismatched elements: 4 / 8 (50.0%)
-Greatest absolute difference: 0.5 at index (0, 1, 2, 3) (up to 2e-05 allowed)
+Greatest absolute difference: 0.5 at index (0, 1, 2, 3) (up to 2e-05 allowed: atol 1e-05 x max|caffe| 2.0)
 Greatest relative difference: 0.5 at index (0, 1, 2, 3) (up to 0.0001 allowed)
 (indices are Caffe coordinates: NCHW for 4-D blobs)
 Smallest tolerance that would pass: atol=0.25 x max|caffe| (2.0) at rtol=0.0001, or rtol=5.0 at atol=1e-05
@@ -144,7 +168,7 @@ def test_assert_parity_names_the_planted_bug(files, x):
         assert_parity(files.prototxt, files.keras, x, caffe_weights=files.caffemodel)
     msg = str(e.value)
     assert msg.startswith("Models diverge at Caffe layer 'conv2' (TF layer 'conv2')!\n\nMismatched elements: 2048 / 2048 (100.0%)\n")
-    assert re.search(r"\nGreatest absolute difference: [0-9.]+ at index \(0, \d+, \d, \d\) \(up to [0-9.e-]+ allowed\)\n", msg)
+    assert re.search(r"\nGreatest absolute difference: [0-9.]+ at index \(0, \d+, \d, \d\) \(up to [0-9.e-]+ allowed: atol 3e-05 x max\|caffe\| [0-9.e+-]+\)\n", msg)
     assert "Own error (TF layer fed the Caffe input): max abs " in msg and ": the error starts in this layer\n" in msg
     assert "\nFix: " in msg and "ZeroPadding2D" in msg.split("\nFix: ")[1]
     table = msg.split("FIRST marks the first divergence):\n")[1]
@@ -158,7 +182,7 @@ def test_assert_parity_passes_on_the_fixed_port_and_returns_the_report(files, x)
     import keras
 
     keras.utils.clear_session()
-    fixed = demo.build_keras_port(demo._weights(), buggy=False)
+    fixed = demo.build_keras_port(demo.demo_weights(), buggy=False)
     report = assert_parity(files.prototxt, fixed, x, caffe_weights=files.caffemodel)
     assert report and report.first_divergence is None
     assert report.row("conv2").metrics.max_abs_error < 1e-4

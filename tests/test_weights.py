@@ -21,10 +21,9 @@ from diagnose_cases import (
 )
 from layerparity.backends.caffe import CaffeBackend
 from layerparity.backends.tensorflow import load_tf
-from layerparity.errors import InputError
+from layerparity.errors import InputError, WeightParityError
 from layerparity.layout import depthwise_weight, inner_product_weight_caffe_to_tf
 from layerparity.weights import (
-    WeightParityError,
     check_weights,
     iter_transform_names,
     weight_parity,

@@ -4,48 +4,105 @@
 >>> sorted(n for n in ("compare_models", "compare_traces", "capture_caffe", "capture_tf") if hasattr(lp, n))
 ['capture_caffe', 'capture_tf', 'compare_models', 'compare_traces']
 
+Every public name of the package is importable from here (``__all__`` is
+:data:`layerparity._exports.EXPORTS`). Tolerances everywhere: ``rtol`` and
+``atol`` go together or not at all, and ``atol`` is *relative*: an element may
+be off by ``atol * max|caffe|`` of its layer plus ``rtol * |caffe|``.
+
 Nothing here imports Caffe or TensorFlow until a capture actually runs.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .align import Alignment, align, load_mapping
-from .compare import compare_models, compare_traces
-from .errors import (
+import numpy as np
+
+from ._exports import EXPORTS
+from .align import Alignment, align, load_mapping  # noqa: F401 - re-exported
+from .compare import compare_models, compare_traces  # noqa: F401 - re-exported
+from .errors import (  # noqa: F401 - re-exported
     ArchiveError,
     CaffeError,
+    DiagnosisInputError,
     FrameworkMissingError,
     InputDataError,
     InputError,
     InternalError,
     LayerParityError,
+    LayoutMismatch,
     MappingError,
     ModelLoadError,
+    ReportFormatError,
+    UsageError,
+    WeightParityError,
 )
-from .metrics import DEFAULT_TOLERANCES, compute_metrics
-from .result import Diagnosis, LayerResult, Metrics, Report, Tolerance
-from .trace import Probe, Trace
+from .metrics import DEFAULT_TOLERANCES, compute_metrics  # noqa: F401 - re-exported
+from .result import Diagnosis, LayerResult, Metrics, Report, Tolerance  # noqa: F401 - re-exported
+from .testing import assert_blob_close, assert_parity  # noqa: F401 - re-exported
+from .trace import Probe, Trace  # noqa: F401 - re-exported (Trace also typed below)
+
+Inputs = Mapping[str, np.ndarray] | np.ndarray
 
 
-def capture_caffe(*args: Any, **kw: Any) -> Trace:
-    """Run a Caffe net once and return its :class:`Trace` (see :mod:`layerparity.backends.caffe`)."""
+def capture_caffe(
+    prototxt: str | os.PathLike[str],
+    weights: str | os.PathLike[str] | None = None,
+    inputs: Inputs | None = None,
+    *,
+    batch: int | None = None,
+    phase: str = "TEST",
+    python: str | os.PathLike[str] | None = None,
+    timeout: float = 600,
+    env: Mapping[str, str] | None = None,
+) -> Trace:
+    """Run a Caffe net once on ``inputs`` (an NCHW array, or a dict input name -> array) and return its :class:`Trace`.
+
+    The net runs in a worker process (:class:`~layerparity.backends.caffe.CaffeBackend`):
+    ``batch`` reshapes the inputs at load, ``phase`` is ``"TEST"`` or ``"TRAIN"``,
+    ``python`` is the interpreter of a legacy Caffe install, ``timeout`` the seconds
+    to wait for any answer of the worker, ``env`` extra environment variables for it.
+    A malformed prototxt or a caffemodel that does not fit raises
+    :class:`~layerparity.errors.CaffeError`.
+
+    >>> trace = capture_caffe("deploy.prototxt", "weights.caffemodel", x_nchw)   # doctest: +SKIP
+    >>> trace["conv1"].layout                                                   # doctest: +SKIP
+    'NCHW'
+    """
     from .backends.caffe import capture_caffe as _capture
 
-    return _capture(*args, **kw)
+    return _capture(prototxt, weights, inputs, batch=batch, phase=phase, python=python, timeout=timeout, env=env)
 
 
-def capture_tf(*args: Any, **kw: Any) -> Trace:
-    """Run a TF/Keras/TFLite model once and return its :class:`Trace` (see :mod:`layerparity.backends.tensorflow`)."""
+def capture_tf(
+    model: Any,
+    inputs: Inputs,
+    *,
+    safe_mode: bool = True,
+    outputs: Sequence[str] | str | None = None,
+    tensors: Sequence[str] | str | None = None,
+    data_format: str | None = None,
+) -> Trace:
+    """Run a TensorFlow model once on ``inputs`` (in Caffe's NCHW layout) and return its :class:`Trace`.
+
+    ``model``: a ``keras.Model``, a ``tf.compat.v1.Session``, a ``tf.Graph``/``GraphDef``,
+    or a path to a ``.keras``/``.h5`` file, a SavedModel directory, a frozen ``.pb`` or a
+    ``.tflite`` file (see :func:`layerparity.backends.tensorflow.load_tf`). ``safe_mode``
+    refuses Keras files holding pickled code (``Lambda``); ``outputs`` (graphs only)
+    captures only what these tensors depend on; ``tensors`` captures only these probes;
+    ``data_format`` (``"channels_last"``/``"channels_first"``) is the layout of 4-D
+    tensors the model does not declare. 4-D inputs are converted to the model's layout.
+
+    >>> trace = capture_tf("port.keras", x_nchw)      # doctest: +SKIP
+    >>> trace["conv1"].layout                          # doctest: +SKIP
+    'NHWC'
+    """
     from .backends.tensorflow import capture_tf as _capture
 
-    return _capture(*args, **kw)
+    return _capture(model, inputs, safe_mode=safe_mode, outputs=outputs, tensors=tensors, data_format=data_format)
 
 
-__all__ = [
-    "compare_models", "compare_traces", "capture_caffe", "capture_tf", "align", "Alignment", "load_mapping",
-    "compute_metrics", "DEFAULT_TOLERANCES", "Trace", "Probe", "Report", "LayerResult", "Metrics", "Diagnosis",
-    "Tolerance", "LayerParityError", "InputError", "ModelLoadError", "CaffeError", "ArchiveError", "MappingError",
-    "InputDataError", "FrameworkMissingError", "InternalError",
-]
+__all__ = list(EXPORTS)  # every name in it is bound above (tests/test_structure.py checks)
+

@@ -25,16 +25,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from .errors import FrameworkMissingError, InputError, InternalError
+from .errors import FrameworkMissingError, InputError, InternalError, UsageError
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_BUG"]
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 PROG = "layerparity"
-
-
-class UsageError(InputError):
-    """Bad command-line usage found after parsing (e.g. --rtol without --atol)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -196,22 +192,18 @@ def _import_tf() -> None:
 
 
 def _prepare_tf_model(path: str) -> None:
-    """Import TF quietly; let Keras files that use layerparity's own layers (the demo's LRN) load."""
+    """Import TF quietly; let Keras files that use layerparity's own layers (LRN) load."""
     _import_tf()
     if str(path).lower().endswith((".keras", ".h5", ".hdf5")):
-        from .demo import register_keras_objects
+        from .keras_layers import register_keras_objects
 
         register_keras_objects()
 
 
 def _tolerance(args: argparse.Namespace) -> None:
-    if (args.rtol is None) != (args.atol is None):
-        given = "--rtol" if args.rtol is not None else "--atol"
-        missing = "--atol" if args.rtol is not None else "--rtol"
-        raise UsageError(f"{given} needs {missing} too: rtol and atol are given together or not at all")
     from .metrics import check_tolerance_pair
 
-    check_tolerance_pair(args.rtol, args.atol)
+    check_tolerance_pair(args.rtol, args.atol, names=("--rtol", "--atol"))
 
 
 def _preprocess(args: argparse.Namespace) -> Any:
@@ -455,11 +447,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
     rep = weight_parity(args.caffe_model, args.caffe_weights, args.tf_model, mapping)
     print(rep.to_text())
     if args.json:
-        tmp = f"{args.json}.{os.getpid()}.partial"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(rep.to_dict(), f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, args.json)
+        from .atomic_write import write_text
+
+        write_text(args.json, json.dumps(rep.to_dict(), indent=2, ensure_ascii=False) + "\n")
         print(f"JSON report: {args.json}")
     return EXIT_OK if rep else EXIT_DIVERGED
 
@@ -472,9 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     files = demo.files()
     _prepare_tf_model(files.keras)
     if args.fixed:
-        from .demo import _weights, build_keras_port
-
-        tf_model: Any = build_keras_port(_weights(), buggy=False)
+        tf_model: Any = demo.build_keras_port(demo.demo_weights(), buggy=False)
         what = "the corrected port (built in memory)"
     else:
         tf_model = files.keras

@@ -1,11 +1,37 @@
-"""Exceptions. Three families, never mixed up:
+"""Every exception class of layerparity. Three families, never mixed up:
 
 - :class:`InputError` (a ``ValueError``): the user gave something we cannot use
   (a malformed prototxt, a caffemodel that does not fit the net, a corrupt archive,
-  an input of the wrong shape). The message names the file, the layer and what is
-  wrong.
+  an input of the wrong shape, a bad tolerance, bad command-line usage). The
+  message names the file, the layer and what is wrong. The CLI exits 2.
+  :class:`FrameworkMissingError` (an ``ImportError``) is the user's to fix too
+  (install Caffe or TensorFlow): also exit 2.
 - ``AssertionError`` (raised only by :mod:`layerparity.testing`): the models differ.
-- :class:`InternalError` (a ``RuntimeError``): a bug in layerparity itself.
+- :class:`InternalError` (a ``RuntimeError``): a bug in layerparity itself. The CLI
+  exits 3 ("layerparity bug: ...").
+
+The tree::
+
+    LayerParityError
+    +-- InputError (ValueError)                     exit 2
+    |   +-- ModelLoadError
+    |   |   +-- CaffeError
+    |   +-- ArchiveError
+    |   +-- MappingError
+    |   +-- InputDataError
+    |   |   +-- LayoutMismatch
+    |   +-- WeightParityError
+    |   +-- ReportFormatError
+    |   +-- UsageError
+    |   +-- DiagnosisInputError
+    +-- FrameworkMissingError (ImportError)         exit 2
+    +-- InternalError (RuntimeError)                exit 3
+
+The Caffe worker process (``backends/_caffe_worker.py``) runs without this
+package and keeps its own small classes (``_caffe_net.UserError``,
+``_caffe_protocol.ProtocolError``, ``PeerClosed``, ``PeerTimeout``);
+:class:`~layerparity.backends.caffe.CaffeBackend` maps them to these (see
+docs/architecture.md, "Errors").
 """
 
 from __future__ import annotations
@@ -41,6 +67,18 @@ class InputDataError(InputError):
 
 class LayoutMismatch(InputDataError):
     """Two declared layouts/shapes cannot be reconciled without guessing."""
+
+
+class WeightParityError(InputError):
+    """Weights handed to the weight-parity check are not what it needs (not arrays, a BatchNorm without its blobs)."""
+
+
+class ReportFormatError(InputError):
+    """A JSON report file does not follow docs/report-format.md (the message names the first bad key)."""
+
+
+class UsageError(InputError):
+    """Bad command-line usage found after parsing (e.g. --rtol without --atol)."""
 
 
 class DiagnosisInputError(InputError):

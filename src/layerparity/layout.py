@@ -45,7 +45,7 @@ def axes_permutation(src: str, dst: str) -> tuple[int, ...]:
     (0, 3, 1, 2)
     """
     if sorted(src) != sorted(dst) or len(set(src)) != len(src):
-        raise ValueError(f"layouts {src!r} and {dst!r} do not name the same axes")
+        raise LayoutMismatch(f"layouts {src!r} and {dst!r} do not name the same axes")
     return tuple(src.index(a) for a in dst)
 
 
@@ -61,14 +61,14 @@ def convert(x: np.ndarray, src: str, dst: str, flat_shape: tuple[int, ...] | Non
     if not src or not dst or src == dst:
         return x
     if is_flat(src) != is_flat(dst):
-        raise ValueError(f"cannot convert between {src!r} and {dst!r}: only one is flattened")
+        raise LayoutMismatch(f"cannot convert between {src!r} and {dst!r}: only one is flattened")
     if not is_flat(src):
         if x.ndim != len(src):
             raise InputDataError(f"a {x.ndim}-D array cannot be in layout {src!r}")
         return np.transpose(x, axes_permutation(src, dst))
     s, d = src[5:], dst[5:]
     if flat_shape is None:
-        raise ValueError(f"converting {src!r} needs flat_shape")
+        raise LayoutMismatch(f"converting {src!r} needs flat_shape")
     inner = s.replace("N", "")
     if len(flat_shape) != len(inner) or sorted(inner) != sorted(d.replace("N", "")):
         raise InputDataError(f"flat_shape {tuple(flat_shape)} does not fit layouts {src!r} -> {dst!r}")
@@ -185,7 +185,7 @@ def depthwise_weight(w: np.ndarray, channels: int) -> np.ndarray:
     """Caffe (C*M, 1, kH, kW), group=C -> TF DepthwiseConv2D (kH, kW, C, M)."""
     cm, one, kh, kw = w.shape
     if one != 1 or cm % channels:
-        raise ValueError(f"weights {w.shape} are not depthwise for {channels} channels")
+        raise InputDataError(f"weights {w.shape} are not depthwise for {channels} channels")
     m = cm // channels
     return w.reshape(channels, m, kh, kw).transpose(2, 3, 0, 1)
 

@@ -107,7 +107,7 @@ def default_tolerance(*dtypes: Any) -> Tolerance:
     any_float = False
     for dt in dtypes:
         dt = np.dtype(dt)
-        if dt.kind == "f" or dt.kind == "c" or dt.name == "bfloat16":
+        if dt.kind == "f" or dt.name == "bfloat16":
             any_float = True
             name = "float16" if dt.itemsize <= 2 else "float32" if dt.itemsize == 4 else "float64"
             if order.index(name) > order.index(worst):
@@ -124,8 +124,13 @@ def _copy(t: Tolerance) -> Tolerance:
     return Tolerance(rtol=t.rtol, atol=t.atol, relative_atol=t.relative_atol)
 
 
-def check_tolerance_pair(rtol: Any, atol: Any, where: str = "") -> Tolerance | None:
-    """Validate a global ``rtol``/``atol`` pair: both or neither, finite and >= 0.
+def check_tolerance_pair(
+    rtol: Any, atol: Any, where: str = "", names: tuple[str, str] = ("rtol", "atol")
+) -> Tolerance | None:
+    """Validate an ``rtol``/``atol`` pair: both or neither, finite and >= 0 (the one
+    validator: the API, ``tolerances=`` entries, the CLI's ``--rtol/--atol`` and the pytest
+    plugin's ``--parity-rtol/--parity-atol`` all go through it; ``names`` are what the
+    caller calls them, so the message names the option that fixes it).
 
     Given together or not at all (as in ``torch.testing.assert_close``): a lone
     ``atol=0`` would still pass everything through the default rtol.
@@ -133,14 +138,23 @@ def check_tolerance_pair(rtol: Any, atol: Any, where: str = "") -> Tolerance | N
     >>> check_tolerance_pair(None, 1e-5)
     Traceback (most recent call last):
     ...
-    layerparity.errors.InputError: rtol and atol must be given together or not at all (got rtol=None, atol=1e-05)
+    layerparity.errors.InputError: rtol and atol must be given together or not at all: atol needs rtol too (got rtol=None, atol=1e-05)
+    >>> check_tolerance_pair(1e-3, None, names=("--rtol", "--atol"))
+    Traceback (most recent call last):
+    ...
+    layerparity.errors.InputError: --rtol and --atol must be given together or not at all: --rtol needs --atol too (got --rtol=0.001, --atol=None)
     """
     if rtol is None and atol is None:
         return None
     prefix = f"{where}: " if where else ""
+    nr, na = names
     if rtol is None or atol is None:
-        raise InputError(f"{prefix}rtol and atol must be given together or not at all (got rtol={rtol!r}, atol={atol!r})")
-    return Tolerance(rtol=_nonneg(rtol, "rtol", prefix), atol=_nonneg(atol, "atol", prefix))
+        given, missing = (nr, na) if rtol is not None else (na, nr)
+        raise InputError(
+            f"{prefix}{nr} and {na} must be given together or not at all: {given} needs {missing} too "
+            f"(got {nr}={rtol!r}, {na}={atol!r})"
+        )
+    return Tolerance(rtol=_nonneg(rtol, nr, prefix), atol=_nonneg(atol, na, prefix))
 
 
 def _nonneg(x: Any, what: str, prefix: str) -> float:
@@ -230,6 +244,11 @@ def compute_metrics(ref: Any, got: Any, tol: Tolerance) -> Metrics:
     for a, side in ((ref, "reference"), (got, "compared")):
         if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise InputDataError(f"cannot compare a {side} array of dtype {a.dtype}")
+        if np.issubdtype(a.dtype, np.complexfloating):  # float(...) below would drop the imaginary part
+            raise InputDataError(
+                f"cannot compare a complex {side} array ({a.dtype}): only real numbers are compared "
+                "(compare .real and .imag as two arrays)"
+            )
     shape = ref.shape
     total = int(ref.size)
     ct = np.result_type(ref.dtype, got.dtype, np.float32)

@@ -8,7 +8,9 @@ models is an ``AssertionError``.
 
 Default tolerances come from one table, by the dtype of the less precise side:
 :data:`layerparity.metrics.DEFAULT_TOLERANCES` (float64, float32, float16; see
-docs/tolerances.md). ``atol`` is relative to the layer's scale ``max|caffe|``.
+docs/tolerances.md). ``atol`` is *relative*, unlike numpy's and torch's: an element
+may be off by ``atol * max|caffe|`` (the layer's largest Caffe value) plus
+``rtol * |caffe|``, and the message says both factors.
 
 >>> import numpy as np
 >>> assert_blob_close(np.ones((1, 2, 1, 1), np.float32), np.ones((1, 1, 1, 2), np.float32))
@@ -18,7 +20,7 @@ Traceback (most recent call last):
 AssertionError: Blobs are not close!
 <BLANKLINE>
 Mismatched elements: 1 / 3 (33.3%)
-Greatest absolute difference: 2.0 at index (1,) (up to 3e-05 allowed)
+Greatest absolute difference: 2.0 at index (1,) (up to 3e-05 allowed: atol 1e-05 x max|caffe| 3.0)
 Greatest relative difference: 1.0 at index (1,) (up to 0.0001 allowed)
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputDataError, InputError
+from .formatting import fmt_index, fmt_num, fmt_shape
 from .layout import relayout
 from .result import LayerResult, Metrics, Report, Tolerance
 
@@ -45,22 +48,15 @@ MESSAGE_MAX_ROWS = 15
 
 def _num(x: float) -> str:
     """A float the way torch.testing prints it: ``2.0``, ``1e-05``, ``0.000123457``, ``inf``."""
-    x = float(x)
-    if not np.isfinite(x):
-        return "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")
-    return repr(float(f"{x:.6g}"))
+    return fmt_num(x, 6, float_repr=True)
 
 
-def _index(idx: tuple[int, ...] | None) -> str:
-    if idx is None:
-        return "-"
-    if len(idx) == 1:
-        return f"({idx[0]},)"
-    return "(" + ", ".join(str(i) for i in idx) + ")"
-
-
-def _allowed_abs(tol: Tolerance, m: Metrics) -> float:
-    return tol.atol * m.scale if tol.relative_atol else tol.atol
+def _allowed_abs(tol: Tolerance, m: Metrics) -> str:
+    """What the absolute difference may be, said with its factors when atol is relative:
+    ``up to 3e-05 allowed: atol 1e-05 x max|caffe| 3.0``."""
+    if not tol.relative_atol:
+        return f"up to {_num(tol.atol)} allowed"
+    return f"up to {_num(tol.atol * m.scale)} allowed: atol {_num(tol.atol)} x max|caffe| {_num(m.scale)}"
 
 
 def metric_lines(m: Metrics, tol: Tolerance) -> list[str]:
@@ -70,11 +66,11 @@ def metric_lines(m: Metrics, tol: Tolerance) -> list[str]:
     if m.nan_mismatch:
         lines.append(f"NaN/Inf mismatches: {m.nan_mismatch} (no tolerance passes these)")
     lines.append(
-        f"Greatest absolute difference: {_num(m.max_abs_error)} at index {_index(m.max_abs_index)} "
-        f"(up to {_num(_allowed_abs(tol, m))} allowed)"
+        f"Greatest absolute difference: {_num(m.max_abs_error)} at index {fmt_index(m.max_abs_index)} "
+        f"({_allowed_abs(tol, m)})"
     )
     lines.append(
-        f"Greatest relative difference: {_num(m.max_rel_error)} at index {_index(m.max_rel_index)} "
+        f"Greatest relative difference: {_num(m.max_rel_error)} at index {fmt_index(m.max_rel_index)} "
         f"(up to {_num(tol.rtol)} allowed)"
     )
     return lines
@@ -100,7 +96,12 @@ def format_blob_failure(
 
 
 def _row_tol(row: LayerResult, report: Report) -> Tolerance:
-    return row.tolerance or report.tolerance or Tolerance(rtol=1e-4, atol=1e-5)
+    """The row's tolerance; for a report that records none (hand-built, or read back without
+    tolerances) the float32 default of :data:`layerparity.metrics.DEFAULT_TOLERANCES`, as the
+    engine would have used."""
+    from .metrics import default_tolerance
+
+    return row.tolerance or report.tolerance or default_tolerance(np.float32)
 
 
 def format_parity_failure(report: Report, max_rows: int | None = MESSAGE_MAX_ROWS) -> str:
@@ -129,17 +130,23 @@ def format_parity_failure(report: Report, max_rows: int | None = MESSAGE_MAX_ROW
     failing = [r for r in report.rows if not r.passed]
     row = fd if fd is not None else (failing[0] if failing else None)
     lines: list[str] = []
-    if row is None:  # a falsy report with no rows to blame (should not happen)
-        lines.append("Models diverge!")
+    cov = report.coverage
+    if row is None:  # every compared row passes: the verdict fails on coverage
+        lines.append("The TF port does not cover the Caffe net!")
+        lines.append("")
+        if cov is not None and cov.problem():
+            lines.append(cov.problem())
+            lines.append("")
     else:
-        where = f"Caffe layer {row.caffe_layer!r} (TF layer {row.tf_layer!r})"
+        chain = f"chain {'+'.join(row.caffe_chain)}; " if len(row.caffe_chain) > 1 else ""
+        where = f"Caffe layer {row.divergent_layer!r} ({chain}TF layer {row.tf_layer!r})"
         lines.append(f"Models diverge at {where}!" if fd is not None else f"Models diverge: first failing row is {where}!")
         lines.append("")
         tol = _row_tol(row, report)
         m = row.metrics
         if m is None:
             lines.append(
-                f"Shapes do not match: Caffe {_shape(row.caffe_shape)} != TF {_shape(row.tf_shape)}"
+                f"Shapes do not match: Caffe {fmt_shape(row.caffe_shape)} != TF {fmt_shape(row.tf_shape)}"
                 + (f" ({row.note})" if row.note else "")
             )
         else:
@@ -172,6 +179,13 @@ def format_parity_failure(report: Report, max_rows: int | None = MESSAGE_MAX_ROW
         else:
             lines.append("Diagnosis: none")
         lines.append("")
+    for d in report.conventions:
+        lines.append(f"Port convention: {d.kind}: {d.summary}")
+        lines.append(f"Fix: {d.fix}")
+        lines.append("")
+    if row is not None and cov is not None and cov.problem():
+        lines.append(cov.problem())
+        lines.append("")
     n_fail = len(failing)
     lines.append(f"Layers ({len(report.rows)} compared, {n_fail} out of tolerance; FIRST marks the first divergence):")
     lines.append(format_table(report, max_rows=max_rows, indent="  "))
@@ -181,10 +195,6 @@ def format_parity_failure(report: Report, max_rows: int | None = MESSAGE_MAX_ROW
             " (pass mapping= to pair them)"
         )
     return "\n".join(lines)
-
-
-def _shape(s: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(d) for d in s) + ("," if len(s) == 1 else "") + ")"
 
 
 # -- assert_blob_close -------------------------------------------------------------
@@ -221,8 +231,10 @@ def assert_blob_close(
     ``tf_tensor`` is declared in ``layout`` (``"NHWC"`` by default; ``"NCHW"``, ``"NC"``
     or ``""`` for "compare as is") and converted to Caffe's NCHW first, so indices in
     the message are NCHW coordinates. ``rtol`` and ``atol`` go together or not at all;
-    by default they come from the dtypes (:data:`layerparity.metrics.DEFAULT_TOLERANCES`),
-    and ``atol`` is relative to ``max|caffe_blob|``.
+    by default they come from the dtypes (:data:`layerparity.metrics.DEFAULT_TOLERANCES`).
+    ``atol`` is *relative* (unlike numpy's and torch's): an element passes when
+    ``|tf - caffe| <= atol * max|caffe_blob| + rtol * |caffe|``, and the message says
+    ``up to 3e-05 allowed: atol 1e-05 x max|caffe| 3.0``.
 
     >>> import numpy as np
     >>> a = np.zeros((1, 2, 2, 2), np.float32)
@@ -240,9 +252,9 @@ def assert_blob_close(
     got_raw = _array(tf_tensor, "tf_tensor")
     got, converted = _to_nchw(got_raw, layout)
     if ref.shape != got.shape:
-        what = f" (TF {_shape(got_raw.shape)} in {layout})" if converted else ""
+        what = f" (TF {fmt_shape(got_raw.shape)} in {layout})" if converted else ""
         prefix = f"{name!r}: " if name else ""
-        raise AssertionError(f"{prefix}Blob shapes do not match: Caffe {_shape(ref.shape)} != TF {_shape(got.shape)}{what}")
+        raise AssertionError(f"{prefix}Blob shapes do not match: Caffe {fmt_shape(ref.shape)} != TF {fmt_shape(got.shape)}{what}")
     if tol is None:
         tol = default_tolerance(ref.dtype, got.dtype)
     m = compute_metrics(ref, got, tol)
@@ -259,6 +271,11 @@ def _array(x: Any, what: str) -> np.ndarray:
         raise InputDataError(f"assert_blob_close: {what} is not an array ({e})") from None
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise InputDataError(f"assert_blob_close: {what} has dtype {a.dtype}; expected numbers")
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise InputDataError(
+            f"assert_blob_close: {what} is complex ({a.dtype}); only real numbers are compared "
+            "(compare .real and .imag as two blobs)"
+        )
     return a
 
 
@@ -314,9 +331,9 @@ def run_parity(
 
 
 def _register_keras_objects(tf_model: Any) -> None:
-    """Keras files may use layerparity's own layers (the demo's LRN): make them loadable."""
+    """Keras files may use layerparity's own layers (LRN): make them loadable."""
     if isinstance(tf_model, (str, os.PathLike)) and os.fspath(tf_model).lower().endswith((".keras", ".h5", ".hdf5")):
-        from .demo import register_keras_objects
+        from .keras_layers import register_keras_objects
 
         register_keras_objects()
 
@@ -342,6 +359,12 @@ def assert_parity(
     ``.h5``, SavedModel dir, frozen ``.pb``, ``.tflite``), a live ``keras.Model``,
     a ``Trace`` or a trace archive. ``inputs``: one NCHW array or a dict name ->
     array (``None`` to reuse the inputs stored in a trace archive).
+
+    ``rtol`` and ``atol`` go together or not at all (default: by dtype, from
+    :data:`layerparity.metrics.DEFAULT_TOLERANCES`); ``atol`` is *relative*: an element
+    of a layer passes when ``|tf - caffe| <= atol * max|caffe| + rtol * |caffe|``, with
+    ``max|caffe|`` that layer's largest Caffe value. ``tolerances`` overrides them per
+    layer name or ``fnmatch`` pattern: ``{"fc*": (1e-3, 1e-4)}``.
 
     On failure the ``AssertionError`` names the first divergent layer (Caffe and TF
     names), the worst element's NCHW index, the greatest abs/rel difference with

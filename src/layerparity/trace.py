@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArchiveError
+from .atomic_write import atomic_path
+from .errors import ArchiveError, InputError
 
 FORMAT = "layerparity-trace"
 FORMAT_VERSION = 1
@@ -83,7 +84,7 @@ class Probe:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"probe name must be a non-empty string, got {self.name!r}")
+            raise InputError(f"probe name must be a non-empty string, got {self.name!r}")
         self.layer = self.layer or self.name
         self.blob = self.blob or self.name
         if self.flat_shape is not None:
@@ -143,7 +144,7 @@ class Trace:
     # -- container protocol -------------------------------------------------
     def add(self, probe: Probe) -> None:
         if probe.name in self._probes:
-            raise ValueError(f"{self.framework} trace {self.source!r}: duplicate probe name {probe.name!r}")
+            raise InputError(f"{self.framework} trace {self.source!r}: duplicate probe name {probe.name!r}")
         self._probes[probe.name] = probe
 
     def __getitem__(self, name: str) -> Probe:
@@ -208,7 +209,6 @@ def save_archive(
 ) -> None:
     """Stream probes into an archive, one array at a time (only one value in memory)."""
     path = os.fspath(path)
-    tmp = path + ".partial"
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -219,7 +219,7 @@ def save_archive(
         "probes": [],
     }
     n = 0
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with atomic_path(path, make_dirs=False) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
 
         def put(arr: np.ndarray) -> str:
             nonlocal n
@@ -241,7 +241,6 @@ def save_archive(
             manifest["probes"].append(entry)
         data = json.dumps(manifest, ensure_ascii=False).encode("utf-8")
         zf.writestr("manifest.npy", _bytes_npy(data))
-    os.replace(tmp, path)
 
 
 def _bytes_npy(data: bytes) -> bytes:
@@ -381,7 +380,7 @@ class ArchiveReader:
 
 def _strs(xs: list, field: str) -> list[str]:
     if not all(isinstance(x, str) for x in xs):
-        raise TypeError(f"field {field!r} must be a list of strings")
+        raise ArchiveError(f"field {field!r} must be a list of strings")
     return list(xs)
 
 
@@ -405,7 +404,7 @@ def _opt(m: dict, key: str, typ: type, default: Any) -> Any:
     if v is None:
         return default
     if not isinstance(v, typ):
-        raise TypeError(f"field {key!r} is not a {typ.__name__}")
+        raise ArchiveError(f"field {key!r} is not a {typ.__name__}")
     return v
 
 

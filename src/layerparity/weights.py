@@ -33,28 +33,28 @@ under an undeclared transform is a finding.
 >>> bool(check_weights({"conv1": [w]}, {"conv1": [w.transpose(2, 3, 1, 0)]}))
 True
 
-Name matching uses align.py's normalizer (``align.canon`` for Caffe names,
-``align.tf_name_keys`` for TF layer/op names), lower-cased, plus a small local
-one (:func:`normalize_name`: every run of non-alphanumerics -> ``_``, TF op
+Name matching uses the alignment's name keys (:mod:`layerparity.names`:
+``canon`` for Caffe names, ``tf_name_keys`` for TF layer/op names), lower-cased,
+plus ``names.normalize_name`` (every run of non-alphanumerics -> ``_``, TF weight
 tails like ``/kernel`` or ``/BiasAdd:0`` dropped).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import WeightParityError
 from .layout import (
     conv_weight_caffe_to_tf,
     deconv_weight_caffe_to_tf,
     depthwise_weight,
     inner_product_weight_caffe_to_tf,
 )
+from .names import fold, normalize_name, tf_name_keys
 
 #: Elementwise criterion for "equal": weights are copied, so only float rounding of
 #: derived values (mean / S) is allowed.
@@ -83,10 +83,6 @@ TRANSFORM_FIXES = {
                               "b0 / b2, moving_variance = b1 / b2 (0 if b2 == 0).",
     "prelu_shared_axes": "Use `PReLU(shared_axes=[1, 2])` with alpha = slopes.reshape(1, 1, C).",
 }
-
-
-class WeightParityError(InputError):
-    """check_weights() was given arrays or mappings it cannot use."""
 
 
 @dataclass
@@ -214,35 +210,12 @@ class WeightReport:
 
 # -- names ------------------------------------------------------------------------
 
-_OP_SUFFIXES = {
-    "kernel", "bias", "biasadd", "conv2d", "convolution", "matmul", "weights", "w", "b",
-    "gamma", "beta", "moving_mean", "moving_variance", "depthwise_kernel", "read", "readvariableop",
-    "fusedbatchnormv3", "fusedbatchnorm", "relu", "alpha",
-}
-
-
-def normalize_name(name: str) -> str:
-    """Local name normalizer (align.py's is preferred when present).
-
-    >>> normalize_name("conv1/7x7_s2"), normalize_name("model/Conv1/BiasAdd:0")
-    ('conv1_7x7_s2', 'model_conv1')
-    """
-    name = re.sub(r":\d+$", "", str(name))
-    parts = [p for p in name.split("/") if p]
-    while len(parts) > 1 and parts[-1].lower() in _OP_SUFFIXES:
-        parts.pop()
-    return re.sub(r"[^0-9a-z]+", "_", "/".join(parts).lower()).strip("_")
-
 
 def _name_keys():
-    """(caffe_key, tf_keys): align.py's normalizer when present, else the local one."""
-    try:
-        from .align import canon, tf_name_keys
-    except ImportError:  # pragma: no cover - align.py ships with the package
-        return normalize_name, lambda t: [normalize_name(t), normalize_name(t.split("/")[-1])]
+    """(caffe_key, tf_keys): the alignment's name keys (:mod:`layerparity.names`), case-insensitive."""
 
     def caffe_key(name: str) -> str:
-        return canon(name).lower()
+        return fold(name)
 
     def tf_keys(name: str) -> list[str]:
         keys = [k.lower() for k in tf_name_keys(name)]

@@ -22,9 +22,10 @@ The binaries are regenerated deterministically by ``python -m layerparity.demo
 --regenerate`` (needs Caffe and TensorFlow); when they are missing, :func:`files`
 builds them once into ``$LAYERPARITY_CACHE/demo`` (default ``~/.cache/layerparity``).
 
-Keras has no LRN layer, so the port uses :func:`lrn_layer_class` (``LRN``,
-registered for Keras serialization as ``layerparity>LRN``): call
-:func:`register_keras_objects` before loading ``port.keras`` yourself.
+Keras has no LRN layer, so the port uses :func:`layerparity.keras_layers.lrn_layer_class`
+(``LRN``, registered for Keras serialization as ``layerparity>LRN``): call
+:func:`register_keras_objects` before loading ``port.keras`` yourself (both are
+re-exported here).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoFiles", "files", "build", "register_keras_objects", "lrn_layer_class", "BUG_LAYER"]
+from ..keras_layers import lrn_layer_class, register_keras_objects
+
+__all__ = [
+    "DemoFiles", "files", "build", "build_keras_port", "demo_weights", "demo_input", "register_keras_objects",
+    "lrn_layer_class", "BUG_LAYER",
+]
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261123
@@ -70,51 +76,10 @@ def files(directory: str | os.PathLike[str] | None = None) -> DemoFiles:
     return DemoFiles(*(str(d / n) for n in _NAMES), directory=str(d))
 
 
-# -- the Keras LRN layer -------------------------------------------------------------
-
-_LRN: Any = None
-
-
-def lrn_layer_class() -> Any:
-    """A Keras layer computing Caffe's ACROSS_CHANNELS LRN via ``tf.nn.local_response_normalization``.
-
-    Caffe ``local_size n, alpha, beta, k`` is ``LRN(depth_radius=n // 2, bias=k,
-    alpha=alpha / n, beta=beta)`` (TF's alpha is NOT divided by n).
-    """
-    global _LRN
-    if _LRN is not None:
-        return _LRN
-    import keras
-    import tensorflow as tf
-
-    @keras.saving.register_keras_serializable(package="layerparity", name="LRN")
-    class LRN(keras.layers.Layer):
-        def __init__(self, depth_radius: int = 2, bias: float = 1.0, alpha: float = 1e-4, beta: float = 0.75, **kw: Any) -> None:
-            super().__init__(**kw)
-            self.depth_radius, self.bias, self.alpha, self.beta = int(depth_radius), float(bias), float(alpha), float(beta)
-
-        def call(self, x: Any) -> Any:
-            return tf.nn.local_response_normalization(x, self.depth_radius, self.bias, self.alpha, self.beta)
-
-        def compute_output_shape(self, input_shape: Any) -> Any:
-            return input_shape
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "depth_radius": self.depth_radius, "bias": self.bias, "alpha": self.alpha, "beta": self.beta}
-
-    _LRN = LRN
-    return LRN
-
-
-def register_keras_objects() -> None:
-    """Make ``layerparity>LRN`` known to ``keras.saving.load_model`` (imports Keras)."""
-    lrn_layer_class()
-
-
 # -- building the files ----------------------------------------------------------------
 
 
-def _weights() -> dict[str, list[Any]]:
+def demo_weights() -> dict[str, list[Any]]:
     """The demo's Caffe parameters, in Caffe layouts, from one seeded generator."""
     import numpy as np
 
@@ -183,7 +148,7 @@ def build(directory: str | os.PathLike[str]) -> DemoFiles:
     d.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=d))
     try:
-        weights = _weights()
+        weights = demo_weights()
         proto = tmp / "deploy.prototxt"
         shutil.copyfile(HERE / "deploy.prototxt", proto)
         _write_caffemodel(str(proto), weights, str(tmp / "weights.caffemodel"))

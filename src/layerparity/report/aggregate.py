@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..errors import InternalError
+from ..errors import InputError
 from ..result import Report
 
 __all__ = ["aggregate_reports"]
@@ -24,6 +24,9 @@ def _key(x: float) -> float:
 def aggregate_reports(reports: Sequence[Report], labels: Sequence[str] | None = None) -> Report:
     """Combine the reports of the same two models on several inputs.
 
+    Caller mistakes (no report, labels that do not match the reports, reports of
+    different models) raise :class:`~layerparity.errors.InputError`.
+
     - ``rows[i]`` is the row ``i`` of the worst input there (a failing input first,
       then the greatest max abs error), so it passes only if it passed on every input;
     - ``first_divergence`` is the earliest first divergence over all inputs (that
@@ -32,9 +35,15 @@ def aggregate_reports(reports: Sequence[Report], labels: Sequence[str] | None = 
       {"failed_inputs", "max_abs_error": {"max", "mean", "worst_input"},
       "max_rel_error": {"max", "mean"}}}}``.
     """
+    reports = list(reports)
     if not reports:
-        raise InternalError("aggregate_reports needs at least one report")
-    labels = list(labels) if labels is not None else [f"input {i}" for i in range(len(reports))]
+        raise InputError("aggregate_reports needs at least one report")
+    bad = next((r for r in reports if not isinstance(r, Report)), None)
+    if bad is not None:
+        raise InputError(f"aggregate_reports needs Report objects, got {type(bad).__name__}")
+    labels = [str(x) for x in labels] if labels is not None else [f"input {i}" for i in range(len(reports))]
+    if len(labels) != len(reports):
+        raise InputError(f"aggregate_reports: {len(reports)} reports but {len(labels)} labels")
     if len(reports) == 1:
         r = reports[0]
         r.meta = {**r.meta, "inputs": {"count": 1, "labels": labels[:1], "per_layer": {}}}
@@ -44,7 +53,8 @@ def aggregate_reports(reports: Sequence[Report], labels: Sequence[str] | None = 
     for k, r in enumerate(reports):
         names = [x.caffe_layer for x in r.rows]
         if len(r.rows) != n_rows or names != [x.caffe_layer for x in base.rows]:
-            raise InternalError(f"reports of {labels[k]!r} and {labels[0]!r} compare different layers")
+            raise InputError(f"reports of {labels[k]!r} and {labels[0]!r} compare different layers "
+                             "(aggregate only reports of the same two models)")
     rows = []
     per_layer = {}
     for i in range(n_rows):

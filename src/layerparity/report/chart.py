@@ -26,8 +26,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .. import formatting
+from ..formatting import fmt_num
 from ..result import LayerResult, Metrics, Report, Tolerance
-from .text import _clip, fmt_num
 
 __all__ = ["render_chart", "error_ratio", "chart_points", "COLORS", "Geometry"]
 
@@ -56,7 +57,7 @@ def _esc(x: Any) -> str:
 
 def clip_name(s: str, width: int = NAME_CHARS) -> str:
     """A layer name cut to ``width`` characters, both ends kept (the text report's rule)."""
-    return _clip(s, width)
+    return formatting.clip_name(s, width)
 
 
 def error_ratio(m: Metrics | None, tol: Tolerance | None) -> float | None:

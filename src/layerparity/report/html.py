@@ -27,9 +27,11 @@ import json
 import os
 from typing import Any
 
+from ..atomic_write import write_text
+from ..formatting import fmt_num, fmt_shape
 from ..result import LayerResult, Report
 from .chart import render_chart
-from .text import fmt_num, fmt_shape, status
+from .text import status
 
 __all__ = ["render_html", "write_html"]
 
@@ -233,11 +235,4 @@ def render_html(report: Report, title: str = "layerparity report") -> str:
 
 def write_html(report: Report, path: str | os.PathLike[str], title: str = "layerparity report") -> None:
     """Write :func:`render_html` to ``path`` (UTF-8; atomically)."""
-    path = os.fspath(path)
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(render_html(report, title=title))
-    os.replace(tmp, path)
+    write_text(path, render_html(report, title=title))

@@ -21,38 +21,19 @@ divergence, and say so (``... 12 rows above not shown``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ..formatting import clip_name, fmt_num, fmt_shape
 from ..result import LayerResult, Report
 
-__all__ = ["format_table", "format_summary", "print_report", "table_window", "status", "fmt_num", "DEFAULT_MAX_ROWS"]
+__all__ = ["format_table", "format_summary", "print_report", "table_window", "status", "DEFAULT_MAX_ROWS"]
 
 #: Rows shown before the table is capped.
 DEFAULT_MAX_ROWS = 40
-_NAME_WIDTH = 40
 
 COLUMNS = ("#", "Caffe layer", "TF layer", "shape", "max abs", "max rel", "cosine", "mismatch", "own abs", "status")
 _RIGHT = {"#", "max abs", "max rel", "cosine", "mismatch", "own abs"}
-
-
-def fmt_num(x: float | None, digits: int = 3) -> str:
-    """A short number: ``0``, ``0.000123`` -> ``0.000123``, ``1.5e-07``, ``inf``, ``nan``, ``-`` for None."""
-    if x is None:
-        return "-"
-    x = float(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    return f"{x:.{digits}g}"
-
-
-def fmt_shape(shape: Any) -> str:
-    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def status(row: LayerResult, report: Report) -> str:
@@ -74,14 +55,6 @@ def status(row: LayerResult, report: Report) -> str:
     return "FAIL"
 
 
-def _clip(s: str, width: int = _NAME_WIDTH) -> str:
-    s = s.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    if len(s) <= width:
-        return s
-    head = width // 3  # keep both ends: graph op names carry the layer at the end
-    return s[:head] + "~" + s[-(width - head - 1):]
-
-
 def row_cells(i: int, row: LayerResult, report: Report) -> list[str]:
     m = row.metrics
     caffe = row.caffe_layer
@@ -89,8 +62,8 @@ def row_cells(i: int, row: LayerResult, report: Report) -> list[str]:
         caffe = "+".join(row.caffe_chain)
     return [
         str(i + 1),
-        _clip(caffe),
-        _clip(row.tf_layer),
+        clip_name(caffe),
+        clip_name(row.tf_layer),
         fmt_shape(row.caffe_shape) if row.caffe_shape else "-",
         fmt_num(m.max_abs_error) if m else "-",
         fmt_num(m.max_rel_error) if m else "-",
@@ -210,7 +183,7 @@ def _cap_line(line: str) -> str:
 
 
 def _names(names: list[str], cap: int = 12) -> str:
-    shown = ", ".join(_clip(n) for n in names[:cap])
+    shown = ", ".join(clip_name(n) for n in names[:cap])
     return shown + (f", ... ({len(names) - cap} more)" if len(names) > cap else "")
 
 
