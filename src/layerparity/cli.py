@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npy/.npz in NCHW, or an image; repeat for several inputs (each batch item is one input)")
     c.add_argument("--mapping", metavar="FILE", help="YAML/JSON {caffe_layer: tf_layer} for layers names don't pair")
     c.add_argument("--no-own-error", action="store_true", help="skip re-running each TF layer on the Caffe input")
+    c.add_argument("--partial", nargs="?", const=True, default=False, metavar="LAYER[,LAYER]",
+                   help="a deliberate partial check: pass even if Caffe layers are left out (alone), or "
+                        "stop at these Caffe layers (everything they depend on must match)")
+    c.add_argument("--tf-layout", metavar="LAYOUT",
+                   help="the TF model's 4-D layout relative to Caffe's NCHW, e.g. NWHC for a port that takes "
+                        "spatially transposed input (default NHWC, or NCHW for channels_first models)")
+    c.add_argument("--tf-input", action="append", metavar="FILE",
+                   help="feed the TF model this input instead (one per --input, NCHW .npy/.npz or an image "
+                        "loaded without the preprocessing options): for ports that preprocess inside the model")
     _add_tolerance(c)
     _add_outputs(c)
     _add_preprocess(c)
@@ -126,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="run the bundled example (a port with one classic bug) and print the table")
     m.add_argument("--fixed", action="store_true", help="compare against the corrected port instead (passes)")
     _add_outputs(m)
+
+    from .sweeper.cli import add_parser as add_sweep_parser  # `layerparity sweep` lives in sweeper/cli.py
+
+    add_sweep_parser(sub)
     return ap
 
 
@@ -218,20 +231,47 @@ def _preprocess(args: argparse.Namespace) -> Any:
     )
 
 
-def _load_inputs(paths: Sequence[str], pre: Any) -> tuple[list[Any], list[str]]:
-    from .inputs import batch_size, load_input, split_batch
+def _preprocess_resize_only(args: argparse.Namespace) -> Any:
+    from .inputs import Preprocess
+
+    return Preprocess(resize=tuple(args.resize) if args.resize else None)
+
+
+def _load_inputs(paths: Sequence[str], pre: Any) -> list[tuple[Any, str]]:
+    """Each file's input (a whole batch) with its path."""
+    from .inputs import load_input
+
+    return [(load_input(p, pre), p) for p in paths]
+
+
+def _batches(files: list[tuple[Any, str]], batch: int | None) -> tuple[list[Any], list[str]]:
+    """The inputs to compare on, with labels: one per batch item when the model's batch is
+    free; batches of exactly ``batch`` items when the model fixes it (never split)."""
+    from .inputs import batch_size, concat_batches, split_batch
 
     items, labels = [], []
-    for p in paths:
-        x = load_input(p, pre)
+    for x, p in files:
         n = batch_size(x)
-        if n == 1:
+        if batch is not None:
+            items.append(x)
+            labels.append(p)
+        elif n == 1:
             items.append(x)
             labels.append(p)
         else:
             items += split_batch(x)
             labels += [f"{p}[{i}]" for i in range(n)]
-    return items, labels
+    if batch is None:
+        return items, labels
+    total = sum(batch_size(x) for x in items)
+    if total % batch:
+        raise UsageError(f"the TF model fixes its batch at {batch}; the --input files hold {total} item(s) "
+                         f"in all, which is not a multiple of {batch}")
+    merged = concat_batches(items)
+    groups = split_batch(merged, batch)
+    if len(groups) == len(items):
+        return items, labels
+    return groups, [f"items {i * batch}-{i * batch + batch - 1}" for i in range(len(groups))]
 
 
 def _check_path(path: str | None, what: str, flag: str) -> None:
@@ -260,58 +300,49 @@ def _emit(report: Any, args: argparse.Namespace, title: str | None = None) -> No
         print(f"HTML report: {args.html}")
 
 
-class _Probes:
-    """An iterable of probes with a ``source``; counts them for the progress display."""
-
-    def __init__(self, it: Iterator[Any], source: str, tick: Any = None) -> None:
-        self._it, self.source, self._tick = it, source, tick
-
-    def __iter__(self) -> Iterator[Any]:
-        for p in self._it:
-            if self._tick is not None:
-                self._tick(p)
-            yield p
-
-
 def compare_many(
     caffe_model: str,
     caffe_weights: str | None,
     tf_model: Any,
-    items: Sequence[Any],
-    labels: Sequence[str],
+    files: Sequence[tuple[Any, str]],
     *,
-    mapping: str | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    own_error: bool = True,
+    tf_files: Sequence[tuple[Any, str]] | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> Any:
-    """Open both models once, compare on every input (a Rich progress bar when more than one),
-    and return one report (:func:`~layerparity.report.aggregate_reports` over the inputs)."""
+    """Open both models once and run :func:`~layerparity.compare.compare_models` on every
+    input (a Rich progress bar when more than one); one report over all of them
+    (:func:`~layerparity.report.aggregate_reports`). ``files``: (input, label) per file;
+    batches are split into single items unless the TF model fixes its batch size, and
+    then kept together. ``options`` go to ``compare_models``."""
     from .backends.caffe import CaffeBackend
     from .backends.tensorflow import load_tf
-    from .compare import LazyWeights, compare_traces
+    from .compare import compare_models
     from .report import aggregate_reports
 
+    tf_opts = {"tf_layout": options.pop("tf_layout")} if options.get("tf_layout") else {}
+    options.pop("tf_layout", None)
     reports = []
-    with CaffeBackend(caffe_model, caffe_weights) as cb, load_tf(tf_model) as tb:
-        cw, tw = LazyWeights(cb), LazyWeights(tb)  # fetched once, and only if a layer is diagnosed
+    with CaffeBackend(caffe_model, caffe_weights) as cb, load_tf(tf_model, **tf_opts) as tb:
+        specs = tb.input_specs()
+        fixed = specs[0].shape[0] if specs and specs[0].shape else None
+        items, labels = _batches(list(files), fixed)
+        tf_items: list[Any] = [None] * len(items)
+        if tf_files is not None:
+            tf_items, tf_labels = _batches(list(tf_files), fixed)
+            if len(tf_items) != len(items):
+                raise UsageError(f"--tf-input gives {len(tf_items)} input(s) where --input gives {len(items)}; "
+                                 "give one --tf-input per --input, with the same batch sizes")
         bar = _progress(len(items), enabled=progress)
         with bar as (advance, note):
-            for x, label in zip(items, labels, strict=True):
+            for x, tx, label in zip(items, tf_items, labels, strict=True):
                 short = os.path.basename(label)
                 note(f"comparing on {short}")
 
                 def on_row(row: Any, short: str = short) -> None:
                     note(f"{short}: {row.caffe_layer}")
 
-                r = compare_traces(
-                    _Probes(cb.iter_capture(x), cb.source),
-                    _Probes(tb.iter_capture(x), tb.source),
-                    mapping=mapping, rtol=rtol, atol=atol, replay=tb if own_error else None,
-                    caffe_weights=cw, tf_weights=tw, on_row=on_row,
-                )
-                reports.append(r)
+                reports.append(compare_models(cb, tb, x, tf_inputs=tx, on_row=on_row, **options))
                 advance()
     return aggregate_reports(reports, labels)
 
@@ -356,11 +387,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from .align import load_mapping
 
         load_mapping(args.mapping)  # fail fast, before any model runs
-    items, labels = _load_inputs(args.input, _preprocess(args))
+    files = _load_inputs(args.input, _preprocess(args))
+    tf_files = None
+    if args.tf_input:
+        if len(args.tf_input) != len(args.input):
+            raise UsageError(f"--tf-input is given {len(args.tf_input)} time(s) and --input {len(args.input)}; "
+                             "give one --tf-input per --input")
+        for p in args.tf_input:
+            _check_path(p, "input file", "--tf-input")
+        tf_files = _load_inputs(args.tf_input, _preprocess_resize_only(args))
+    partial: Any = args.partial
+    if isinstance(partial, str):
+        partial = [n.strip() for n in partial.split(",") if n.strip()]
     _prepare_tf_model(args.tf_model)
     report = compare_many(
-        args.caffe_model, args.caffe_weights, args.tf_model, items, labels,
+        args.caffe_model, args.caffe_weights, args.tf_model, files, tf_files=tf_files,
         mapping=args.mapping, rtol=args.rtol, atol=args.atol, own_error=not args.no_own_error,
+        partial=partial, tf_layout=args.tf_layout,
     )
     _emit(report, args)
     return EXIT_OK if report else EXIT_DIVERGED
@@ -397,8 +440,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
             count[0] += 1
             note(f"captured {count[0]} probes ({p.name})")
 
-        save_archive(args.output, backend.framework, backend.source, backend.meta(), feed,
-                     iter(_Probes(backend.iter_capture(feed), backend.source, tick)))
+        def probes() -> Iterator[Any]:
+            for p in backend.iter_capture(feed):
+                tick(p)
+                yield p
+
+        save_archive(args.output, backend.framework, backend.source, backend.meta(), feed, probes())
         advance()
     print(f"wrote {args.output}: {count[0]} {backend.framework} probes")
     return EXIT_OK
@@ -470,13 +517,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console = _console()
     console.print(f"Caffe:      {files.prototxt}\n            {files.caffemodel}\nTensorFlow: {what}\nInput:      {files.input}\n")
     x = np.load(files.input)
-    report = compare_many(files.prototxt, files.caffemodel, tf_model, [x], [files.input])
+    report = compare_many(files.prototxt, files.caffemodel, tf_model, [(x, files.input)])
     _emit(report, args, title="layerparity demo: Caffe vs its TensorFlow port")
     fd = report.first_divergence
     if args.fixed:
         console.print("\nThe corrected port matches Caffe layer by layer." if report else "\nUnexpected: the corrected port diverges.")
         return EXIT_OK if report else EXIT_DIVERGED
-    if fd is not None and fd.caffe_layer == demo.BUG_LAYER:
+    if fd is not None and fd.divergent_layer == demo.BUG_LAYER:
         console.print(
             f"\nThe demo port has one deliberate bug, in {demo.BUG_LAYER}: Conv2D(strides=2, padding='same') "
             "pads bottom/right only, Caffe pads 1 on every side.\nlayerparity found it. "
@@ -488,7 +535,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_DIVERGED
 
 
-_COMMANDS = {"compare": cmd_compare, "capture": cmd_capture, "diff": cmd_diff, "weights": cmd_weights, "demo": cmd_demo}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweeper.cli import cmd_sweep as run
+
+    return run(args)
+
+
+_COMMANDS = {"compare": cmd_compare, "capture": cmd_capture, "diff": cmd_diff, "weights": cmd_weights, "demo": cmd_demo,
+             "sweep": cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

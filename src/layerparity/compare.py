@@ -166,6 +166,8 @@ def compare_traces(
         report = engine.run()
         compared = {n for r in report.rows for n in r.caffe_chain}
         report.coverage = coverage(cs.metas, compared, partial)
+        if diagnose:
+            report.conventions = _conventions_hook()(report.rows)
         return report
     finally:
         for s in sides:
@@ -378,6 +380,12 @@ def _diagnose_hook() -> tuple[Callable[..., Any], Any]:
     from .diagnosis import DiagnosisContext, diagnose
 
     return diagnose, DiagnosisContext
+
+
+def _conventions_hook() -> Callable[[list[LayerResult]], list[Any]]:
+    from .diagnosis import conventions
+
+    return conventions
 
 
 # -- models -------------------------------------------------------------------------

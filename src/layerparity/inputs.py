@@ -215,9 +215,16 @@ def batch_size(x: Inputs) -> int:
     return int(np.asarray(x).shape[0])
 
 
-def split_batch(x: Inputs) -> list[Inputs]:
-    """One input per sample along the batch axis (a dict is split input by input)."""
+def split_batch(x: Inputs, size: int = 1) -> list[Inputs]:
+    """Inputs of ``size`` samples each along the batch axis (a dict is split input by input)."""
     n = batch_size(x)
     if isinstance(x, Mapping):
-        return [{k: v[i : i + 1] for k, v in x.items()} for i in range(n)]
-    return [x[i : i + 1] for i in range(n)]
+        return [{k: v[i : i + size] for k, v in x.items()} for i in range(0, n, size)]
+    return [x[i : i + size] for i in range(0, n, size)]
+
+
+def concat_batches(xs: list[Inputs]) -> Inputs:
+    """Several inputs joined along the batch axis (dicts input by input)."""
+    if xs and isinstance(xs[0], Mapping):
+        return {k: np.concatenate([x[k] for x in xs]) for k in xs[0]}
+    return np.concatenate([np.asarray(x) for x in xs])

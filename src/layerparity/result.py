@@ -291,6 +291,9 @@ class Report:
     tf_source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     coverage: Coverage | None = None  # None only for reports read from files that predate it
+    #: Conventions the whole port follows (a spatially transposed input, an input channel
+    #: order), recognised over every row: see :func:`layerparity.diagnosis.conventions`.
+    conventions: list[Diagnosis] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         """Every compared row in scope passes, and the comparison covers the whole Caffe
@@ -317,6 +320,8 @@ class Report:
             lines.append("  " + cov.problem())
         if cov is not None and cov.partial is not False and cov.left_out:
             lines.append(f"  partial check; left out: {_names(cov.left_out)}")
+        for d in self.conventions:
+            lines.append(f"  port convention: {d.kind}: {d.fix}")
         if self.unmapped_caffe:
             lines.append(f"  unmapped Caffe: {_names(self.unmapped_caffe)}")
         if self.unmapped_tf:
@@ -371,6 +376,7 @@ class Report:
             "layers": [r.to_dict() for r in self.rows],
             "unmapped": {"caffe": list(self.unmapped_caffe), "tf": list(self.unmapped_tf)},
             "coverage": self.coverage.to_dict() if self.coverage is not None else None,
+            "conventions": [d.to_dict() for d in self.conventions],
             "meta": _clean(self.meta),
         }
 

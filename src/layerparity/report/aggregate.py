@@ -91,4 +91,6 @@ def aggregate_reports(reports: Sequence[Report], labels: Sequence[str] | None = 
         caffe_source=base.caffe_source,
         tf_source=base.tf_source,
         meta=meta,
+        coverage=base.coverage,  # the same two models and alignment: the same coverage
+        conventions=list(base.conventions),
     )

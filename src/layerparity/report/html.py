@@ -190,12 +190,26 @@ def render_html(report: Report, title: str = "layerparity report") -> str:
             + ", in Caffe graph order; dots: total error, squares: own error. Hover a point for its numbers.</p>"
         )
 
+    cov = report.coverage
+    if cov is not None and (cov.problem() or (cov.partial is not False and cov.left_out)):
+        parts.append("<h2>Coverage</h2><div class='box first'>")
+        if cov.problem():
+            parts.append(f"<p>{e(cov.problem())}</p>")
+        if cov.partial is not False and cov.left_out:
+            parts.append(f"<p>partial check; left out: {e(', '.join(cov.left_out))}</p>")
+        parts.append("</div>")
+    for d in report.conventions:
+        parts.append(f"<h2>Port convention</h2><div class=box><p><b>{e(d.kind)}</b>: {e(d.summary)}</p>"
+                     f"<p>fix: {e(d.fix)}</p></div>")
+
     fd = report.first_divergence
     if fd is not None:
         m = fd.metrics
         parts.append("<h2>First divergence</h2><div class='box first'>")
         parts.append(
-            f"<p>Caffe layer <code>{e(fd.caffe_layer)}</code> &rarr; TF layer <code>{e(fd.tf_layer)}</code>: "
+            f"<p>Caffe layer <code>{e(fd.divergent_layer)}</code>"
+            + (f" (chain <code>{e(' + '.join(fd.caffe_chain))}</code>)" if len(fd.caffe_chain) > 1 else "")
+            + f" &rarr; TF layer <code>{e(fd.tf_layer)}</code>: "
             f"max abs {e(fmt_num(fd.max_abs_error))}, max rel {e(fmt_num(fd.max_rel_error))}"
             + (f", worst element at NCHW index <code>{e(_idx(m.max_abs_index))}</code>" if m else "")
             + "</p>"

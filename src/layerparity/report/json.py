@@ -127,6 +127,10 @@ def validate_report(data: Any, where: str = "report") -> None:
             f"'unmapped.{k}' is missing or not a list of names",
         )
     _check(isinstance(data.get("meta", {}), dict), where, "'meta' is not an object")
+    conv = data.get("conventions", [])
+    _check(isinstance(conv, list), where, "'conventions' is not a list")
+    for j, d in enumerate(conv):
+        _diagnosis(d, f"{where}: conventions[{j}]")
     cov = data.get("coverage")
     if cov is not None:
         _check(isinstance(cov, dict), where, "'coverage' is not an object")
@@ -292,4 +296,5 @@ def report_from_dict(data: dict[str, Any], where: str = "report") -> Report:
         tf_source=data.get("tf_source", ""),
         meta=dict(data.get("meta", {})),
         coverage=Coverage.from_dict(data["coverage"]) if isinstance(data.get("coverage"), dict) else None,
+        conventions=[_diag(d) for d in data.get("conventions", [])],
     )

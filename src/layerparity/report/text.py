@@ -140,11 +140,18 @@ def format_summary(report: Report) -> str:
     """Verdict, first divergence, top diagnosis and unmapped layers, as plain text lines."""
     lines = []
     n = len(report.rows)
+    cov = report.coverage
+    failed = sum(1 for r in report.rows if not r.passed)
     if report.passed:
         lines.append(f"PASS: all {n} compared layer{'s' if n != 1 else ''} within tolerance")
-    else:
-        failed = sum(1 for r in report.rows if not r.passed)
+    elif failed:
         lines.append(f"FAIL: {failed} of {n} compared layers out of tolerance")
+    else:
+        lines.append(f"FAIL: all {n} compared layers within tolerance, but the TF port does not cover the Caffe net")
+    if cov is not None and cov.problem():
+        lines.append(cov.problem())
+    if cov is not None and cov.partial is not False and cov.left_out:
+        lines.append("Partial check; left out: " + _names(cov.left_out))
     if report.tolerance is not None:
         t = report.tolerance
         lines.append(f"Tolerance: rtol={fmt_num(t.rtol)}, atol={fmt_num(t.atol)}{' x max|caffe|' if t.relative_atol else ''}")
@@ -153,8 +160,9 @@ def format_summary(report: Report) -> str:
         lines.append(f"Over {inp['count']} inputs: each row shows its worst input (per-layer stats in the JSON report's meta.inputs)")
     fd = report.first_divergence
     if fd is not None:
+        chain = f" (chain {'+'.join(fd.caffe_chain)})" if len(fd.caffe_chain) > 1 else ""
         lines.append(
-            f"First divergence: Caffe layer {fd.caffe_layer!r} / TF layer {fd.tf_layer!r}: "
+            f"First divergence: Caffe layer {fd.divergent_layer!r}{chain} / TF layer {fd.tf_layer!r}: "
             f"max abs {fmt_num(fd.max_abs_error)}, max rel {fmt_num(fd.max_rel_error)}"
         )
         if fd.note:
@@ -165,6 +173,9 @@ def format_summary(report: Report) -> str:
             lines.append(f"Fix: {d.fix}")
             if len(fd.diagnoses) > 1:
                 lines.append("  also possible: " + ", ".join(x.kind for x in fd.diagnoses[1:]))
+    for d in report.conventions:
+        lines.append(f"Port convention: {d.kind}: {d.summary}")
+        lines.append(f"Fix: {d.fix}")
     if report.unmapped_caffe:
         lines.append("Unmapped Caffe layers: " + _names(report.unmapped_caffe))
     if report.unmapped_tf:
