@@ -5,6 +5,8 @@ layer; the correct port must get none."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -25,8 +27,8 @@ from diagnose_cases import (
 )
 from layerparity.diagnosis import (
     DIAGNOSIS_KINDS,
-    DiagnosisContext,
     STRICT_ENV,
+    DiagnosisContext,
     DiagnosisInputError,
     diagnose,
     diagnose_report,
@@ -1031,3 +1033,335 @@ def test_shape_mismatch_explained_as_reshaped_memory(tmp_path):
     # Caffe's blob itself, declared with the wrong layout: not a porting bug
     d = diagnose(row, cp, Probe("conv1", "Identity", y.copy(), layout="NHWC"))
     assert d[0].kind == "layout_declaration"
+
+
+# -- strict mode -----------------------------------------------------------------------------------
+
+
+def _conv_probe_pair(seed=0):
+    x = f32(rng(seed).standard_normal((1, 3, 6, 6)))
+    w, b = conv_w(2, 3, 3, seed=seed + 1)
+    row = LayerResult("conv1", "conv1", "conv1", caffe_kind="Convolution", tf_kind="Conv2D", caffe_chain=["conv1"])
+    y = f32(np.ones((1, 2, 4, 4)))
+    cp = Probe("conv1", "Convolution", y, layout="NCHW", params={"kernel_size": [3, 3]})
+    tp = Probe("conv1", "Conv2D", 2 * y.transpose(0, 2, 3, 1) + 0.5, layout="NHWC")
+    return row, cp, tp, [x], [w, b]
+
+
+def test_strict_mode_makes_a_raising_rule_propagate(monkeypatch):
+    from layerparity.diagnosis import decide
+
+    def boom(case):
+        raise ZeroDivisionError("a rule bug")
+
+    monkeypatch.setitem(decide.RULES_BY_KIND, "conv", [boom])
+    row, cp, tp, xs, ws = _conv_probe_pair()
+    monkeypatch.delenv(STRICT_ENV)
+    d = diagnose(row, cp, tp, xs, ws)  # lenient: the rule is counted as skipped
+    assert any("boom: ZeroDivisionError: a rule bug" in s for s in d[0].evidence["rules_skipped"])
+    with pytest.raises(ZeroDivisionError, match="a rule bug"):
+        diagnose(row, cp, tp, xs, ws, strict=True)
+    monkeypatch.setenv(STRICT_ENV, "1")
+    with pytest.raises(ZeroDivisionError, match="a rule bug"):
+        diagnose(row, cp, tp, xs, ws)
+    assert "rules_skipped" in diagnose(row, cp, tp, xs, ws, strict=False)[0].evidence  # the argument wins
+
+
+def test_strict_mode_makes_a_raising_hypothesis_propagate():
+    from layerparity.diagnosis import DiagnosisContext as Ctx
+    from layerparity.diagnosis._core import Case
+
+    row, cp, tp, xs, ws = _conv_probe_pair()
+
+    def bad():
+        raise ValueError("cannot recompute")
+
+    lenient = Case(row, cp, tp, xs, ws, None, Ctx())
+    assert lenient.attempt([], "kernel_flipped", "s", "f", bad) is False
+    strict = Case(row, cp, tp, xs, ws, None, Ctx(), strict=True)
+    with pytest.raises(ValueError, match="cannot recompute"):
+        strict.attempt([], "kernel_flipped", "s", "f", bad)
+
+
+def test_hostile_zero_stride_falls_back_instead_of_dividing_by_zero():
+    """Found by strict mode: a stride of 0 (params are archive data) made the padding rules divide by zero."""
+    row, cp, tp, xs, ws = _conv_probe_pair()
+    cp.params = {"kernel_size": [3, 3], "stride": [0, 0], "pad": [0, 0]}
+    tp.params = {"padding": "SAME", "strides": [1, 1]}
+    d = diagnose(row, cp, tp, xs, ws, strict=True)
+    assert d and "rules_skipped" not in d[0].evidence
+
+
+# -- the context's rows: up to and including the diagnosed row (the engine's fallback) -------------------
+
+
+def test_rows_after_the_diagnosed_row_do_not_decide_about_it(tmp_path):
+    """The engine names a divergence after the fact (every failing row passed its own error) and
+    hands the diagnosis the finished report. DiagnosisContext promises the rows up to this one:
+    a contaminated row further down must not turn float drift into "unknown"."""
+    from layerparity.metrics import compute_metrics
+    from layerparity.result import Tolerance
+
+    shape = (1, 8, 8, 8)
+    body, params, bottom = "", {}, "data"
+    for i in range(5):
+        body += conv_layer(f"c{i}", bottom, 8, 3, 1, 1)
+        params[f"c{i}"] = list(conv_w(8, 8, 3, seed=100 + i))
+        bottom = f"c{i}"
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), params)
+    inp = keras_input(shape)
+    h = inp
+    for i in range(5):
+        h = keras.layers.Conv2D(8, 3, padding="same", name=f"c{i}")(h)
+    m = keras.Model(inp, h)
+    for i in range(5):
+        m.get_layer(f"c{i}").set_weights([hwio(params[f"c{i}"][0]), params[f"c{i}"][1]])
+    x = x_in(shape)
+    rep = compare(net, m, x, rtol=1e-9, atol=1e-10)
+    rows = list(rep.rows)
+    k = next(i for i, r in enumerate(rows) if r.caffe_layer == "c3")
+    row = rows[k]
+    assert not row.passed
+    # a later row, contaminated far beyond float noise (1% relative error)
+    ref = f32(rng(7).standard_normal((1, 8, 8, 8)))
+    later = LayerResult("c9", "c9", "c9", caffe_kind="Convolution", tf_kind="Conv2D", caffe_chain=["c9"],
+                        metrics=compute_metrics(ref, ref * 1.01, Tolerance(1e-9, 1e-10)),
+                        tolerance=Tolerance(1e-9, 1e-10))
+    cval = net.blobs["c3"].data.copy()
+    tval = keras.Model(inp, m.get_layer("c3").output)(x.transpose(0, 2, 3, 1)).numpy()
+    cp, tp = Probe("c3", "Convolution", cval, layout="NCHW"), Probe("c3", "Conv2D", tval, layout="NHWC")
+    so_far = diagnose(row, cp, tp, context=DiagnosisContext(rows=rows[: k + 1]))
+    whole = diagnose(row, cp, tp, context=DiagnosisContext(rows=[*rows, later]))
+    assert so_far[0].kind == "precision_drift" and "growth_per_layer" in so_far[0].evidence
+    assert [d.to_dict() for d in whole] == [d.to_dict() for d in so_far]
+    # the same later row, diagnosed itself, sees every row before it: not drift
+    lp = Probe("c9", "Convolution", ref, layout="NCHW")
+    lt = Probe("c9", "Conv2D", (ref * 1.01).transpose(0, 2, 3, 1), layout="NHWC")
+    assert diagnose(later, lp, lt, context=DiagnosisContext(rows=[*rows, later]))[0].kind != "precision_drift"
+
+
+# -- names in chains: Diagnosis.layer is the chain member the bug is placed in ----------------------------------
+
+
+def relu_layer(name, blob, slope=None):
+    extra = f" relu_param {{ negative_slope: {slope} }}" if slope is not None else ""
+    return f'layer {{ name: "{name}" type: "ReLU" bottom: "{blob}" top: "{blob}"{extra} }}\n'
+
+
+def _conv_relu_case(tmp_path, shape=(1, 3, 8, 8), n_out=4):
+    w, b = conv_w(n_out, shape[1], 3, seed=3)
+    body = conv_layer("conv1", "data", n_out, 3, 1, 1) + relu_layer("relu1", "conv1")
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), {"conv1": [w, b]})
+
+    def port(kernel=None, activation="relu"):
+        inp = keras_input(shape)
+        c = keras.layers.Conv2D(n_out, 3, padding="same", activation=activation, name="conv1")
+        m = keras.Model(inp, c(inp))
+        c.set_weights([hwio(w) if kernel is None else kernel, b])
+        return m
+
+    return net, w, b, port
+
+
+@pytest.mark.parametrize("bug,kind", [
+    (lambda k: k[::-1, ::-1], "kernel_flipped"),
+    (lambda k: k.transpose(1, 0, 2, 3), "kernel_hw_swapped"),
+    (lambda k: k[:, :, ::-1], "channel_order"),
+])
+def test_a_kernel_bug_in_a_conv_relu_chain_names_the_conv(tmp_path, bug, kind):
+    net, w, b, port = _conv_relu_case(tmp_path)
+    assert_clean(compare(net, port(), x_in()))
+    rep = compare(net, port(np.ascontiguousarray(bug(hwio(w)))), x_in())
+    fd = rep.first_divergence
+    assert fd.caffe_chain == ["conv1", "relu1"]
+    d = top(rep)
+    assert (d.kind, d.layer) == (kind, "conv1")
+
+
+def test_padding_in_a_conv_relu_chain_names_the_conv(tmp_path):
+    w, b = conv_w(4, 3, 3, seed=3)
+    body = conv_layer("conv1", "data", 4, 3, 2, 1) + relu_layer("relu1", "conv1")
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b]})
+    inp = keras_input(SHAPE)
+    c = keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="conv1")
+    m = keras.Model(inp, c(inp))
+    c.set_weights([hwio(w), b])
+    rep = compare(net, m, x_in())
+    assert rep.first_divergence.caffe_chain == ["conv1", "relu1"]
+    assert (top(rep).kind, top(rep).layer) == ("padding_asymmetry", "conv1")
+
+
+def test_a_fused_leaky_activation_in_a_chain_names_the_relu(tmp_path):
+    """Conv2D(activation='leaky_relu') (slope 0.2) held against conv1 + a plain Caffe ReLU: the conv is
+    right, the activation is not, and the diagnosis says so."""
+    net, w, b, port = _conv_relu_case(tmp_path)
+    rep = compare(net, port(activation="leaky_relu"), x_in())
+    assert rep.first_divergence.caffe_chain == ["conv1", "relu1"]
+    d = top(rep)
+    assert (d.kind, d.layer) == ("leaky_slope", "relu1")
+    assert d.evidence["tf_slope"] == pytest.approx(0.2) and d.evidence["caffe_slope"] == 0
+    assert d.evidence["confirmed_by"] == "recomputation"
+
+
+def test_an_input_scale_through_a_chain_names_the_conv(tmp_path):
+    net, w, b, port = _conv_relu_case(tmp_path)
+    m = port()
+    inp = keras_input(SHAPE)
+    scaled = keras.Model(inp, m(keras.layers.Rescaling(255.0, name="scale255")(inp)))
+    rep = compare(net, m, x_in())
+    assert_clean(rep)
+    x = x_in()
+    net.blobs["data"].data[...] = x
+    net.forward()
+    cval = net.blobs["conv1"].data.copy()
+    tval = scaled(x.transpose(0, 2, 3, 1)).numpy()
+    row = LayerResult("relu1", "conv1", "conv1", caffe_kind="ReLU", tf_kind="Conv2D", caffe_chain=["conv1", "relu1"])
+    ctx = DiagnosisContext(caffe_probes={
+        "conv1": Probe("conv1", "Convolution", layer="conv1", params={"kernel_size": [3, 3], "pad": [1, 1]}),
+        "relu1": Probe("relu1", "ReLU", layer="relu1", params={"negative_slope": 0.0})})
+    d = diagnose(row, Probe("relu1", "ReLU", cval, layout="NCHW", layer="relu1"),
+                 Probe("conv1", "Conv2D", tval, layout="NHWC", params={"padding": "same"}),
+                 caffe_inputs=[x], caffe_weights={"conv1": [w, b]}, context=ctx)
+    assert (d[0].kind, d[0].layer) == ("constant_scale", "conv1")
+
+
+def _bn_chain_row(rep):
+    fd = rep.first_divergence
+    assert fd.caffe_chain == ["bn1", "scale1"], fd.caffe_chain
+    return top(rep)
+
+
+def test_batchnorm_epsilon_in_a_bn_scale_chain_names_the_batchnorm(tmp_path):
+    net, x, port = _bn_case(tmp_path)
+    d = _bn_chain_row(compare(net, port(eps=1e-3), x))
+    assert (d.kind, d.layer) == ("batchnorm_epsilon", "bn1")
+
+
+def test_batchnorm_scale_factor_in_a_bn_scale_chain_names_the_batchnorm(tmp_path):
+    net, x, port = _bn_case(tmp_path, s=2.0)
+    d = _bn_chain_row(compare(net, port(divide=False), x))
+    assert (d.kind, d.layer) == ("batchnorm_scale_factor", "bn1")
+
+
+def test_missing_scale_in_a_bn_scale_chain_names_the_scale(tmp_path):
+    net, x, port = _bn_case(tmp_path)
+    d = _bn_chain_row(compare(net, port(with_scale=False), x))
+    assert (d.kind, d.layer) == ("missing_scale", "scale1")
+
+
+def test_unknown_names_no_layer(tmp_path):
+    net, w, b, port = _conv_relu_case(tmp_path)
+    other = hwio(conv_w(4, 3, 3, seed=99)[0])
+    d = top(compare(net, port(other), x_in()))
+    assert (d.kind, d.layer) == ("unknown", "")
+
+
+# -- conventions: one convention over the whole port, from real rows -----------------------------------------
+
+
+TSHAPE = (1, 3, 10, 10)
+
+
+def _three_conv_case(tmp_path):
+    """conv1+relu1, pool1, conv2+relu2, conv3: real Caffe; the Keras port carries the ReLUs."""
+    p = {n: list(conv_w(4, c, 3, seed=s)) for n, c, s in (("conv1", 3, 1), ("conv2", 4, 2), ("conv3", 4, 3))}
+    body = (conv_layer("conv1", "data", 4, 3, 1, 1) + relu_layer("relu1", "conv1")
+            + 'layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" '
+              'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+            + conv_layer("conv2", "pool1", 4, 3, 1, 1) + relu_layer("relu2", "conv2")
+            + conv_layer("conv3", "conv2", 4, 3, 1, 0))
+    net = caffe_net(tmp_path, prototxt({"data": TSHAPE}, body), p)
+
+    def port(**bugs):
+        inp = keras_input(TSHAPE)
+        h = keras.layers.ZeroPadding2D(1, name="pad1")(inp)
+        h = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(h)
+        h = keras.layers.MaxPooling2D(2, 2, name="pool1")(h)
+        h = keras.layers.ZeroPadding2D(1, name="pad2")(h)
+        h = keras.layers.Conv2D(4, 3, activation="relu", name="conv2")(h)
+        m = keras.Model(inp, keras.layers.Conv2D(4, 3, name="conv3")(h))
+        for n in p:
+            k = hwio(p[n][0])
+            if n in bugs:
+                k = np.ascontiguousarray(bugs[n](k))
+            m.get_layer(n).set_weights([k, p[n][1]])
+        return m
+
+    return net, p, port
+
+
+def _hw(k):
+    return k.transpose(1, 0, 2, 3)
+
+
+def test_every_conv_hw_swapped_is_a_spatially_transposed_port(tmp_path):
+    from layerparity.diagnosis import conventions
+
+    net, p, port = _three_conv_case(tmp_path)
+    x = x_in(TSHAPE)
+    assert_clean(compare(net, port(), x))
+    assert conventions(compare(net, port(), x).rows) == []
+    m = port(conv1=_hw, conv2=_hw, conv3=_hw)
+    # the premise: a MATLAB-convention port, right when fed spatially transposed input
+    net.blobs["data"].data[...] = x
+    net.forward()
+    t = m(x.transpose(0, 3, 2, 1)).numpy()
+    assert np.abs(t - net.blobs["conv3"].data.transpose(0, 3, 2, 1)).max() <= 1e-5
+    rep = compare(net, m, x)
+    conv_rows = [r for r in rep.rows if r.diagnoses]
+    assert [(r.caffe_chain, r.diagnoses[0].kind, r.diagnoses[0].layer) for r in conv_rows] == [
+        (["conv1", "relu1"], "kernel_hw_swapped", "conv1"),
+        (["conv2", "relu2"], "kernel_hw_swapped", "conv2"),
+        (["conv3"], "kernel_hw_swapped", "conv3")]
+    cs = conventions(rep.rows)
+    assert [c.kind for c in cs] == ["spatially_transposed_port"]
+    c = cs[0]
+    assert c.layer == "" and c.evidence["layers"] == ["conv1", "conv2", "conv3"]
+    assert 'tf_layout="NWHC"' in c.fix and "--tf-layout NWHC" in c.fix
+    json.dumps(c.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("bugs", [
+    {"conv1": _hw},                                              # one conv: not a convention
+    {"conv1": _hw, "conv2": _hw, "conv3": lambda k: k[::-1, ::-1]},  # a conv contradicts it
+], ids=["one_conv", "contradicted"])
+def test_no_spatial_convention_without_consistent_convs(tmp_path, bugs):
+    from layerparity.diagnosis import conventions
+
+    net, p, port = _three_conv_case(tmp_path)
+    rep = compare(net, port(**bugs), x_in(TSHAPE))
+    tops = [r.diagnoses[0].kind for r in rep.rows if r.diagnoses]
+    assert "kernel_hw_swapped" in tops
+    assert [c.kind for c in conventions(rep.rows)] == []
+
+
+def test_channel_order_at_the_first_conv_only_is_an_input_convention(tmp_path):
+    from layerparity.diagnosis import conventions
+
+    net, p, port = _three_conv_case(tmp_path)
+    rep = compare(net, port(conv1=lambda k: k[:, :, ::-1]), x_in(TSHAPE))  # the port takes RGB, Caffe BGR
+    assert [r.diagnoses[0].kind for r in rep.rows if r.diagnoses] == ["channel_order"]
+    cs = conventions(rep.rows)
+    assert [c.kind for c in cs] == ["input_channel_order"]
+    assert cs[0].evidence["layers"] == ["conv1"] and cs[0].layer == ""
+    assert "tf_inputs=" in cs[0].fix and "--tf-input FILE" in cs[0].fix
+
+
+def test_channel_order_further_down_is_no_input_convention(tmp_path):
+    from layerparity.diagnosis import conventions
+
+    net, p, port = _three_conv_case(tmp_path)
+    rep = compare(net, port(conv2=lambda k: k[:, :, ::-1]), x_in(TSHAPE))
+    fd = rep.first_divergence
+    assert fd.caffe_chain[0] == "conv2" and top(rep).kind == "channel_order" and top(rep).layer == "conv2"
+    assert conventions(rep.rows) == []
+
+
+def test_conventions_take_rows_only():
+    from layerparity.diagnosis import conventions
+
+    assert conventions([]) == []
+    with pytest.raises(DiagnosisInputError, match="rows"):
+        conventions("rows")
+    with pytest.raises(DiagnosisInputError, match="LayerResult"):
+        conventions([1, 2])

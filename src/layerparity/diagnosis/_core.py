@@ -125,18 +125,23 @@ class DiagnosisContext:
 
 
 def hw(params: dict[str, Any], key: str, default: int) -> tuple[int, int]:
-    """A Caffe ``[h, w]`` field (int, list of 1 or 2, or missing) as a pair of ints."""
+    """A Caffe ``[h, w]`` field (int, list of 1 or 2, or missing) as a pair of ints.
+
+    Params are data (from an archive): a geometry no layer can have (a stride or kernel
+    below 1, a negative pad, a value out of range) falls back to the default."""
     v = params.get(key, default)
     if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
         v = default
+    lowest = 0 if key == "pad" else 1
     try:
         if isinstance(v, (list, tuple)):
             v = [_small_int(a) for a in v]
-            return (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
-        return _small_int(v), _small_int(v)
+            out = (v[0], v[0]) if len(v) == 1 else (v[-2], v[-1])
+        else:
+            out = _small_int(v), _small_int(v)
     except (TypeError, ValueError, OverflowError):
-        # params are data (from an archive): a geometry no layer can have falls back to the default
         return default, default
+    return out if min(out) >= lowest else (default, default)
 
 
 _MAX_GEOMETRY = 1 << 16
