@@ -1365,3 +1365,14 @@ def test_conventions_take_rows_only():
         conventions("rows")
     with pytest.raises(DiagnosisInputError, match="LayerResult"):
         conventions([1, 2])
+
+
+def test_the_python_examples_in_docs_diagnosis_run():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "diagnosis.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+    assert len(blocks) >= 2
+    for code in blocks:
+        exec(compile(code, "docs/diagnosis.md", "exec"), {"__name__": "docs_example"})  # each asserts its result
