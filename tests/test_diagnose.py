@@ -1376,3 +1376,18 @@ def test_the_python_examples_in_docs_diagnosis_run():
     assert len(blocks) >= 2
     for code in blocks:
         exec(compile(code, "docs/diagnosis.md", "exec"), {"__name__": "docs_example"})  # each asserts its result
+
+
+def test_permuted_output_channels_of_the_first_conv_are_no_input_convention(tmp_path):
+    """conv1's filters (and biases) in another order: TF's conv1 output is Caffe's with its channels
+    permuted (channel_order, from the values), a bug inside the port, not the input's order."""
+    from layerparity.diagnosis import conventions
+
+    net, p, port = _three_conv_case(tmp_path)
+    m = port()
+    perm = [1, 0, 3, 2]
+    m.get_layer("conv1").set_weights([hwio(p["conv1"][0])[..., perm], p["conv1"][1][perm]])
+    rep = compare(net, m, x_in(TSHAPE))
+    d = top(rep)
+    assert d.kind == "channel_order" and d.evidence["permutation"] == perm and d.layer == "conv1"
+    assert conventions(rep.rows) == []

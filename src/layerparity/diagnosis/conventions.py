@@ -114,8 +114,12 @@ def _input_channel_order(rows: Sequence[LayerResult]) -> Diagnosis | None:
     if any(canonical_kind(r.caffe_kind or "") not in _INPUT_KINDS for r in rows[:i]):
         return None
     top = row.diagnoses[0]
-    if _primary_kind(row) == "concat":
-        return None  # a Concat's block order is a wiring bug, not an input convention
+    # the order the layer *reads* its input in: the input blob itself, or a layer whose
+    # reversed-input-channel hypothesis is confirmed (by its weights or a recomputation).
+    # A permutation of a layer's *output* channels (filters, a Concat's order) is a port bug.
+    is_input = _primary_kind(row) in _INPUT_KINDS and row.caffe_kind
+    if not is_input and top.evidence.get("confirmed_by") not in ("weights", "recomputation"):
+        return None
     perm = top.evidence.get("permutation")
     reversed_3 = perm == [2, 1, 0] or bool(top.evidence.get("bgr_rgb")) or "permutation" not in top.evidence
     ev: dict[str, Any] = {"layers": [_blamed(row)], "first_layer_diagnosis": "channel_order"}
