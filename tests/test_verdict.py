@@ -185,3 +185,73 @@ def test_the_cli_keeps_a_batch_together_when_the_model_fixes_it(net, tmp_path):
     x3 = tmp_path / "x3.npy"
     np.save(x3, rng.standard_normal((3, 3, 16, 16)).astype(np.float32))
     assert cli_main([*args, "--input", os.fspath(x3)]) == 2  # 3 items cannot make batches of 2
+
+
+# -- a port in the MATLAB convention (spatially transposed input) ------------------------
+
+MATLAB_PROTOTXT = """name: "matlab_net"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool1" type: "Pooling" bottom: "conv2" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 6 } }
+"""
+
+
+@pytest.fixture(scope="module")
+def matlab(tmp_path_factory):
+    import portbuilder as pb
+
+    d = tmp_path_factory.mktemp("matlab_e2e")
+    proto = d / "net.prototxt"
+    proto.write_text(MATLAB_PROTOTXT)
+    x = pb.random_input((1, 3, 8, 8), seed=11)
+    params = pb.make_caffemodel(os.fspath(proto), d / "net.caffemodel", x, seed=12)
+    inp = keras.Input((8, 8, 3), name="data")  # N, W, H, C relative to Caffe
+    convs = []
+    h = inp
+    for name in ("conv1", "conv2"):
+        w, b = params[name]
+        conv = keras.layers.Conv2D(4, (w.shape[3], w.shape[2]), padding="same", activation="relu", name=name)
+        h = conv(h)
+        convs.append((conv, [w.transpose(3, 2, 1, 0), b]))  # (O, I, kH, kW) -> (kW, kH, I, O)
+    h = keras.layers.MaxPooling2D(2, name="pool1")(h)
+    h = keras.layers.Permute((3, 2, 1), name="to_caffe_order")(h)  # N, W, H, C -> N, C, H, W
+    h = keras.layers.Flatten(name="flat")(h)
+    fc = keras.layers.Dense(6, name="fc")
+    model = keras.Model(inp, fc(h))
+    for layer, ws in convs:
+        layer.set_weights(ws)
+    w, b = params["fc"]
+    fc.set_weights([w.T, b])
+    model.save(d / "port.keras")
+    return {"proto": os.fspath(proto), "weights": os.fspath(d / "net.caffemodel"), "x": x,
+            "keras": os.fspath(d / "port.keras"), "dir": d}
+
+
+def test_a_spatially_transposed_port_passes_only_when_declared_and_the_convention_is_named(matlab):
+    good = compare_models(matlab["proto"], matlab["keras"], matlab["x"], caffe_weights=matlab["weights"], tf_layout="NWHC")
+    assert good, good.summary()
+    assert good.coverage.passes and good.conventions == []
+    bad = compare_models(matlab["proto"], matlab["keras"], matlab["x"], caffe_weights=matlab["weights"])
+    assert not bad
+    assert bad.first_divergence.divergent_layer == "conv1"
+    assert [d.kind for d in bad.conventions] == ["spatially_transposed_port"]
+    assert 'tf_layout="NWHC"' in bad.conventions[0].fix
+    assert "port convention: spatially_transposed_port" in str(bad)
+    with pytest.raises(AssertionError, match="Port convention: spatially_transposed_port"):
+        assert_parity(matlab["proto"], matlab["keras"], matlab["x"], caffe_weights=matlab["weights"])
+
+
+def test_the_cli_takes_the_declared_layout(matlab, capsys):
+    x = matlab["dir"] / "x.npy"
+    np.save(x, matlab["x"])
+    args = ["compare", "--caffe-model", matlab["proto"], "--caffe-weights", matlab["weights"],
+            "--tf-model", matlab["keras"], "--input", os.fspath(x)]
+    assert cli_main([*args, "--tf-layout", "NWHC"]) == 0
+    assert cli_main(args) == 1
+    assert "--tf-layout NWHC" in capsys.readouterr().out
