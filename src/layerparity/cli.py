@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .sweeper.cli import add_parser as add_sweep_parser  # `layerparity sweep` lives in sweeper/cli.py
 
-    add_sweep_parser(sub)
+    add_sweep_parser(sub, _add_tolerance, _add_preprocess)
     return ap
 
 
@@ -538,7 +538,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweeper.cli import cmd_sweep as run
 
-    return run(args)
+    _tolerance(args)
+    return run(args, _preprocess(args))
 
 
 _COMMANDS = {"compare": cmd_compare, "capture": cmd_capture, "diff": cmd_diff, "weights": cmd_weights, "demo": cmd_demo,

@@ -1,0 +1,173 @@
+"""Sweep throughput against plain forward pairs, and the sweep's memory over N inputs, in one run.
+
+    .venv/bin/python benchmarks/sweep.py [--net demo|medium] [--n 400] [--workers 0,1,2]
+
+- **plain pairs**: both models open in this process, one input at a time, Caffe's
+  ``Backend.forward`` then TF's, returning only the output blob: what a screened
+  input costs at least. Measured as the steady rate over N inputs after a warm-up.
+- **sweep**: ``layerparity.sweep`` of a correct port over N and over 2N inputs
+  (default outputs first, sample 8); the steady rate is ``N / (T(2N) - T(N))``, so
+  opening the models, starting the workers and the first full comparison cancel out.
+  The ratio is sweep steady rate / plain-pair rate, measured in the same run.
+- **memory**: in-process sweeps (``workers=0``) over N and 4N inputs; tracemalloc's
+  peak of the Python allocations (NumPy arrays included) while sweeping, and the
+  size of the result's statistics.
+
+Nets: ``demo`` is the bundled demo net (32x32, tiny: per-input overhead dominates,
+the hardest case for the ratio); ``medium`` a VGG-like stack at 112x112 (a forward of
+a few ms). Correct Keras ports of both are written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MEDIUM = """
+name: "medium"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 112 dim: 112 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param { num_output: 32 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2" convolution_param { num_output: 64 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv3" type: "Convolution" bottom: "pool2" top: "conv3" convolution_param { num_output: 128 kernel_size: 3 pad: 1 } }
+layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }
+layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool3" top: "fc" inner_product_param { num_output: 100 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+_WRITE = r"""
+import sys, numpy as np, caffe
+proto, out, pfile = sys.argv[1:4]
+net = caffe.Net(proto, caffe.TEST)
+g = np.random.default_rng(0)
+for blobs in net.params.values():
+    for b in blobs:
+        b.data[...] = g.normal(0, 0.1, b.data.shape)
+net.save(out)
+np.savez(pfile, **{f"{k}__{i}": b.data for k, v in net.params.items() for i, b in enumerate(v)})
+"""
+
+
+def _medium(d: str) -> tuple[str, str, str, tuple[int, int, int]]:
+    proto, weights, pfile = (os.path.join(d, n) for n in ("medium.prototxt", "medium.caffemodel", "p.npz"))
+    with open(proto, "w") as f:
+        f.write(MEDIUM)
+    subprocess.run([sys.executable, "-c", _WRITE, proto, weights, pfile], check=True)
+    import keras
+
+    from layerparity.layout import conv_weight_caffe_to_tf
+
+    with np.load(pfile) as z:
+        P = {k: z[k] for k in z.files}
+    L = keras.layers
+    x = inp = keras.Input((112, 112, 3), name="data")
+    for i, c in ((1, 32), (2, 64), (3, 128)):
+        x = L.Conv2D(c, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = L.MaxPooling2D(2, 2, name=f"pool{i}")(x) if i < 3 else L.GlobalAveragePooling2D(name="pool3")(x)
+    x = L.Dense(100, name="fc")(x)
+    x = L.Softmax(name="prob")(x)
+    m = keras.Model(inp, x)
+    for i in (1, 2, 3):
+        m.get_layer(f"conv{i}").set_weights([conv_weight_caffe_to_tf(P[f"conv{i}__0"]), P[f"conv{i}__1"]])
+    m.get_layer("fc").set_weights([P["fc__0"].T, P["fc__1"]])
+    path = os.path.join(d, "medium.keras")
+    m.save(path)
+    return proto, weights, path, (3, 112, 112)
+
+
+def _demo(d: str) -> tuple[str, str, str, tuple[int, int, int]]:
+    from layerparity import demo
+
+    f = demo.files()
+    demo.register_keras_objects()
+    weights = getattr(demo, "demo_weights", None) or demo._weights
+    path = os.path.join(d, "fixed.keras")
+    demo.build_keras_port(weights(), buggy=False).save(path)
+    return f.prototxt, f.caffemodel, path, (3, 32, 32)
+
+
+def plain_pairs(proto: str, weights: str, keras_path: str, x: np.ndarray) -> float:
+    """Inputs per second of Caffe forward + TF forward, one input at a time, models open."""
+    from layerparity import demo
+    from layerparity.backends.caffe import CaffeBackend
+    from layerparity.backends.tensorflow import load_tf
+
+    demo.register_keras_objects()
+    with CaffeBackend(proto, weights) as cb, load_tf(keras_path) as tb:
+        for i in range(5):
+            cb.forward(x[i:i + 1], ["prob"])
+            tb.forward(x[i:i + 1], ["prob"])
+        t = time.perf_counter()
+        for i in range(len(x)):
+            cb.forward(x[i:i + 1], ["prob"])
+            tb.forward(x[i:i + 1], ["prob"])
+        return len(x) / (time.perf_counter() - t)
+
+
+def timed_sweep(proto: str, weights: str, keras_path: str, x: np.ndarray, workers: int) -> tuple[float, object]:
+    import layerparity
+
+    t = time.perf_counter()
+    r = layerparity.sweep(proto, keras_path, x, caffe_weights=weights, workers=workers, progress=False)
+    dt = time.perf_counter() - t
+    assert r, r.summary()
+    return dt, r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--net", default="demo", choices=["demo", "medium"])
+    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--memory", action="store_true", help="also the in-process memory over N and 4N inputs")
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="layerparity-bench-sweep-")
+    proto, weights, keras_path, chw = (_demo if args.net == "demo" else _medium)(d)
+    n = args.n
+    x = np.random.default_rng(1).uniform(-1, 1, size=(2 * n, *chw)).astype(np.float32)
+    out: dict = {"net": args.net, "n": n, "cpus": os.cpu_count()}
+    plain = plain_pairs(proto, weights, keras_path, x[:n])
+    out["plain_pairs_per_s"] = round(plain, 1)
+    print(f"plain forward pairs (Backend.forward, Caffe then TF, models open): {plain:.1f} inputs/s", flush=True)
+    for w in (int(v) for v in args.workers.split(",")):
+        t1, _ = timed_sweep(proto, weights, keras_path, x[:n], w)
+        t2, r = timed_sweep(proto, weights, keras_path, x, w)
+        steady = n / (t2 - t1) if t2 > t1 else float("inf")
+        out[f"workers={w}"] = {"t_n": round(t1, 2), "t_2n": round(t2, 2), "steady_per_s": round(steady, 1),
+                               "end_to_end_2n_per_s": round(2 * n / t2, 1), "ratio_vs_plain": round(steady / plain, 2)}
+        print(f"sweep workers={w}: {n} inputs {t1:.2f} s, {2 * n} inputs {t2:.2f} s -> steady {steady:.1f} inputs/s "
+              f"= {steady / plain:.2f}x plain pairs (end to end {2 * n / t2:.1f} inputs/s)", flush=True)
+    if args.memory:
+        import layerparity
+
+        layerparity.sweep(proto, keras_path, x[:10], caffe_weights=weights, workers=0, progress=False)  # imports
+        for m in (n, 4 * n):
+            xs = (x[i % len(x)][None] for i in range(m))  # an iterable: nothing held up front
+            tracemalloc.start()
+            r = layerparity.sweep(proto, keras_path, xs, caffe_weights=weights, workers=0, progress=False)
+            cur, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            out[f"memory_n={m}"] = {"tracemalloc_peak_mib": round(peak / 2**20, 2), "completed": r.completed}
+            print(f"in-process sweep over {m} inputs (an iterable): tracemalloc peak {peak / 2**20:.2f} MiB", flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

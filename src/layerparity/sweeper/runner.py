@@ -1,0 +1,488 @@
+"""``layerparity.sweep``: many inputs through both models, one verdict.
+
+The parent process reads the inputs, cuts them into tasks, hands the tasks to a
+:class:`concurrent.futures.Executor` (local worker processes by default, a Dask
+cluster through ``client.get_executor()``) and folds the results, in input
+order, into :class:`~layerparity.sweeper.stats.SweepStats`. It never imports
+Caffe or TensorFlow itself unless the sweep runs in-process (``workers=0``).
+See docs/sweep.md.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputDataError, InputError
+from ..inputs import Preprocess
+from ..result import Tolerance
+from .feed import open_source
+from .stats import RELATIVE_ACCURACY, ErrorRow, FailureGroup, ItemResult, LayerStats, SweepStats
+from .worker import ModelSpec, OutPair, Task, TaskResult, init_worker, run_task
+
+__all__ = ["sweep", "SweepResult", "default_workers"]
+
+SWEEP_FORMAT_VERSION = 1
+#: Screened inputs per task, in forward batches (a task's inputs cross the process
+#: boundary together; a worker that dies takes them all down, then each is retried alone).
+TASK_INPUTS = 8
+
+
+@dataclass
+class SweepResult:
+    """The verdict of a sweep: truthy when every input passed (none failed, none errored, not interrupted)."""
+
+    caffe_source: str
+    tf_source: str
+    mode: str  # "outputs-first" | "every-layer"
+    tolerance: Tolerance | None
+    total: int | None  # inputs in the source, when known up front
+    counts: dict[str, int]
+    outputs: list[tuple[str, str]]
+    layers: list[LayerStats]
+    failures: list[FailureGroup]
+    errors: list[ErrorRow]
+    worst_inputs: list[dict[str, Any]]
+    sample: list[int]
+    interrupted: bool = False
+    seconds: float = 0.0
+    executor: str = ""
+    workers: int | None = None
+    batch: int = 1
+    notes: list[str] = field(default_factory=list)
+    relative_accuracy: float = RELATIVE_ACCURACY  # of the p50/p99 sketches
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def passed(self) -> bool:
+        return not self.interrupted and self.counts["failed"] == 0 and self.counts["errors"] == 0
+
+    @property
+    def completed(self) -> int:
+        return self.counts["completed"]
+
+    @property
+    def failed_inputs(self) -> dict[str, list[int]]:
+        """First divergent Caffe layer -> indices of the failing inputs (the first ``max_listed`` of each)."""
+        return {g.caffe_layer: [i for i, _ in g.inputs] for g in self.failures}
+
+    def layer(self, caffe_layer: str) -> LayerStats:
+        for lay in self.layers:
+            if lay.caffe_layer == caffe_layer:
+                return lay
+        raise KeyError(f"no statistics for Caffe layer {caffe_layer!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..report.sweep import sweep_to_dict
+
+        return sweep_to_dict(self)
+
+    def write_json(self, path: str | os.PathLike[str]) -> None:
+        from ..report.sweep import write_sweep_json
+
+        write_sweep_json(self, path)
+
+    def write_html(self, path: str | os.PathLike[str]) -> None:
+        from ..report.sweep import write_sweep_html
+
+        write_sweep_html(self, path)
+
+    def summary(self) -> str:
+        from ..report.sweep import format_sweep_summary
+
+        return format_sweep_summary(self)
+
+
+def default_workers() -> int:
+    """One worker per two cores: each runs TensorFlow and drives a Caffe process."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class _InlineExecutor(Executor):
+    """Runs each task at once in this process (``workers=0``)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kw: Any) -> Future:
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args, **kw))
+        except Exception as e:  # noqa: BLE001 - delivered by result(), like a pool's
+            f.set_exception(e)
+        return f
+
+
+def sweep(
+    caffe_model: Any,
+    tf_model: Any,
+    inputs: Any,
+    *,
+    caffe_weights: Any = None,
+    mapping: Mapping[str, str] | str | os.PathLike[str] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    tolerances: Mapping[str, Any] | None = None,
+    own_error: bool = True,
+    diagnose: bool = True,
+    every_layer: bool = False,
+    sample: int = 8,
+    seed: int = 0,
+    batch: int | None = None,
+    preprocess: Preprocess | None = None,
+    executor: Executor | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    max_listed: int = 1000,
+    worst: int = 10,
+    caffe_options: Mapping[str, Any] | None = None,
+    tf_options: Mapping[str, Any] | None = None,
+) -> SweepResult:
+    """Check a Caffe net against its TF port on many inputs; statistics in constant memory.
+
+    ``inputs``: a folder of images (preprocessed by ``preprocess``), an ``.npy``/``.npz``
+    stack, an image file, an array (a stack along axis 0) or any iterable of arrays;
+    NCHW, one input per batch item (see :mod:`layerparity.sweeper.feed`).
+
+    Outputs first: every input runs both models plainly and only the Caffe output blobs
+    are compared with their TF counterparts; inputs whose outputs fail, and a seeded
+    sample of ``sample`` inputs (input 0 among them: its full comparison teaches the
+    output pairing), get the full per-layer comparison of :func:`compare_models`.
+    ``every_layer=True`` compares every layer of every input.
+
+    ``executor``: any :class:`concurrent.futures.Executor` (``client.get_executor()`` of
+    dask.distributed); default: ``workers`` local processes (default
+    :func:`default_workers`), each opening both models once; ``workers=0`` runs in this
+    process (the default for models given as objects rather than paths). ``batch``:
+    inputs per plain forward (default: the TF model's fixed batch, else the Caffe
+    prototxt's). ``progress``: a Rich progress bar on stderr (default: when stderr is a
+    terminal). Ctrl-C stops the workers and re-raises the KeyboardInterrupt with the partial
+    result (``interrupted=True``) as its ``sweep_result`` attribute. The other keywords are
+    :func:`compare_models`'.
+    """
+    from ..metrics import ToleranceTable
+
+    ToleranceTable(rtol, atol, tolerances)  # fail fast on bad tolerances
+    if sample < 0 or max_listed < 0 or worst < 0:
+        raise InputError("sweep: sample, max_listed and worst must be >= 0")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise InputError(f"sweep: batch must be a positive integer, got {batch!r}")
+    spec = ModelSpec(
+        caffe_model=caffe_model if not isinstance(caffe_model, os.PathLike) else os.fspath(caffe_model),
+        tf_model=tf_model if not isinstance(tf_model, os.PathLike) else os.fspath(tf_model),
+        caffe_weights=os.fspath(caffe_weights) if isinstance(caffe_weights, os.PathLike) else caffe_weights,
+        mapping=os.fspath(mapping) if isinstance(mapping, os.PathLike) else mapping,
+        rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, diagnose=diagnose,
+        caffe_options=tuple(sorted(dict(caffe_options or {}).items())),
+        tf_options=tuple(sorted(dict(tf_options or {}).items())),
+    )
+    for what, p in (("caffe_model", spec.caffe_model), ("caffe_weights", spec.caffe_weights), ("tf_model", spec.tf_model)):
+        if isinstance(p, str) and not os.path.exists(p):
+            raise InputError(f"{what} {p}: no such file or folder")
+    source = open_source(inputs, preprocess)
+    notes: list[str] = []
+    owned = executor is None
+    if owned:
+        if workers is None:
+            workers = 0 if spec.in_memory else default_workers()
+        if workers > 0 and spec.in_memory:
+            raise InputError("sweep: a model given as an object can only run in this process (workers=0); "
+                             "give paths to run in worker processes")
+    run = _Run(spec, source, executor, workers, every_layer=every_layer, sample=sample, seed=seed, batch=batch,
+               progress=_want_progress(progress), max_listed=max_listed, worst=worst, notes=notes)
+    return run.go()
+
+
+def _want_progress(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Run:
+    """One sweep: the executor, the window of tasks in flight, the reorder buffer, the stats."""
+
+    def __init__(self, spec: ModelSpec, source: Any, executor: Executor | None, workers: int | None, *,
+                 every_layer: bool, sample: int, seed: int, batch: int | None, progress: bool,
+                 max_listed: int, worst: int, notes: list[str]) -> None:
+        self.spec, self.source = spec, source
+        self.user_executor = executor
+        self.workers = workers
+        self.every_layer = every_layer
+        self.sample_n, self.seed = sample, seed
+        self.batch_arg = batch
+        self.progress = progress
+        self.notes = notes
+        self.stats = SweepStats(max_listed=max_listed, worst=worst)
+        self.pool: Executor | None = None
+        self.pending: dict[Future, Task] = {}
+        self.buffer: dict[int, ItemResult] = {}
+        self.next_fold = 0
+        self.learned: dict[str, Any] | None = None
+        self.pairs: list[OutPair] = []
+        self.batch = 1
+        self.sampled: set[int] = set()
+        self.t0 = time.perf_counter()
+        self._advance: Callable[[ItemResult], None] = lambda item: None
+
+    # executors ---------------------------------------------------------------------------
+    def _executor_name(self) -> str:
+        if self.user_executor is not None:
+            return type(self.user_executor).__module__.split(".")[0] + "." + type(self.user_executor).__name__
+        return "in-process" if not self.workers else "processes"
+
+    def _new_pool(self) -> Executor:
+        if self.user_executor is not None:
+            return self.user_executor
+        if not self.workers:
+            return _InlineExecutor()
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=init_worker, initargs=(self.spec,))
+
+    def _kill_pool(self) -> None:
+        """Stop our worker processes now (Ctrl-C, a broken pool): their Caffe workers exit on EOF."""
+        pool, self.pool = self.pool, None
+        if pool is None or self.user_executor is not None:
+            return
+        if isinstance(pool, ProcessPoolExecutor):
+            procs = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                try:
+                    p.kill()
+                except Exception:  # noqa: BLE001
+                    pass
+            for p in procs:
+                try:
+                    p.join(5)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _close_pool(self) -> None:
+        if self.pool is not None and self.user_executor is None:
+            if isinstance(self.pool, ProcessPoolExecutor):
+                self.pool.shutdown(wait=True)
+            self.pool = None
+        elif self.workers == 0 and self.user_executor is None:
+            from .worker import close_sessions
+
+            close_sessions()
+
+    # the run ---------------------------------------------------------------------------
+    def go(self) -> SweepResult:
+        from .progress import progress_bar
+
+        self.pool = self._new_pool()
+        interrupted: KeyboardInterrupt | None = None
+        try:
+            with progress_bar(self.source.length, self.progress) as advance:
+                self._advance = advance
+                try:
+                    self._loop()
+                except KeyboardInterrupt as stop:
+                    interrupted = stop
+        finally:
+            if interrupted is not None:
+                self._kill_pool()
+            else:
+                self._close_pool()
+            if self.workers == 0 and self.user_executor is None:
+                from .worker import close_sessions
+
+                close_sessions()
+        for i in sorted(self.buffer):  # results that arrived before an earlier one: keep them
+            self.stats.add(self.buffer.pop(i))
+        result = self._result(interrupted)
+        if interrupted is not None:
+            interrupted.sweep_result = result  # type: ignore[attr-defined]
+            raise interrupted
+        return result
+
+    def _items(self) -> Iterator[tuple[int, str, Any]]:
+        for index, (label, sample) in enumerate(self.source):
+            yield index, label, sample
+
+    def _choose_sample(self) -> None:
+        n, k = self.source.length, self.sample_n
+        if n is None:
+            self.sampled = set(range(max(k, 1)))
+            return
+        rest = min(max(k - 1, 0), max(n - 1, 0))
+        self.sampled = {0, *random.Random(self.seed).sample(range(1, n), rest)} if n else set()
+
+    def _loop(self) -> None:
+        self._choose_sample()
+        items = self._items()
+        # learn the output pairing from the first input that can be compared in full
+        for index, label, sample in items:
+            if isinstance(sample, InputDataError):
+                self._fold([ItemResult(index, label, "error", error=f"{type(sample).__name__}: {sample}")])
+                continue
+            res = self._run_alone(Task([(index, label, sample, True)], pairs=None))
+            if res.learned is not None:
+                self._learn(res.learned)  # first: the layers' order and which are outputs
+            self._fold(res.items)
+            if res.learned is not None:
+                break
+        else:
+            return
+        window = max(2, 2 * (self.workers or 1)) if self.user_executor is None else 4
+        if self.user_executor is not None:
+            window = max(window, 2 * _executor_width(self.user_executor))
+        pending_screen: list[tuple[int, str, Any, bool]] = []
+        per_task = max(self.batch, TASK_INPUTS // self.batch * self.batch)
+        for index, label, sample in items:
+            if isinstance(sample, InputDataError):
+                self._fold([ItemResult(index, label, "error", error=f"{type(sample).__name__}: {sample}")])
+                continue
+            full = self.every_layer or index in self.sampled
+            if full:
+                self._submit(Task([(index, label, sample, True)], self.pairs, self.batch), window)
+                continue
+            pending_screen.append((index, label, sample, False))
+            if len(pending_screen) >= per_task:
+                self._submit(Task(pending_screen, self.pairs, self.batch), window)
+                pending_screen = []
+        if pending_screen:
+            self._submit(Task(pending_screen, self.pairs, self.batch), window)
+        while self.pending:
+            self._collect(wait(list(self.pending), return_when=FIRST_COMPLETED).done)
+
+    def _learn(self, learned: dict[str, Any]) -> None:
+        self.learned = learned
+        self.pairs = list(learned["pairs"])
+        self.stats.set_layers(learned["rows"], [p.caffe for p in self.pairs] or learned["outputs"])
+        if not self.pairs and not self.every_layer:
+            self.every_layer = True
+            self.notes.append(f"outputs-first screening is off: {learned['why']}; every input is compared in full")
+        tf_batch = learned.get("tf_batch")
+        if self.batch_arg is not None:
+            if tf_batch and self.batch_arg != tf_batch:
+                raise InputError(f"sweep: batch={self.batch_arg}, but the TF model takes a fixed batch of {tf_batch}")
+            self.batch = self.batch_arg
+        else:
+            self.batch = int(tf_batch or learned.get("caffe_batch") or 1)
+
+    def _submit(self, task: Task, window: int) -> None:
+        while len(self.pending) >= window:
+            self._collect(wait(list(self.pending), return_when=FIRST_COMPLETED).done)
+        assert self.pool is not None
+        try:
+            fut = self.pool.submit(run_task, self.spec, task)
+        except BrokenProcessPool:
+            self._recover([task])
+            return
+        self.pending[fut] = task
+
+    def _collect(self, done: Any) -> None:
+        broken: list[Task] = []
+        for fut in done:
+            task = self.pending.pop(fut)
+            try:
+                res: TaskResult = fut.result()
+            except BrokenProcessPool:
+                broken.append(task)
+                continue
+            except Exception as e:  # noqa: BLE001 - a task lost to the executor (Dask KilledWorker, ...)
+                self._fold([_lost(i, lab, e) for i, lab, _, _ in task.items])
+                continue
+            self._fold(res.items)
+        if broken:
+            # every task in flight is lost with a broken pool: collect them all, then retry
+            # each alone in a fresh pool, so only the input that kills a worker is lost
+            for fut in list(self.pending):
+                broken.append(self.pending.pop(fut))
+            self._recover(broken)
+
+    def _recover(self, tasks: list[Task]) -> None:
+        self._kill_pool()
+        self.pool = self._new_pool()
+        for task in sorted(tasks, key=lambda t: t.items[0][0]):
+            self._fold(self._run_alone(task).items)
+
+    def _run_alone(self, task: Task) -> TaskResult:
+        """Run one task with nothing else in flight; if it kills its worker, split it until one input is left."""
+        assert self.pool is not None
+        try:
+            return self.pool.submit(run_task, self.spec, task).result()
+        except BrokenProcessPool:
+            self._kill_pool()
+            self.pool = self._new_pool()
+            if len(task.items) == 1:
+                i, lab, _, _ = task.items[0]
+                return TaskResult([ItemResult(i, lab, "error", error=(
+                    "WorkerDied: the worker process died while checking this input "
+                    "(killed, out of memory, or a crash in a framework)"))])
+            items = []
+            for it in task.items:
+                items += self._run_alone(Task([it], task.pairs, task.batch)).items
+            return TaskResult(items)
+        except Exception as e:  # noqa: BLE001
+            return TaskResult([_lost(i, lab, e) for i, lab, _, _ in task.items])
+
+    def _fold(self, items: list[ItemResult]) -> None:
+        for item in items:
+            self.buffer[item.index] = item
+        while self.next_fold in self.buffer:
+            item = self.buffer.pop(self.next_fold)
+            self.stats.add(item)
+            self._advance(item)
+            self.next_fold += 1
+
+    def _result(self, interrupted: KeyboardInterrupt | None) -> SweepResult:
+        st, learned = self.stats, self.learned or {}
+        mode = "every-layer" if self.every_layer else "outputs-first"
+        return SweepResult(
+            caffe_source=learned.get("caffe_source", str(self.spec.caffe_model)),
+            tf_source=learned.get("tf_source", str(self.spec.tf_model)),
+            mode=mode,
+            tolerance=learned.get("tolerance"),
+            total=self.source.length,
+            counts=dict(st.counts),
+            outputs=[(p.caffe, p.tf) for p in self.pairs],
+            layers=st.layer_list(),
+            failures=st.failure_groups(),
+            errors=list(st.errors),
+            worst_inputs=st.worst_inputs(),
+            sample=sorted(i for i in self.sampled if self.source.length is None or i < self.source.length),
+            interrupted=interrupted is not None,
+            seconds=time.perf_counter() - self.t0,
+            executor=self._executor_name(),
+            workers=self.workers if self.user_executor is None else None,
+            batch=self.batch,
+            notes=list(self.notes),
+        )
+
+
+def _lost(index: int, label: str, e: BaseException) -> ItemResult:
+    msg = str(e).strip().splitlines()
+    return ItemResult(index, label, "error", error=f"{type(e).__name__}: {msg[0] if msg else ''}"[:2000])
+
+
+def _executor_width(ex: Executor) -> int:
+    """How many tasks the executor runs at once, where it says (a pool's workers, a Dask cluster's threads)."""
+    n = getattr(ex, "_max_workers", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    client = getattr(ex, "_client", None)
+    if client is not None:
+        try:
+            return max(1, sum(client.nthreads().values()))
+        except Exception:  # noqa: BLE001
+            return 2
+    return 2
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
