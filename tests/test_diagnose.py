@@ -1391,3 +1391,21 @@ def test_permuted_output_channels_of_the_first_conv_are_no_input_convention(tmp_
     d = top(rep)
     assert d.kind == "channel_order" and d.evidence["permutation"] == perm and d.layer == "conv1"
     assert conventions(rep.rows) == []
+
+
+def test_an_innerproduct_softmax_chain_recomputes_through_the_softmax():
+    """ip1 + prob held against one Dense(activation='softmax'): candidates get Caffe's Softmax applied,
+    so a weight bug is confirmed by recomputation and blamed on ip1."""
+    from layerparity.diagnosis.reference import softmax
+
+    r = rng(4)
+    x = f32(r.standard_normal((2, 8)))
+    w, b = f32(r.standard_normal((5, 8))), f32(r.standard_normal(5) * 0.1)
+    y = f32(softmax(x @ w.T + b, 1))
+    t = f32(softmax(x @ w.reshape(8, 5) + b, 1))  # the Dense kernel is Caffe's W reshaped, not transposed
+    row = LayerResult("prob", "prob", "ip1", caffe_kind="Softmax", tf_kind="Dense", caffe_chain=["ip1", "prob"])
+    ctx = DiagnosisContext(caffe_probes={"ip1": Probe("ip1", "InnerProduct", layer="ip1", params={"num_output": 5}),
+                                         "prob": Probe("prob", "Softmax", layer="prob", params={"axis": 1})})
+    d = diagnose(row, Probe("prob", "Softmax", y, layout="NC", layer="prob"), Probe("ip1", "Dense", t, layout="NC"),
+                 caffe_inputs=[x], caffe_weights={"ip1": [w, b]}, context=ctx)
+    assert (d[0].kind, d[0].layer, d[0].evidence["confirmed_by"]) == ("reshape_not_transpose", "ip1", "recomputation")
