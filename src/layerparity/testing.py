@@ -288,7 +288,7 @@ def _stored_inputs(x: Any) -> dict[str, np.ndarray] | None:
 
     if isinstance(x, Trace):
         return dict(x.inputs) if x.framework == "caffe" and x.inputs else None
-    if isinstance(x, (str, os.PathLike)) and os.path.isfile(x) and is_archive(x):
+    if is_archive(x):
         with ArchiveReader(x) as r:
             return r.inputs() if r.framework == "caffe" else None
     return None

@@ -423,9 +423,16 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def is_archive(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` looks like a trace archive (a zip holding ``manifest.npy``)."""
+def is_archive(path: Any) -> bool:
+    """True if ``path`` is a path (``str`` or ``os.PathLike``) to a file that is a trace archive:
+    a zip holding ``manifest.npy``, whatever the file is called (``.npz`` or not). The one
+    rule every "is this a recorded trace?" question uses; never raises.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        return False
     try:
+        if not os.path.isfile(path):
+            return False
         with zipfile.ZipFile(os.fspath(path)) as zf:
             return "manifest.npy" in zf.namelist()
     except Exception:  # noqa: BLE001 - a yes/no question about any file never raises
