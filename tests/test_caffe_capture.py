@@ -176,7 +176,8 @@ def test_branches_and_concat_edges_hide_caffes_inserted_split():
 def test_legacy_input_dim_field():
     with CaffeBackend(proto("legacy_dim")) as b:
         (spec,) = b.input_specs()
-        assert (spec.name, spec.shape, spec.layout) == ("data", (1, 3, 5, 5), "NCHW")
+        assert (spec.name, spec.shape, spec.layout) == ("data", (1, 3, None, None), "NCHW")  # fully conv
+        assert b.input_shapes() == {"data": (1, 3, 5, 5)}
         x = rand((1, 3, 5, 5))
         t = b.capture(x)
     assert t.names == ["data", "conv"]

@@ -804,10 +804,7 @@ class NetSession:
             pos = run_to(i)
             out[n] = blobs[self.probe_at[n][1]].data.copy()
         run_to(last)
-        for n in names:
-            if n not in out:
-                out[n] = blobs[self.probe_at[n][1]].data
-        return out
+        return {n: out[n] if n in out else blobs[self.probe_at[n][1]].data for n in names}
 
     def iter_probes(self, copy: bool):
         """Yield ``(meta, value)`` per top, right after its layer ran. Call :meth:`feed` first."""

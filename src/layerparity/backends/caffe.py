@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CaffeError, FrameworkMissingError, InputError, InternalError
+from ..errors import CaffeError, FrameworkMissingError, InputDataError, InputError, InternalError
 from ..trace import Probe, Trace
 from ._caffe_protocol import Channel, PeerClosed, PeerTimeout, ProtocolError, widen_pipe
 from .base import Backend, InputSpec
@@ -135,9 +135,47 @@ class CaffeBackend(Backend):
     def _input_specs_impl(self) -> list[InputSpec]:
         out = []
         for i in self._live().desc["inputs"]:
-            shape = tuple(int(d) for d in i["shape"])
+            free = set(i.get("free", ()))
+            shape = tuple(None if a in free else int(d) for a, d in enumerate(i["shape"]))
             out.append(InputSpec(i["name"], shape, "NCHW" if len(shape) == 4 else "NC" if len(shape) == 2 else ""))
         return out
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The input blobs' current shapes (the prototxt's until a run reshapes them), batch first."""
+        return {i["name"]: tuple(int(d) for d in i["shape"]) for i in self._live().desc["inputs"]}
+
+    def normalize_inputs(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """The base checks, after naming the layer that fixes a spatial size the inputs change."""
+        desc = {i["name"]: i for i in self._live().desc["inputs"]}
+        given = inputs if isinstance(inputs, Mapping) else ({next(iter(desc)): inputs} if len(desc) == 1 else {})
+        for name, arr in given.items():
+            d = desc.get(name)
+            shape = getattr(arr, "shape", None)
+            if d is None or not d.get("pinned") or shape is None or len(shape) != len(d["shape"]):
+                continue
+            for axis, why in sorted(d["pinned"].items(), key=lambda kv: int(kv[0])):
+                if int(shape[int(axis)]) != int(d["shape"][int(axis)]):
+                    raise InputDataError(self._pinned_message(name, tuple(int(x) for x in shape), d, why))
+        return super().normalize_inputs(inputs)
+
+    def _pinned_message(self, name: str, shape: tuple[int, ...], d: dict, why: dict) -> str:
+        e = self._live()
+        where = e._where(why["layer"]) if isinstance(e, _WorkerEngine) else self.source
+        fixed = [int(a) for a in d["pinned"]]
+        letters = "NCHW" if len(d["shape"]) == 4 else ""
+        axes = " x ".join(letters[a] if letters else f"axis {a}" for a in fixed)
+        sizes = " x ".join(str(d["shape"][a]) for a in fixed)
+        return (f"{where}: layer '{why['layer']}' ({why['type']}) cannot take input {name!r} of shape {shape}: "
+                f"it {why['why']}, so {axes} of {name!r} must stay {sizes} (the prototxt's size); "
+                f"only a net without such a layer (fully convolutional) takes other sizes")
+
+    def _forward_impl(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """One plain ``net.forward()`` in the worker, returning only the probes ``names``.
+
+        A probe whose blob a later in-place layer overwrites (``conv1`` under ``relu1``)
+        is read when its layer has run: the net is run in pieces up to it, only then.
+        """
+        return self._live().forward(inputs, list(names))
 
     def _iter_capture_impl(self, inputs: dict[str, np.ndarray]) -> Iterator[Probe]:
         engine = self._live()
@@ -189,6 +227,12 @@ class CaffeBackend(Backend):
         if not e.isolated:
             raise InputError(f"{self.source}: this backend runs in-process (from_net); it has no worker")
         return e.debug()
+
+    @property
+    def alive(self) -> bool:
+        """True while this backend can work: not closed, and its worker has not crashed or timed out."""
+        e = self._engine
+        return e is not None and not e.closed and getattr(e, "dead", None) is None
 
     def close(self) -> None:
         if self._engine is not None:
@@ -263,6 +307,17 @@ class _InProcessEngine:
         self.session.feed(feed)
         yield from self.session.iter_probes(copy=True)
         self.desc = self.session.describe()
+
+    def forward(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        from ._caffe_net import UserError
+
+        self.session.feed(feed)
+        try:
+            out = self.session.forward(names)
+        except UserError as e:
+            raise CaffeError(str(e)) from None
+        self.desc = self.session.describe()
+        return {n: np.array(v) for n, v in out.items()}
 
     def iter_weights(self) -> Iterator[tuple[str, list[np.ndarray]]]:
         return self.session.iter_weights(copy=True)
@@ -453,6 +508,18 @@ class _WorkerEngine:
         for h, arrays in self._stream_request("weights", {"op": "weights"}, [], "weights"):
             yield h["layer"], arrays
 
+    def forward(self, feed: dict[str, np.ndarray], probes: list[str]) -> dict[str, np.ndarray]:
+        self._settle()
+        self._op = "forward"
+        names = list(feed)
+        self._send({"op": "forward", "names": names, "probes": probes}, [feed[n] for n in names])
+        h, arrays = self._recv()
+        if h["op"] != "values":
+            raise self._fail(InternalError(f"unexpected worker message {h['op']!r} during forward"))
+        if h.get("desc"):
+            self.desc = h["desc"]
+        return dict(zip(h["names"], arrays, strict=True))
+
     def _stream_request(self, op: str, header: dict, arrays: list[np.ndarray], item: str
                         ) -> Iterator[tuple[dict, list[np.ndarray]]]:
         """Send one request and yield its ``item`` messages as they arrive, until ``done``.
@@ -630,6 +697,16 @@ class _WorkerEngine:
                         f"{self._batch}: {_shorten(fatal) or _tail(log)} [Caffe {how}{_at(src)}]")
             return (f"{self.prototxt}: Caffe could not reshape the net to batch {self._batch}: "
                     f"{_shorten(fatal) or _tail(log)} [Caffe {how}{_at(src)}]")
+        if self._op == "forward":
+            if stage == "feed":
+                return (f"{self.prototxt}: Caffe could not reshape the net to the given input shapes: "
+                        f"{_shorten(fatal) or _tail(log)} [Caffe {how}{_at(src)}]")
+            steps = re.findall(r"^layerparity-layer: (\d+)$", log, re.M)
+            layers = self.desc["layers"] if hasattr(self, "desc") else []
+            if steps and int(steps[-1]) < len(layers):
+                layer = layers[int(steps[-1])]["name"]
+                return (f"{self._where(layer)}: {self._layer_desc(layer)}: Caffe aborted while running it: "
+                        f"{_shorten(fatal) or _tail(log)} [Caffe {how}{_at(src)}]")
         if self._op == "capture":
             if stage == "feed":
                 return (f"{self.prototxt}: Caffe could not reshape the net to the given input shapes: "
@@ -685,6 +762,7 @@ class _WorkerEngine:
 _DOING = {
     "load": "while loading the net",
     "capture": "while running the net",
+    "forward": "while running the net",
     "weights": "while reading the weights",
     "debug": "while answering a debug request",
     "sleep": "while sleeping (test hook)",
