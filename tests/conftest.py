@@ -9,6 +9,12 @@ import pytest
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A diagnosis rule that raises fails the test instead of being skipped (docs/diagnosis.md).
+os.environ.setdefault("LAYERPARITY_DIAGNOSIS_STRICT", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("filterwarnings", "error:diagnosis of:RuntimeWarning")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -355,8 +355,9 @@ class _Engine:
         # the chain and the probes it reads (e.g. a Flatten's flat_shape before an InnerProduct)
         names = [*self.cs.by_name[c0].inputs, *pair.caffe_chain]
         probes = {n: self.window.c_held.get(n) or self.cs.by_name[n] for n in names if n in self.cs.by_name}
+        upto = next((i for i, r in enumerate(self.rows) if r is row), len(self.rows) - 1)
         ctx = ctx_cls(
-            rows=list(self.rows),
+            rows=self.rows[: upto + 1],  # the rows up to and including this one, as the context promises
             caffe_probes=probes,
             caffe_weights={n: self.cw[self.cs.by_name[n].layer] for n in pair.caffe_chain
                            if self.cs.by_name[n].layer in self.cw},
@@ -368,6 +369,8 @@ class _Engine:
             row.note = "; ".join(x for x in (row.note, f"diagnosis skipped ({e})") if x)
             return
         except Exception as e:  # noqa: BLE001 - a diagnosis bug must not lose the comparison
+            if _strict_diagnosis():
+                raise
             msg = f"diagnosis of {row.caffe_layer!r} failed: {type(e).__name__}: {e} (a layerparity bug; please report it)"
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
             row.note = "; ".join(x for x in (row.note, msg) if x)
@@ -380,6 +383,12 @@ def _diagnose_hook() -> tuple[Callable[..., Any], Any]:
     from .diagnosis import DiagnosisContext, diagnose
 
     return diagnose, DiagnosisContext
+
+
+def _strict_diagnosis() -> bool:
+    from .diagnosis import strict_mode
+
+    return strict_mode()
 
 
 def _conventions_hook() -> Callable[[list[LayerResult]], list[Any]]:
