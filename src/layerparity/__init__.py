@@ -69,4 +69,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; tests/test_structure.
         WeightParityError,
     )
     from .result import Diagnosis, LayerResult, Metrics, Report, Tolerance  # noqa: F401
+    from .sweeper import sweep  # noqa: F401
     from .trace import Probe, Trace  # noqa: F401

@@ -22,6 +22,7 @@ EXPORTS: dict[str, str] = {
     "align": "api",
     "load_mapping": "api",
     "compute_metrics": "api",
+    "sweep": "sweeper",
     # asserts (torch.testing style)
     "assert_parity": "api",
     "assert_blob_close": "api",

@@ -41,6 +41,7 @@ from .errors import (  # noqa: F401 - re-exported
 )
 from .metrics import DEFAULT_TOLERANCES, compute_metrics  # noqa: F401 - re-exported
 from .result import Diagnosis, LayerResult, Metrics, Report, Tolerance  # noqa: F401 - re-exported
+from .sweeper import sweep  # noqa: F401 - re-exported
 from .testing import assert_blob_close, assert_parity  # noqa: F401 - re-exported
 from .trace import Probe, Trace  # noqa: F401 - re-exported (Trace also typed below)
 

@@ -95,6 +95,8 @@ class Distribution:
         rank = q * (self.n - 1)
         if rank > self.finite - 1:
             return math.inf
+        if rank == self.finite - 1:  # the largest finite value: known exactly
+            return self.fmax
         q = 0.0 if self.finite == 1 else rank / (self.finite - 1)
         # the sketch answers within its relative accuracy; never above the exact maximum
         return min(float(self._sketch.get_quantile_value(q)), self.fmax)
