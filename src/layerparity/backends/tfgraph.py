@@ -24,13 +24,15 @@ constants). An op is captured when its value depends on a fed input.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputDataError, ModelLoadError
+from ..errors import InputDataError, InputError, ModelLoadError
 from ..trace import Probe
 from .tfcommon import (
     TFBackend,
@@ -192,75 +194,36 @@ class GraphBackend(TFBackend):
         self._default = self._data_format or "NHWC"
         self._replay_fns: dict[str, Any] = {}
         self._group_fns: dict[tuple[str, tuple[str, ...]], tuple[Any, list[Any]]] = {}
+        self._copies: dict[tuple[str, tuple[str, ...], int], tuple[Any, list[Any]] | str] = {}
+        self._n_copies = 0
+        self._batch_fns: dict[tuple[str, ...], Any] = {}
         self._analyse(inputs, outputs)
 
     # -- constructors -----------------------------------------------------------
     @classmethod
     def from_saved_model(cls, path: str, **kw: Any) -> GraphBackend:
-        tf = import_tf()
-        from tensorflow.python.framework.convert_to_constants import (
-            convert_variables_to_constants_v2,
-        )
-
-        try:
-            obj = tf.saved_model.load(path)
-        except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(
-                f"{path}: not a loadable SavedModel ({type(e).__name__}: {first_line(e)})"
-            ) from None
-        sigs = dict(getattr(obj, "signatures", {}) or {})
-        if not sigs:
-            raise ModelLoadError(
-                f"{path}: the SavedModel has no signatures to run; save it with one "
-                "(keras: model.export(path); tf.saved_model.save(obj, path, signatures=...))"
-            )
-        key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
-        try:
-            frozen = convert_variables_to_constants_v2(sigs[key])
-            gd = frozen.graph.as_graph_def()
-        except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(
-                f"{path}: cannot freeze signature {key!r} ({type(e).__name__}: {first_line(e)})"
-            ) from None
+        """Open a SavedModel: its serving signature, frozen into one GraphDef, run in a
+        Session. The frozen graph and its Session are kept per process (see
+        :func:`clear_cache`), keyed by the files' sizes and times: opening the same
+        unchanged SavedModel again skips loading and freezing, and the Session's
+        compiled executors (capture, replays) are reused."""
+        graph, session, (key, ins, outs) = _shared(path, lambda: _freeze_saved_model(path))
         if kw.get("inputs") is None:
-            kw["inputs"] = [t.name for t in frozen.inputs if t.dtype != tf.resource]
+            kw["inputs"] = list(ins)
         if kw.get("outputs") is None:
-            kw["outputs"] = [t.name for t in frozen.outputs]
-        graph = _import(gd, path)
-        return cls(graph, source=path, model_format=f"saved_model:{key}", **kw)
+            kw["outputs"] = list(outs)
+        return cls(graph, source=path, session=session, model_format=f"saved_model:{key}", **kw)
 
     @classmethod
     def from_graph_def_file(cls, path: str, **kw: Any) -> GraphBackend:
-        tf = import_tf()
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ModelLoadError(f"{path}: cannot read the file ({e.strerror or e})") from None
-        gd = tf.compat.v1.GraphDef()
-        try:
-            if path.lower().endswith(".pbtxt"):
-                from google.protobuf import text_format
-
-                text_format.Parse(data.decode("utf-8"), gd)
-            else:
-                gd.ParseFromString(data)
-        except Exception as e:  # noqa: BLE001 - DecodeError, ParseError, UnicodeDecodeError
-            raise ModelLoadError(
-                f"{path}: not a GraphDef (corrupt or another kind of file: {first_line(e)})"
-            ) from None
-        return cls.from_graph_def(gd, source=path, **kw)
+        """Open a frozen GraphDef file; kept per process like a SavedModel (see
+        :meth:`from_saved_model`)."""
+        graph, session, _ = _shared(path, lambda: (_read_graph_def(path), None))
+        return cls(graph, source=path, session=session, model_format="graph_def", **kw)
 
     @classmethod
     def from_graph_def(cls, gd: Any, *, source: str, **kw: Any) -> GraphBackend:
-        if not len(gd.node):
-            raise ModelLoadError(f"{source}: holds no graph nodes (not a frozen GraphDef?)")
-        variables = [n.name for n in gd.node if n.op in ("VariableV2", "VarHandleOp", "Variable")]
-        if variables:
-            raise ModelLoadError(
-                f"{source}: the GraphDef is not frozen: it holds variables ({variables[0]!r}, ...) whose values "
-                "it does not contain; freeze it (convert_variables_to_constants_v2) or pass the Session"
-            )
+        _check_frozen(gd, source)
         return cls(_import(gd, source), source=source, model_format="graph_def", **kw)
 
     @classmethod
@@ -289,7 +252,7 @@ class GraphBackend(TFBackend):
             ) from None
 
     def _analyse(self, input_names: list[str] | None, output_names: list[str] | None) -> None:
-        ops = self.graph.get_operations()
+        ops = [op for op in self.graph.get_operations() if not op.name.startswith(_COPY_SCOPE)]
         if input_names is None:
             input_names = [op.outputs[0].name for op in ops if op.type in PLACEHOLDERS]
             if not input_names:
@@ -573,6 +536,176 @@ class GraphBackend(TFBackend):
             return np.asarray(fn(*args))
         except tf.errors.OpError as e:
             raise InputDataError(f"{self.source}: replaying group -> {output!r} failed: {first_line(e.message)}") from None
+        except ValueError as e:  # a feed of the wrong shape
+            raise InputDataError(f"{self.source}: replaying group -> {output!r} failed: {first_line(e)}") from None
+
+    def replay_groups(
+        self, requests: list[tuple[str, list[str], list[np.ndarray]]]
+    ) -> list[np.ndarray | Exception]:
+        """Every group of ``requests`` (``(output, inputs, arrays)`` as for
+        :meth:`replay_group`) in ONE ``Session`` call: one pruned callable feeding all
+        the groups' inputs and fetching all their outputs, cached per list of groups
+        (the engine sends the same list on every check of the same models).
+
+        Each group runs on a private copy of its ops (made once, sharing the weights),
+        so groups never see each other's inputs: one group's input may be another's
+        output, or a tensor inside another group, and every result is what
+        :meth:`replay_group` gives alone. One output per request, in order; a request
+        that cannot be replayed (unknown probe, wrong number of arrays, an output that
+        needs a tensor it is not fed, arrays the ops refuse) gets its
+        :class:`InputDataError` in its slot.
+        """
+        items: list[_Replay | Exception] = []
+        taken: set[tuple] = set()
+        for output, inputs, arrays in requests:
+            try:
+                feeds = [self._probe_tensor(n) for n in inputs]
+                if output not in self._by_name or any(t is None for t in feeds):
+                    raise InputDataError(f"{self.source}: group {inputs} -> {output!r} cannot be replayed")
+                items.append(self._replay_item(f"group -> {output!r}", self._by_name[output].tensor, feeds, arrays, taken))
+            except InputError as e:
+                items.append(e)
+        return self._run_items(items)
+
+    def replay_many(
+        self, requests: list[tuple[str, list[np.ndarray]]]
+    ) -> list[np.ndarray | Exception]:
+        """Several single-op replays (as :meth:`replay`) in one ``Session`` call, like
+        :meth:`replay_groups`; a faulty request gets its error in its slot."""
+        items: list[_Replay | Exception] = []
+        taken: set[tuple] = set()
+        for name, inputs in requests:
+            rec = self._by_name.get(name)
+            try:
+                if rec is None or not rec.replayable:
+                    raise InputDataError(f"{self.source}: op {name!r} cannot be replayed on its own")
+                if len(inputs) != len(rec.inputs):
+                    raise InputDataError(
+                        f"{self.source}: op {name!r} reads {len(rec.inputs)} input(s) {rec.inputs}; "
+                        f"got {len(inputs)} array(s)"
+                    )
+                items.append(self._replay_item(f"op {name!r}", rec.tensor, rec.data_inputs, inputs, taken))
+            except InputError as e:
+                items.append(e)
+        return self._run_items(items)
+
+    def _replay_item(
+        self, what: str, fetch: Any, feeds: list[Any], arrays: list[np.ndarray], taken: set[tuple]
+    ) -> _Replay:
+        """One replay request checked and ready: a private copy of its ops (see
+        :meth:`_copy`) and the arrays for the copy's inputs. InputDataError if it
+        cannot run alone."""
+        if len(arrays) != len(feeds):
+            raise InputDataError(f"{self.source}: {what} reads {len(feeds)} input(s); got {len(arrays)} array(s)")
+        uniq: dict[str, tuple[Any, np.ndarray]] = {}
+        for t, a in zip(feeds, arrays, strict=True):
+            if t.name not in uniq:
+                try:
+                    uniq[t.name] = (t, np.asarray(a).astype(t.dtype.as_numpy_dtype, copy=False))
+                except (TypeError, ValueError) as e:
+                    raise InputDataError(f"{self.source}: {what}: input {t.name!r} is not usable ({e})") from None
+        # the k-th request of one call for the same ops gets the k-th copy of them
+        key = (fetch.name, tuple(uniq), 0)
+        while key in taken:
+            key = (key[0], key[1], key[2] + 1)
+        taken.add(key)
+        copy = self._copies.get(key)
+        if copy is None:
+            copy = self._copies[key] = self._copy(fetch, [t for t, _ in uniq.values()])
+        if isinstance(copy, str):
+            raise InputDataError(f"{self.source}: {what} {copy}; cannot replay it alone")
+        out, placeholders = copy
+        return _Replay(what, out, placeholders, [a for _, a in uniq.values()])
+
+    def _copy(self, fetch: Any, feeds: list[Any]) -> tuple[Any, list[Any]] | str:
+        """A private copy, in this graph, of the ops that compute ``fetch`` from ``feeds``,
+        reading fresh placeholders instead of ``feeds`` and the original constants
+        (weights are shared, not copied). Copies of different requests never see each
+        other's inputs, so any set of them runs in one Session call. Returns
+        ``(copied fetch, placeholders)``, or why it cannot be done."""
+        tf = import_tf()
+        fed = {t.name for t in feeds}
+        order: list[Any] = []  # ops between the feeds and the fetch, inputs first
+        seen: set[str] = set()
+        stack: list[tuple[Any, bool]] = [(fetch.op, False)]
+        while stack:
+            op, done = stack.pop()
+            if done:
+                order.append(op)
+                continue
+            if op.name in seen:
+                continue
+            seen.add(op.name)
+            if op.type in PLACEHOLDERS:
+                return f"needs {op.outputs[0].name!r}, which is not among its inputs"
+            stack.append((op, True))
+            stack.extend((t.op, False) for t in op.inputs if t.name not in fed and t.op.name not in seen)
+        data: set[str] = set()
+        for op in order:
+            if any(t.name in fed or t.op.name in data for t in op.inputs):
+                data.add(op.name)
+        if fetch.op.name not in data:
+            return "does not depend on its inputs"
+        self._n_copies += 1
+        scope = f"{_COPY_SCOPE}{id(self):x}_{self._n_copies}"
+        gd = tf.compat.v1.GraphDef()
+        input_map: dict[str, Any] = {}
+        with self.graph.as_default():
+            placeholders = [
+                tf.compat.v1.placeholder(t.dtype, t.shape, name=f"{scope}_in{i}") for i, t in enumerate(feeds)
+            ]
+        by_feed = dict(zip((t.name for t in feeds), placeholders, strict=True))
+        for op in order:
+            if op.name not in data:
+                continue
+            node = gd.node.add()
+            node.CopyFrom(op.node_def)
+            del node.input[:]
+            for t in op.inputs:
+                ref = t.op.name if t.value_index == 0 else f"{t.op.name}:{t.value_index}"
+                node.input.append(ref)
+                if t.op.name not in data:
+                    input_map[f"{t.op.name}:{t.value_index}"] = by_feed.get(t.name, t)
+        try:
+            with self.graph.as_default():
+                (out,) = tf.compat.v1.import_graph_def(
+                    gd, input_map=input_map, return_elements=[fetch.name], name=scope
+                )
+        except Exception as e:  # noqa: BLE001
+            return f"cannot be copied ({type(e).__name__}: {first_line(e)})"
+        return out, placeholders
+
+    def _run_items(self, items: list[_Replay | Exception]) -> list[np.ndarray | Exception]:
+        out: list[np.ndarray | Exception | None] = [x if isinstance(x, Exception) else None for x in items]
+        batch = [(i, x) for i, x in enumerate(items) if not isinstance(x, Exception)]
+        if not batch:
+            return out  # type: ignore[return-value]
+        try:
+            values = self._run_batch([x for _, x in batch])
+        except Exception:  # noqa: BLE001 - find the faulty requests one by one
+            for i, x in batch:
+                out[i] = self._run_alone(x)
+        else:
+            for (i, _), v in zip(batch, values, strict=True):
+                out[i] = np.asarray(v)
+        return out  # type: ignore[return-value]
+
+    def _run_batch(self, batch: list[_Replay]) -> list[Any]:
+        feeds = [t for x in batch for t in x.feeds]
+        key = tuple(x.fetch.name for x in batch)
+        fn = self._batch_fns.get(key)
+        if fn is None:
+            fn = self._batch_fns[key] = self.session.make_callable([x.fetch for x in batch], feed_list=feeds)
+        return fn(*(a for x in batch for a in x.arrays))
+
+    def _run_alone(self, x: _Replay) -> np.ndarray | Exception:
+        tf = import_tf()
+        try:
+            return np.asarray(self._run_batch([x])[0])
+        except tf.errors.OpError as e:
+            return InputDataError(f"{self.source}: replaying {x.what} failed: {first_line(e.message)}")
+        except (TypeError, ValueError) as e:
+            return InputDataError(f"{self.source}: replaying {x.what} failed: {first_line(e)}")
 
     def _probe_tensor(self, probe_name: str) -> Any:
         rec = self._by_name.get(probe_name)
@@ -592,6 +725,132 @@ class GraphBackend(TFBackend):
 
 # -- helpers ------------------------------------------------------------------------
 
+
+@dataclass
+class _Replay:
+    """One replay request ready to run: fetch ``fetch`` (in the request's private copy
+    of its ops) with the copy's placeholders ``feeds`` fed ``arrays``."""
+
+    what: str
+    fetch: Any
+    feeds: list[Any]
+    arrays: list[np.ndarray]
+
+
+#: name scope of the private op copies made for replay (never captured)
+_COPY_SCOPE = "layerparity_replay_"
+
+
+#: graphs opened from files in this process: stamp -> (graph, Session, extra)
+_OPENED: OrderedDict[tuple, tuple[Any, Any, Any]] = OrderedDict()
+#: how many are kept; an older one is dropped (its Session closes once no backend uses it)
+CACHE_SIZE = 2
+
+
+def clear_cache() -> None:
+    """Forget the SavedModels and GraphDefs opened so far (their memory goes once no
+    open backend uses them)."""
+    _OPENED.clear()
+
+
+def _stamp(path: str) -> tuple:
+    """What identifies a model file or directory's content: its path and every file's size and time."""
+    real = os.path.realpath(path)
+    walk = os.walk(real) if os.path.isdir(real) else [(os.path.dirname(real), [], [os.path.basename(real)])]
+    files = []
+    for dp, _, fs in walk:
+        for f in sorted(fs):
+            try:
+                st = os.stat(os.path.join(dp, f))
+            except OSError:
+                continue
+            files.append((os.path.relpath(os.path.join(dp, f), real), st.st_size, st.st_mtime_ns))
+    return (real, tuple(sorted(files)))
+
+
+def _shared(path: str, make: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any, Any]:
+    """``(graph, session, extra)`` for the model file ``path``: ``make()`` gives
+    ``(GraphDef, extra)`` the first time (or when the files changed); the imported
+    graph and a Session over it are kept for the next open."""
+    tf = import_tf()
+    stamp = _stamp(path)
+    hit = _OPENED.get(stamp)
+    if hit is not None:
+        _OPENED.move_to_end(stamp)
+        return hit
+    gd, extra = make()
+    graph = _import(gd, path)
+    hit = _OPENED[stamp] = (graph, tf.compat.v1.Session(graph=graph), extra)
+    while len(_OPENED) > CACHE_SIZE:
+        _OPENED.popitem(last=False)
+    return hit
+
+
+def _freeze_saved_model(path: str) -> tuple[Any, tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """Load a SavedModel and freeze its serving signature (``serving_default``, else the
+    first): ``(GraphDef, (signature key, input tensor names, output tensor names))``."""
+    tf = import_tf()
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    try:
+        obj = tf.saved_model.load(path)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(
+            f"{path}: not a loadable SavedModel ({type(e).__name__}: {first_line(e)})"
+        ) from None
+    sigs = dict(getattr(obj, "signatures", {}) or {})
+    if not sigs:
+        raise ModelLoadError(
+            f"{path}: the SavedModel has no signatures to run; save it with one "
+            "(keras: model.export(path); tf.saved_model.save(obj, path, signatures=...))"
+        )
+    key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+    try:
+        frozen = convert_variables_to_constants_v2(sigs[key])
+        gd = frozen.graph.as_graph_def()
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(
+            f"{path}: cannot freeze signature {key!r} ({type(e).__name__}: {first_line(e)})"
+        ) from None
+    ins = tuple(t.name for t in frozen.inputs if t.dtype != tf.resource)
+    return gd, (key, ins, tuple(t.name for t in frozen.outputs))
+
+
+def _read_graph_def(path: str) -> Any:
+    """A frozen GraphDef file (binary, or text for ``.pbtxt``), checked."""
+    tf = import_tf()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    gd = tf.compat.v1.GraphDef()
+    try:
+        if path.lower().endswith(".pbtxt"):
+            from google.protobuf import text_format
+
+            text_format.Parse(data.decode("utf-8"), gd)
+        else:
+            gd.ParseFromString(data)
+    except Exception as e:  # noqa: BLE001 - DecodeError, ParseError, UnicodeDecodeError
+        raise ModelLoadError(
+            f"{path}: not a GraphDef (corrupt or another kind of file: {first_line(e)})"
+        ) from None
+    _check_frozen(gd, path)
+    return gd
+
+
+def _check_frozen(gd: Any, source: str) -> None:
+    if not len(gd.node):
+        raise ModelLoadError(f"{source}: holds no graph nodes (not a frozen GraphDef?)")
+    variables = [n.name for n in gd.node if n.op in ("VariableV2", "VarHandleOp", "Variable")]
+    if variables:
+        raise ModelLoadError(
+            f"{source}: the GraphDef is not frozen: it holds variables ({variables[0]!r}, ...) whose values "
+            "it does not contain; freeze it (convert_variables_to_constants_v2) or pass the Session"
+        )
 
 
 def _probe_name(t: Any) -> str:
