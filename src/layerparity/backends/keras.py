@@ -226,6 +226,8 @@ class KerasBackend(TFBackend):
         self.capture_compile_at = CAPTURE_COMPILE_AT
         self.replay_many_compile_at = REPLAY_MANY_COMPILE_AT
         self._batches: dict[tuple[str, ...], _Batch] = {}
+        self._sym: dict[str, Any] = {}  # graph mode: probe name -> its symbolic tensor
+        self._forward_fns: dict[tuple[str, ...], tuple[list[str], Any, Any]] = {}
         self._captures = 0
         self._graph = _functional_of(model)
         self.mode = "graph" if self._graph is not None else "eager"
@@ -275,6 +277,7 @@ class KerasBackend(TFBackend):
         keras = import_keras()
         fn = self._graph
         sym_inputs = list(fn.inputs)
+        self._sym_inputs = sym_inputs
         producer: dict[int, str] = {}
         self._input_names = []
         for t in sym_inputs:
@@ -313,6 +316,7 @@ class KerasBackend(TFBackend):
                 self._records.append(rec)
                 self._by_name[name] = rec
                 outputs.append(t)
+                self._sym[name] = t
 
         def walk(sub: Any, inputs: Any, prefix: str) -> Any:
             return sub._run_through_graph(inputs, operation_fn=lambda op: runner(op, prefix))
@@ -535,6 +539,47 @@ class KerasBackend(TFBackend):
         if self.mode == "eager":
             for r in self._records:
                 r.tensor = None
+
+    # -- plain forward ------------------------------------------------------------------
+    def _forward_impl(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """Graph mode: one ``tf.function`` over a model whose outputs are only the probes
+        ``names`` (built and traced once per set of names, batch free), so TF prunes
+        everything else and keeps no other value. Subclassed models: a full capture."""
+        if self.mode != "graph":
+            return super()._forward_impl(inputs, names)
+        tf = import_tf()
+        feed = self.model_feed(inputs)
+        key = tuple(dict.fromkeys(names))
+        entry = self._forward_fns.get(key)
+        if entry is None:
+            unknown = [n for n in key if n not in self._sym and n not in self._input_names]
+            if unknown:
+                raise InputDataError(f"{self.source}: the model produced no probe {unknown[0]!r}")
+            outs = [n for n in key if n not in self._input_names]
+            entry = (outs, None, None)
+            if outs:
+                keras = import_keras()
+                model = keras.Model(self._sym_inputs, [self._sym[n] for n in outs])
+                specs = [tf.TensorSpec(t.shape, _np_dtype(t.dtype)) for t in model.inputs]
+                fn = tf.function(functools.partial(_call_model, model), input_signature=specs, autograph=False)
+                entry = (outs, fn, model)
+            self._forward_fns[key] = entry
+        outs, fn, model = entry
+        out = {n: feed[n] for n in key if n in self._input_names}
+        if fn is not None:
+            xs = [
+                tf.convert_to_tensor(feed[n].astype(_np_dtype(self._input_dtypes[n]), copy=False))
+                for n in self._input_names
+            ]
+            try:
+                values, _ = _run_compiled(fn, xs, functools.partial(_call_model, model))
+            except Exception as e:
+                if cannot_run_here(e):
+                    raise self._cannot_run(xs, e) from None
+                raise
+            values = list(values) if isinstance(values, (list, tuple)) else [values]
+            out.update((n, np.asarray(v)) for n, v in zip(outs, values, strict=True))
+        return out
 
     def _cannot_run(self, xs: list[Any], e: BaseException) -> Exception:
         """The probe model hit an op TF cannot run here: find the first layer that fails

@@ -197,6 +197,7 @@ class GraphBackend(TFBackend):
         self._copies: dict[tuple[str, tuple[str, ...], int], tuple[Any, list[Any]] | str] = {}
         self._n_copies = 0
         self._batch_fns: dict[tuple[str, ...], Any] = {}
+        self._forward_fns: dict[tuple[str, ...], tuple[list[str], Any]] = {}
         self._analyse(inputs, outputs)
 
     # -- constructors -----------------------------------------------------------
@@ -388,17 +389,19 @@ class GraphBackend(TFBackend):
         try:
             return self.session.run(fetches, feed_dict=feed_dict)
         except tf.errors.OpError as e:
-            op = getattr(e, "op", None)
-            if cannot_run_here(e):
-                what = "this graph"
-                if op is not None:
-                    rec = self._by_name.get(op.name)
-                    what = f"op {op.name!r} ({op.type}, layer {rec.layer if rec else op.name!r})"
-                raise cannot_run_error(self.source, what, e) from None
-            where = f" at op {op.name!r}" if op is not None else ""
-            raise InputDataError(
-                f"{self.source}: running the graph failed{where}: {first_line(e.message)}"
-            ) from None
+            raise self._run_error(e) from None
+
+    def _run_error(self, e: Any) -> Exception:
+        """The one-line error for a failed run of the graph, naming the op."""
+        op = getattr(e, "op", None)
+        if cannot_run_here(e):
+            what = "this graph"
+            if op is not None:
+                rec = self._by_name.get(op.name)
+                what = f"op {op.name!r} ({op.type}, layer {rec.layer if rec else op.name!r})"
+            return cannot_run_error(self.source, what, e)
+        where = f" at op {op.name!r}" if op is not None else ""
+        return InputDataError(f"{self.source}: running the graph failed{where}: {first_line(e.message)}")
 
     def _capture(self, feed: dict[str, np.ndarray]) -> Iterator[Probe]:
         fd = {
@@ -436,6 +439,32 @@ class GraphBackend(TFBackend):
                 layout=layout,
                 flat_shape=flat,
             )
+
+    def _forward_impl(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """One ``Session`` call fetching only the probes ``names`` (a callable cached per
+        set of names: TF prunes and compiles that subgraph once)."""
+        tf = import_tf()
+        feed = self.model_feed(inputs)
+        key = tuple(dict.fromkeys(names))
+        entry = self._forward_fns.get(key)
+        if entry is None:
+            unknown = [n for n in key if n not in self._by_name and n not in self._feed_by_name]
+            if unknown:
+                raise InputDataError(f"{self.source}: the model produced no probe {unknown[0]!r}")
+            outs = [n for n in key if n not in self._feed_by_name]
+            feeds = [self._feed_by_name[n] for n in feed]
+            fn = self.session.make_callable([self._by_name[n].tensor for n in outs], feed_list=feeds) if outs else None
+            entry = self._forward_fns[key] = (outs, fn)
+        outs, fn = entry
+        args = [feed[n].astype(self._input_dtypes[n], copy=False) for n in feed]
+        out = {n: a for n, a in zip(feed, args, strict=True) if n in key}
+        if fn is not None:
+            try:
+                values = fn(*args)
+            except tf.errors.OpError as e:
+                raise self._run_error(e) from None
+            out.update((n, np.asarray(v)) for n, v in zip(outs, values, strict=True))
+        return out
 
     def _layout(
         self, rec: _Op, shape: tuple[int, ...], shapes: dict, lays: dict

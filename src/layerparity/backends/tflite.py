@@ -10,16 +10,19 @@ builtin op name (``CONV_2D``), ``layer`` = the scope of the first joined name,
 the flatbuffer's builtin options, ``params`` = padding, strides, dilation,
 filter size, axis... from the same options.
 
-TFLite keeps no op-level entry point: :meth:`TFLiteBackend.can_replay` is False.
+Own error: :meth:`TFLiteBackend.replay` runs one op alone, in a one-op model built
+from the flatbuffer (the op, its constant operands, its options) with its own
+interpreter.
 Quantized tensors are captured as stored (integers); their ``(scale, zero_point)``
 is in ``params["quantization"]``.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +41,8 @@ from .tfcommon import (
 
 __all__ = ["TFLiteBackend"]
 
+#: ops that cannot run alone in a one-op model (they call subgraphs or custom code)
+_NOT_REPLAYABLE = {"WHILE", "IF", "CALL_ONCE", "CUSTOM", "DELEGATE", "CALL"}
 _ACTIVATIONS = {1: "relu", 2: "relu_n1_to_1", 3: "relu6", 4: "tanh", 5: "sign_bit"}
 _SHAPE_OPS = {"SHAPE", "RANK", "SIZE"}
 #: option accessors read from the flatbuffer -> param name
@@ -84,6 +89,9 @@ class _TOp:
     params: dict[str, Any]
     fused: list[str]
     layer: str = ""
+    op_index: int = -1  # the operator's index in subgraph 0
+    data_inputs: list[int] = field(default_factory=list)  # tensor indices, aligned with ``inputs``
+    replayable: bool = False
 
 
 class TFLiteBackend(TFBackend):
@@ -116,6 +124,9 @@ class TFLiteBackend(TFBackend):
             msg = first_line(e)
             raise ModelLoadError(f"{source}: not a loadable TFLite model ({msg})") from None
         self._content = content
+        self._op_by_name: dict[str, _TOp] | None = None
+        self._model_obj: Any = None  # the flatbuffer as a schema.ModelT, for replay
+        self._replayers: dict[str, tuple[Any, list[tuple[int, int]], int]] = {}
         self._analyse()
 
     @classmethod
@@ -207,6 +218,11 @@ class TFLiteBackend(TFBackend):
                     params,
                     list(fused),
                     layers.get(names[t], names[t]),
+                    op_index=int(o["index"]),
+                    data_inputs=[i for i in in_idx if i in producer],
+                    # every operand is either fed on replay or a constant the model holds
+                    replayable=str(o["op_name"]) not in _NOT_REPLAYABLE
+                    and all(i in producer or i in consts for i in in_idx),
                 )
             )
         self.check_tensors({op.name for op in self._ops} | set(self._input_index))
@@ -215,7 +231,25 @@ class TFLiteBackend(TFBackend):
     def _iter_capture_impl(self, inputs: dict[str, np.ndarray]) -> Iterator[Probe]:
         return iter_filtered(self._capture(self.model_feed(inputs)), self)
 
+    def _forward_impl(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """One ``invoke`` and only the tensors ``names`` read out (no probes, no layouts)."""
+        feed = self.model_feed(inputs)
+        by_name = self._by_name()
+        unknown = [n for n in names if n not in by_name and n not in feed]
+        if unknown:
+            raise InputDataError(f"{self.source}: the model produced no probe {unknown[0]!r}")
+        self._invoke(feed)
+        return {
+            n: feed[n] if n in feed else np.array(self.interpreter.get_tensor(by_name[n].tensor))
+            for n in names
+        }
+
     def _capture(self, feed: dict[str, np.ndarray]) -> Iterator[Probe]:
+        self._invoke(feed)
+        yield from self._probes(feed)
+
+    def _invoke(self, feed: dict[str, np.ndarray]) -> None:
+        """Resize the inputs to ``feed``'s shapes if needed, set them, run the model."""
         it = self.interpreter
         resized = False
         for name, arr in feed.items():
@@ -236,6 +270,9 @@ class TFLiteBackend(TFBackend):
             it.invoke()
         except Exception as e:  # noqa: BLE001
             raise InputDataError(f"{self.source}: the TFLite interpreter failed: {e}") from None
+
+    def _probes(self, feed: dict[str, np.ndarray]) -> Iterator[Probe]:
+        it = self.interpreter
         shapes: dict[str, tuple[int, ...]] = {}
         lays: dict[str, str] = {}
         for name, arr in feed.items():
@@ -305,8 +342,133 @@ class TFLiteBackend(TFBackend):
                 out[op.name] = ws
         return out
 
+    # -- replay -----------------------------------------------------------------------
     def can_replay(self, probe_name: str) -> bool:
-        return False
+        op = self._by_name().get(probe_name)
+        return op is not None and op.replayable
+
+    def replay(self, probe_name: str, inputs: list[np.ndarray]) -> np.ndarray:
+        """Run the one op behind ``probe_name`` on ``inputs`` (in the model's layout and
+        dtypes, one array per entry of the probe's ``inputs``): a one-op model holding
+        the op, its constant operands and its options, built from the flatbuffer on the
+        first replay of the op and kept with its own interpreter (same op resolver as the
+        capture, so the same kernels)."""
+        op = self._by_name().get(probe_name)
+        if op is None or not op.replayable:
+            raise InputDataError(f"{self.source}: op {probe_name!r} cannot be replayed on its own")
+        if len(inputs) != len(op.data_inputs):
+            raise InputDataError(
+                f"{self.source}: op {probe_name!r} reads {len(op.data_inputs)} input(s) {op.inputs}; "
+                f"got {len(inputs)} array(s)"
+            )
+        it, slots, out = self._one_op(op)
+        arrays: dict[int, np.ndarray] = {}
+        for t, a in zip(op.data_inputs, inputs, strict=True):
+            arrays.setdefault(t, np.asarray(a))
+        try:
+            resized = False
+            for (t, idx), cur in zip(slots, it.get_input_details(), strict=True):
+                a = arrays[t].astype(self._details[t]["dtype"], copy=False)
+                arrays[t] = a
+                if tuple(int(d) for d in cur["shape"]) != a.shape:
+                    it.resize_tensor_input(idx, list(a.shape))
+                    resized = True
+            if resized:
+                it.allocate_tensors()
+            for t, idx in slots:
+                it.set_tensor(idx, arrays[t])
+            it.invoke()
+            return np.array(it.get_tensor(out))
+        except (ValueError, RuntimeError) as e:
+            raise InputDataError(
+                f"{self.source}: replaying op {probe_name!r} failed: {first_line(e)}"
+            ) from None
+
+    def _by_name(self) -> dict[str, _TOp]:
+        if self._op_by_name is None:
+            self._op_by_name = {op.name: op for op in self._ops}
+        return self._op_by_name
+
+    def _one_op(self, op: _TOp) -> tuple[Any, list[tuple[int, int]], int]:
+        """``(interpreter, [(model tensor, interpreter input index)], output index)`` of
+        the one-op model of ``op``, built once."""
+        cached = self._replayers.get(op.name)
+        if cached is None:
+            tf = import_tf()
+            content, inputs, output = _one_op_model(self._model_object(), op.op_index, op.data_inputs, op.tensor)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the interpreter's deprecation notice
+                    it = tf.lite.Interpreter(
+                        model_content=content,
+                        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                    )
+                it.allocate_tensors()
+            except (ValueError, RuntimeError) as e:
+                raise InputDataError(
+                    f"{self.source}: op {op.name!r} cannot be run alone ({first_line(e)})"
+                ) from None
+            details = it.get_input_details()
+            slots = [(t, int(d["index"])) for t, d in zip(inputs, details, strict=True)]
+            cached = self._replayers[op.name] = (it, slots, int(it.get_output_details()[output]["index"]))
+        return cached
+
+    def _model_object(self) -> Any:
+        if self._model_obj is None:
+            from tensorflow.lite.python import schema_py_generated as schema
+
+            self._model_obj = schema.ModelT.InitFromPackedBuf(bytearray(self._content), 0)
+        return self._model_obj
+
+
+def _one_op_model(model: Any, op_index: int, data_inputs: list[int], output: int) -> tuple[bytes, list[int], int]:
+    """A TFLite flatbuffer holding only operator ``op_index`` of subgraph 0 of ``model`` (a
+    ``schema.ModelT``): its data inputs become the subgraph's inputs, its constant
+    operands keep their buffers. Returns ``(content, the original tensor index of each
+    subgraph input, the position of ``output`` among the subgraph outputs)``."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    sub = model.subgraphs[0]
+    op = sub.operators[op_index]
+    one = schema.ModelT()
+    one.version = model.version
+    one.operatorCodes = model.operatorCodes
+    one.description = b"layerparity one-op replay"
+    one.buffers = [schema.BufferT()]
+    tensors: list[Any] = []
+    remap: dict[int, int] = {}
+
+    def add(ti: int) -> int:
+        if ti < 0:
+            return ti
+        if ti not in remap:
+            t = copy.copy(sub.tensors[ti])
+            buf = model.buffers[t.buffer] if t.buffer else None
+            if ti not in data_inputs and buf is not None and buf.data is not None and len(buf.data):
+                one.buffers.append(buf)
+                t.buffer = len(one.buffers) - 1
+            else:
+                t.buffer = 0
+            tensors.append(t)
+            remap[ti] = len(tensors) - 1
+        return remap[ti]
+
+    new = copy.copy(op)
+    new.inputs = [add(int(i)) for i in op.inputs]
+    new.outputs = [add(int(i)) for i in op.outputs]
+    new.intermediates = [add(int(i)) for i in op.intermediates] if op.intermediates is not None else None
+    ins = list(dict.fromkeys(data_inputs))
+    graph = schema.SubGraphT()
+    graph.tensors = tensors
+    graph.inputs = [remap[i] for i in ins]
+    graph.outputs = list(new.outputs)
+    graph.operators = [new]
+    graph.name = b"replay"
+    one.subgraphs = [graph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(one.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output()), ins, [int(i) for i in op.outputs].index(output)
 
 
 def _read_options(content: bytes) -> dict[int, tuple[dict[str, Any], list[str]]]:
