@@ -215,3 +215,73 @@ def test_under_xdist_reports_are_unique_and_goldens_recorded_once(env):
     result = env.runpytest_subprocess("-n", "2")
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines(["*Models diverge at Caffe layer 'conv2'*"])
+
+
+# -- open models reused across the session -------------------------------------------------
+
+REUSE_CONFTEST = """
+import sys
+
+
+def pytest_sessionfinish(session):
+    mod = sys.modules.get("test_port")
+    seen = getattr(mod, "SEEN", [])
+    with open("closed_at_end.txt", "w") as f:
+        f.write(f"{len(seen)} {sum(not b.alive for b in seen)}")
+"""
+
+
+def test_checks_of_one_port_open_each_model_once_per_session(env):
+    env.makeconftest(REUSE_CONFTEST)
+    make_tests(env, """
+        FIXED = fixed_port()
+        PIDS, SEEN = [], []
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_check(parity, i):
+            parity.check(PROTO, FIXED, X, caffe_weights=WEIGHTS)
+            (cb,) = parity.models.backends("caffe")
+            PIDS.append(cb.worker_info()["pid"])
+            SEEN.append(cb)
+
+        def test_buggy_file_twice(parity):
+            for _ in range(2):
+                with pytest.raises(AssertionError, match="conv2"):
+                    parity.check(PROTO, BUGGY, X, caffe_weights=WEIGHTS)
+
+        def test_counts(parity):
+            assert len(PIDS) == 4 and len(set(PIDS)) == 1  # one Caffe worker for every check
+            assert parity.models.opened == {"caffe": 1, "tf": 2}  # the live port, the .keras file
+    """)
+    result = env.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=6)
+    assert (env.path / "closed_at_end.txt").read_text() == "4 4"  # closed when the session ended
+
+
+def test_a_changed_prototxt_gets_a_new_worker_and_no_reuse_opens_per_check(env):
+    make_tests(env, """
+        import shutil
+
+        def test_changed_file(parity, tmp_path):
+            proto = tmp_path / "net.prototxt"
+            shutil.copy(PROTO, proto)
+            port = fixed_port()
+            parity.check(proto, port, X, caffe_weights=WEIGHTS)
+            (first,) = parity.models.backends("caffe")
+            parity.check(proto, port, X, caffe_weights=WEIGHTS)
+            assert parity.models.opened["caffe"] == 1
+            proto.write_text(proto.read_text() + "# edited")
+            parity.check(proto, port, X, caffe_weights=WEIGHTS)
+            (second,) = parity.models.backends("caffe")
+            assert parity.models.opened["caffe"] == 2 and second is not first and not first.alive
+            parity.check(proto, port, X, caffe_weights=WEIGHTS, caffe_options={"timeout": 300})
+            assert parity.models.opened["caffe"] == 3  # other options, another backend
+    """, name="test_changed")
+    env.runpytest_subprocess("-p", "no:randomly").assert_outcomes(passed=1)
+    make_tests(env, """
+        def test_no_reuse(parity):
+            assert parity.models is None
+            report = parity.check(PROTO, fixed_port(), X, caffe_weights=WEIGHTS)
+            assert report
+    """, name="test_noreuse")
+    env.runpytest_subprocess("-p", "no:randomly", "--parity-no-reuse", "test_noreuse.py").assert_outcomes(passed=1)

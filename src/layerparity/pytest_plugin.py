@@ -28,6 +28,7 @@ Example (see docs/pytest.md)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -64,6 +65,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--parity-report", default=None, metavar="DIR",
         help="write an HTML and a JSON report per failing parity check into DIR (named after the test node id)",
+    )
+    group.addoption(
+        "--parity-no-reuse", action="store_true", default=False,
+        help="open the models anew for every parity check (default: each model is opened once per session)",
     )
     group.addoption(
         REGEN_FLAG, action="store_true", default=False,
@@ -189,10 +194,11 @@ class ParityChecker:
     ...     parity.check("deploy.prototxt", "port.keras", x, caffe_weights="w.caffemodel")
     """
 
-    def __init__(self, request: pytest.FixtureRequest) -> None:
+    def __init__(self, request: pytest.FixtureRequest, models: Any = None) -> None:
         self._request = request
         self._config = request.config
         self._failures = 0
+        self.models = models  # the session's ModelCache (None with --parity-no-reuse)
 
     # -- paths
     def golden_path(self, name: str) -> Path:
@@ -235,10 +241,15 @@ class ParityChecker:
         caffe_side = caffe_model
         if golden is not None:
             caffe_side = self._golden(golden, caffe_model, caffe_weights, inputs)
-        report = run_parity(
-            caffe_side, tf_model, inputs, caffe_weights=None if golden is not None else caffe_weights,
-            mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, **kw,
-        )
+        caffe_weights = None if golden is not None else caffe_weights
+        with contextlib.ExitStack() as held:
+            if self.models is not None:  # open models are reused across the session
+                caffe_side, caffe_weights, tf_model, kw = self.models.open_sides(
+                    held, caffe_side, caffe_weights, tf_model, kw)
+            report = run_parity(
+                caffe_side, tf_model, inputs, caffe_weights=caffe_weights,
+                mapping=mapping, rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, **kw,
+            )
         if not report:
             msg = format_parity_failure(report)
             written = self._write_reports(report)
@@ -352,8 +363,23 @@ class ParityGolden:
 # -- fixtures ----------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session")
+def parity_models(request: pytest.FixtureRequest) -> Any:
+    """The session's open models (a :class:`~layerparity.model_cache.ModelCache`), which
+    ``parity.check`` reuses: each (model, weights, options) is opened once per session and
+    closed at its end. ``None`` with ``--parity-no-reuse``."""
+    if request.config.getoption("--parity-no-reuse"):
+        yield None
+        return
+    from .model_cache import ModelCache
+
+    models = ModelCache()
+    yield models
+    models.close()
+
+
 @pytest.fixture
-def parity(request: pytest.FixtureRequest) -> ParityChecker:
+def parity(request: pytest.FixtureRequest, parity_models: Any) -> ParityChecker:
     """Parity checks against real Caffe or a recorded golden trace.
 
     Example::
@@ -367,7 +393,7 @@ def parity(request: pytest.FixtureRequest) -> ParityChecker:
     index, tolerance, own vs total error, diagnosis with fix, per-layer table), and
     with ``--parity-report DIR`` an HTML and a JSON report per failing check.
     """
-    return ParityChecker(request)
+    return ParityChecker(request, parity_models)
 
 
 @pytest.fixture
