@@ -193,12 +193,20 @@ def sweep(
     if owned:
         if workers is None:
             workers = 0 if spec.in_memory else default_workers()
+        if workers > 0 and _importing_main_in_a_worker():
+            raise InputError("sweep: called while a spawned worker process imports the main script; call it under "
+                             "`if __name__ == '__main__':` (worker processes import the main module again)")
         if workers > 0 and spec.in_memory:
             raise InputError("sweep: a model given as an object can only run in this process (workers=0); "
                              "give paths to run in worker processes")
     run = _Run(spec, source, executor, workers, every_layer=every_layer, sample=sample, seed=seed, batch=batch,
                progress=_want_progress(progress), max_listed=max_listed, worst=worst, notes=notes)
     return run.go()
+
+
+def _importing_main_in_a_worker() -> bool:
+    main = sys.modules.get("__main__")
+    return multiprocessing.parent_process() is not None and getattr(main, "__name__", "") == "__mp_main__"
 
 
 def _want_progress(progress: bool | None) -> bool:
@@ -381,7 +389,7 @@ class _Run:
         try:
             fut = self.pool.submit(run_task, self.spec, task)
         except BrokenProcessPool:
-            self._recover([task])
+            self._recover([task, *self._drain_broken()])
             return
         self.pending[fut] = task
 
@@ -399,37 +407,56 @@ class _Run:
                 continue
             self._fold(res.items)
         if broken:
-            # every task in flight is lost with a broken pool: collect them all, then retry
-            # each alone in a fresh pool, so only the input that kills a worker is lost
-            for fut in list(self.pending):
-                broken.append(self.pending.pop(fut))
-            self._recover(broken)
+            self._recover(broken + self._drain_broken())
+
+    def _drain_broken(self) -> list[Task]:
+        """The pool broke: fold what finished before, return the tasks in flight (lost with it)."""
+        lost = []
+        for fut, task in list(self.pending.items()):
+            del self.pending[fut]
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._fold(fut.result().items)
+            else:
+                lost.append(task)
+        return lost
 
     def _recover(self, tasks: list[Task]) -> None:
-        self._kill_pool()
-        self.pool = self._new_pool()
-        for task in sorted(tasks, key=lambda t: t.items[0][0]):
+        """A worker died: every task in flight is lost. Retry each alone in a fresh pool, so only
+        the input that kills a worker is lost; a task that was alone in flight holds the culprit."""
+        self._restart_pool()
+        tasks = sorted(tasks, key=lambda t: t.items[0][0])
+        if len(tasks) == 1:
+            self._fold(self._split(tasks[0]).items)
+            return
+        for task in tasks:
             self._fold(self._run_alone(task).items)
 
+    def _restart_pool(self) -> None:
+        self._kill_pool()
+        self.pool = self._new_pool()
+
     def _run_alone(self, task: Task) -> TaskResult:
-        """Run one task with nothing else in flight; if it kills its worker, split it until one input is left."""
+        """Run one task with nothing else in flight; if it kills its worker, split it."""
         assert self.pool is not None
         try:
             return self.pool.submit(run_task, self.spec, task).result()
         except BrokenProcessPool:
-            self._kill_pool()
-            self.pool = self._new_pool()
-            if len(task.items) == 1:
-                i, lab, _, _ = task.items[0]
-                return TaskResult([ItemResult(i, lab, "error", error=(
-                    "WorkerDied: the worker process died while checking this input "
-                    "(killed, out of memory, or a crash in a framework)"))])
-            items = []
-            for it in task.items:
-                items += self._run_alone(Task([it], task.pairs, task.batch)).items
-            return TaskResult(items)
+            self._restart_pool()
+            return self._split(task)
         except Exception as e:  # noqa: BLE001
             return TaskResult([_lost(i, lab, e) for i, lab, _, _ in task.items])
+
+    def _split(self, task: Task) -> TaskResult:
+        """A task that killed its worker: one input is that input's error row; several are each run alone."""
+        if len(task.items) == 1:
+            i, lab, _, _ = task.items[0]
+            return TaskResult([ItemResult(i, lab, "error", error=(
+                "WorkerDied: the worker process died while checking this input "
+                "(killed, out of memory, or a crash in a framework)"))])
+        items: list[ItemResult] = []
+        for it in task.items:
+            items += self._run_alone(Task([it], task.pairs, task.batch)).items
+        return TaskResult(items)
 
     def _fold(self, items: list[ItemResult]) -> None:
         for item in items:
