@@ -106,13 +106,10 @@ def test_one_total_marker_per_row_in_graph_order_and_own_where_measured(report):
 ROUNDING = 0.005
 
 
-def test_y_is_a_log_scale_of_the_error(report):
-    """Geometry with a tolerance for rounding only: every point within the SVG's 0.01 px
-    rounding of its exact log-scale position; a higher error never lower, and strictly
-    higher as soon as the exact positions are further apart than the rounding can hide.
-    (Not "1.0001x the error -> strictly higher": 1.0001x is 0.002 px here, which rounding
-    to 0.01 px hides, so that test failed on a CPU whose errors fell that close.)"""
-    root = svg_of(render_chart(report))
+def assert_log_scale(root: ET.Element) -> list[tuple[float, float]]:
+    """Every finite total-error point within the SVG's 0.01 px rounding of its exact
+    log-scale position; a higher error never lower, and strictly higher as soon as the
+    exact positions are further apart than the rounding can hide. Returns (value, y)."""
     lo, hi = int(root.get("data-lo")), int(root.get("data-hi"))
     top, bottom = float(root.get("data-top")), float(root.get("data-bottom"))
     per_decade = (bottom - top) / (hi - lo)
@@ -122,20 +119,49 @@ def test_y_is_a_log_scale_of_the_error(report):
 
     pts = [(float(el.get("data-value")), centre(el)[1]) for el in elements(root, "total")]
     pos = sorted((v, y) for v, y in pts if v > 0 and math.isfinite(v))
-    assert len(pos) >= 8
     for v, y in pos:  # y is linear in log10(error)
         assert abs(y - exact_y(v)) <= ROUNDING + 1e-9, (v, y, exact_y(v))
     for (v1, y1), (v2, y2) in zip(pos, pos[1:], strict=False):  # higher error, higher up (smaller y)
         assert y2 <= y1, (v1, y1, v2, y2)
         if exact_y(v1) - exact_y(v2) > 2 * ROUNDING:
             assert y2 < y1, (v1, y1, v2, y2)
+    return pos
+
+
+def test_y_is_a_log_scale_of_the_error(report):
+    """Geometry with a tolerance for rounding only (see assert_log_scale). Not "1.0001x
+    the error -> strictly higher": 1.0001x is 0.002 px here, which rounding to 0.01 px
+    hides, so that test failed on a CPU whose errors fell that close."""
+    root = svg_of(render_chart(report))
+    pos = assert_log_scale(root)
+    assert len(pos) >= 8
+    lo, hi = int(root.get("data-lo")), int(root.get("data-hi"))
+    per_decade = (float(root.get("data-bottom")) - float(root.get("data-top"))) / (hi - lo)
     # the points span the plot: the rule is not vacuous
-    assert exact_y(pos[0][0]) - exact_y(pos[-1][0]) > 100
+    assert (math.log10(pos[-1][0]) - math.log10(pos[0][0])) * per_decade > 100
     # the decades span the data: the worst error (conv2, ~2.7e4) in the top decade
     assert int(root.get("data-hi")) == 5 and int(root.get("data-lo")) <= -2
     # an exact zero (the input layer 'data') sits on the bottom edge
     data = next(el for el in elements(root, "total") if el.get("data-row") == "0")
     assert float(data.get("data-value")) == 0.0 and centre(data)[1] == float(root.get("data-bottom"))
+
+
+def test_errors_closer_than_a_pixel_rounding_keep_their_order_and_others_stay_strict(report):
+    """What another CPU's rounding does: two layers whose errors are 1.0002x apart (0.003 px)
+    share a rounded y; one 1.1x apart (1.5 px) must still be drawn strictly higher."""
+    import dataclasses
+
+    r = copy.deepcopy(report)
+    base = r.rows[6]  # relu2, failing: ~2e4 x the tolerance
+    for i, factor in ((7, 1.0002), (8, 1.1)):
+        m = base.metrics
+        r.rows[i].metrics = dataclasses.replace(m, max_abs_error=m.max_abs_error * factor, min_atol=m.min_atol * factor)
+        r.rows[i].tolerance = base.tolerance
+    root = svg_of(render_chart(r))
+    ys = {int(el.get("data-row")): centre(el)[1] for el in elements(root, "total")}
+    assert ys[7] <= ys[6] and ys[6] - ys[7] <= 2 * ROUNDING + 1e-9  # within rounding: not provably apart
+    assert ys[8] < ys[7] - 1  # clearly higher error, clearly higher up
+    assert_log_scale(root)
 
 
 def test_tolerance_line_is_at_one_and_separates_passing_from_failing(report):
