@@ -53,6 +53,7 @@ from .kinds import (
     fused_kinds,
 )
 from .layout import relayout, relayout_shape
+from .names import canon, tf_name_keys
 from .trace import Probe, Trace
 
 ROOT = "\x00root"
@@ -212,47 +213,6 @@ def as_mapping(mapping: Any) -> LayerMapping | None:
     if isinstance(mapping, Mapping):
         return _as_mapping(mapping, "mapping argument")
     raise MappingError(f"mapping must be a dict caffe_layer -> tf_name or a path to a YAML/JSON file, got {type(mapping).__name__}")
-
-
-# -- names -----------------------------------------------------------------------
-
-_WRAPPER = re.compile(
-    r"^(StatefulPartitionedCall|PartitionedCall|functional|model|sequential|import|"
-    r"__inference_.*|inference_.*|serving_default)(_\d+)?$"
-)
-_OP_TAILS = {
-    "Conv2D", "BiasAdd", "Relu", "Relu6", "LeakyRelu", "MatMul", "MaxPool", "AvgPool", "LRN", "ConcatV2",
-    "AddV2", "Add", "Mul", "Sub", "FusedBatchNormV3", "FusedBatchNorm", "Softmax", "Reshape", "Pad",
-    "Identity", "Sigmoid", "Tanh", "Mean", "Squeeze", "Transpose", "DepthwiseConv2dNative",
-    "Conv2DBackpropInput", "ResizeBilinear", "convolution", "conv2d", "BiasAdd_1", "batchnorm",
-    "add", "mul", "truediv", "Maximum", "concat", "Elu", "Selu", "StridedSlice", "Rsqrt",
-}
-
-
-def canon(name: str) -> str:
-    """Comparable form of a layer name: separators folded to ``_``."""
-    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
-
-
-def tf_name_keys(name: str, kind: str = "") -> list[str]:
-    """Candidate Caffe names for a TF layer/op name, most specific first.
-
-    >>> tf_name_keys("StatefulPartitionedCall/model/conv1/BiasAdd:0")[-2:]
-    ['conv1', 'BiasAdd']
-    >>> tf_name_keys("inception_3a/1x1")[0]
-    'inception_3a_1x1'
-    """
-    base = re.sub(r":\d+$", "", name)
-    comps = [c for c in base.split("/") if c]
-    comps = [c for c in comps if not _WRAPPER.match(c)] or comps
-    tail_is_op = len(comps) > 1 and (comps[-1] == kind or re.sub(r"_\d+$", "", comps[-1]) in _OP_TAILS)
-    keys: list[str] = []
-    for n in range(len(comps), 0, -1):
-        if tail_is_op and n <= len(comps) - 1:
-            keys.append(canon("_".join(comps[-1 - n:-1])))
-        keys.append(canon("_".join(comps[-n:])))
-    seen: set[str] = set()
-    return [k for k in keys if k and not (k in seen or seen.add(k))]
 
 
 # -- graph model ----------------------------------------------------------------
