@@ -14,7 +14,7 @@ export GLOG_minloglevel ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench fuzz lint validation clean
+.PHONY: setup demo test test-fast bench fuzz lint validation clean converter-ports
 
 setup: $(STAMP)
 	@./scripts/ensure-debs.sh
@@ -29,14 +29,19 @@ $(STAMP): pyproject.toml
 demo: setup
 	@$(PY) -m layerparity.cli demo
 
-test: setup
+# The third-party matrix's ports (tests/thirdparty): caffe2onnx -> onnx2tf in a venv of their own,
+# cached in ~/.cache/layerparity (scripts/make-converter-ports.sh).
+converter-ports: setup
+	@./scripts/make-converter-ports.sh $(PY)
+
+test: setup converter-ports
 	LAYERPARITY_REQUIRE_FRAMEWORKS=1 $(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup
 	LAYERPARITY_REQUIRE_FRAMEWORKS=1 $(PY) -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
-validation: setup
-	LAYERPARITY_WRITE_VALIDATION=1 $(PY) -m pytest -n 2 --dist loadgroup tests/zoo $(PYTEST_ARGS)
+validation: setup converter-ports
+	LAYERPARITY_WRITE_VALIDATION=1 $(PY) -m pytest -n 2 --dist loadgroup tests/zoo tests/thirdparty $(PYTEST_ARGS)
 
 bench: setup
 	@$(PY) benchmarks/run.py
