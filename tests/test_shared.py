@@ -289,3 +289,24 @@ def test_a_trace_archive_is_recognised_by_its_content_whatever_its_name(tmp_path
     report = lp.compare_models(c_path, t_path, x)
     assert report and [r.caffe_layer for r in report.rows] == ["data", "conv1"]
     assert lp.assert_parity(c_path, t_path, None)  # inputs=None: the ones stored in the Caffe archive
+
+
+# -- the capture verbs -----------------------------------------------------------------------
+
+
+def test_capture_verbs_pass_their_options_through():
+    from layerparity import demo
+
+    f = demo.files()
+    demo.register_keras_objects()
+    x = np.load(f.input)
+    caffe = lp.capture_caffe(f.prototxt, f.caffemodel, x, phase="TEST", timeout=300)
+    assert caffe.framework == "caffe" and caffe["conv1"].layout == "NCHW"
+    tf = lp.capture_tf(f.keras, x, tensors=["conv1", "relu1", "conv2", "relu2"])
+    assert tf.framework == "tensorflow"
+    assert tf.names == ["data", "conv1", "relu1", "conv2", "relu2"]  # only these (and the input)
+    assert tf["conv1"].layout == "NHWC" and tf["conv1"].shape == (1, 32, 32, 16)
+    report = lp.compare_traces(caffe, tf)
+    assert report.first_divergence.caffe_layer == demo.BUG_LAYER
+    with pytest.raises(InputError, match="phase must be 'TEST' or 'TRAIN'"):
+        lp.capture_caffe(f.prototxt, f.caffemodel, x, phase="DEPLOY")

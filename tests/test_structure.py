@@ -273,7 +273,13 @@ def test_capture_functions_have_real_signatures():
     for name in ("batch", "phase", "python", "timeout", "env"):
         assert caffe.parameters[name].default == backend[name].default, name
     assert list(tf.parameters)[:2] == ["model", "inputs"]
-    assert {"safe_mode", "outputs", "tensors", "data_format"} <= set(tf.parameters)
+    # every load_tf option too (its inputs= feed names are capture_tf's input_names=)
+    from layerparity.backends.tensorflow import load_tf
+
+    for name, p in inspect.signature(load_tf).parameters.items():
+        if name != "model":
+            mine = "input_names" if name == "inputs" else name
+            assert tf.parameters[mine].default == p.default, name
 
 
 @pytest.mark.parametrize("code", [

@@ -82,27 +82,34 @@ def capture_tf(
     inputs: Inputs,
     *,
     safe_mode: bool = True,
+    input_names: Sequence[str] | str | None = None,
     outputs: Sequence[str] | str | None = None,
     tensors: Sequence[str] | str | None = None,
     data_format: str | None = None,
+    tf_layout: str | None = None,
 ) -> Trace:
     """Run a TensorFlow model once on ``inputs`` (in Caffe's NCHW layout) and return its :class:`Trace`.
 
     ``model``: a ``keras.Model``, a ``tf.compat.v1.Session``, a ``tf.Graph``/``GraphDef``,
     or a path to a ``.keras``/``.h5`` file, a SavedModel directory, a frozen ``.pb`` or a
-    ``.tflite`` file (see :func:`layerparity.backends.tensorflow.load_tf`). ``safe_mode``
-    refuses Keras files holding pickled code (``Lambda``); ``outputs`` (graphs only)
-    captures only what these tensors depend on; ``tensors`` captures only these probes;
-    ``data_format`` (``"channels_last"``/``"channels_first"``) is the layout of 4-D
-    tensors the model does not declare. 4-D inputs are converted to the model's layout.
+    ``.tflite`` file. The options are :func:`layerparity.backends.tensorflow.load_tf`'s:
+    ``safe_mode`` refuses Keras files holding pickled code (``Lambda``); ``input_names``
+    (load_tf's ``inputs``; graphs only) the tensors to feed, default every placeholder;
+    ``outputs`` (graphs only) captures only what these tensors depend on; ``tensors``
+    captures only these probes; ``data_format`` (``"channels_last"``/``"channels_first"``)
+    is the layout of 4-D tensors the model does not declare; ``tf_layout`` the model's
+    4-D layout relative to Caffe's NCHW (``"NWHC"`` for a spatially transposed port).
+    4-D inputs are converted to the model's layout.
 
     >>> trace = capture_tf("port.keras", x_nchw)      # doctest: +SKIP
     >>> trace["conv1"].layout                          # doctest: +SKIP
     'NHWC'
     """
-    from .backends.tensorflow import capture_tf as _capture
+    from .backends.tensorflow import load_tf
 
-    return _capture(model, inputs, safe_mode=safe_mode, outputs=outputs, tensors=tensors, data_format=data_format)
+    with load_tf(model, safe_mode=safe_mode, inputs=input_names, outputs=outputs, tensors=tensors,
+                 data_format=data_format, tf_layout=tf_layout) as backend:
+        return backend.capture(inputs)
 
 
 __all__ = list(EXPORTS)  # every name in it is bound above (tests/test_structure.py checks)
