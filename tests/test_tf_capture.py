@@ -149,6 +149,25 @@ else:
     caffe_order = convert(t["flat"].value, "flat:NHWC", "flat:NCHW", t["flat"].flat_shape)
     np.testing.assert_array_equal(caffe_order, t["pool"].value.reshape(2, -1))
     print("ran")
+
+
+class Net(keras.Model):  # subclassed: captured eagerly, layer by layer
+    def __init__(self):
+        super().__init__()
+        self.stem = keras.layers.Conv2D(3, 1, data_format="channels_first", name="stem")
+
+    def call(self, x):
+        return self.stem(x)
+
+
+net = Net()
+net.build((None, 3, 8, 8))
+try:
+    t = load_tf(net).capture(x)
+except ModelLoadError as e:
+    assert "layer 'stem' (Conv2D)" in str(e) and "\\n" not in str(e), str(e)
+else:
+    assert t["stem"].layout == "NCHW", t["stem"].layout
 """
 
 
@@ -166,7 +185,7 @@ def test_channels_first_model_with_onednn_off():
         [sys.executable, "-c", _CHANNELS_FIRST], capture_output=True, text=True, timeout=300, env=env
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().splitlines()[-1] in ("ran", "refused")
+    assert r.stdout.strip().splitlines()[-1] in ("ran", "refused"), r.stdout
 
 
 def test_session_graph_tf_cannot_run_names_the_op():
