@@ -65,7 +65,7 @@ def main() -> None:
     subprocess.run([PY, "-c", textwrap.dedent(f"""
         from layerparity import demo
         demo.build_keras_port(demo.demo_weights(), buggy=False).save({port!r})
-    """)], check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    """)], check=True, capture_output=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     with open(os.path.join(d, "test_reuse.py"), "w") as f:
         f.write(TESTS.format(port=port, checks=args.checks))
 
