@@ -90,3 +90,25 @@ def test_tflite_replay_of_single_ops_reproduces_the_capture(forms):
     assert isinstance(out[2], InputDataError) and "cannot be replayed" in str(out[2])
     with pytest.raises(InputDataError, match="failed"):
         b.replay(conv.name, [np.zeros((1, 3, 3), np.float32)])
+
+
+def test_tflite_replay_group_runs_the_ops_between_probes(forms):
+    b = load_tf(forms["tflite"])
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    t = b.capture(x)
+    add = next(p for p in t if p.kind == "ADD")
+    conv1 = next(p for p in t if p.kind == "CONV_2D" and p.layer == "conv1")
+    # ADD reads conv1 and the side conv, which reads conv1: the group is {side conv, ADD}
+    assert b.can_replay_group(add.name, [conv1.name])
+    v = b.replay_group(add.name, [conv1.name], [conv1.value])
+    np.testing.assert_array_equal(v, add.value)
+    other = RNG.standard_normal(conv1.value.shape).astype(np.float32)
+    side = next(p for p in t if p.kind == "CONV_2D" and p.layer == "side")
+    expect = other + b.replay(side.name, [other])
+    np.testing.assert_allclose(b.replay_group(add.name, [conv1.name], [other]), expect, rtol=1e-6, atol=1e-6)
+    # the whole net from its input, fed through the base loop of replay_groups
+    last = [p for p in t][-1]
+    outs = b.replay_groups([(last.name, [t.names[0]], [t[t.names[0]].value]), (add.name, [], [])])
+    np.testing.assert_array_equal(outs[0], last.value)
+    assert isinstance(outs[1], InputDataError) and "not among its inputs" in str(outs[1])
+    assert not b.can_replay_group(add.name, []) and not b.can_replay_group("nope", [conv1.name])

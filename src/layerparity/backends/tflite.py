@@ -126,7 +126,8 @@ class TFLiteBackend(TFBackend):
         self._content = content
         self._op_by_name: dict[str, _TOp] | None = None
         self._model_obj: Any = None  # the flatbuffer as a schema.ModelT, for replay
-        self._replayers: dict[str, tuple[Any, list[tuple[int, int]], int]] = {}
+        self._replayers: dict[tuple, tuple[Any, list[tuple[int, int]], int]] = {}
+        self._producer: dict[int, dict] | None = None  # tensor -> the op that writes it
         self._analyse()
 
     @classmethod
@@ -361,41 +362,112 @@ class TFLiteBackend(TFBackend):
                 f"{self.source}: op {probe_name!r} reads {len(op.data_inputs)} input(s) {op.inputs}; "
                 f"got {len(inputs)} array(s)"
             )
-        it, slots, out = self._one_op(op)
-        arrays: dict[int, np.ndarray] = {}
-        for t, a in zip(op.data_inputs, inputs, strict=True):
-            arrays.setdefault(t, np.asarray(a))
+        key = (op.tensor, tuple(op.data_inputs))
+        return self._run_sub(f"op {probe_name!r}", key, [op.op_index], op.data_inputs, op.tensor, inputs)
+
+    def can_replay_group(self, output: str, inputs: list[str]) -> bool:
+        """Whether the ops between the probes ``inputs`` and ``output`` can run alone."""
+        plan = self._group_plan(output, inputs)
+        return not isinstance(plan, str)
+
+    def replay_group(self, output: str, inputs: list[str], arrays: list[np.ndarray]) -> np.ndarray:
+        """Run the ops between the probes ``inputs`` (fed ``arrays``, model layout and
+        dtypes) and the probe ``output``: own error of a group (``MUL`` -> ``ADD`` for a
+        BatchNorm+Scale), in a model of just those ops, built once per group."""
+        plan = self._group_plan(output, inputs)
+        if isinstance(plan, str):
+            raise InputDataError(f"{self.source}: group {inputs} -> {output!r} cannot be replayed ({plan})")
+        if len(arrays) != len(inputs):
+            raise InputDataError(
+                f"{self.source}: group -> {output!r} reads {len(inputs)} input(s); got {len(arrays)} array(s)"
+            )
+        ops, feeds, out = plan
+        return self._run_sub(f"group -> {output!r}", (out, tuple(feeds)), ops, feeds, out, arrays)
+
+    def _tensor_of(self, probe: str) -> int | None:
+        op = self._by_name().get(probe)
+        return op.tensor if op is not None else self._input_index.get(probe)
+
+    def _group_plan(self, output: str, inputs: list[str]) -> tuple[list[int], list[int], int] | str:
+        """``(operator indices in execution order, fed tensors, output tensor)`` of the
+        ops computing ``output`` from ``inputs``, or why there are none."""
+        out = self._tensor_of(output)
+        feeds = [self._tensor_of(n) for n in inputs]
+        if out is None or any(t is None for t in feeds):
+            return "unknown probe"
+        fed = set(feeds)
+        producer = self._producers()
+        ops: set[int] = set()
+        stack = [out]
+        seen: set[int] = set()
+        while stack:
+            t = stack.pop()
+            if t in fed or t in seen or t < 0:
+                continue
+            seen.add(t)
+            o = producer.get(t)
+            if o is None:
+                if not self._is_constant(t):
+                    return f"it needs tensor {self._details[t]['name']!r}, which is not among its inputs"
+                continue
+            if str(o["op_name"]) in _NOT_REPLAYABLE:
+                return f"{o['op_name']} cannot run alone"
+            ops.add(int(o["index"]))
+            stack.extend(int(i) for i in o["inputs"])
+        if not ops:
+            return "no op between them"
+        return sorted(ops), [int(t) for t in feeds], out  # type: ignore[misc]
+
+    def _producers(self) -> dict[int, dict]:
+        if self._producer is None:
+            self._producer = {
+                int(t): o for o in self.interpreter._get_ops_details() for t in o["outputs"]
+            }
+        return self._producer
+
+    def _is_constant(self, t: int) -> bool:
+        buf = self._model_object().buffers[self._model_object().subgraphs[0].tensors[t].buffer]
+        return buf is not None and buf.data is not None and len(buf.data) > 0
+
+    def _run_sub(
+        self, what: str, key: tuple, ops: list[int], feeds: list[int], out: int, arrays: list[np.ndarray]
+    ) -> np.ndarray:
+        """Run the sub-model of operators ``ops`` (built once per ``key``) with the tensors
+        ``feeds`` set to ``arrays``; the value of tensor ``out``."""
+        it, slots, out_idx = self._sub_interpreter(what, key, ops, feeds, out)
+        values: dict[int, np.ndarray] = {}
+        for t, a in zip(feeds, arrays, strict=True):
+            values.setdefault(t, np.asarray(a))
         try:
             resized = False
             for (t, idx), cur in zip(slots, it.get_input_details(), strict=True):
-                a = arrays[t].astype(self._details[t]["dtype"], copy=False)
-                arrays[t] = a
-                if tuple(int(d) for d in cur["shape"]) != a.shape:
-                    it.resize_tensor_input(idx, list(a.shape))
+                values[t] = values[t].astype(self._details[t]["dtype"], copy=False)
+                if tuple(int(d) for d in cur["shape"]) != values[t].shape:
+                    it.resize_tensor_input(idx, list(values[t].shape))
                     resized = True
             if resized:
                 it.allocate_tensors()
             for t, idx in slots:
-                it.set_tensor(idx, arrays[t])
+                it.set_tensor(idx, values[t])
             it.invoke()
-            return np.array(it.get_tensor(out))
+            return np.array(it.get_tensor(out_idx))
         except (ValueError, RuntimeError) as e:
-            raise InputDataError(
-                f"{self.source}: replaying op {probe_name!r} failed: {first_line(e)}"
-            ) from None
+            raise InputDataError(f"{self.source}: replaying {what} failed: {first_line(e)}") from None
 
     def _by_name(self) -> dict[str, _TOp]:
         if self._op_by_name is None:
             self._op_by_name = {op.name: op for op in self._ops}
         return self._op_by_name
 
-    def _one_op(self, op: _TOp) -> tuple[Any, list[tuple[int, int]], int]:
+    def _sub_interpreter(
+        self, what: str, key: tuple, ops: list[int], feeds: list[int], out: int
+    ) -> tuple[Any, list[tuple[int, int]], int]:
         """``(interpreter, [(model tensor, interpreter input index)], output index)`` of
-        the one-op model of ``op``, built once."""
-        cached = self._replayers.get(op.name)
+        the sub-model of ``ops``, built once per ``key``."""
+        cached = self._replayers.get(key)
         if cached is None:
             tf = import_tf()
-            content, inputs, output = _one_op_model(self._model_object(), op.op_index, op.data_inputs, op.tensor)
+            content, inputs, position = _sub_model(self._model_object(), ops, feeds, out)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the interpreter's deprecation notice
@@ -405,12 +477,9 @@ class TFLiteBackend(TFBackend):
                     )
                 it.allocate_tensors()
             except (ValueError, RuntimeError) as e:
-                raise InputDataError(
-                    f"{self.source}: op {op.name!r} cannot be run alone ({first_line(e)})"
-                ) from None
-            details = it.get_input_details()
-            slots = [(t, int(d["index"])) for t, d in zip(inputs, details, strict=True)]
-            cached = self._replayers[op.name] = (it, slots, int(it.get_output_details()[output]["index"]))
+                raise InputDataError(f"{self.source}: {what} cannot be run alone ({first_line(e)})") from None
+            slots = [(t, int(d["index"])) for t, d in zip(inputs, it.get_input_details(), strict=True)]
+            cached = self._replayers[key] = (it, slots, int(it.get_output_details()[position]["index"]))
         return cached
 
     def _model_object(self) -> Any:
@@ -421,20 +490,20 @@ class TFLiteBackend(TFBackend):
         return self._model_obj
 
 
-def _one_op_model(model: Any, op_index: int, data_inputs: list[int], output: int) -> tuple[bytes, list[int], int]:
-    """A TFLite flatbuffer holding only operator ``op_index`` of subgraph 0 of ``model`` (a
-    ``schema.ModelT``): its data inputs become the subgraph's inputs, its constant
-    operands keep their buffers. Returns ``(content, the original tensor index of each
-    subgraph input, the position of ``output`` among the subgraph outputs)``."""
+def _sub_model(model: Any, op_indices: list[int], feeds: list[int], output: int) -> tuple[bytes, list[int], int]:
+    """A TFLite flatbuffer holding only the operators ``op_indices`` of subgraph 0 of
+    ``model`` (a ``schema.ModelT``), in that order: the tensors ``feeds`` become the
+    subgraph's inputs, constant operands keep their buffers, ``output`` is its output.
+    Returns ``(content, the original tensor index of each subgraph input, 0)``."""
     import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
 
     sub = model.subgraphs[0]
-    op = sub.operators[op_index]
+    fed = set(feeds)
     one = schema.ModelT()
     one.version = model.version
     one.operatorCodes = model.operatorCodes
-    one.description = b"layerparity one-op replay"
+    one.description = b"layerparity replay"
     one.buffers = [schema.BufferT()]
     tensors: list[Any] = []
     remap: dict[int, int] = {}
@@ -445,7 +514,7 @@ def _one_op_model(model: Any, op_index: int, data_inputs: list[int], output: int
         if ti not in remap:
             t = copy.copy(sub.tensors[ti])
             buf = model.buffers[t.buffer] if t.buffer else None
-            if ti not in data_inputs and buf is not None and buf.data is not None and len(buf.data):
+            if ti not in fed and buf is not None and buf.data is not None and len(buf.data):
                 one.buffers.append(buf)
                 t.buffer = len(one.buffers) - 1
             else:
@@ -454,21 +523,27 @@ def _one_op_model(model: Any, op_index: int, data_inputs: list[int], output: int
             remap[ti] = len(tensors) - 1
         return remap[ti]
 
-    new = copy.copy(op)
-    new.inputs = [add(int(i)) for i in op.inputs]
-    new.outputs = [add(int(i)) for i in op.outputs]
-    new.intermediates = [add(int(i)) for i in op.intermediates] if op.intermediates is not None else None
-    ins = list(dict.fromkeys(data_inputs))
+    ins = list(dict.fromkeys(feeds))
+    for t in ins:
+        add(t)
+    operators = []
+    for i in op_indices:
+        op = copy.copy(sub.operators[i])
+        op.inputs = [add(int(t)) for t in op.inputs]
+        op.outputs = [add(int(t)) for t in op.outputs]
+        if op.intermediates is not None:
+            op.intermediates = [add(int(t)) for t in op.intermediates]
+        operators.append(op)
     graph = schema.SubGraphT()
     graph.tensors = tensors
-    graph.inputs = [remap[i] for i in ins]
-    graph.outputs = list(new.outputs)
-    graph.operators = [new]
+    graph.inputs = [remap[t] for t in ins]
+    graph.outputs = [remap[output]]
+    graph.operators = operators
     graph.name = b"replay"
     one.subgraphs = [graph]
     builder = flatbuffers.Builder(1024)
     builder.Finish(one.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), ins, [int(i) for i in op.outputs].index(output)
+    return bytes(builder.Output()), ins, 0
 
 
 def _read_options(content: bytes) -> dict[int, tuple[dict[str, Any], list[str]]]:
