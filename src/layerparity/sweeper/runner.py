@@ -145,6 +145,7 @@ def sweep(
     worst: int = 10,
     caffe_options: Mapping[str, Any] | None = None,
     tf_options: Mapping[str, Any] | None = None,
+    on_input: Callable[[ItemResult], None] | None = None,
 ) -> SweepResult:
     """Check a Caffe net against its TF port on many inputs; statistics in constant memory.
 
@@ -164,7 +165,8 @@ def sweep(
     process (the default for models given as objects rather than paths). ``batch``:
     inputs per plain forward (default: the TF model's fixed batch, else the Caffe
     prototxt's). ``progress``: a Rich progress bar on stderr (default: when stderr is a
-    terminal). Ctrl-C stops the workers and re-raises the KeyboardInterrupt with the partial
+    terminal). ``on_input(item)`` is called with each input's
+    :class:`~layerparity.sweeper.stats.ItemResult`, in input order, as it is counted. Ctrl-C stops the workers and re-raises the KeyboardInterrupt with the partial
     result (``interrupted=True``) as its ``sweep_result`` attribute. The other keywords are
     :func:`compare_models`'.
     """
@@ -200,7 +202,7 @@ def sweep(
             raise InputError("sweep: a model given as an object can only run in this process (workers=0); "
                              "give paths to run in worker processes")
     run = _Run(spec, source, executor, workers, every_layer=every_layer, sample=sample, seed=seed, batch=batch,
-               progress=_want_progress(progress), max_listed=max_listed, worst=worst, notes=notes)
+               progress=_want_progress(progress), max_listed=max_listed, worst=worst, notes=notes, on_input=on_input)
     return run.go()
 
 
@@ -223,7 +225,8 @@ class _Run:
 
     def __init__(self, spec: ModelSpec, source: Any, executor: Executor | None, workers: int | None, *,
                  every_layer: bool, sample: int, seed: int, batch: int | None, progress: bool,
-                 max_listed: int, worst: int, notes: list[str]) -> None:
+                 max_listed: int, worst: int, notes: list[str], on_input: Callable[[ItemResult], None] | None = None
+                 ) -> None:
         self.spec, self.source = spec, source
         self.user_executor = executor
         self.workers = workers
@@ -243,6 +246,7 @@ class _Run:
         self.sampled: set[int] = set()
         self.t0 = time.perf_counter()
         self._advance: Callable[[ItemResult], None] = lambda item: None
+        self.on_input = on_input
 
     # executors ---------------------------------------------------------------------------
     def _executor_name(self) -> str:
@@ -465,6 +469,8 @@ class _Run:
             item = self.buffer.pop(self.next_fold)
             self.stats.add(item)
             self._advance(item)
+            if self.on_input is not None:
+                self.on_input(item)
             self.next_fold += 1
 
     def _result(self, interrupted: KeyboardInterrupt | None) -> SweepResult:
