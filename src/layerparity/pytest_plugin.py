@@ -13,8 +13,13 @@ Options (group ``layerparity``):
 ``--parity-regen``
     (Re)record the golden Caffe traces (``parity.check(..., golden="name")``):
     needs Caffe. Later runs need only TensorFlow.
+``--parity-no-reuse``
+    Open the models anew in every check (default: once per session, see
+    :mod:`layerparity.model_cache`).
 
-Fixtures: ``parity`` (``.check(caffe_model, tf_model, inputs, **kw) -> Report``),
+Fixtures: ``parity`` (``.check(caffe_model, tf_model, inputs, **kw) -> Report``;
+models given as paths or live objects are opened once per session and reused),
+``parity_models`` (session: the :class:`~layerparity.model_cache.ModelCache`),
 ``parity_golden`` (``.check(...)`` with a golden named after the test),
 ``caffe_net`` and ``tf_model`` (factories: ``caffe_net(prototxt, weights)``,
 ``tf_model(path)``; the backends are closed after the test).
@@ -228,6 +233,10 @@ class ParityChecker:
         """Assert the TF model matches the Caffe model (like ``assert_parity``); return the Report.
 
         ``rtol``/``atol`` default to ``--parity-rtol``/``--parity-atol`` when given.
+        Models given as paths or live objects are opened once per session and reused
+        (keyed by file contents, options and identity; ``--parity-no-reuse`` turns it off).
+        Other keywords (``partial``, ``tf_inputs``, ``tf_layout``, ``tf_options``,
+        ``caffe_options``...) go to ``compare_models``.
         ``golden="name"``: compare against the recorded Caffe trace
         ``<test dir>/<module>/<name>.caffe.npz`` instead of running Caffe; record it
         with ``--parity-regen``. A missing or stale recording (prototxt, caffemodel
