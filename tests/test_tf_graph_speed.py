@@ -167,3 +167,21 @@ def test_the_same_group_twice_in_one_call_keeps_each_its_own_inputs(backend):
     np.testing.assert_allclose(out[0], t[fc[0]].value, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(out[1], backend.replay_group(fc[0], fc[1], other))
     np.testing.assert_array_equal(out[2], out[0])
+
+
+def test_a_second_backend_on_the_same_file_reuses_the_replay_copies(saved):
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    b1 = load_tf(saved)
+    t = b1.capture(x)
+    groups = _groups(t)
+    first = b1.replay_groups(groups)
+    n_ops = len(b1.graph.get_operations())
+    b1.close()
+    b2 = load_tf(saved)
+    assert b2.graph is b1.graph
+    second = b2.replay_groups(groups)
+    assert len(b2.graph.get_operations()) == n_ops  # no new copies
+    assert [p.name for p in b2.capture(x)] == [p.name for p in t]  # copies are never probes
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    b2.close()

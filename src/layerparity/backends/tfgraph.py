@@ -25,6 +25,7 @@ constants). An op is captured when its value depends on a fed input.
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -194,8 +195,6 @@ class GraphBackend(TFBackend):
         self._default = self._data_format or "NHWC"
         self._replay_fns: dict[str, Any] = {}
         self._group_fns: dict[tuple[str, tuple[str, ...]], tuple[Any, list[Any]]] = {}
-        self._copies: dict[tuple[str, tuple[str, ...], int], tuple[Any, list[Any]] | str] = {}
-        self._n_copies = 0
         self._batch_fns: dict[tuple[str, ...], Any] = {}
         self._forward_fns: dict[tuple[str, ...], tuple[list[str], Any]] = {}
         self._analyse(inputs, outputs)
@@ -576,7 +575,8 @@ class GraphBackend(TFBackend):
         the groups' inputs and fetching all their outputs, cached per list of groups
         (the engine sends the same list on every check of the same models).
 
-        Each group runs on a private copy of its ops (made once, sharing the weights),
+        Each group runs on a private copy of its ops (made once per Session, so also for the next
+        backend opened on the same cached file; sharing the weights),
         so groups never see each other's inputs: one group's input may be another's
         output, or a tensor inside another group, and every result is what
         :meth:`replay_group` gives alone. One output per request, in order; a request
@@ -638,15 +638,16 @@ class GraphBackend(TFBackend):
         while key in taken:
             key = (key[0], key[1], key[2] + 1)
         taken.add(key)
-        copy = self._copies.get(key)
+        copies = _COPIES.setdefault(self.session, {})
+        copy = copies.get(key)
         if copy is None:
-            copy = self._copies[key] = self._copy(fetch, [t for t, _ in uniq.values()])
+            copy = copies[key] = self._copy(fetch, [t for t, _ in uniq.values()], len(copies))
         if isinstance(copy, str):
             raise InputDataError(f"{self.source}: {what} {copy}; cannot replay it alone")
         out, placeholders = copy
         return _Replay(what, out, placeholders, [a for _, a in uniq.values()])
 
-    def _copy(self, fetch: Any, feeds: list[Any]) -> tuple[Any, list[Any]] | str:
+    def _copy(self, fetch: Any, feeds: list[Any], n: int) -> tuple[Any, list[Any]] | str:
         """A private copy, in this graph, of the ops that compute ``fetch`` from ``feeds``,
         reading fresh placeholders instead of ``feeds`` and the original constants
         (weights are shared, not copied). Copies of different requests never see each
@@ -675,8 +676,7 @@ class GraphBackend(TFBackend):
                 data.add(op.name)
         if fetch.op.name not in data:
             return "does not depend on its inputs"
-        self._n_copies += 1
-        scope = f"{_COPY_SCOPE}{id(self):x}_{self._n_copies}"
+        scope = f"{_COPY_SCOPE}{n}"
         gd = tf.compat.v1.GraphDef()
         input_map: dict[str, Any] = {}
         with self.graph.as_default():
@@ -768,6 +768,9 @@ class _Replay:
 
 #: name scope of the private op copies made for replay (never captured)
 _COPY_SCOPE = "layerparity_replay_"
+#: the op copies made in each Session's graph: (fetch, feeds, k) -> (copied fetch, placeholders)
+#: or why not. Kept per Session, so backends sharing a cached graph share its copies.
+_COPIES: weakref.WeakKeyDictionary[Any, dict[tuple, tuple[Any, list[Any]] | str]] = weakref.WeakKeyDictionary()
 
 
 #: graphs opened from files in this process: stamp -> (graph, Session, extra)
