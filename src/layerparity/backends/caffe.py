@@ -14,6 +14,9 @@ instead of killing the caller. The worker streams one probe at a time over a pip
 ``python=`` runs the worker under another interpreter (a legacy Caffe install);
 :meth:`CaffeBackend.from_net` wraps a live ``caffe.Net`` in this process instead.
 
+:meth:`CaffeBackend.forward` runs one plain ``net.forward()`` in the worker and returns
+only the probes asked for.
+
 Probes: one per layer run (``layer/top`` for layers with several tops), read right
 after that layer ran, so in-place chains (``conv1`` then ``relu1`` on blob
 ``conv1``) give both values. Split layers that Caffe inserts on its own are not
@@ -69,7 +72,10 @@ class CaffeBackend(Backend):
         the layers keep their fillers.
     batch
         Reshape the inputs to this batch size at load (the prototxt's otherwise).
-        ``capture`` also reshapes to the batch of the arrays it is given.
+        ``capture`` and ``forward`` reshape the net to the batch and spatial size of
+        the arrays they are given, as ``blob.reshape`` + ``net.reshape()`` do;
+        ``input_specs()`` gives ``None`` for the H and W that no layer fixes, and a
+        size a layer fixes (an InnerProduct's weights) is refused naming that layer.
     phase
         ``"TEST"`` (default) or ``"TRAIN"``.
     python
@@ -150,8 +156,11 @@ class CaffeBackend(Backend):
         given = inputs if isinstance(inputs, Mapping) else ({next(iter(desc)): inputs} if len(desc) == 1 else {})
         for name, arr in given.items():
             d = desc.get(name)
-            shape = getattr(arr, "shape", None)
-            if d is None or not d.get("pinned") or shape is None or len(shape) != len(d["shape"]):
+            try:
+                shape = np.shape(arr)
+            except Exception:  # noqa: BLE001 - not array-like: the base checks say so
+                continue
+            if d is None or not d.get("pinned") or len(shape) != len(d["shape"]):
                 continue
             for axis, why in sorted(d["pinned"].items(), key=lambda kv: int(kv[0])):
                 if int(shape[int(axis)]) != int(d["shape"][int(axis)]):
