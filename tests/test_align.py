@@ -1,4 +1,4 @@
-"""align.py on hand-built traces: names, explicit mappings, chains, structural matching."""
+"""alignment.py on hand-built traces: names, explicit mappings, chains, structural matching."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-import layerparity.align as align_mod
+import layerparity.alignment as align_mod
 import layerparity.kinds as kinds_mod
-from layerparity.align import align, canon, load_mapping, tf_name_keys
+from layerparity.alignment import align, canon, load_mapping, tf_name_keys
 from layerparity.errors import InputError, MappingError
 from layerparity.kinds import canonical_kind, compatible
 from layerparity.trace import Probe, Trace

@@ -399,7 +399,7 @@ def _traces(names, tf_names=None, offset_at=None, value_shape=(1, 6)):
 
 
 def test_mapping_duplicate_key_json(tmp_path):
-    from layerparity.align import load_mapping
+    from layerparity.alignment import load_mapping
 
     path = _write(tmp_path / "m.json", '{"fc1": "dense_1", "fc1": "dense_2"}')
     with pytest.raises(MappingError, match=esc(path)) as ei:
@@ -408,7 +408,7 @@ def test_mapping_duplicate_key_json(tmp_path):
 
 
 def test_mapping_duplicate_key_yaml(tmp_path):
-    from layerparity.align import load_mapping
+    from layerparity.alignment import load_mapping
 
     path = _write(tmp_path / "m.yaml", "fc1: dense_1\nconv1: c1\nfc1: dense_2\n")
     with pytest.raises(MappingError, match=esc(path)) as ei:
@@ -417,7 +417,7 @@ def test_mapping_duplicate_key_yaml(tmp_path):
 
 
 def test_mapping_duplicate_tf_name(tmp_path):
-    from layerparity.align import load_mapping
+    from layerparity.alignment import load_mapping
 
     path = _write(tmp_path / "m.yaml", "fc1: dense\nfc2: dense\n")
     with pytest.raises(MappingError, match=esc(path)) as ei:
@@ -428,7 +428,7 @@ def test_mapping_duplicate_tf_name(tmp_path):
 @pytest.mark.parametrize("text", ["[1, 2]", "fc1: [a, b]\n", "{not json", "fc1: {x: 1}\n", "? [a]\n: b\n"],
                          ids=["list", "list_value", "bad_json", "dict_value", "list_key"])
 def test_mapping_malformed(tmp_path, text):
-    from layerparity.align import load_mapping
+    from layerparity.alignment import load_mapping
 
     path = _write(tmp_path / "m.yaml", text)
     with pytest.raises(MappingError, match=esc(path)):

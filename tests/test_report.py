@@ -163,12 +163,14 @@ def test_json_has_the_documented_keys(tmp_path):
     assert set(d["first_divergence"]) >= {"caffe_layer", "tf_layer", "max_abs_error", "max_rel_error", "diagnoses"}
     assert d["first_divergence"]["diagnoses"][0] == {
         "kind": "padding_asymmetry", "summary": "SAME is not pad 1", "evidence": {"pads": [0, 1]},
-        "fix": "use ZeroPadding2D(1)", "confidence": 0.9,
+        "fix": "use ZeroPadding2D(1)", "confidence": 0.9, "layer": "",
     }
+    assert d["first_divergence"]["divergent_layer"] == d["first_divergence"]["caffe_layer"]
     assert [x["caffe_layer"] for x in d["layers"]] == ["conv1", "conv2", "relu2", "ip1"]
     layer = d["layers"][1]
     for k in ("caffe_layer", "caffe_blob", "tf_layer", "caffe_shape", "tf_shape", "max_abs_error",
-              "max_rel_error", "cosine", "mismatched_fraction", "passed", "own_error"):
+              "max_rel_error", "cosine", "mismatched_fraction", "passed", "own_error", "chain_head",
+              "divergent_layer"):
         assert k in layer
     assert d["layers"][3]["max_abs_error"] is None and d["layers"][3]["own_error"] is None
     assert d["unmapped"] == {"caffe": [], "tf": ["flatten"]}

@@ -241,8 +241,8 @@ def test_one_export_list_drives_the_lazy_map_the_typing_block_and_api_all():
 
 def test_public_names_are_not_also_submodules():
     """``layerparity.<name>`` must mean one thing. A public function named like a submodule
-    (``align`` and ``align.py``) is the function or the module depending on what was imported
-    first: once anything imports ``layerparity.align``, the import system sets the package's
+    (``align`` and ``align.py``, as it once was) is the function or the module depending on what was
+    imported first: once anything imports the submodule, the import system sets the package's
     ``align`` attribute to the module and ``lp.align(...)`` raises "module is not callable"."""
     from layerparity import _exports
 

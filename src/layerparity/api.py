@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._exports import EXPORTS
-from .align import Alignment, align, load_mapping  # noqa: F401 - re-exported
+from .alignment import Alignment, align, load_mapping  # noqa: F401 - re-exported
 from .compare import compare_models, compare_traces  # noqa: F401 - re-exported
 from .errors import (  # noqa: F401 - re-exported
     ArchiveError,

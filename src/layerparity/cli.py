@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--fixed", action="store_true", help="compare against the corrected port instead (passes)")
     _add_outputs(m)
 
-    from .sweeper.cli import add_parser as add_sweep_parser  # `layerparity sweep` lives in sweeper/cli.py
+    from .sweeper.cli import (
+        add_parser as add_sweep_parser,  # `layerparity sweep` lives in sweeper/cli.py
+    )
 
     add_sweep_parser(sub, _add_tolerance, _add_preprocess)
     return ap
@@ -384,7 +386,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _check_path(args.tf_model, "TF model", "--tf-model")
     _check_path(args.mapping, "mapping file", "--mapping")
     if args.mapping:
-        from .align import load_mapping
+        from .alignment import load_mapping
 
         load_mapping(args.mapping)  # fail fast, before any model runs
     files = _load_inputs(args.input, _preprocess(args))
@@ -487,7 +489,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
     mapping = None
     if args.mapping:
         _check_path(args.mapping, "mapping file", "--mapping")
-        from .align import load_mapping
+        from .alignment import load_mapping
 
         mapping = load_mapping(args.mapping)
     _prepare_tf_model(args.tf_model)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .align import Alignment, Pair, align
+from .alignment import Alignment, Pair, align
 from .backends.base import Backend, Replayer, as_replayer
 from .errors import InputError
 from .metrics import ToleranceTable, compute_metrics, default_tolerance
@@ -125,7 +125,7 @@ def compare_traces(
     ``caffe``/``tf``: :class:`Trace` objects, trace archive paths (streamed with
     :class:`ArchiveReader`) or iterables of probes (live streams). ``mapping``:
     explicit ``{caffe_layer: tf_name}`` or a YAML/JSON file (see
-    :func:`layerparity.align.load_mapping`). ``rtol``/``atol``: together or not at
+    :func:`layerparity.alignment.load_mapping`). ``rtol``/``atol``: together or not at
     all; default per dtype (:data:`layerparity.metrics.DEFAULT_TOLERANCES`); ``atol``
     is relative to the layer's magnitude (``atol * max|caffe|`` is allowed).
     ``tolerances``: per-layer overrides ``{"conv5*": (rtol, atol)}``.
@@ -464,6 +464,9 @@ def compare_models(
     TF backend, or a recorded TF ``Trace`` / trace archive. Live models are streamed
     and run at the same time; a recorded side is used as it is.
 
+    ``rtol``/``atol``: together or not at all (default per dtype); ``atol`` is relative:
+    ``atol * max|caffe|`` of each layer is allowed, plus ``rtol * |caffe|`` per element.
+    ``tolerances``: per-layer overrides. ``mapping``: see :func:`compare_traces`.
     ``own_error`` (default): each TF layer that the TF backend can re-run alone is also
     fed the Caffe input of its counterpart. ``partial``: see :func:`compare_traces`.
     ``tf_inputs``: what to feed the TF model instead of ``inputs`` (a port that does its
@@ -483,7 +486,7 @@ def compare_models(
         tf_opts["tf_layout"] = tf_layout
     opened: list[Backend] = []
     try:
-        if isinstance(caffe_model, Trace) or _is_archive_path(caffe_model):
+        if isinstance(caffe_model, Trace) or is_archive(caffe_model):
             c_side: Any = caffe_model if isinstance(caffe_model, Trace) else os.fspath(caffe_model)
             cw = None
         else:
@@ -491,7 +494,7 @@ def compare_models(
             c_side = Stream(cb.iter_capture(inputs), cb.source)
             cw = LazyWeights(cb) if diagnose else None
         replay = None
-        if isinstance(tf_model, Trace) or _is_archive_path(tf_model):
+        if isinstance(tf_model, Trace) or is_archive(tf_model):
             t_side: Any = tf_model if isinstance(tf_model, Trace) else os.fspath(tf_model)
             tw = None
         else:
@@ -537,5 +540,3 @@ class LazyWeights(Mapping[str, list[np.ndarray]]):
         return len(self._all())
 
 
-def _is_archive_path(x: Any) -> bool:
-    return isinstance(x, (str, os.PathLike)) and os.path.isfile(x) and is_archive(x)

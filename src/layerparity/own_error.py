@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .align import Pair
+from .alignment import Pair
 from .backends.base import Replayer
 from .errors import InputError
 from .layout import LayoutMismatch, relayout

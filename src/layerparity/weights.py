@@ -548,7 +548,7 @@ def check_weights(
         input shape (for the flatten permutation), and links Scale to its BatchNorm.
     mapping
         Explicit ``caffe_layer -> tf_name`` (or a YAML/JSON mapping file, see
-        :func:`layerparity.align.load_mapping`); the rest is matched by normalized
+        :func:`layerparity.alignment.load_mapping`); the rest is matched by normalized
         name. Entries for layers without params are ignored; a target holding no
         weights leaves the row ``missing`` with a note.
     input_shapes
@@ -558,7 +558,9 @@ def check_weights(
     if not isinstance(caffe_weights, Mapping) or not isinstance(tf_weights, Mapping):
         raise WeightParityError("check_weights needs two dicts: layer name -> list of arrays")
     if mapping is not None:
-        from .align import as_mapping  # validates (MappingError is an InputError); a path is read
+        from .alignment import (
+            as_mapping,  # validates (MappingError is an InputError); a path is read
+        )
 
         mapping = as_mapping(mapping)
     mapping = dict(mapping or {})

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .align import Pair
+from .alignment import Pair
 from .sources import Side
 from .trace import Probe
 

@@ -52,7 +52,7 @@ def cmd_sweep(args: argparse.Namespace, preprocess: Any = None) -> int:
     from .runner import sweep
 
     if args.mapping:
-        from ..align import load_mapping
+        from ..alignment import load_mapping
 
         load_mapping(args.mapping)  # fail fast, before any model runs
     if args.workers is not None and args.workers < 0:
