@@ -128,6 +128,37 @@ def test_sources_folder_of_images_stacks_and_iterables(tmp_path):
         open_source(tmp_path / "s.npy", pre)
 
 
+def test_reports_escape_hostile_names_and_validate(tmp_path):
+    """Layer names come from model files and labels from file names: never markup in the page."""
+    from layerparity.sweeper.runner import SweepResult
+    from layerparity.sweeper.stats import ItemResult, SweepStats
+
+    bad = "<img src=x onerror=alert(1)>"
+    st = SweepStats()
+    st.set_layers([("conv" + bad, "tf" + bad), ("prob", "prob")], ["prob"])
+    st.add(ItemResult(0, "a.png", "pass", full=True, rows=[("conv" + bad, "tf" + bad, 1e-7, 1e-6, 0.01, True),
+                                                               ("prob", "prob", 1e-8, 1e-7, 0.001, True)]))
+    st.add(ItemResult(1, bad + ".png", "fail", screen_failed=True, full=True,
+                      rows=[("conv" + bad, "tf" + bad, 3.0, 9.0, float("inf"), False), ("prob", "prob", 0.1, 1.0, 50.0, False)],
+                      first_divergence="conv" + bad, first_divergence_tf="tf" + bad,
+                      example={"first_divergence": {"caffe_layer": "conv" + bad, "diagnoses": [
+                          {"kind": "k" + bad, "summary": bad, "fix": bad}]}}))
+    st.add(ItemResult(2, "c.png", "error", error="CaffeError: " + bad))
+    r = SweepResult("p" + bad, "t", "outputs-first", None, 3, dict(st.counts), [("prob", "prob")], st.layer_list(),
+                    st.failure_groups(), list(st.errors), st.worst_inputs(), [0])
+    page = render_sweep_html(r)
+    assert "<img" not in page and page.count("&lt;img src=x onerror=alert(1)&gt;") >= 6
+    d = r.to_dict()
+    validate_sweep(d)
+    assert d["layers"][0]["tolerance_ratio"]["max"] == "inf" and d["layers"][0]["tolerance_ratio"]["nonfinite"] == 1
+    assert d["failures"][0]["inputs"] == [{"index": 1, "label": bad + ".png"}]
+    assert d["errors"]["rows"] == [{"index": 2, "label": "c.png", "error": "CaffeError: " + bad}]
+    assert not r and r.failed_inputs == {"conv" + bad: [1]}
+    d["inputs"]["failed"] = 2
+    with pytest.raises(layerparity.ReportFormatError, match="passed \\+ failed \\+ errors"):
+        validate_sweep(d)
+
+
 # -- verdicts ---------------------------------------------------------------------------------
 
 
@@ -187,7 +218,7 @@ def test_dask_local_cluster_gives_the_serial_result(files, ports):
     x = _inputs(10, {3, 7})
     kw = dict(caffe_weights=files.caffemodel, sample=3, progress=False)
     serial = layerparity.sweep(files.prototxt, ports["relu6"], x, workers=0, **kw)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         r = layerparity.sweep(files.prototxt, ports["relu6"], x, executor=client.get_executor(pure=False), **kw)
         pids = client.run(os.getpid)

@@ -355,13 +355,13 @@ def render_sweep_html(result: Any, title: str = "layerparity sweep") -> str:
     for k, lay in enumerate(result.layers):
         d = lay.dists
         w = d["tolerance_ratio"]
-        worst = f"{w.worst_index} ({clip_name(w.worst_label, 40)})" if w.worst_index is not None else "-"
+        worst = (f"<span title='{e(w.worst_label)}'>{w.worst_index}</span>" if w.worst_index is not None else "-")
         p.append(f"<tr class={'s-FAIL' if lay.failed else 's-ok'}><td class=n>{k + 1}</td>"
                  f"<td class=mono>{e(lay.caffe_layer)}{' (output)' if lay.output else ''}</td><td class=mono>{e(lay.tf_layer)}</td>"
                  f"<td class=n>{lay.n}</td><td class=n>{lay.failed}</td>" + _dist_cells(d["max_abs_error"])
                  + _dist_cells(d["max_rel_error"])
                  + f"<td class=n>{e(fmt_num(w.quantile(0.99)))}</td><td class=n>{e(fmt_num(w.max))}</td>"
-                 f"<td class=mono>{e(worst)}</td></tr>")
+                 f"<td class=n>{worst}</td></tr>")
     p.append("</tbody></table>")
 
     p.append("<h2>Worst inputs</h2><table id=worst-inputs><thead><tr><th>input</th><th>label</th><th>status</th>"
