@@ -212,3 +212,16 @@ def test_compare_models_checks_a_fully_convolutional_port_at_another_size(weight
     bad.get_layer("conv2").set_weights([k[::-1, ::-1], bias])  # kernel flipped
     bad_report = layerparity.compare_models(proto("fcn"), bad, x, caffe_weights=weights["fcn"])
     assert not bad_report and bad_report.first_divergence.caffe_layer in ("conv2", "relu2")
+
+
+def test_googlenet_forward_matches_capture_for_outputs_and_in_place_probes():
+    found = sorted(Path(os.path.expanduser("~/.cache/layerparity")).glob("caffe-*/models/bvlc_googlenet/deploy.prototxt"))
+    assert found, "GoogLeNet deploy.prototxt not found; run `make test` (it builds Caffe)"
+    x = rand((1, 3, 224, 224), 10)
+    names = ["conv1/7x7_s2", "conv1/relu_7x7", "inception_3a/output", "inception_5b/relu_pool_proj", "prob"]
+    with CaffeBackend(found[0], batch=1) as b:
+        t = b.capture(x)
+        got = b.forward(x, names)
+    for n in names:
+        np.testing.assert_array_equal(got[n], t[n].value, err_msg=n)
+    assert (got["conv1/7x7_s2"] < 0).any()  # read before its in-place ReLU ran
