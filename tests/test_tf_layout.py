@@ -196,3 +196,15 @@ def test_probe_layout_rule():
     x = np.arange(24).reshape(1, 2, 3, 4)
     assert to_model_layout(x, "NWHC").shape == (1, 4, 3, 2)
     np.testing.assert_array_equal(to_model_layout(x, "NWHC"), x.transpose(0, 3, 2, 1))
+
+
+def test_compare_models_with_the_declared_layout(matlab):
+    from layerparity.compare import compare_models
+
+    model, x, _, d = matlab
+    proto, weights = str(d / "net.prototxt"), str(d / "net.caffemodel")
+    for kw in ({"tf_layout": "NWHC"}, {"tf_options": {"tf_layout": "NWHC"}}):
+        report = compare_models(proto, model, x, caffe_weights=weights, **kw)
+        assert bool(report) and report.first_divergence is None, report
+    with pytest.raises(InputDataError):  # read as NHWC, the port takes another input size
+        compare_models(proto, model, x, caffe_weights=weights)
