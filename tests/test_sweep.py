@@ -202,6 +202,10 @@ def test_inputs_that_fail_are_named_and_grouped_by_first_divergent_layer(files, 
                           workers=0, every_layer=True)
     assert e.mode == "every-layer" and e.counts["full"] == 12 and e.failed_inputs == r.failed_inputs
     assert e.layer("conv1").n == 12
+    # five inputs per plain forward (the last batch padded with copies of input 11): the same verdict
+    b = layerparity.sweep(files.prototxt, ports["relu6"], _inputs(12, large), caffe_weights=files.caffemodel,
+                          workers=0, sample=2, batch=5)
+    assert b.batch == 5 and b.failed_inputs == r.failed_inputs and b.counts == r.counts
 
 
 def test_buggy_demo_port_fails_everywhere_at_conv2_with_its_diagnosis(files):
@@ -212,7 +216,7 @@ def test_buggy_demo_port_fails_everywhere_at_conv2_with_its_diagnosis(files):
     assert "padding_asymmetry" in r.summary()
 
 
-def test_dask_local_cluster_gives_the_serial_result(files, ports):
+def test_dask_local_cluster_gives_the_serial_result(files, ports, tmp_path):
     import distributed
 
     x = _inputs(10, {3, 7})
@@ -222,10 +226,28 @@ def test_dask_local_cluster_gives_the_serial_result(files, ports):
             distributed.Client(cluster) as client:
         r = layerparity.sweep(files.prototxt, ports["relu6"], x, executor=client.get_executor(pure=False), **kw)
         pids = client.run(os.getpid)
+        # the command line on the same cluster (its workers keep the models open between sweeps)
+        np.save(tmp_path / "x.npy", x)
+        out = subprocess.run([sys.executable, "-m", "layerparity.cli", "sweep", "--caffe-model", files.prototxt,
+                              "--caffe-weights", files.caffemodel, "--tf-model", ports["relu6"], "--inputs",
+                              str(tmp_path / "x.npy"), "--sample", "3", "--dask-scheduler", cluster.scheduler_address,
+                              "--json", str(tmp_path / "dask.json")], capture_output=True, text=True, timeout=600, env=ENV)
     assert len(set(pids.values())) == 2
     assert r.executor.endswith("ClientExecutor")
     assert _comparable(r.to_dict()) == _comparable(serial.to_dict())
     assert r.failed_inputs == {"relu1": [3, 7]}
+    assert out.returncode == 1, out.stdout + out.stderr
+    via_cli = _comparable(read_sweep_json(tmp_path / "dask.json"))
+    expected = _comparable(serial.to_dict())
+    for d in (via_cli, expected):  # the CLI names the stack's rows by the file
+        for g in d["failures"]:
+            g["inputs"] = [i["index"] for i in g["inputs"]]
+            g["example"].pop("label")
+        d["worst_inputs"] = [w["index"] for w in d["worst_inputs"]]
+        for lay in d["layers"]:
+            for m in ("max_abs_error", "max_rel_error", "tolerance_ratio"):
+                lay[m]["worst_input"] = lay[m]["worst_input"]["index"]
+    assert via_cli == expected
 
 
 # -- dying workers, Ctrl-C ------------------------------------------------------------------------------
