@@ -60,8 +60,11 @@ def test_forward_returns_the_named_probes_as_captured(forms, form):
 def test_keras_forward_caches_one_function_per_set_of_names(forms):
     b = load_tf(forms["keras"])
     x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
-    b.forward(x, ["fc"])
-    b.forward(x, ["fc"])
+    first = b.forward(x, ["fc"])["fc"]
+    assert b._forward_fns[("fc",)].fn is None  # a one-off call runs eagerly, no trace
+    second = b.forward(x, ["fc"])["fc"]
+    assert b._forward_fns[("fc",)].fn  # compiled from the second call on
+    np.testing.assert_allclose(first, second, rtol=1e-6, atol=1e-7)
     b.forward(x, ["pool", "fc"])
     assert sorted(b._forward_fns) == [("fc",), ("pool", "fc")]
 

@@ -105,6 +105,23 @@ CAPTURE_COMPILE_AT = 2
 REPLAY_MANY_COMPILE_AT = 2
 
 
+#: Default of ``KerasBackend.forward_compile_at``: ``forward`` with a given set of names
+#: runs eagerly on its first calls and through a ``tf.function`` from this one on (the
+#: policy of the capture: a one-off call pays no trace, 6.4 s on InceptionV3; a sweep's
+#: thousands of calls then run at the plain model's speed).
+FORWARD_COMPILE_AT = 2
+
+
+@dataclass
+class _Forward:
+    """``forward``'s state for one set of names: a model over just those outputs."""
+
+    outs: list[str]
+    model: Any
+    calls: int = 0
+    fn: Any = None  # its tf.function once compiled; False: it does not trace
+
+
 class _Slot:
     """Stands for a tensor argument in a replay template."""
 
@@ -227,7 +244,8 @@ class KerasBackend(TFBackend):
         self.replay_many_compile_at = REPLAY_MANY_COMPILE_AT
         self._batches: dict[tuple[str, ...], _Batch] = {}
         self._sym: dict[str, Any] = {}  # graph mode: probe name -> its symbolic tensor
-        self._forward_fns: dict[tuple[str, ...], tuple[list[str], Any, Any]] = {}
+        self._forward_fns: dict[tuple[str, ...], _Forward] = {}
+        self.forward_compile_at = FORWARD_COMPILE_AT
         self._captures = 0
         self._graph = _functional_of(model)
         self.mode = "graph" if self._graph is not None else "eager"
@@ -542,9 +560,10 @@ class KerasBackend(TFBackend):
 
     # -- plain forward ------------------------------------------------------------------
     def _forward_impl(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-        """Graph mode: one ``tf.function`` over a model whose outputs are only the probes
-        ``names`` (built and traced once per set of names, batch free), so TF prunes
-        everything else and keeps no other value. Subclassed models: a full capture."""
+        """Graph mode: a model whose outputs are only the probes ``names`` (built once per
+        set of names), run eagerly on its first call and through one ``tf.function``
+        (batch free) from ``forward_compile_at`` on, so TF prunes everything else and
+        keeps no other value. Subclassed models: a full capture."""
         if self.mode != "graph":
             return super()._forward_impl(inputs, names)
         tf = import_tf()
@@ -556,29 +575,35 @@ class KerasBackend(TFBackend):
             if unknown:
                 raise InputDataError(f"{self.source}: the model produced no probe {unknown[0]!r}")
             outs = [n for n in key if n not in self._input_names]
-            entry = (outs, None, None)
+            model = None
             if outs:
                 keras = import_keras()
                 model = keras.Model(self._sym_inputs, [self._sym[n] for n in outs])
-                specs = [tf.TensorSpec(t.shape, _np_dtype(t.dtype)) for t in model.inputs]
-                fn = tf.function(functools.partial(_call_model, model), input_signature=specs, autograph=False)
-                entry = (outs, fn, model)
-            self._forward_fns[key] = entry
-        outs, fn, model = entry
+            entry = self._forward_fns[key] = _Forward(outs, model)
         out = {n: feed[n] for n in key if n in self._input_names}
-        if fn is not None:
+        if entry.model is not None:
             xs = [
                 tf.convert_to_tensor(feed[n].astype(_np_dtype(self._input_dtypes[n]), copy=False))
                 for n in self._input_names
             ]
+            eager = functools.partial(_call_model, entry.model)
+            entry.calls += 1
+            if entry.fn is None and entry.calls >= self.forward_compile_at:
+                specs = [tf.TensorSpec(t.shape, _np_dtype(t.dtype)) for t in entry.model.inputs]
+                entry.fn = tf.function(eager, input_signature=specs, autograph=False)
             try:
-                values, _ = _run_compiled(fn, xs, functools.partial(_call_model, model))
+                if entry.fn:
+                    values, traced = _run_compiled(entry.fn, xs, eager)
+                    if not traced:
+                        entry.fn = False
+                else:
+                    values = eager(*xs)
             except Exception as e:
                 if cannot_run_here(e):
                     raise self._cannot_run(xs, e) from None
                 raise
             values = list(values) if isinstance(values, (list, tuple)) else [values]
-            out.update((n, np.asarray(v)) for n, v in zip(outs, values, strict=True))
+            out.update((n, np.asarray(v)) for n, v in zip(entry.outs, values, strict=True))
         return out
 
     def _cannot_run(self, xs: list[Any], e: BaseException) -> Exception:
