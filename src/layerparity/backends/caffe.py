@@ -174,9 +174,9 @@ class CaffeBackend(Backend):
         letters = "NCHW" if len(d["shape"]) == 4 else ""
         axes = " x ".join(letters[a] if letters else f"axis {a}" for a in fixed)
         sizes = " x ".join(str(d["shape"][a]) for a in fixed)
-        return (f"{where}: layer '{why['layer']}' ({why['type']}) cannot take input {name!r} of shape {shape}: "
-                f"it {why['why']}, so {axes} of {name!r} must stay {sizes} (the prototxt's size); "
-                f"only a net without such a layer (fully convolutional) takes other sizes")
+        return (f"{where}: input {name!r} has shape {shape}, but layer '{why['layer']}' ({why['type']}) fixes "
+                f"its {axes} at {sizes} (the prototxt's size): it {why['why']}; only a net without such "
+                f"a layer (fully convolutional) takes other sizes")
 
     def _forward_impl(self, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         """One plain ``net.forward()`` in the worker, returning only the probes ``names``.
