@@ -508,7 +508,7 @@ def _group_graph_weights(tw: dict[str, list[np.ndarray]]) -> dict[str, list[np.n
         return tw
     try:
         # pure Python: importing it leaves TensorFlow unimported
-        from .backends.tensorflow import scope_layers
+        from .backends.tfcommon import scope_layers
     except ImportError:  # pragma: no cover
         return tw
     scopes = scope_layers(graphish)

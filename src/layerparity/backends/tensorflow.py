@@ -35,7 +35,6 @@ from ..errors import ModelLoadError
 from ..trace import Trace
 from .base import Backend
 from .tfcommon import import_keras, import_tf, normalize_tf_layout
-from .tfcommon import scope_layers as scope_layers  # kept for importers of the old home
 
 __all__ = ["load_tf", "capture_tf"]
 
