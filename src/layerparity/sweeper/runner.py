@@ -173,6 +173,10 @@ def sweep(
     from ..metrics import ToleranceTable
 
     ToleranceTable(rtol, atol, tolerances)  # fail fast on bad tolerances
+    if isinstance(mapping, (str, os.PathLike)):
+        from ..alignment import load_mapping
+
+        mapping = load_mapping(mapping)  # checked here; the workers get the mapping, not the file
     if sample < 0 or max_listed < 0 or worst < 0:
         raise InputError("sweep: sample, max_listed and worst must be >= 0")
     if batch is not None and (not isinstance(batch, int) or batch < 1):
@@ -181,7 +185,7 @@ def sweep(
         caffe_model=caffe_model if not isinstance(caffe_model, os.PathLike) else os.fspath(caffe_model),
         tf_model=tf_model if not isinstance(tf_model, os.PathLike) else os.fspath(tf_model),
         caffe_weights=os.fspath(caffe_weights) if isinstance(caffe_weights, os.PathLike) else caffe_weights,
-        mapping=os.fspath(mapping) if isinstance(mapping, os.PathLike) else mapping,
+        mapping=mapping,
         rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, diagnose=diagnose,
         caffe_options=tuple(sorted(dict(caffe_options or {}).items())),
         tf_options=tuple(sorted(dict(tf_options or {}).items())),
@@ -372,6 +376,9 @@ class _Run:
             self._collect(wait(list(self.pending), return_when=FIRST_COMPLETED).done)
 
     def _learn(self, learned: dict[str, Any]) -> None:
+        if not learned["rows"]:
+            raise InputError("sweep: no Caffe layer could be paired with a TF layer (names and structure differ); "
+                             "pass a mapping (--mapping FILE)")
         self.learned = learned
         self.pairs = list(learned["pairs"])
         self.stats.set_layers(learned["rows"], [p.caffe for p in self.pairs] or learned["outputs"])
@@ -488,7 +495,7 @@ class _Run:
             failures=st.failure_groups(),
             errors=list(st.errors),
             worst_inputs=st.worst_inputs(),
-            sample=sorted(i for i in self.sampled if self.source.length is None or i < self.source.length),
+            sample=sorted(i for i in self.sampled if i < self.next_fold),  # of the inputs checked
             interrupted=interrupted is not None,
             seconds=time.perf_counter() - self.t0,
             executor=self._executor_name(),
