@@ -405,3 +405,13 @@ def test_readme_sweep_line_runs_on_the_demo_files(files, ports, tmp_path):
     for flag in ("--html", "--json"):
         if flag in argv:
             assert (tmp_path / argv[argv.index(flag) + 1]).exists()
+
+
+def test_a_model_that_cannot_be_opened_stops_the_sweep_at_once(files, tmp_path):
+    """Not one error row per input: the first worker that cannot open the models says why."""
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a keras file")
+    with pytest.raises(layerparity.ModelLoadError, match="bad.keras"):
+        layerparity.sweep(files.prototxt, bad, _inputs(3), caffe_weights=files.caffemodel, workers=1, progress=False)
+    with pytest.raises(layerparity.InputError, match="no such file"):
+        layerparity.sweep(files.prototxt, tmp_path / "missing.keras", _inputs(3), caffe_weights=files.caffemodel)

@@ -416,9 +416,17 @@ class _Run:
             except Exception as e:  # noqa: BLE001 - a task lost to the executor (Dask KilledWorker, ...)
                 self._fold([_lost(i, lab, e) for i, lab, _, _ in task.items])
                 continue
+            self._check(res)
             self._fold(res.items)
         if broken:
             self._recover(broken + self._drain_broken())
+
+    @staticmethod
+    def _check(res: TaskResult) -> TaskResult:
+        """The models could not be opened where the task ran: no input can be checked, stop."""
+        if res.fatal is not None:
+            raise res.fatal
+        return res
 
     def _drain_broken(self) -> list[Task]:
         """The pool broke: fold what finished before, return the tasks in flight (lost with it)."""
@@ -426,7 +434,7 @@ class _Run:
         for fut, task in list(self.pending.items()):
             del self.pending[fut]
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._fold(fut.result().items)
+                self._fold(self._check(fut.result()).items)
             else:
                 lost.append(task)
         return lost
@@ -450,12 +458,13 @@ class _Run:
         """Run one task with nothing else in flight; if it kills its worker, split it."""
         assert self.pool is not None
         try:
-            return self.pool.submit(run_task, self.spec, task).result()
+            res = self.pool.submit(run_task, self.spec, task).result()
         except BrokenProcessPool:
             self._restart_pool()
             return self._split(task)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - lost to the executor: that input's error row
             return TaskResult([_lost(i, lab, e) for i, lab, _, _ in task.items])
+        return self._check(res)
 
     def _split(self, task: Task) -> TaskResult:
         """A task that killed its worker: one input is that input's error row; several are each run alone."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -96,6 +95,8 @@ class TaskResult:
     # the reason why not, the layers in graph order, the models' batch sizes and sources
     learned: dict[str, Any] | None = None
     pid: int = field(default_factory=os.getpid)
+    # the models could not be opened (a bad file, a framework missing): no input can be checked
+    fatal: BaseException | None = None
 
 
 # -- sessions --------------------------------------------------------------------------
@@ -111,7 +112,10 @@ def init_worker(spec: ModelSpec | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GLOG_minloglevel", "2")
     if spec is not None:
-        _session(spec)
+        try:
+            _session(spec)
+        except Exception:  # noqa: BLE001 - reported by the first task, which tries again
+            pass
 
 
 def _session(spec: ModelSpec) -> _Session:
@@ -351,7 +355,10 @@ def _learn(report: Any, cmetas: list[Any], tmetas: list[Any], sess: _Session) ->
 
 def run_task(spec: ModelSpec, task: Task) -> TaskResult:
     """Run one task in this process (the models are opened once per process)."""
-    sess = _session(spec)
+    try:
+        sess = _session(spec)
+    except Exception as e:  # noqa: BLE001 - the caller stops the sweep with it
+        return TaskResult([], fatal=e)
     with sess.lock:
         return _run(sess, task)
 
@@ -420,6 +427,3 @@ def _after_error(sess: _Session, e: BaseException) -> None:
     if isinstance(e, CaffeError):
         sess.caffe_failed()
 
-
-def now() -> float:
-    return time.perf_counter()
