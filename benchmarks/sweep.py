@@ -10,9 +10,10 @@
   (``on_input`` timestamps), so opening the models and starting the workers do not count;
   the end-to-end rate is printed too. The ratio is sweep steady rate / plain-pair rate,
   the plain pairs measured just before and just after each sweep (the machine is shared).
-- **memory**: in-process sweeps (``workers=0``) over N and 4N inputs; tracemalloc's
-  peak of the Python allocations (NumPy arrays included) while sweeping, and the
-  size of the result's statistics.
+- **memory**: sweeps over N and 4N inputs given as an iterable (nothing held up front),
+  in this process (``workers=0``: the models' own allocations included) and with one
+  worker process (this process only reads, dispatches and folds); tracemalloc's peak of
+  the Python allocations (NumPy arrays included) of this process.
 
 Nets: ``demo`` is the bundled demo net (32x32, tiny: per-input overhead dominates,
 the hardest case for the ratio); ``medium`` a VGG-like stack at 112x112 (a forward of
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--net", default="demo", choices=["demo", "medium"])
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--reps", type=int, default=3, help="sweeps per worker setting, alternating with plain pairs")
     ap.add_argument("--memory", action="store_true", help="also the in-process memory over N and 4N inputs")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="layerparity-bench-sweep-")
@@ -152,26 +154,35 @@ def main() -> None:
     out["plain_pairs_per_s"] = round(plain, 1)
     print(f"plain forward pairs (Backend.forward, Caffe then TF, models open): {plain:.1f} inputs/s", flush=True)
     for w in (int(v) for v in args.workers.split(",")):
-        steady, e2e, _ = timed_sweep(proto, weights, keras_path, x, w)
-        plain2 = plain_pairs(proto, weights, keras_path, x[:n])  # again, next to it: the machine's load drifts
-        ref = (plain + plain2) / 2
-        out[f"workers={w}"] = {"steady_per_s": round(steady, 1), "end_to_end_per_s": round(e2e, 1),
-                               "plain_pairs_per_s": round(ref, 1), "ratio_vs_plain": round(steady / ref, 2)}
-        print(f"sweep workers={w}: {len(x)} inputs, steady {steady:.1f} inputs/s (last 3/4 of the inputs) "
-              f"= {steady / ref:.2f}x plain pairs ({ref:.1f}/s around it); end to end {e2e:.1f} inputs/s", flush=True)
-        plain = plain2
+        ratios, rows = [], []
+        for rep in range(args.reps):  # alternating with plain pairs: the machine's load drifts
+            steady, e2e, _ = timed_sweep(proto, weights, keras_path, x, w)
+            plain2 = plain_pairs(proto, weights, keras_path, x[:n])
+            ref = (plain + plain2) / 2
+            ratios.append(steady / ref)
+            rows.append({"steady_per_s": round(steady, 1), "end_to_end_per_s": round(e2e, 1),
+                         "plain_pairs_per_s": round(ref, 1), "ratio_vs_plain": round(steady / ref, 2)})
+            print(f"sweep workers={w} rep {rep + 1}: {len(x)} inputs, steady {steady:.1f} inputs/s (last 3/4 of the "
+                  f"inputs) = {steady / ref:.2f}x plain pairs ({ref:.1f}/s around it); end to end {e2e:.1f} inputs/s",
+                  flush=True)
+            plain = plain2
+        med = sorted(ratios)[len(ratios) // 2]
+        out[f"workers={w}"] = {"reps": rows, "median_ratio_vs_plain": round(med, 2)}
+        print(f"sweep workers={w}: median {med:.2f}x plain forward pairs over {args.reps} runs", flush=True)
     if args.memory:
         import layerparity
 
         layerparity.sweep(proto, keras_path, x[:10], caffe_weights=weights, workers=0, progress=False)  # imports
-        for m in (n, 4 * n):
-            xs = (x[i % len(x)][None] for i in range(m))  # an iterable: nothing held up front
-            tracemalloc.start()
-            r = layerparity.sweep(proto, keras_path, xs, caffe_weights=weights, workers=0, progress=False)
-            cur, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            out[f"memory_n={m}"] = {"tracemalloc_peak_mib": round(peak / 2**20, 2), "completed": r.completed}
-            print(f"in-process sweep over {m} inputs (an iterable): tracemalloc peak {peak / 2**20:.2f} MiB", flush=True)
+        for w in (0, 1):
+            for m in (n, 4 * n):
+                xs = (x[i % len(x)][None] for i in range(m))  # an iterable: nothing held up front
+                tracemalloc.start()
+                r = layerparity.sweep(proto, keras_path, xs, caffe_weights=weights, workers=w, progress=False)
+                cur, peak = tracemalloc.get_traced_memory()
+                tracemalloc.stop()
+                out[f"memory_workers={w}_n={m}"] = {"tracemalloc_peak_mib": round(peak / 2**20, 2), "completed": r.completed}
+                print(f"sweep over {m} inputs (an iterable), workers={w}: this process's tracemalloc peak "
+                      f"{peak / 2**20:.2f} MiB", flush=True)
     print(json.dumps(out))
 
 
