@@ -5,10 +5,12 @@
 - **plain pairs**: both models open in this process, one input at a time, Caffe's
   ``Backend.forward`` then TF's, returning only the output blob: what a screened
   input costs at least. Measured as the steady rate over N inputs after a warm-up.
-- **sweep**: ``layerparity.sweep`` of a correct port over 2N inputs (default outputs
-  first, sample 8); the steady rate is taken over the last three quarters of the inputs
-  (``on_input`` timestamps), so opening the models and starting the workers do not count;
-  the end-to-end rate is printed too. The ratio is sweep steady rate / plain-pair rate,
+- **sweep**: ``layerparity.sweep`` of a correct port over 2N inputs, outputs first with
+  ``sample=1`` (only input 0 compared layer by layer); the steady rate is taken over the
+  last three quarters of the inputs (``on_input`` timestamps), so opening the models,
+  starting the workers and the first full comparison do not count; the end-to-end rate
+  is printed too. The default sample's 7 more full comparisons are a fixed cost, whatever
+  N: measured apart (end to end with ``sample=8`` against ``sample=1``). The ratio is sweep steady rate / plain-pair rate,
   the plain pairs measured just before and just after each sweep (the machine is shared).
 - **memory**: sweeps over N and 4N inputs given as an iterable (nothing held up front),
   in this process (``workers=0``: the models' own allocations included) and with one
@@ -123,14 +125,18 @@ def plain_pairs(proto: str, weights: str, keras_path: str, x: np.ndarray) -> flo
         return len(x) / (time.perf_counter() - t)
 
 
-def timed_sweep(proto: str, weights: str, keras_path: str, x: np.ndarray, workers: int) -> tuple[float, float, object]:
-    """(steady inputs/s over the last three quarters of the inputs, end-to-end inputs/s, result)."""
+def timed_sweep(proto: str, weights: str, keras_path: str, x: np.ndarray, workers: int, sample: int = 1
+                ) -> tuple[float, float, object]:
+    """(steady inputs/s over the last three quarters of the inputs, end-to-end inputs/s, result).
+
+    ``sample=1``: only input 0 (before the measured part) is compared in full, so the steady
+    rate is the outputs-first screen's; the sample's fixed cost is measured apart."""
     import layerparity
 
     stamps: list[float] = []
     t = time.perf_counter()
     r = layerparity.sweep(proto, keras_path, x, caffe_weights=weights, workers=workers, progress=False,
-                          on_input=lambda item: stamps.append(time.perf_counter()))
+                          sample=sample, on_input=lambda item: stamps.append(time.perf_counter()))
     dt = time.perf_counter() - t
     assert r, r.summary()
     k1, k2 = len(stamps) // 4, len(stamps) - 1
@@ -166,6 +172,13 @@ def main() -> None:
                   f"inputs) = {steady / ref:.2f}x plain pairs ({ref:.1f}/s around it); end to end {e2e:.1f} inputs/s",
                   flush=True)
             plain = plain2
+        # the default sample (8 inputs compared layer by layer): a fixed cost, whatever N
+        _, e2e1, _ = timed_sweep(proto, weights, keras_path, x, w, sample=1)
+        _, e2e8, _ = timed_sweep(proto, weights, keras_path, x, w, sample=8)
+        extra = len(x) / e2e8 - len(x) / e2e1
+        out[f"workers={w}_sample_cost_s"] = round(extra, 2)
+        print(f"sweep workers={w}: the default sample (7 more inputs compared layer by layer) adds {extra:.2f} s "
+              f"({len(x)} inputs: {e2e1:.1f} -> {e2e8:.1f} inputs/s end to end)", flush=True)
         med = sorted(ratios)[len(ratios) // 2]
         out[f"workers={w}"] = {"reps": rows, "median_ratio_vs_plain": round(med, 2)}
         print(f"sweep workers={w}: median {med:.2f}x plain forward pairs over {args.reps} runs", flush=True)
