@@ -1,4 +1,10 @@
-"""Error metrics of one tensor against its reference, and the tolerance test (pure NumPy).
+"""Error metrics of one tensor against its reference, and the tolerance test.
+
+NumPy, plus numba when it is installed (the ``tf``/``dev`` extras): floating-point tensors
+of at least 8192 elements are then compared by the fused kernels of ``_fused.py`` (each
+value pair read once from memory, every element in float64 as ``_block_f64`` computes
+it: the same decisions, bit for bit). ``USE_NUMBA = False`` or ``LAYERPARITY_NO_NUMBA=1``
+keeps the NumPy path described below; ``import layerparity`` never imports numba.
 
 Both arrays are already in the reference's (Caffe's) layout; nothing here
 reshapes, transposes or sorts. The criterion, elementwise::
@@ -277,9 +283,12 @@ def compute_metrics(ref: Any, got: Any, tol: Tolerance) -> Metrics:
     floor = eps * scale
 
     acc = _Acc()
-    f32 = _F32Path.make(ref.dtype, got.dtype, total, scale, rtol, atol_abs, floor)
+    fused = _fused_kernels(ref.dtype, got.dtype, total)
+    f32 = None if fused is not None else _F32Path.make(ref.dtype, got.dtype, total, scale, rtol, atol_abs, floor)
     for start, stop in _blocks(shape):
         r, g = r_flat[start:stop], g_flat[start:stop]
+        if fused is not None and _fused_block(fused, acc, r, g, start, rtol, atol_abs, floor):
+            continue
         if f32 is None or not f32.block(acc, r, g, start):
             _block_f64(acc, r, g, start, rtol, atol_abs, floor)
     if f32 is not None:
@@ -417,6 +426,68 @@ def _block_f64(acc: _Acc, r_blk: np.ndarray, g_blk: np.ndarray, start: int, rtol
             acc.need_rtol = math.inf
         else:
             acc.need_rtol = max(acc.need_rtol, float((excess / aro).max()))
+
+
+# -- the fused path (numba, optional) ---------------------------------------------------
+
+#: Use the numba kernels (layerparity._fused) when numba is importable; False: NumPy only.
+USE_NUMBA = True
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _fused_kernels(rdt: np.dtype, gdt: np.dtype, total: int) -> Any:
+    """The numba kernels for these inputs, or None (numba missing, switched off, not
+    floating-point, or too small to gain)."""
+    if not USE_NUMBA or total < _F32_MIN_SIZE or rdt.kind != "f" or gdt.kind != "f":
+        return None
+    from ._fused import kernels
+
+    return kernels()
+
+
+def _native(a: np.ndarray, slot: str) -> np.ndarray:
+    """``a`` as a contiguous native float32/float64 array (float16 and byte-swapped
+    values converted exactly, into a per-thread buffer)."""
+    if a.dtype in _NATIVE_FLOATS and a.flags.c_contiguous:
+        return a
+    dt = np.dtype(np.float64) if a.dtype.itemsize > 4 else np.dtype(np.float32)
+    buf = _block_buffer("fz" + slot, a.size, dt)
+    np.copyto(buf, a.reshape(-1), casting="unsafe")
+    return buf
+
+
+def _fused_block(kernels: Any, acc: _Acc, r: np.ndarray, g: np.ndarray, start: int, rtol: float,
+                 atol_abs: float, floor: float) -> bool:
+    """One block through the numba kernel; False, with ``acc`` untouched, when the block
+    holds a NaN/Inf or huge values (then _block_f64 decides it)."""
+    from ._fused import lanes
+
+    block, dots = kernels
+    f, i = lanes()
+    r = _native(r, "r")
+    g = _native(g, "g")
+    clean, sa, sd, sr, srd, mx_a, ix_a, mx_r, ix_r, cnt, mx_s, mx_t = block(r, g, rtol, atol_abs, floor, f, i)
+    if not clean:
+        return False
+    if sd <= _NEAR * sr:  # near cosine 1: g.r and g.g from r.r, r.d and d.d (accurate there)
+        rr, rg, gg = sr, sr + srd, sr + 2.0 * srd + sd
+    else:
+        rr, rg, gg = dots(r, g, f)
+    acc.n_fin += r.size
+    acc.sum_abs += sa
+    acc.sum_dd += sd
+    acc.sum_rr += rr
+    acc.sum_gg += gg
+    acc.sum_rg += rg
+    if mx_a > acc.max_abs:
+        acc.max_abs, acc.max_abs_i = float(mx_a), start + int(ix_a)
+    if mx_r > acc.max_rel:
+        acc.max_rel, acc.max_rel_i = float(mx_r), start + int(ix_r)
+    acc.mismatched += int(cnt)
+    acc.need_atol = max(acc.need_atol, float(mx_s))
+    if mx_t > acc.need_rtol:
+        acc.need_rtol = float(mx_t)
+    return True
 
 
 # -- the float32 path -------------------------------------------------------------------
