@@ -310,6 +310,8 @@ class _Run:
                     interrupted = stop
         finally:
             if interrupted is not None:
+                for fut in self.pending:  # a user's executor (a Dask cluster) keeps running otherwise
+                    fut.cancel()
                 self._kill_pool()
             else:
                 self._close_pool()
