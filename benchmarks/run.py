@@ -34,8 +34,17 @@ Caffe worker) after input 8 and after the last one; per-layer error statistics
 across inputs (max, mean, p50/p90/p99, the worst input), accumulated streaming
 in benchmarks/sweep_stats.py.
 
-Targets (docs/benchmarks.md): check <= 1.5x plain at batch 1 and <= 1.25x at
-batch 8; replay <= 2.2x; peak memory <= 1.5x plain.
+Other port forms (benchmarks/forms.py), batch 1, warm, the same plain/check/replay
+timing: the Keras GoogLeNet exported as a frozen .pb and a float32 .tflite, and the
+caffe2onnx -> onnx2tf SavedModels of ``make converter-ports``. Cold: a fresh process
+running ``layerparity compare`` (own error on, JSON and HTML written) against a fresh
+process that imports both frameworks, loads both models and runs one forward each.
+
+Physical limit: per port, the metrics pass over every Caffe blob against ``np.copyto``
+of the same bytes (both sides), in one process.
+
+Targets (issue 14): check GoogLeNet b1 <= 1.5x, ResNet b1 <= 2x, batch 8 <= 1.5x;
+replay <= 2.5x; cold CLI <= 2x the cold plain run; peak memory <= 1.5x plain.
 """
 
 from __future__ import annotations
@@ -54,9 +63,16 @@ sys.path.insert(0, HERE)
 
 import common  # noqa: E402
 
-TARGET_CHECK = {1: 1.5, 8: 1.25}
-TARGET_REPLAY = 2.2
+TARGET_REPLAY = 2.5
 TARGET_MEM = 1.5
+TARGET_COLD = 2.0
+
+
+def target_check(net: str, batch: int) -> float:
+    """Issue 14: GoogLeNet b1 <= 1.5x, ResNet-50 b1 <= 2x, batch 8 <= 1.5x."""
+    if batch > 1:
+        return 1.5
+    return 2.0 if net.startswith("resnet") else 1.5
 MARK = "BENCH-RESULT "
 
 
@@ -144,10 +160,152 @@ def _check_in_memory(cb, tb, cw, tw, x):
     return rep
 
 
+def physical_limit(cb, x, reps: int = 3) -> dict:
+    """The metrics pass over every Caffe blob of one check against one read of both values.
+
+    ``copy``: ``np.copyto`` of as many bytes as both sides of the check hold (every Caffe
+    blob, twice). ``metrics``: ``compute_metrics`` of every blob against a perturbed copy
+    (one thread, as one of the check's two metric threads runs), with the numba kernels
+    (when installed) and with the NumPy path. Medians of ``reps``.
+    """
+    import numpy as np
+
+    import layerparity.metrics as M
+    from layerparity.result import Tolerance
+
+    vals = [p.value for p in cb.capture(x) if p.value is not None and p.value.size]
+    pairs = [(v, (v * np.float32(1.000001)).astype(v.dtype)) for v in vals]
+    nbytes = sum(v.nbytes for v in vals)
+    src = np.ones(2 * nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    tol = Tolerance(1e-4, 3e-5)
+
+    def metrics(numba: bool):
+        old = M.USE_NUMBA
+        M.USE_NUMBA = numba
+        try:
+            for r, g in pairs:
+                M.compute_metrics(r, g, tol)
+        finally:
+            M.USE_NUMBA = old
+
+    jobs = {"copy": lambda: np.copyto(dst, src), "metrics": lambda: metrics(True),
+            "metrics_numpy": lambda: metrics(False)}
+    for f in jobs.values():
+        f()
+    times = {k: [] for k in jobs}
+    for _ in range(reps):
+        for k, f in jobs.items():
+            t0 = common.now()
+            f()
+            times[k].append(common.now() - t0)
+    out = {k: statistics.median(v) for k, v in times.items()}
+    from layerparity._fused import kernels
+
+    out["bytes_per_side"] = nbytes
+    out["numba"] = kernels() is not None
+    return out
+
+
+def child_form(args) -> None:
+    """Warm timing of one other port form (frozen .pb, .tflite, converter SavedModel), batch 1."""
+    import caffe
+    import forms
+    import numpy as np
+
+    caffe.set_mode_cpu()
+    s = forms.spec(args.form, args.net)
+    cnet = caffe.Net(s["prototxt"], s["weights"], caffe.TEST)
+    x = np.load(s["input"]).astype(np.float32)
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    tf_fwd = forms.tf_forward(args.form, s)
+
+    def plain(x, xh):
+        cnet.blobs[cnet.inputs[0]].data[...] = x
+        cnet.forward()
+        tf_fwd(xh)
+
+    from layerparity.backends.caffe import CaffeBackend
+    from layerparity.backends.tensorflow import load_tf
+
+    cb = CaffeBackend(s["prototxt"], s["weights"])
+    tb = load_tf(s["tf_model"])
+    cw, tw = cb.weights(), tb.weights()
+    plain(x, x_nhwc)
+    rep = _check_once(cb, tb, cw, tw, x, replay=True)
+    fd = rep.first_divergence
+    verdict = {"passed": bool(rep), "rows": len(rep.rows), "first_divergence": None if fd is None else fd.caffe_layer,
+               "own_measured": sum(1 for r in rep.rows if r.own is not None)}
+    _check_once(cb, tb, cw, tw, x, replay=False)
+    kinds = ["plain", "check", "replay"]
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(args.reps):
+        for k in kinds[r % 3:] + kinds[:r % 3]:
+            t0 = common.now()
+            if k == "plain":
+                plain(x, x_nhwc)
+            else:
+                _check_once(cb, tb, cw, tw, x, replay=(k == "replay"))
+            times[k].append(common.now() - t0)
+    limit = physical_limit(cb, x)
+    cb.close()
+    tb.close()
+    _emit({"net": args.net, "form": args.form, "batch": 1, "reps": args.reps, "times": times,
+           "median": {k: statistics.median(v) for k, v in times.items()}, "verdict": verdict, "limit": limit})
+
+
+def child_coldplain(args) -> None:
+    """A cold plain run: import both frameworks, load both models, one forward each."""
+    import caffe
+    import forms
+    import numpy as np
+
+    caffe.set_mode_cpu()
+    s = forms.spec(args.form, args.net)
+    cnet = caffe.Net(s["prototxt"], s["weights"], caffe.TEST)
+    x = np.load(s["input"]).astype(np.float32)
+    cnet.blobs[cnet.inputs[0]].data[...] = x
+    cnet.forward()
+    forms.tf_forward(args.form, s)(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    _emit({"ok": True})
+
+
+def cold_ratio(form: str, net: str, reps: int) -> dict:
+    """Fresh processes: ``layerparity compare`` (own error on) against a cold plain run; medians."""
+    import tempfile
+
+    import forms
+
+    s = forms.spec(form, net)
+    exe = os.path.join(os.path.dirname(sys.executable), "layerparity")
+    env = dict(os.environ, GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2")
+    out = {"plain": [], "cli": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = {
+            "plain": [sys.executable, os.path.abspath(__file__), "--child", "coldplain", "--form", form, "--net", net],
+            "cli": [exe, "compare", "--caffe-model", s["prototxt"], "--caffe-weights", s["weights"],
+                    "--tf-model", s["tf_model"], "--input", s["input"], "--json", os.path.join(tmp, "r.json"),
+                    "--html", os.path.join(tmp, "r.html")],
+        }
+        for r in range(reps):
+            for k in (["plain", "cli"] if r % 2 == 0 else ["cli", "plain"]):
+                t0 = common.now()
+                p = subprocess.run(cmds[k], capture_output=True, text=True, env=env, cwd=common.ROOT, timeout=1800)
+                out[k].append(common.now() - t0)
+                if p.returncode not in (0, 1):
+                    raise RuntimeError(f"cold {k} {form} {net} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
+    return {"form": form, "net": net, "plain_s": statistics.median(out["plain"]), "cli_s": statistics.median(out["cli"]),
+            "times": out}
+
+
 def child_prepare(args) -> None:
     out = {}
     for net in args.nets.split(","):
         out[net] = common.prepare(net, [int(b) for b in args.batches.split(",")])
+    if args.forms:
+        import forms
+
+        out["exports"] = forms.export_googlenet()
     _emit({"prepared": out})
 
 
@@ -214,13 +372,14 @@ def child_timing(args) -> None:
     rep.to_json()
     render_html(rep)
     cold_check = common.now() - t0
+    limit = physical_limit(cb, x)
     cb.close()
     tb.close()
     _emit({
         "net": net, "batch": batch, "reps": reps, "times": times, "whatif": whatif,
         "median": {k: statistics.median(v) for k, v in times.items()},
         "opened": opened, "cold": {"plain_s": cold_plain, "compare_models_s": cold_check},
-        "verdict": verdict,
+        "verdict": verdict, "limit": limit,
     })
 
 
@@ -323,12 +482,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-replay", action="store_true", help="own-error replay in the sweep too (slower)")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory children")
+    ap.add_argument("--form", help=argparse.SUPPRESS)
+    ap.add_argument("--forms", default="pb:googlenet,tflite:googlenet,converter:resnet50_quarter,converter:googlenet",
+                    help="other port forms, FORM:NET,... (pb, tflite: exports of the Keras GoogLeNet; converter: "
+                         "make converter-ports); '' for none")
+    ap.add_argument("--cold", default="converter:resnet50_quarter,converter:googlenet",
+                    help="cold CLI vs cold plain runs, FORM:NET,... ('' for none)")
+    ap.add_argument("--cold-reps", type=int, default=3)
     ap.add_argument("--json", help="write every measurement as JSON here")
     ap.add_argument("--markdown", action="store_true", help="also print the tables as Markdown (docs/benchmarks.md)")
     args = ap.parse_args(argv)
 
     if args.child:
-        {"prepare": child_prepare, "timing": child_timing, "mem": child_mem, "sweep": child_sweep}[args.child](args)
+        {"prepare": child_prepare, "timing": child_timing, "mem": child_mem, "sweep": child_sweep,
+         "form": child_form, "coldplain": child_coldplain}[args.child](args)
         return 0
 
     nets = args.nets.split(",")
@@ -340,9 +507,30 @@ def main(argv: list[str] | None = None) -> int:
           f"load {facts['loadavg'][0]:.2f}", flush=True)
     print("preparing nets, seeded weights and Keras ports (cached) ...", flush=True)
     _run_child(["--child", "prepare", "--nets", ",".join(sorted(set(nets + ([args.sweep_net] if args.sweep and not args.no_sweep else [])))),
-                "--batches", ",".join(str(b) for b in sorted(set(batches + [1])))], timeout=3600)
+                "--batches", ",".join(str(b) for b in sorted(set(batches + [1]))),
+                "--forms", args.forms if any(f.split(":")[0] in ("pb", "tflite") for f in args.forms.split(",") if f) else ""],
+               timeout=3600)
 
-    results: dict = {"facts": facts, "timing": [], "mem": [], "sweep": None}
+    results: dict = {"facts": facts, "timing": [], "mem": [], "sweep": None, "forms": [], "cold": [], "skipped": []}
+    import forms as forms_mod
+
+    for item in [f for f in args.forms.split(",") if f]:
+        form, net = item.split(":")
+        if form == "converter" and forms_mod.converter_manifest(net) is None:
+            print(f"skipped {form} {net}: not built (make converter-ports)", flush=True)
+            results["skipped"].append(item)
+            continue
+        print(f"timing {form} {net} batch 1 ({args.reps} interleaved reps) ...", flush=True)
+        results["forms"].append(_run_child(["--child", "form", "--form", form, "--net", net, "--reps", str(args.reps)],
+                                           timeout=3600))
+    for item in [f for f in args.cold.split(",") if f]:
+        form, net = item.split(":")
+        if form == "converter" and forms_mod.converter_manifest(net) is None:
+            print(f"skipped cold {form} {net}: not built (make converter-ports)", flush=True)
+            results["skipped"].append("cold " + item)
+            continue
+        print(f"cold CLI vs cold plain {form} {net} ({args.cold_reps} each) ...", flush=True)
+        results["cold"].append(cold_ratio(form, net, args.cold_reps))
     for net in nets:
         for b in batches:
             print(f"timing {net} batch {b} ({args.reps} interleaved reps) ...", flush=True)
@@ -396,7 +584,7 @@ def render(results: dict) -> dict[str, str]:
             net = f"{net} (what-if: NumPy BLAS 1 thread)"
         v = t["verdict"]
         parity = "pass" if v["passed"] else f"FAIL at {v['first_divergence']}"
-        row = [net, str(b), f"{med['plain']:.3f}", f"{med['check']:.3f}", _fmt_ratio(rc, TARGET_CHECK.get(b)),
+        row = [net, str(b), f"{med['plain']:.3f}", f"{med['check']:.3f}", _fmt_ratio(rc, target_check(t['net'], b)),
                f"{med['replay']:.3f}", _fmt_ratio(rr, TARGET_REPLAY),
                f"{med['inmem']:.3f} ({med['inmem'] / med['plain']:.2f}x)" if "inmem" in med else "-"]
         if mp and mc and mr:
@@ -431,8 +619,44 @@ def render(results: dict) -> dict[str, str]:
         lines += ["| " + " | ".join(r) + " |" for r in rs]
         return "\n".join(lines)
 
+    fh = ["form", "net", "plain s", "check s", "check/plain", "replay s", "replay/plain", "own error rows", "parity"]
+    frows = []
+    for t in results.get("forms", []):
+        med, v = t["median"], t["verdict"]
+        frows.append([t["form"], t["net"], f"{med['plain']:.3f}", f"{med['check']:.3f}",
+                      _fmt_ratio(med["check"] / med["plain"], target_check(t["net"], 1)), f"{med['replay']:.3f}",
+                      _fmt_ratio(med["replay"] / med["plain"], TARGET_REPLAY), f"{v['own_measured']}/{v['rows']}",
+                      "pass" if v["passed"] else f"FAIL at {v['first_divergence']}"])
+    lh = ["port", "batch", "bytes a side MiB", "read both once (copyto) s", "metrics pass s", "x the read",
+          "metrics, NumPy path s", "x the read", "metrics/plain"]
+    lrows = []
+    for t in list(results["timing"]) + list(results.get("forms", [])):
+        lim = t.get("limit")
+        if not lim or t.get("whatif"):
+            continue
+        c = lim["copy"]
+        lrows.append([f"{t.get('form', 'keras')} {t['net']}", str(t["batch"]), f"{lim['bytes_per_side'] / 2**20:.0f}",
+                      f"{c:.4f}", f"{lim['metrics']:.4f}", f"{lim['metrics'] / c:.1f}x",
+                      f"{lim['metrics_numpy']:.4f}", f"{lim['metrics_numpy'] / c:.1f}x",
+                      f"{lim['metrics'] / t['median']['plain']:.2f}x"])
+    ch = ["form", "net", "cold plain s", "cold `layerparity compare` (own error) s", "ratio"]
+    crows = [[c["form"], c["net"], f"{c['plain_s']:.2f}", f"{c['cli_s']:.2f}", _fmt_ratio(c["cli_s"] / c["plain_s"], TARGET_COLD)]
+             for c in results.get("cold", [])]
     text = [text_table(head, rows), "", "one-off costs (once per run, not per input):", text_table(one, orows)]
     md = [md_table(head, rows), "", md_table(one, orows)]
+    if frows:
+        text += ["", "other port forms (batch 1, warm):", text_table(fh, frows)]
+        md += ["", md_table(fh, frows)]
+    if crows:
+        text += ["", "cold: fresh processes, medians:", text_table(ch, crows)]
+        md += ["", md_table(ch, crows)]
+    if lrows:
+        text += ["", "physical limit: the metrics pass (one thread) against one read of both sides' values:",
+                 text_table(lh, lrows)]
+        md += ["", md_table(lh, lrows)]
+    if results.get("skipped"):
+        text += ["", "skipped (not built): " + ", ".join(results["skipped"])]
+        md += ["", "skipped (not built): " + ", ".join(results["skipped"])]
     s = results.get("sweep")
     if s:
         rss = {int(k): v for k, v in s["rss"].items()}
