@@ -55,9 +55,11 @@ BN_MOVING_AVERAGE_FACTOR = 999.982  # the third BatchNorm blob S in real trained
 # fits exactly) and fc6 is smaller; GoogLeNet and ResNet-50 at their published 224. ResNet-50 with
 # quarter widths (1.6M instead of 25.6M parameters): caffe2onnx handles weights in pure-Python
 # protobuf, about 3 s per million parameters here, and every layer, branch and shape is kept.
-# A floor-rounding pool bug is placed where the net recovers the size (ResNet's pool1: 55 and 56
-# both give 28 at res3a's stride-2 1x1): in AlexNet/CaffeNet/GoogLeNet it would break fc6's
-# reshape or pool5's 7x7 window, and onnx2tf crashes (SIGFPE) on such a model.
+# ResNet at 197, not 224: caffe2onnx gives an unpadded strided conv whose size is fractional the
+# ceil size (res3a_branch1 1x1/2 on 56: 29, Caffe 28) in its shapes, and its fc1000 Reshape to
+# 2048 then fails in onnx2tf; at 197 every stride-2 1x1 conv fits exactly (99 -> 49 -> 25 -> 13
+# -> 7). No floor-rounding pool bug: in every net here it changes a size that a later fixed-size
+# step (fc6's reshape, pool5's 7x7 window) needs, and onnx2tf crashes (SIGFPE) on such a model.
 NETS: dict[str, dict] = {
     "alexnet": {
         "what": "AlexNet (BVLC, shipped deploy)",
@@ -108,11 +110,8 @@ NETS: dict[str, dict] = {
     },
     "resnet50_quarter": {
         "what": "ResNet-50 (KaimingHe deploy) with every conv a quarter as wide; BatchNorm + Scale",
-        "fixture": "resnet50.prototxt", "width_divisor": 4, "shape": [1, 3, 224, 224],
+        "fixture": "resnet50.prototxt", "width_divisor": 4, "shape": [1, 3, 197, 197],
         "bugs": [
-            {"name": "pool1_floor", "edit": {"node": "pool1", "attr": "pads", "value": [0, 0, 0, 0]},
-             "layer": "pool1", "kinds": ["pool_rounding"],
-             "what": "MaxPool pool1 without the extra bottom/right pad that gives Caffe's ceil rounding (55x55 for 56x56)"},
             {"name": "bn_conv1_scale_factor",
              "edit": {"node": "bn_conv1", "inputs": [3, 4], "transform": "scale", "arg": BN_MOVING_AVERAGE_FACTOR},
              "layer": "bn_conv1", "kinds": ["batchnorm_scale_factor"],
@@ -287,13 +286,23 @@ def _make_caffe_side(name: str, d: Path, seed: int) -> dict:
 
 
 def _tool(converter_python: str, *args: str, **extra_env: str) -> dict:
+    """Run converter_tool.py in the converter venv; its JSON answer, plus ``cpu_seconds``
+    (user + system time of the process and everything it ran: what a quiet machine's wall
+    time would be on one core)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1", **extra_env)
     env.pop("PYTHONPATH", None)
-    r = subprocess.run([converter_python, os.fspath(TOOL), *args], capture_output=True,
-                       text=True, env=env)
-    if r.returncode != 0:
-        raise SystemExit(f"converter_tool {args[0]} failed (exit {r.returncode}):\n{r.stderr[-4000:]}{r.stdout[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen([converter_python, os.fspath(TOOL), *args], stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if p.returncode != 0:
+        raise SystemExit(f"converter_tool {args[0]} failed (exit {p.returncode}):\n{stderr[-4000:]}{stdout[-2000:]}")
+    answer = json.loads(stdout.strip().splitlines()[-1])
+    answer["cpu_seconds"] = usage.ru_utime + usage.ru_stime
+    return answer
 
 
 def build(names: list[str], converter_python: str, jobs: int) -> dict:
@@ -320,36 +329,38 @@ def build(names: list[str], converter_python: str, jobs: int) -> dict:
             d.mkdir()
             t0 = time.perf_counter()
             caffe_info = _make_caffe_side(name, d, seed=1000 + 17 * list(NETS).index(name))
-            timings[name]["caffe_weights"] = time.perf_counter() - t0
+            timings[name]["caffe_weights"] = {"wall": time.perf_counter() - t0}
             job = {"dir": os.fspath(d), "onnx_prototxt": os.fspath(d / "deploy_nodropout.prototxt"),
                    "caffemodel": os.fspath(d / "weights.caffemodel"), "bugs": NETS[name]["bugs"],
                    "caffe": caffe_info}
             jobfiles[name] = d / "job.json"
             jobfiles[name].write_text(json.dumps(job))
-            print(f"converter ports: {name}: Caffe weights {timings[name]['caffe_weights']:.1f} s", flush=True)
+            print(f"converter ports: {name}: Caffe weights {timings[name]['caffe_weights']['wall']:.1f} s", flush=True)
 
         converter_pool = cf.ThreadPoolExecutor(max_workers=jobs)
 
         def convert(name: str, port: str) -> float:
             d = scratch / name
-            secs = tool("convert", os.fspath(d / f"{port}.onnx"), os.fspath(d / port), os.fspath(calibration))["seconds"]
-            print(f"converter ports: {name}: onnx2tf {port} {secs:.1f} s", flush=True)
-            return secs
+            r = tool("convert", os.fspath(d / f"{port}.onnx"), os.fspath(d / port), os.fspath(calibration))
+            print(f"converter ports: {name}: onnx2tf {port} {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s CPU)",
+                  flush=True)
+            return {"wall": r["seconds"], "cpu": r["cpu_seconds"]}
 
         def pipeline(name: str) -> None:
             d = scratch / name
             job = os.fspath(jobfiles[name])
             t = timings[name]
-            t["caffe2onnx"] = tool("caffe2onnx", job, PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")["seconds"]
-            print(f"converter ports: {name}: caffe2onnx {t['caffe2onnx']:.1f} s", flush=True)
+            r = tool("caffe2onnx", job, PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
+            t["caffe2onnx"] = {"wall": r["seconds"], "cpu": r["cpu_seconds"]}
+            print(f"converter ports: {name}: caffe2onnx {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s CPU)", flush=True)
             injected = tool("inject", job)
-            t["inject"] = injected["seconds"]
+            t["inject"] = {"wall": injected["seconds"], "cpu": injected["cpu_seconds"]}
             ports = ["correct"] + [f"bug_{b['name']}" for b in NETS[name]["bugs"]]
             futures = {p: converter_pool.submit(convert, name, p) for p in ports}
             t["onnx2tf"] = {p: f.result() for p, f in futures.items()}
             t0 = time.perf_counter()
             check = tool("verify", job)
-            t["verify"] = time.perf_counter() - t0
+            t["verify"] = {"wall": time.perf_counter() - t0, "cpu": check.pop("cpu_seconds")}
             ok = check["correct"]["max_abs_diff_vs_caffe"]
             scale = check["correct"]["max_abs_caffe"]
             if ok is None or ok > 1e-4 * max(scale, 1.0):
@@ -396,6 +407,14 @@ def build(names: list[str], converter_python: str, jobs: int) -> dict:
     return timings
 
 
+def _leaves(t: dict):
+    for v in t.values():
+        if isinstance(v, dict) and "cpu" in v:
+            yield v
+        elif isinstance(v, dict):
+            yield from _leaves(v)
+
+
 def _tool_versions() -> dict:
     pins = {}
     for line in REQUIREMENTS.read_text().splitlines():
@@ -427,8 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     timings = build(names, args.converter_python, max(1, args.jobs))
     if timings:
-        print(f"converter ports: built {len(timings)} net(s) in {time.perf_counter() - t0:.0f} s at {ports_dir()}",
-              flush=True)
+        cpu = sum(v["cpu"] for t in timings.values() for v in _leaves(t))
+        print(f"converter ports: built {len(timings)} net(s) in {time.perf_counter() - t0:.0f} s "
+              f"({cpu:.0f} s CPU in converter processes) at {ports_dir()}", flush=True)
     return 0
 
 
