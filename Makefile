@@ -43,7 +43,7 @@ test-fast: setup
 validation: setup converter-ports
 	LAYERPARITY_WRITE_VALIDATION=1 $(PY) -m pytest -n 2 --dist loadgroup tests/zoo tests/thirdparty $(PYTEST_ARGS)
 
-bench: setup
+bench: setup converter-ports
 	@$(PY) benchmarks/run.py
 
 fuzz: setup

@@ -300,7 +300,7 @@ def cold_ratio(form: str, net: str, reps: int) -> dict:
 
 def child_prepare(args) -> None:
     out = {}
-    for net in args.nets.split(","):
+    for net in [n for n in args.nets.split(",") if n]:
         out[net] = common.prepare(net, [int(b) for b in args.batches.split(",")])
     if args.forms:
         import forms
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
          "form": child_form, "coldplain": child_coldplain}[args.child](args)
         return 0
 
-    nets = args.nets.split(",")
+    nets = [n for n in args.nets.split(",") if n]
     batches = [int(b) for b in args.batches.split(",")]
     started = time.time()
     facts = common.machine_facts()
@@ -642,8 +642,10 @@ def render(results: dict) -> dict[str, str]:
     ch = ["form", "net", "cold plain s", "cold `layerparity compare` (own error) s", "ratio"]
     crows = [[c["form"], c["net"], f"{c['plain_s']:.2f}", f"{c['cli_s']:.2f}", _fmt_ratio(c["cli_s"] / c["plain_s"], TARGET_COLD)]
              for c in results.get("cold", [])]
-    text = [text_table(head, rows), "", "one-off costs (once per run, not per input):", text_table(one, orows)]
-    md = [md_table(head, rows), "", md_table(one, orows)]
+    text, md = [], []
+    if rows:
+        text += [text_table(head, rows), "", "one-off costs (once per run, not per input):", text_table(one, orows)]
+        md += [md_table(head, rows), "", md_table(one, orows)]
     if frows:
         text += ["", "other port forms (batch 1, warm):", text_table(fh, frows)]
         md += ["", md_table(fh, frows)]
