@@ -16,7 +16,7 @@ OK, BAD = "✓", "✗"
 
 
 def _names(ops: list[str], limit: int = 6) -> str:
-    short = [op.split("/", 2)[-1] if op.startswith("PartitionedCall/") else op for op in ops]
+    short = [op.split("/", 2)[-1] if op.split("/", 1)[0].endswith("PartitionedCall") else op for op in ops]
     shown = ", ".join(f"`{s}`" for s in short[:limit])
     return shown + (f" and {len(short) - limit} more" if len(short) > limit else "")
 
