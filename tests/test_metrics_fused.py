@@ -139,3 +139,17 @@ def test_ties_pick_the_first_index_across_lanes():
         got[k] = 2.0
     m = compute_metrics(ref, got, Tolerance(1e-4, 3e-5))
     assert m.max_abs_index == (77,) and m.max_rel_index == (77,) and m.mismatched == 4
+
+
+def test_environment_switch_keeps_the_numpy_path():
+    code = (
+        "import os; os.environ['LAYERPARITY_NO_NUMBA'] = '1'\n"
+        "import sys, numpy as np\n"
+        "from layerparity.metrics import compute_metrics\n"
+        "from layerparity.result import Tolerance\n"
+        "r = np.linspace(-1, 1, 20000, dtype=np.float32)\n"
+        "m = compute_metrics(r, r + np.float32(1e-3), Tolerance(1e-4, 3e-5))\n"
+        "assert 'numba' not in sys.modules and m.mismatched > 0\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
