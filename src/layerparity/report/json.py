@@ -21,7 +21,15 @@ from typing import Any
 
 from ..atomic_write import write_text
 from ..errors import ReportFormatError
-from ..result import REPORT_FORMAT_VERSION, Coverage, Diagnosis, LayerResult, Metrics, Report, Tolerance
+from ..result import (
+    REPORT_FORMAT_VERSION,
+    Coverage,
+    Diagnosis,
+    LayerResult,
+    Metrics,
+    Report,
+    Tolerance,
+)
 
 __all__ = ["ReportFormatError", "write_json", "read_json", "validate_report", "report_from_dict", "load_report"]
 
