@@ -118,7 +118,7 @@ def test_unreadable_inputs_exit_2_naming_the_file(files, tmp_path):
     out = run("compare", *model_args(files), "--input", str(wrong_shape))
     assert out.returncode == 2
     line = one_line(out.stderr)
-    assert "input 'data' has shape (1, 3, 7, 7)" in line and "Traceback" not in out.stderr
+    assert "layer 'ip1' (InnerProduct)" in line and "Traceback" not in out.stderr  # the layer that fixes the size
 
 
 def test_demo_runs_the_bundled_example():
