@@ -307,6 +307,17 @@ def fc_rules(case: Case) -> list[Diagnosis]:
                 f"Caffe's C*H*W-ordered weight rows (input C,H,W = {(c_, h_, w_)}): recomputing that reproduces the "
                 "TF output.", FIXES["flatten_order"], lambda f=flat_tf: f @ w.T + bias, input_chw=[c_, h_, w_]):
             break
+        # the converse, seen in converter output: the data is flattened C*H*W (the port transposes
+        # back to NCHW first) but the weight columns were permuted to H*W*C order
+        flat_back = flat_caffe.reshape(n, h_, w_, c_).transpose(0, 3, 1, 2).reshape(n, -1)
+        if case.attempt(out, "flatten_order",
+                f"Everything matches up to the flatten; the port flattens the data in Caffe's C*H*W order but its "
+                f"MatMul/Dense weight rows are permuted to H*W*C order (input C,H,W = {(c_, h_, w_)}): recomputing "
+                "that reproduces the TF output.", "The data reaching this layer is already in Caffe's C*H*W order "
+                "(the port transposes back to NCHW before flattening): use Caffe's weight as it is (`W.T` for a "
+                "Dense/MatMul kernel), without permuting its rows to H*W*C.", lambda f=flat_back: f @ w.T + bias,
+                input_chw=[c_, h_, w_], weight_order="H*W*C", data_order="C*H*W"):
+            break
         case.attempt(out, "reshape_not_transpose", "The Dense kernel is Caffe's (N, K) weights reshaped to (K, N) "
              "instead of transposed: recomputing with it reproduces the TF output.", FIXES["reshape_not_transpose"],
              lambda f=flat_tf: f @ w.reshape(w.shape[1], w.shape[0]) + bias, where="weights")
