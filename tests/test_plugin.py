@@ -96,8 +96,8 @@ def test_passing_check_returns_the_report_and_options_set_the_tolerance(env):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--parity-rtol", "1e-3"], "--parity-rtol needs --parity-atol too: they are given together or not at all"),
-        (["--parity-atol", "1e-3"], "--parity-atol needs --parity-rtol too: they are given together or not at all"),
+        (["--parity-rtol", "1e-3"], "--parity-rtol needs --parity-atol too (got --parity-rtol=0.001, --parity-atol=None)"),
+        (["--parity-atol", "1e-3"], "--parity-atol needs --parity-rtol too (got --parity-rtol=None, --parity-atol=0.001)"),
         (["--parity-rtol", "nan", "--parity-atol", "0"], "--parity-rtol must be a finite number >= 0, got nan"),
     ],
 )

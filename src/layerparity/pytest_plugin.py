@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import re
 import time
@@ -82,13 +81,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    rtol, atol = config.getoption("--parity-rtol"), config.getoption("--parity-atol")
-    if (rtol is None) != (atol is None):
-        given, missing = ("--parity-rtol", "--parity-atol") if rtol is not None else ("--parity-atol", "--parity-rtol")
-        raise pytest.UsageError(f"{given} needs {missing} too: they are given together or not at all")
-    for name, v in (("--parity-rtol", rtol), ("--parity-atol", atol)):
-        if v is not None and (not math.isfinite(v) or v < 0):
-            raise pytest.UsageError(f"{name} must be a finite number >= 0, got {v}")
+    from .errors import InputError
+    from .metrics import check_tolerance_pair  # the one validator (API, CLI and here)
+
+    try:
+        check_tolerance_pair(config.getoption("--parity-rtol"), config.getoption("--parity-atol"),
+                             names=("--parity-rtol", "--parity-atol"))
+    except InputError as e:
+        raise pytest.UsageError(str(e)) from None
     config.stash[_session_start_key] = time.time()
     config.stash[_regenerated_key] = set()
 

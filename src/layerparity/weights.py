@@ -677,8 +677,11 @@ def weight_parity(
 def _caffe_probes_by_shape_inference(cb: Any) -> Any:
     """Kinds and input shapes from one capture on zeros (only if the backend offers nothing cheaper)."""
     try:
-        specs = cb.input_specs()
-        feed = {s.name: np.zeros([d or 1 for d in s.shape], np.float32) for s in specs}
+        # the prototxt's own shapes: a free H/W (reshapeable input) keeps its declared size, not 1x1,
+        # so the probes' shapes (and the flatten's C, H, W) are the net's real ones
+        shapes = cb.input_shapes() if hasattr(cb, "input_shapes") else {
+            s.name: tuple(d or 1 for d in s.shape) for s in cb.input_specs()}
+        feed = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
         return [p.without_value() for p in cb.iter_capture(feed)]
     except Exception:  # noqa: BLE001 - kinds then come from blob shapes
         return None
