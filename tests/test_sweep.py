@@ -208,6 +208,40 @@ def test_inputs_that_fail_are_named_and_grouped_by_first_divergent_layer(files, 
     assert b.batch == 5 and b.failed_inputs == r.failed_inputs and b.counts == r.counts
 
 
+def test_a_truncated_port_fails_the_sweep_even_though_every_input_agrees(files, ports, tmp_path):
+    """The port stops after relu2 (no pool2, ip1, prob): each input's numbers agree where both
+    nets have them, but the sweep cannot judge the rest of the net, so it fails and says why;
+    partial=True declares the partial check and then it passes."""
+    import keras
+
+    full = keras.models.load_model(ports["fixed"])
+    cut = keras.Model(full.input, full.get_layer("relu2").output)
+    cut.save(str(tmp_path / "cut.keras"))
+    x = _inputs(6)
+    r = layerparity.sweep(files.prototxt, str(tmp_path / "cut.keras"), x, caffe_weights=files.caffemodel,
+                          workers=0, sample=2)
+    assert not r and not r.passed, r.summary()
+    assert r.counts["failed"] == 0 and r.counts["errors"] == 0 and r.counts["passed"] == 6
+    assert "'prob'" in r.coverage_problem and "ip1" in r.coverage_problem
+    assert "not covered (every input)" in r.summary()
+    d = r.to_dict()
+    validate_sweep(d)
+    assert d["passed"] is False and d["coverage_problem"] == r.coverage_problem
+    assert "Not covered (every input)" in render_sweep_html(r)
+    p = layerparity.sweep(files.prototxt, str(tmp_path / "cut.keras"), x, caffe_weights=files.caffemodel,
+                          workers=0, sample=2, partial=True)
+    assert p and p.coverage_problem == "", p.summary()
+    # the CLI: exit 1 without --partial, 0 with it
+    base = [sys.executable, "-m", "layerparity.cli", "sweep", "--caffe-model", files.prototxt,
+            "--caffe-weights", files.caffemodel, "--tf-model", str(tmp_path / "cut.keras"),
+            "--inputs", str(tmp_path / "x.npy"), "--workers", "0", "--sample", "1", "--quiet"]
+    np.save(tmp_path / "x.npy", x[:2])
+    out = subprocess.run(base, capture_output=True, text=True, env=ENV, timeout=600)
+    assert out.returncode == 1 and "not covered (every input)" in out.stdout, out.stdout + out.stderr
+    out = subprocess.run(base + ["--partial"], capture_output=True, text=True, env=ENV, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_buggy_demo_port_fails_everywhere_at_conv2_with_its_diagnosis(files):
     r = layerparity.sweep(files.prototxt, files.keras, _inputs(4), caffe_weights=files.caffemodel, workers=0)
     assert r.failed_inputs == {"conv2": [0, 1, 2, 3]}

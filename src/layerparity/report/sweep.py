@@ -69,6 +69,7 @@ def sweep_to_dict(result: Any) -> dict[str, Any]:
                 "executor": result.executor, "workers": result.workers},
         "sketch": {"kind": "ddsketch", "relative_accuracy": result.relative_accuracy},
         "notes": list(result.notes),
+        "coverage_problem": result.coverage_problem,
     }
     return _safe(d)
 
@@ -167,6 +168,8 @@ def format_sweep_summary(result: Any) -> str:
         if fd.get("diagnoses"):
             top = fd["diagnoses"][0]
             lines.append(f"    {top.get('kind')}: {top.get('fix')}")
+    if result.coverage_problem:
+        lines.append(f"  not covered (every input): {result.coverage_problem}")
     for r in result.errors[:12]:
         lines.append(f"  error on input {r.index} ({r.label}): {r.error}")
     if c["errors"] > 12:
@@ -305,7 +308,10 @@ def render_sweep_html(result: Any, title: str = "layerparity sweep") -> str:
         f"<h1>{e(title)}</h1>",
         f"<p><span class='verdict {cls}'>{verdict}</span> ",
         e(f"{c['completed']}{total} inputs checked: {c['passed']} passed, {c['failed']} failed, {c['errors']} errors"),
-        "</p><dl>",
+        "</p>",
+        (f"<p class=fail-note><b>Not covered (every input):</b> {e(result.coverage_problem)}</p>"
+         if result.coverage_problem else ""),
+        "<dl>",
         f"<dt>Caffe</dt><dd class=mono>{e(result.caffe_source)}</dd>",
         f"<dt>TensorFlow</dt><dd class=mono>{e(result.tf_source)}</dd>",
         f"<dt>mode</dt><dd>{e(result.mode)}; {c['full']} inputs compared layer by layer "

@@ -37,6 +37,9 @@ def add_parser(sub: Any, add_tolerance: Callable[[Any], None], add_preprocess: C
                    help="local worker processes, each holding both models (default: one per two cores; 0: in this process)")
     g.add_argument("--dask-scheduler", metavar="ADDRESS", help="run on a dask.distributed cluster (tcp://host:8786)")
     g.add_argument("--no-own-error", action="store_true", help="skip own error in the full comparisons (faster)")
+    g.add_argument("--partial", nargs="?", const=True, default=False, metavar="LAYER[,LAYER]",
+                   help="a deliberate partial check, as in `compare --partial`: pass even if Caffe layers are "
+                        "left out (alone), or stop at these Caffe layers")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tolerance(s)
     r = s.add_argument_group("reports")
@@ -80,6 +83,8 @@ def cmd_sweep(args: argparse.Namespace, preprocess: Any = None) -> int:
             rtol=args.rtol, atol=args.atol, own_error=not args.no_own_error, every_layer=args.every_layer,
             sample=args.sample, seed=args.seed, batch=args.batch, preprocess=preprocess,
             executor=executor, workers=args.workers, progress=not args.quiet and _tty(),
+            partial=[n.strip() for n in args.partial.split(",") if n.strip()]
+            if isinstance(args.partial, str) else args.partial,
         )
     except KeyboardInterrupt as stop:
         result = getattr(stop, "sweep_result", None)

@@ -60,13 +60,18 @@ class SweepResult:
     batch: int = 1
     notes: list[str] = field(default_factory=list)
     relative_accuracy: float = RELATIVE_ACCURACY  # of the p50/p99 sketches
+    #: What the port leaves out of the Caffe net (missing outputs, uncovered computing
+    #: layers), the same for every input: a sweep with it does not pass, whatever the
+    #: inputs' numbers ("" when the comparison covers the net or ``partial`` was declared).
+    coverage_problem: str = ""
 
     def __bool__(self) -> bool:
         return self.passed
 
     @property
     def passed(self) -> bool:
-        return not self.interrupted and self.counts["failed"] == 0 and self.counts["errors"] == 0
+        return (not self.interrupted and self.counts["failed"] == 0 and self.counts["errors"] == 0
+                and not self.coverage_problem)
 
     @property
     def completed(self) -> int:
@@ -146,6 +151,7 @@ def sweep(
     caffe_options: Mapping[str, Any] | None = None,
     tf_options: Mapping[str, Any] | None = None,
     on_input: Callable[[ItemResult], None] | None = None,
+    partial: bool | list[str] | tuple[str, ...] = False,
 ) -> SweepResult:
     """Check a Caffe net against its TF port on many inputs; statistics in constant memory.
 
@@ -168,7 +174,9 @@ def sweep(
     terminal). ``on_input(item)`` is called with each input's
     :class:`~layerparity.sweeper.stats.ItemResult`, in input order, as it is counted. Ctrl-C stops the workers and re-raises the KeyboardInterrupt with the partial
     result (``interrupted=True``) as its ``sweep_result`` attribute. The other keywords are
-    :func:`compare_models`'.
+    :func:`compare_models`'; as there, the sweep passes only if the comparison covers the
+    whole Caffe net (``coverage_problem`` says what it leaves out) unless ``partial`` declares
+    a partial check.
     """
     from ..metrics import ToleranceTable
 
@@ -189,6 +197,7 @@ def sweep(
         rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, diagnose=diagnose,
         caffe_options=tuple(sorted(dict(caffe_options or {}).items())),
         tf_options=tuple(sorted(dict(tf_options or {}).items())),
+        partial=partial if isinstance(partial, bool) else tuple(str(x) for x in partial),
     )
     for what, p in (("caffe_model", spec.caffe_model), ("caffe_weights", spec.caffe_weights), ("tf_model", spec.tf_model)):
         if isinstance(p, str) and not os.path.exists(p):
@@ -513,6 +522,7 @@ class _Run:
             workers=self.workers if self.user_executor is None else None,
             batch=self.batch,
             notes=list(self.notes),
+            coverage_problem=learned.get("coverage", ""),
         )
 
 

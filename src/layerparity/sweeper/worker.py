@@ -45,6 +45,7 @@ class ModelSpec:
     diagnose: bool = True
     caffe_options: tuple[tuple[str, Any], ...] = ()
     tf_options: tuple[tuple[str, Any], ...] = ()
+    partial: bool | tuple[str, ...] = False
 
     def key(self) -> str:
         """What identifies the opened models: paths with their modification times, and the options."""
@@ -251,6 +252,7 @@ class _Session:
             mapping=s.mapping, rtol=s.rtol, atol=s.atol, tolerances=s.tolerances,
             replay=self.tb if s.own_error else None, diagnose=s.diagnose,
             caffe_weights=self.cw if s.diagnose else None, tf_weights=self.tw if s.diagnose else None,
+            partial=list(s.partial) if isinstance(s.partial, tuple) else s.partial,
         )
         return report, cmetas, tmetas
 
@@ -303,9 +305,13 @@ def _full_item(sess: _Session, index: int, label: str, sample: Any, screen: list
                ) -> tuple[ItemResult, Any, list[Any], list[Any]]:
     report, cm, tm = sess.full(sample)
     fd = report.first_divergence
-    item = ItemResult(index, label, "pass" if report else "fail", full=True, rows=_measured(report),
+    # the input's own verdict is its numbers (rows in scope); what the port leaves out of the
+    # net is the same for every input and decides the sweep's verdict once (``coverage`` below)
+    cov = report.coverage
+    rows_ok = all(r.passed for r in report.rows if cov is None or cov.in_scope(r))
+    item = ItemResult(index, label, "pass" if rows_ok else "fail", full=True, rows=_measured(report),
                       outputs=screen or [], screen_failed=screen is not None)
-    if fd is not None and not report.passed:
+    if fd is not None and not rows_ok:
         item.first_divergence, item.first_divergence_tf = fd.caffe_layer, fd.tf_layer
         d = report.to_dict()
         item.example = {"first_divergence": d["first_divergence"],
@@ -340,7 +346,9 @@ def _learn(report: Any, cmetas: list[Any], tmetas: list[Any], sess: _Session) ->
                              tm.layout, tuple(tm.flat_shape) if tm.flat_shape else None, r.tolerance or report.tolerance))
     if not outputs:
         why = "the Caffe net has no output blob"
+    cov = report.coverage
     return {
+        "coverage": "" if cov is None or cov.partial is True or cov.passes else cov.problem(),
         "pairs": [] if why else pairs,
         "why": why,
         "rows": [(r.caffe_layer, r.tf_layer) for r in report.rows],
