@@ -1,0 +1,404 @@
+"""The docs harness: every fenced Python and shell example in README.md and docs/*.md runs,
+and where the page shows output, the output of the run is compared with it.
+
+Built on Sybil (its Markdown fence lexer, ``Document`` and ``Example``); one parser reads
+every fenced block of a page and decides from the block's language and from a
+``<!-- docs-test: ... -->`` HTML comment right before the fence what to do with it:
+
+============================  ============================================================
+block                         what the harness does
+============================  ============================================================
+```` ```python ````           exec'd in the page's namespace (shared by the page's blocks,
+                              in page order), cwd = the workspace; its stdout (or, with
+                              ``raises``, the exception's message) is the block's output
+```` ```console ````          ``$ command`` lines (``\\`` continues a line) run in bash in
+                              the workspace (shell variables carry over between blocks of
+                              a page); the lines under a command are its expected output
+```` ```bash ```` / ``sh``    the whole block runs as a bash script; nothing compared
+``<!-- docs-test: output -->``  the next block is the expected output of the previous
+                              example (stdout and stderr together for shell commands)
+``<!-- docs-test: raises E -->``  the next Python block must raise ``E``
+``<!-- docs-test: exit N -->``  the next shell block's commands may exit with status N
+                              (else 0 or 1: 1 is "the models differ", the demo's outcome)
+``<!-- docs-test: skip REASON -->``  not run here (another Caffe install, a GPU, the user's
+                              own file, the suite itself); the page must say so visibly:
+                              the text right above the comment holds "Not run by the docs
+                              test"
+``<!-- docs-test: not an example -->``  a signature or a sketch, not meant to run
+============================  ============================================================
+
+An unlabelled block whose first line is a command (``$ ...`` as ``console``; ``layerparity ...``,
+``make ...``, ``pip ...``, ``pytest ...``, ``python -m ...`` as a script) runs like a labelled
+one, so a shell example cannot slip by unlabelled; other unlabelled blocks are text (tables,
+messages, diagrams) and never run unless marked ``output``.
+
+Expected output is compared after normalising whitespace (runs of blanks are one blank,
+blank lines and trailing blanks are ignored). ``...`` alone on a line matches any lines;
+``...`` inside a line matches any text. Integers must be equal; a number with a decimal
+point or an exponent matches when it agrees to 1 part in 1000 or within one unit of its
+last shown digit (so a value never depends on exact float rounding, and a stale number,
+such as 9202.51 for 9168.44, still fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sybil import Document, Example, Region
+from sybil.parsers.markdown.lexers import RawFencedCodeBlockLexer
+
+ROOT = Path(__file__).resolve().parents[1]
+DIRECTIVE = re.compile(r"<!--\s*docs-test:\s*(?P<body>.*?)\s*-->\s*$", re.S)
+VISIBLE_NOTE = "Not run by the docs test"
+SHELL_LANGS = {"bash", "sh", "shell"}
+COMMAND_WORDS = ("$ ", "layerparity ", "make ", "pip ", "pytest ", "python -m ", ".venv/bin/")
+COLUMNS = "120"
+
+
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    kind: str  # python | console | script | output | skip | text | error
+    source: str
+    line: int
+    language: str
+    directive: str = ""
+    reason: str = ""
+    raises: str = ""
+    exits: tuple[int, ...] = (0, 1)
+
+
+@dataclass
+class PageState:
+    """What one page's run carries from block to block."""
+
+    workspace: Path
+    last_output: str | None = None
+    last_line: int = 0
+    shell_state: Path | None = None
+    last_rc: int = 0  # the last shell command's status: `$?` in the next one
+    counts: dict[str, int] = field(default_factory=lambda: {"run": 0, "compared": 0, "skipped": 0})
+    skipped: list[str] = field(default_factory=list)
+
+
+class DocsParser:
+    """A Sybil parser yielding one region per fenced block of a page."""
+
+    lexer = RawFencedCodeBlockLexer(info_pattern=re.compile(r"(?P<info>[^\n]*)\n"))
+
+    def __call__(self, document: Document) -> Iterable[Region]:
+        previous_end = 0
+        for lexed in self.lexer(document):
+            info = lexed.lexemes["info"].strip()
+            language = info.split()[0].lower() if info else ""
+            source = str(lexed.lexemes["source"])
+            line = document.text.count("\n", 0, lexed.start) + 1
+            between = document.text[previous_end:lexed.start]
+            previous_end = lexed.end
+            m = DIRECTIVE.search(between)
+            directive = m.group("body") if m else ""
+            try:
+                block = classify(language, source, line, directive, between[: m.start()] if m else between,
+                                 document.path)
+            except ValueError as e:  # a malformed directive or an unlabelled command: the page fails
+                block = Block("error", source, line, language, directive, reason=str(e))
+            yield Region(lexed.start, lexed.end, block, evaluate)
+
+
+def classify(language: str, source: str, line: int, directive: str, before: str, path: str) -> Block:
+    where = f"{path}:{line}"
+    word, _, rest = directive.partition(" ")
+    if directive.startswith("not an example"):
+        return Block("text", source, line, language, directive)
+    if word == "skip":
+        if not rest.strip():
+            raise ValueError(f"{where}: 'docs-test: skip' needs a reason")
+        tail = before[-400:]
+        if VISIBLE_NOTE not in tail:
+            raise ValueError(f"{where}: a skipped example needs a visible note above it ({VISIBLE_NOTE!r} ...)")
+        return Block("skip", source, line, language, directive, reason=rest.strip())
+    if word == "output":
+        return Block("output", source, line, language, directive)
+    if language == "python":
+        return Block("python", source, line, language, directive, raises=rest.strip() if word == "raises" else "")
+    if language in SHELL_LANGS or language == "console":
+        exits = (0, 1)
+        if word == "exit":
+            exits = tuple(int(v) for v in rest.replace(",", " ").split())
+        return Block("console" if language == "console" else "script", source, line, language, directive,
+                     exits=exits)
+    first = next((ln.strip() for ln in source.splitlines() if ln.strip()), "")
+    if language == "" and first.startswith(COMMAND_WORDS):  # an unlabelled shell example runs too
+        exits = tuple(int(v) for v in rest.replace(",", " ").split()) if word == "exit" else (0, 1)
+        return Block("console" if first.startswith("$ ") else "script", source, line, language, directive,
+                     exits=exits)
+    if directive:
+        raise ValueError(f"{where}: unknown docs-test directive {directive!r} for a {language or 'plain'} block")
+    if language == "text" and first.startswith(COMMAND_WORDS):
+        raise ValueError(f"{where}: a ```text block that looks like a shell example: label it console/bash, "
+                         f"or mark it <!-- docs-test: skip REASON --> with a visible note")
+    return Block("text", source, line, language, directive)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+
+def evaluate(example: Example) -> str | None:
+    block: Block = example.parsed
+    state: PageState = example.namespace["__docs_state__"]
+    where = f"{Path(example.path).name}:{block.line}"
+    if block.kind == "text":
+        return None
+    if block.kind == "error":
+        return block.reason
+    if block.kind == "skip":
+        state.counts["skipped"] += 1
+        state.skipped.append(f"{where}: {block.reason}")
+        return None
+    if block.kind == "output":
+        if state.last_output is None:
+            return f"{where}: an output block with no example run before it"
+        state.counts["compared"] += 1
+        problem = compare_output(block.source, state.last_output)
+        state.last_output = None
+        if problem:
+            return f"{where}: the output shown differs from the run of the example at line {state.last_line}:\n{problem}"
+        return None
+    state.counts["run"] += 1
+    state.last_line = block.line
+    if block.kind == "python":
+        return run_python(example, block, state, where)
+    return run_shell(block, state, where)
+
+
+def run_python(example: Example, block: Block, state: PageState, where: str) -> str | None:
+    code = compile("\n" * (block.line) + block.source, example.path, "exec")
+    out = io.StringIO()
+    old = os.getcwd()
+    os.chdir(state.workspace)
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(code, example.namespace)
+    except BaseException as e:  # noqa: BLE001 - an example may raise anything; the page decides
+        if block.raises and type(e).__name__ == block.raises:
+            state.last_output = out.getvalue() + f"{type(e).__name__}: {e}\n"
+            return None
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
+        return f"{where}: the example raised\n{tb}\nstdout:\n{out.getvalue()[-3000:]}"
+    finally:
+        os.chdir(old)
+    if block.raises:
+        return f"{where}: the example should raise {block.raises} (the page says so) but did not"
+    state.last_output = out.getvalue()
+    return None
+
+
+def shell_commands(source: str) -> list[tuple[str, str]]:
+    """(command, expected output) pairs of a console block."""
+    pairs: list[tuple[str, list[str]]] = []
+    lines = source.splitlines()
+    i = 0
+    while i < len(lines):
+        ln = lines[i]
+        if ln.startswith("$ "):
+            cmd = [ln[2:]]
+            while cmd[-1].rstrip().endswith("\\") and i + 1 < len(lines):
+                i += 1
+                cmd.append(lines[i])
+            pairs.append(("\n".join(cmd), []))
+        elif pairs:
+            pairs[-1][1].append(ln)
+        elif ln.strip():
+            raise ValueError(f"console block: output before the first $ command: {ln!r}")
+        i += 1
+    return [(c, "\n".join(o)) for c, o in pairs]
+
+
+def shell_env() -> dict[str, str]:
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "COLUMNS": COLUMNS,
+            "TERM": "dumb", "NO_COLOR": "1"}
+
+
+def run_bash(script: str, state: PageState, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in bash in the workspace; variables set by earlier blocks carry over."""
+    if state.shell_state is None:
+        state.shell_state = state.workspace / f".shell-state-{os.getpid()}-{id(state)}"
+        state.shell_state.write_text("", encoding="utf-8")
+    st = shlex.quote(str(state.shell_state))
+    wrapped = f"set -a; source {st}; (exit {state.last_rc})\n{script}\n__rc=$?; set +a; declare -p | grep -E '^declare -x [A-Za-z_]' " \
+              f"| grep -vE ' (PWD|OLDPWD|SHLVL|_)=' > {st}; exit $__rc\n"
+    return subprocess.run(["bash", "-c", wrapped], cwd=state.workspace, capture_output=True, text=True,
+                          env=shell_env(), timeout=timeout)
+
+
+def run_shell(block: Block, state: PageState, where: str) -> str | None:
+    if block.kind == "script":
+        r = run_bash(block.source, state)
+        if r.returncode not in block.exits:
+            return f"{where}: the script exited {r.returncode}\n{(r.stdout + r.stderr)[-3000:]}"
+        state.last_output = r.stdout + r.stderr
+        return None
+    try:
+        pairs = shell_commands(block.source)
+    except ValueError as e:
+        return f"{where}: {e}"
+    for cmd, expected in pairs:
+        r = run_bash(cmd, state)
+        state.last_rc = r.returncode
+        got = r.stdout + r.stderr
+        if r.returncode not in block.exits:
+            return f"{where}: `{cmd}` exited {r.returncode} (the page allows {block.exits})\n{got[-3000:]}"
+        if expected.strip():
+            state.counts["compared"] += 1
+            problem = compare_output(expected, got)
+            if problem:
+                return f"{where}: the output shown under `{cmd}` differs from the run:\n{problem}"
+        state.last_output = got
+    return None
+
+
+# -- comparing output -------------------------------------------------------------------------
+
+NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
+_TOKEN = re.compile(rf"(?P<ell>\.\.\.)|(?P<num>(?<![A-Za-z_]){NUMBER})")
+
+
+def normalise(text: str) -> list[str]:
+    return [re.sub(r"[ \t]+", " ", ln).strip() for ln in text.splitlines() if ln.strip()]
+
+
+def _line_pattern(line: str) -> tuple[str, list[str]]:
+    parts, numbers, pos = [], [], 0
+    for m in _TOKEN.finditer(line):
+        parts.append(re.escape(line[pos:m.start()]))
+        if m.group("ell"):
+            parts.append(".*?")
+        else:
+            parts.append(rf"(?<![A-Za-z_0-9.])({NUMBER})(?![0-9])")
+            numbers.append(m.group("num"))
+        pos = m.end()
+    parts.append(re.escape(line[pos:]))
+    return "".join(parts), numbers
+
+
+def numbers_agree(shown: str, got: str) -> bool:
+    if not re.search(r"[.eE]", shown):
+        return not re.search(r"[.eE]", got) and int(shown) == int(got)
+    e, a = float(shown), float(got)
+    mantissa = re.split(r"[eE]", shown)[0]
+    exponent = int(re.split(r"[eE]", shown)[1]) if re.search(r"[eE]", shown) else 0
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    last_digit = 10.0 ** (exponent - decimals)
+    return math.isclose(a, e, rel_tol=1e-3) or abs(a - e) <= last_digit * (1 + 1e-9)
+
+
+def line_matches(shown: str, got: str) -> str | None:
+    """None when ``got`` matches the shown line, else why not."""
+    pattern, numbers = _line_pattern(shown)
+    m = re.fullmatch(pattern, got)
+    if m is None:
+        return "text differs"
+    for i, n in enumerate(numbers):
+        if not numbers_agree(n, m.group(i + 1)):
+            return f"number {n} shown, {m.group(i + 1)} in the run"
+    return None
+
+
+def compare_output(expected: str, actual: str) -> str | None:
+    """None when ``actual`` matches ``expected`` (see the module docstring), else a report."""
+    exp, act = normalise(expected), normalise(actual)
+    memo: dict[tuple[int, int], bool] = {}
+    worst: list[tuple[int, int, str]] = []
+
+    def match(i: int, j: int) -> bool:
+        key = (i, j)
+        if key in memo:
+            return memo[key]
+        if i == len(exp):
+            ok = j == len(act)
+            if not ok:
+                worst.append((i, j, "the run printed more lines"))
+        elif exp[i] == "...":
+            ok = any(match(i + 1, k) for k in range(j, len(act) + 1))
+        elif j < len(act) and (why := line_matches(exp[i], act[j])) is None:
+            ok = match(i + 1, j + 1)
+        else:
+            if j < len(act):
+                worst.append((i, j, why))  # noqa: F821 - bound by the walrus above
+            else:
+                worst.append((i, j, "the run printed fewer lines"))
+            ok = False
+        memo[key] = ok
+        return ok
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+    if match(0, 0):
+        return None
+    i, j, why = max(worst, key=lambda t: (t[0], -t[1])) if worst else (0, 0, "")
+    shown = exp[i] if i < len(exp) else "<end>"
+    got = act[j] if j < len(act) else "<end>"
+    return (f"first mismatch at shown line {i + 1}: {why}\n  shown: {shown}\n  run:   {got}\n"
+            f"--- the run's whole output ---\n" + "\n".join(act)[-4000:])
+
+
+# -- a page -----------------------------------------------------------------------------------
+
+
+def parse(path: Path) -> Document:
+    return Document.parse(str(path), DocsParser())
+
+
+def run_page(path: Path, workspace: Path) -> tuple[PageState, list[str]]:
+    """Run every example of one page in order; returns the state and the failures."""
+    document = parse(path)
+    state = PageState(workspace=workspace)
+    document.namespace["__docs_state__"] = state
+    document.namespace["__name__"] = "__docs__"
+    failures = []
+    for example in document.examples():
+        try:
+            result = example.region.evaluator(example)
+        except Exception as e:  # noqa: BLE001 - the harness itself broke on this block
+            result = f"{path.name}:{example.line}: {type(e).__name__}: {e}"
+        if result:
+            failures.append(result)
+    return state, failures
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/docs_harness.py WORKSPACE PAGE...``: run the pages in this fresh process
+    (as a new user would: nothing registered, nothing imported), print one JSON line per page."""
+    import json
+
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import caffe  # noqa: F401 - Caffe before TensorFlow in any process
+
+    workspace = Path(argv[0])
+    for page in argv[1:]:
+        state, failures = run_page(Path(page), workspace)
+        print("DOCS-RESULT " + json.dumps({"page": page, "counts": state.counts, "skipped": state.skipped,
+                                            "failures": failures}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
