@@ -59,7 +59,8 @@ BN_MOVING_AVERAGE_FACTOR = 999.982  # the third BatchNorm blob S in real trained
 # ceil size (res3a_branch1 1x1/2 on 56: 29, Caffe 28) in its shapes, and its fc1000 Reshape to
 # 2048 then fails in onnx2tf; at 197 every stride-2 1x1 conv fits exactly (99 -> 49 -> 25 -> 13
 # -> 7). No floor-rounding pool bug: in every net here it changes a size that a later fixed-size
-# step (fc6's reshape, pool5's 7x7 window) needs, and onnx2tf crashes (SIGFPE) on such a model.
+# step (fc6's reshape, pool5's 7x7 window) needs, and onnx2tf crashes (SIGFPE) on such a model;
+# the pool-rounding bug is instead the ceil padding on the wrong side (caffenet pool2).
 NETS: dict[str, dict] = {
     "alexnet": {
         "what": "AlexNet (BVLC, shipped deploy)",
@@ -86,6 +87,10 @@ NETS: dict[str, dict] = {
             {"name": "norm2_lrn_alpha", "edit": {"node": "norm2", "attr": "alpha", "times": 5},
              "layer": "norm2", "kinds": ["lrn_alpha_scaling", "lrn_parameters"],
              "what": "LRN norm2 (after pool2) with alpha multiplied by size"},
+            {"name": "pool2_ceil_pads_top_left", "edit": {"node": "pool2", "attr": "pads", "value": [1, 1, 0, 0]},
+             "layer": "pool2", "kinds": ["pool_rounding"],
+             "what": "MaxPool pool2's ceil-rounding pads put at the top/left ([1, 1, 0, 0]) instead of the "
+                     "bottom/right ([0, 0, 1, 1]): the same size, every window shifted"},
             {"name": "fc6_flatten_order", "edit": {"node": "fc6_Gemm", "inputs": [1], "transform": "flatten_hwc",
                                                   "arg": [256, 3, 3]},
              "layer": "fc6", "kinds": ["flatten_order"],

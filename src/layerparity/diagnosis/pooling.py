@@ -119,6 +119,18 @@ def pool_rules(case: Case) -> list[Diagnosis]:
              "Recomputing that reproduces the TF output.",
              ROUNDING_FIX, lambda: ref.pool2d(xp, k, s, (0, 0, 0, 0), mode, (oh, ow), "full"),
              overhang_rows=eh, overhang_cols=ew)
+        # ceil emulated by padding, but at the top/left (seen in converter output: the extra
+        # pads of an ONNX pool put at the begin, not the end): every window is shifted
+        case.attempt(out, "pool_rounding",
+             f"Caffe's ceil rounding adds {eh} row(s)/{ew} column(s) at the bottom/right; the port pads them at the "
+             "top/left instead, so every pooling window is shifted. Recomputing with the extra padding at the "
+             "top/left reproduces the TF output.",
+             "Put the ceil-rounding padding at the end (bottom/right), as Caffe does: ONNX pads "
+             f"[{p[0]}, {p[1]}, {p[0] + eh}, {p[1] + ew}] (begin..., end...), Keras "
+             f"`ZeroPadding2D((({p[0]}, {p[0] + eh}), ({p[1]}, {p[1] + ew})))` (MAX: after a ReLU, or pad with -inf).",
+             lambda: ref.pool2d(x, k, s, (p[0] + eh, p[0], p[1] + ew, p[1]), mode, (oh, ow),
+                                "exclude_pad" if mode == "AVE" else "caffe"),
+             overhang_rows=eh, overhang_cols=ew, extra_padding_at="top/left")
     if not out:
         out += _fingerprints(case, mode, p)
     return out
