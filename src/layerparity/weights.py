@@ -61,7 +61,14 @@ from .names import fold, normalize_name, tf_name_keys
 WEIGHT_RTOL = 1e-5
 WEIGHT_ATOL = 1e-6  # times max |expected|
 
-STATUS_ORDER = {"equal": 0, "equal_under": 1, "different": 2, "missing": 3}
+#: Folded values (a BatchNorm folded into a Mul/Add or a kernel) are computed in float32 by the
+#: converter from several blobs: a looser bound, still far below any injected or real bug.
+FOLD_RTOL = 1e-4
+FOLD_ATOL = 1e-5  # times the largest term of the formula
+
+STATUS_ORDER = {"equal": 0, "folded": 1, "equal_under": 2, "different": 3, "missing": 4}
+#: statuses of a Caffe layer whose weights are right
+GOOD = ("equal", "folded")
 
 #: What to write instead, per wrong transform (shared with the diagnosis).
 TRANSFORM_FIXES = {
@@ -82,6 +89,10 @@ TRANSFORM_FIXES = {
     "batchnorm_scale_factor": "Divide Caffe's BatchNorm blobs by the scale factor (third blob): moving_mean = "
                               "b0 / b2, moving_variance = b1 / b2 (0 if b2 == 0).",
     "prelu_shared_axes": "Use `PReLU(shared_axes=[1, 2])` with alpha = slopes.reshape(1, 1, C).",
+    "batchnorm_epsilon": "Use Caffe's eps (batch_norm_param.eps, default 1e-5) when folding or porting the "
+                         "BatchNorm, not Keras' 1e-3: mul = gamma / sqrt(var / S + eps).",
+    "missing_scale": "The Scale layer after the BatchNorm was left out: fold its gamma/beta in "
+                     "(mul = gamma / sqrt(var / S + eps), add = beta - mean / S * mul) or port it as its own Mul/Add.",
 }
 
 
@@ -96,6 +107,10 @@ class BlobParity:
     status: str  # "equal" | "equal_under:<transform>" | "different" | "missing"
     max_abs_error: float | None = None  # under the expected transform, when shapes allow
     note: str = ""
+    tf_name: str | None = None  # the TF op / layer holding the array (when several hold the layer's weights)
+    formula: str = ""  # for "folded": what the TF array was checked against
+    #: for a mismatch: the worst element, ``{"index": [...], "expected": x, "got": y}`` (TF layout)
+    worst: dict[str, Any] | None = None
 
     @property
     def transform(self) -> str | None:
@@ -111,6 +126,9 @@ class BlobParity:
             "transform": self.transform,
             "max_abs_error": self.max_abs_error,
             "note": self.note,
+            "tf_name": self.tf_name,
+            "formula": self.formula,
+            "worst": self.worst,
         }
 
 
@@ -124,6 +142,8 @@ class WeightRow:
     status: str
     blobs: list[BlobParity] = field(default_factory=list)
     note: str = ""
+    how: str = ""  # how it was paired: "explicit" | "name" | "structural" | "value" | "" (names only)
+    tf_ops: list[str] = field(default_factory=list)  # every TF op / layer whose arrays were checked
 
     @property
     def transform(self) -> str | None:
@@ -138,6 +158,8 @@ class WeightRow:
             "transform": self.transform,
             "note": self.note,
             "fix": self.fix,
+            "how": self.how,
+            "tf_ops": list(self.tf_ops),
             "blobs": [b.to_dict() for b in self.blobs],
         }
 
@@ -148,13 +170,16 @@ class WeightRow:
 
 @dataclass
 class WeightReport:
-    """Truthy when every Caffe layer with params has TF weights equal under the expected transform."""
+    """Truthy when every Caffe layer with params has TF weights equal under the expected transform
+    (or folded into TF ops by the checked formula)."""
 
     rows: list[WeightRow]
     unmatched_tf: list[str] = field(default_factory=list)
+    #: what the pairing could not settle from the graph alone (and how to settle it)
+    pairing_notes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return all(r.status == "equal" for r in self.rows)
+        return all(r.status in GOOD for r in self.rows)
 
     @property
     def passed(self) -> bool:
@@ -162,7 +187,15 @@ class WeightReport:
 
     @property
     def problems(self) -> list[WeightRow]:
-        return [r for r in self.rows if r.status != "equal"]
+        return [r for r in self.rows if r.status not in GOOD]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status kind (``equal``, ``folded``, ``equal_under``, ``different``, ``missing``)."""
+        out: dict[str, int] = {}
+        for r in self.rows:
+            k = r.status.split(":", 1)[0]
+            out[k] = out.get(k, 0) + 1
+        return out
 
     def row(self, caffe_layer: str) -> WeightRow:
         for r in self.rows:
@@ -175,14 +208,18 @@ class WeightReport:
             "format": "layerparity-weights",
             "version": 1,
             "passed": self.passed,
+            "counts": self.counts(),
             "layers": [r.to_dict() for r in self.rows],
             "unmatched_tf": list(self.unmatched_tf),
+            "pairing_notes": list(self.pairing_notes),
         }
 
     def to_text(self, max_rows: int = 50) -> str:
         n_ok = sum(r.status == "equal" for r in self.rows)
+        n_fold = sum(r.status == "folded" for r in self.rows)
         head = "Weights match." if self else "Weights differ!"
-        lines = [f"{head} {n_ok} / {len(self.rows)} Caffe layers with params equal under the expected layout."]
+        folded = f" ({n_fold} more folded into TF ops, formula checked)" if n_fold else ""
+        lines = [f"{head} {n_ok} / {len(self.rows)} Caffe layers with params equal under the expected layout{folded}."]
         problems = self.problems
         for r in problems[:max_rows]:
             tf = r.tf_layer or "-"
@@ -192,16 +229,25 @@ class WeightReport:
             for b in r.blobs:
                 if b.status != "equal":
                     err = f", max abs error {b.max_abs_error:.3g} under the expected layout" if b.max_abs_error is not None else ""
+                    where = f" in {b.tf_name}" if b.tf_name else ""
                     lines.append(
-                        f"    blob {b.index} ({b.role}) caffe {b.caffe_shape} tf {b.tf_shape}: {b.status}{err}"
+                        f"    blob {b.index} ({b.role}) caffe {b.caffe_shape} tf {b.tf_shape}{where}: {b.status}{err}"
                         + (f"; {b.note}" if b.note else "")
                     )
+                    if b.worst is not None and not b.status.startswith("equal_under"):
+                        w = b.worst
+                        lines.append(f"      worst element {tuple(w['index'])}: expected {w['expected']:.6g}, "
+                                     f"got {w['got']:.6g}")
+                    if b.formula:
+                        lines.append(f"      checked: {b.formula}")
         if len(problems) > max_rows:
             lines.append(f"  ... {len(problems) - max_rows} more layers not shown (output capped)")
         if self.unmatched_tf:
             shown = ", ".join(self.unmatched_tf[:20])
             more = f" and {len(self.unmatched_tf) - 20} more" if len(self.unmatched_tf) > 20 else ""
             lines.append(f"  TF layers with weights and no Caffe layer: {shown}{more}")
+        for n in self.pairing_notes:
+            lines.append(f"  pairing: {n}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -246,8 +292,12 @@ def _squeezed_equal(expected: np.ndarray, got: np.ndarray) -> tuple[bool, float 
 
 
 def _variants(kind: str, role: str, w: np.ndarray, chw: tuple[int, int, int] | None, group: int,
-              tf_shape: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:
-    """The classic wrong transforms of a Caffe blob, as TF would hold them."""
+              tf_shape: tuple[int, ...], caffe_chw: tuple[int, int, int] | None = None) -> list[tuple[str, np.ndarray]]:
+    """The classic wrong transforms of a Caffe blob, as TF would hold them.
+
+    ``caffe_chw``: the (C, H, W) an InnerProduct reads when the TF side flattens in Caffe's
+    own C*H*W order (a converter's transpose back to NCHW before the reshape), so the expected
+    kernel is plain ``W.T`` and the Keras-style row permutation is the wrong one."""
     out: list[tuple[str, np.ndarray]] = []
     if role != "weight":
         return out
@@ -271,6 +321,8 @@ def _variants(kind: str, role: str, w: np.ndarray, chw: tuple[int, int, int] | N
     elif kind == "fc" and w.ndim == 2:
         if chw is not None and chw[1] * chw[2] > 1:
             out.append(("flatten_order", w.T))
+        elif chw is None and caffe_chw is not None and caffe_chw[1] * caffe_chw[2] > 1:
+            out.append(("flatten_order", inner_product_weight_caffe_to_tf(w, caffe_chw)))
         if w.size == int(np.prod(tf_shape)):
             out.append(("reshape_not_transpose", w.reshape(tf_shape)))
     return out
@@ -302,11 +354,13 @@ def compare_layer(
     chw: tuple[int, int, int] | None = None,
     group: int = 1,
     scale_blobs: Sequence[np.ndarray] | None = None,
+    caffe_chw: tuple[int, int, int] | None = None,
 ) -> tuple[str, list[BlobParity], str]:
     """Compare one Caffe layer's blobs (canonical ``kind``) with one TF layer's arrays.
 
     Returns (status, per-blob results, note). ``scale_blobs`` are the params of
-    the Scale layer fused into the same TF BatchNormalization.
+    the Scale layer fused into the same TF BatchNormalization. ``caffe_chw``: see
+    :func:`_variants` (an fc whose TF input is flattened in C*H*W order, ``chw`` None).
     """
     caffe_blobs = [np.asarray(b) for b in caffe_blobs]
     if tf_arrays is None:
@@ -336,7 +390,7 @@ def compare_layer(
             results.append(BlobParity(i, role, tuple(b.shape), tuple(a.shape), "equal", err))
             continue
         status = "different"
-        for name, v in _variants(kind, role, b, chw, group, tuple(a.shape)):
+        for name, v in _variants(kind, role, b, chw, group, tuple(a.shape), caffe_chw):
             vok, _ = _close(v, a)
             if vok:
                 status = f"equal_under:{name}"
@@ -535,6 +589,11 @@ def check_weights(
     caffe_probes: Any = None,
     mapping: Mapping[str, str] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    tf_probes: Any = None,
+    tf_scalars: Mapping[str, Sequence[float]] | None = None,
+    caffe_value: Any = None,
+    tf_value: Any = None,
 ) -> WeightReport:
     """Weight parity of every Caffe layer with params.
 
@@ -554,6 +613,20 @@ def check_weights(
     input_shapes
         ``caffe_layer -> NCHW shape of its input`` (overrides the probes), for
         InnerProduct layers reading a spatial blob.
+    tf_probes
+        The TF side's probes (a :class:`~layerparity.trace.Trace` or list; values not
+        needed): with them (and ``caffe_probes``), layers are paired by the alignment
+        ``compare`` uses (explicit, name, structural; :mod:`layerparity.weight_pairing`)
+        and weights a converter folded or decomposed (BatchNorm + Scale into Mul/Add or
+        the kernel, a bias in an Add, a Gemm's MatMul/Mul/Add) are checked against their
+        formula (status ``folded``). ``tf_weights`` must then be keyed by probe name.
+        Without them, layers are paired by name only.
+    tf_scalars
+        ``op -> [scalar constant operands]`` (a Gemm's alpha in a ``Mul``;
+        ``GraphBackend.weight_scalars``).
+    caffe_value, tf_value
+        ``probe name -> value`` of one run of each net on the same input: structural
+        ties are then broken by value (as ``compare`` does).
     """
     if not isinstance(caffe_weights, Mapping) or not isinstance(tf_weights, Mapping):
         raise WeightParityError("check_weights needs two dicts: layer name -> list of arrays")
@@ -565,6 +638,13 @@ def check_weights(
         mapping = as_mapping(mapping)
     mapping = dict(mapping or {})
     cw = {str(k): _arrays(v, f"Caffe layer {k!r}") for k, v in caffe_weights.items()}
+    if tf_probes is not None:
+        if caffe_probes is None:
+            raise WeightParityError("check_weights: tf_probes need caffe_probes too (the alignment pairs the two)")
+        tw0 = {str(k): _arrays(v, f"TF layer {k!r}") for k, v in tf_weights.items()}
+        return _check_aligned(cw, tw0, _probe_index(caffe_probes), caffe_probes, tf_probes,
+                              tf_scalars=tf_scalars, mapping=mapping or None, caffe_value=caffe_value,
+                              tf_value=tf_value, input_shapes=input_shapes)
     tw = _group_graph_weights({str(k): _arrays(v, f"TF layer {k!r}") for k, v in tf_weights.items()})
     probes = _probe_index(caffe_probes)
     caffe_key, tf_keys = _name_keys()
@@ -650,28 +730,63 @@ def weight_parity(
     caffe_weights_path: str | None,
     tf_model: Any,
     mapping: Mapping[str, str] | str | None = None,
+    *,
+    by_value: Any = None,
 ) -> WeightReport:
     """Load both models through the backends and check their weights.
 
     ``tf_model`` is anything :func:`layerparity.backends.tensorflow.load_tf` accepts
     (a Keras model, a ``.keras``/``.h5`` path, a SavedModel directory, ...) or an
-    open TF backend. Layer kinds and InnerProduct input shapes come from one Caffe
-    run on zeros (in the Caffe worker).
+    open TF backend. Layers are paired by the alignment ``compare`` uses (explicit
+    ``mapping``, names, then structure); the probes it aligns come from one run of each
+    net on zeros, whose values are never looked at: the structural step uses the
+    graph's edges, kinds and shapes only. ``by_value``: an input (NCHW array, or
+    ``{input: array}``) both nets are run on once, to break structural ties by value
+    (when the report's ``pairing_notes`` say the graph alone is not enough).
     """
     from .backends.base import Backend
     from .backends.caffe import CaffeBackend  # lazy: needs pycaffe (in the worker)
 
+    caffe_trace = None
     with CaffeBackend(caffe_prototxt, caffe_weights_path) as cb:
         cw = cb.weights()
-        probes = _caffe_probes_by_shape_inference(cb)
+        shapes = cb.input_shapes() if hasattr(cb, "input_shapes") else None
+        if by_value is None:
+            probes = _caffe_probes_by_shape_inference(cb)
+        else:
+            caffe_trace = cb.capture(by_value)
+            probes = list(caffe_trace)
     if isinstance(tf_model, Backend):
-        tw = tf_model.weights()
-    else:
-        from .backends.tensorflow import load_tf  # lazy: needs TensorFlow
+        return _tf_side(tf_model, cw, probes, caffe_trace, shapes, mapping, by_value)
+    from .backends.tensorflow import load_tf  # lazy: needs TensorFlow
 
-        with load_tf(tf_model) as tb:
-            tw = tb.weights()
-    return check_weights(cw, tw, probes, mapping)
+    with load_tf(tf_model) as tb:
+        return _tf_side(tb, cw, probes, caffe_trace, shapes, mapping, by_value)
+
+
+def _tf_side(tb: Any, cw: Any, probes: Any, caffe_trace: Any, shapes: Any, mapping: Any, by_value: Any) -> WeightReport:
+    tw = tb.weights()
+    scalars = dict(getattr(tb, "weight_scalars", {}) or {})
+    if probes is None:
+        rep = check_weights(cw, tw, probes, mapping)
+        rep.pairing_notes.append("the Caffe net could not be run for its structure: layers paired by name only")
+        return rep
+    if by_value is not None:
+        tf_trace = tb.capture(by_value)
+        return check_weights(cw, tw, probes, mapping, tf_probes=list(tf_trace), tf_scalars=scalars,
+                             caffe_value=lambda n: caffe_trace[n].value, tf_value=lambda n: tf_trace[n].value)
+    try:
+        feed = {name: np.zeros(shape, np.float32) for name, shape in (shapes or {}).items()}
+        if not feed:
+            feed = {s.name: np.zeros(tuple(d or 1 for d in s.shape), np.float32) for s in tb.input_specs()}
+        tf_probes = [p.without_value() for p in tb.iter_capture(next(iter(feed.values())) if len(feed) == 1 else feed)]
+    except Exception as e:  # noqa: BLE001 - the structure is then unknown: pair by name, and say so
+        rep = check_weights(cw, tw, probes, mapping)
+        rep.pairing_notes.append(f"the TF model could not be run on zeros for its structure ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}): layers paired by name only; "
+                                 "pass an input to pair by value (by_value= / --by-value INPUT)")
+        return rep
+    return check_weights(cw, tw, probes, mapping, tf_probes=tf_probes, tf_scalars=scalars)
 
 
 def _caffe_probes_by_shape_inference(cb: Any) -> Any:
@@ -690,4 +805,492 @@ def _caffe_probes_by_shape_inference(cb: Any) -> Any:
 def iter_transform_names() -> Iterable[str]:
     """Every transform name an ``equal_under:`` status can carry."""
     return ("reshape_not_transpose", "kernel_flipped", "kernel_hw_swapped", "flatten_order",
-            "deconv_in_out_swapped", "channel_order", "batchnorm_scale_factor", "prelu_shared_axes")
+            "deconv_in_out_swapped", "channel_order", "batchnorm_scale_factor", "prelu_shared_axes",
+            "batchnorm_epsilon", "missing_scale")
+
+
+# -- pairing by the alignment, folded and decomposed weights ----------------------------------------
+
+#: how a TF op of a decomposed group changes the per-channel affine map after the kernel
+_MUL_KINDS = frozenset({"mul", "scale"})
+_ADD_KINDS = frozenset({"add", "bias"})
+
+
+def _worst_element(expected: np.ndarray, got: np.ndarray) -> dict[str, Any] | None:
+    if tuple(expected.shape) != tuple(got.shape) or not expected.size:
+        return None
+    d = np.abs(np.asarray(expected, np.float64) - np.asarray(got, np.float64))
+    i = np.unravel_index(int(np.argmax(d)), d.shape)
+    return {"index": [int(x) for x in i], "expected": float(expected[i]), "got": float(got[i])}
+
+
+def _fold_close(expected: np.ndarray, got: np.ndarray, terms: float) -> tuple[bool, float | None]:
+    """Equality of a folded value: float32 arithmetic of the converter allowed for."""
+    if tuple(expected.shape) != tuple(got.shape):
+        return False, None
+    e = np.asarray(expected, np.float64)
+    g = np.asarray(got, np.float64)
+    d = np.abs(e - g)
+    scale = max(float(np.max(np.abs(e), initial=0.0)), terms) or 1.0
+    return bool(np.all(d <= FOLD_ATOL * scale + FOLD_RTOL * np.abs(e))), float(np.max(d, initial=0.0))
+
+
+def _per_channel(a: np.ndarray, c: int) -> np.ndarray | None:
+    """A TF constant as a per-channel vector of length ``c`` (scalars broadcast; (1, C, 1, 1),
+    (1, 1, 1, C) and (C,) all read as C values), else None."""
+    a = np.asarray(a, np.float64)
+    if a.size == 1:
+        return np.full(c, float(a.reshape(-1)[0]))
+    if a.size == c and sum(d > 1 for d in a.shape) <= 1:
+        return a.reshape(-1)
+    return None
+
+
+@dataclass
+class _TFAffine:
+    """The TF group as ``y = (x * kernel) * u + t`` per output channel."""
+
+    kernel: np.ndarray | None = None
+    kernel_op: Any = None
+    u: np.ndarray | None = None
+    t: np.ndarray | None = None
+    mul_ops: list[str] = field(default_factory=list)
+    add_ops: list[str] = field(default_factory=list)
+    direct_bias: bool = True  # t is one array copied as is (no factor after it)
+    problems: list[str] = field(default_factory=list)
+
+
+def _tf_affine(ops: list[Any], c: int) -> _TFAffine:
+    from .weight_pairing import KERNEL_KINDS
+
+    r = _TFAffine(u=np.ones(c), t=np.zeros(c))
+    n_add = 0
+    for op in ops:
+        arrays = list(op.arrays)
+        if op.kind in KERNEL_KINDS and r.kernel is None:
+            if not arrays:
+                r.problems.append(f"{op.name} ({op.op_type}) holds no kernel")
+                continue
+            r.kernel, r.kernel_op = arrays[0], op
+            arrays = arrays[1:]  # a Keras layer's own bias
+            if arrays:
+                v = _per_channel(arrays[0], c)
+                if v is None:
+                    r.problems.append(f"{op.name}: bias of shape {arrays[0].shape} is not per-channel ({c})")
+                else:
+                    r.t = r.t + v
+                    r.add_ops.append(op.name)
+                    n_add += 1
+            continue
+        if op.kind == "bn" and len(arrays) == 4:
+            gamma, beta, mean, var = (_per_channel(a, c) for a in arrays)
+            eps = float(op.params.get("epsilon", 1e-3) or 0.0)
+            if any(v is None for v in (gamma, beta, mean, var)):
+                r.problems.append(f"{op.name}: BatchNorm arrays are not per-channel ({c})")
+                continue
+            m = gamma / np.sqrt(var + eps)
+            r.u, r.t = r.u * m, r.t * m + beta - mean * m
+            r.mul_ops.append(op.name)
+            r.add_ops.append(op.name)
+            r.direct_bias = False
+            n_add += 1
+            continue
+        vals = [*arrays, *(np.asarray(x) for x in op.scalars)]
+        for a in vals:
+            v = _per_channel(a, c)
+            if v is None:
+                r.problems.append(f"{op.name} ({op.op_type}) holds an array of shape {tuple(a.shape)}: "
+                                  f"not a per-channel constant of {c} channels")
+                continue
+            if op.kind in _MUL_KINDS:
+                r.u, r.t = r.u * v, r.t * v
+                r.mul_ops.append(op.name)
+                if n_add:
+                    r.direct_bias = False
+            elif op.kind in _ADD_KINDS:
+                r.t = r.t + v
+                r.add_ops.append(op.name)
+                n_add += 1
+            elif op.kind == "sub":
+                r.t = r.t - v
+                r.add_ops.append(op.name)
+                r.direct_bias = False
+                n_add += 1
+            else:
+                r.problems.append(f"{op.name} ({op.op_type}) holds weights of a kind weight parity does not fold")
+    if n_add > 1:
+        r.direct_bias = False
+    return r
+
+
+@dataclass
+class _Chain:
+    """The Caffe side of one paired chain: a main layer (conv/fc/...) and/or BatchNorm and Scale."""
+
+    main: str | None = None
+    main_kind: str = ""
+    bn: str | None = None
+    scale: str | None = None
+    eps: float = 1e-5
+
+
+def _caffe_affine(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, variant: str | None,
+                  eps: float | None = None) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """Caffe's BatchNorm + Scale after the main layer as ``y = x * u + t`` (per channel), the
+    largest term (for the tolerance) and the formula, optionally under a wrong ``variant``."""
+    u, t = np.ones(c), np.zeros(c)
+    terms = 0.0
+    parts: list[str] = []
+    if ch.bn is not None:
+        b = cw[ch.bn]
+        s = float(np.asarray(b[2]).reshape(-1)[0]) if len(b) > 2 else 1.0
+        f = 0.0 if s == 0 else 1.0 / s
+        if variant == "batchnorm_scale_factor":
+            f = 1.0
+        e = ch.eps if eps is None else eps
+        mean = np.asarray(b[0], np.float64).reshape(-1) * f
+        var = np.asarray(b[1], np.float64).reshape(-1) * f
+        m = 1.0 / np.sqrt(var + e)
+        u, t = m, -mean * m
+        terms = max(terms, float(np.max(np.abs(mean * m), initial=0.0)))
+        sdesc = "var" if variant == "batchnorm_scale_factor" else "var / S"
+        parts.append(f"BatchNorm {ch.bn!r}: x / sqrt({sdesc} + {e:g}) - mean{'' if variant == 'batchnorm_scale_factor' else ' / S'}"
+                     f" / sqrt(...)" + (f" (S = {s:g})" if len(b) > 2 else ""))
+    if ch.scale is not None and variant != "missing_scale":
+        sb = cw[ch.scale]
+        gamma = np.asarray(sb[0], np.float64).reshape(-1)
+        beta = np.asarray(sb[1], np.float64).reshape(-1) if len(sb) > 1 else np.zeros(c)
+        if gamma.size == 1:
+            gamma = np.full(c, float(gamma[0]))
+        terms = max(terms, float(np.max(np.abs(t * gamma), initial=0.0)), float(np.max(np.abs(beta), initial=0.0)))
+        u, t = u * gamma, t * gamma + beta
+        parts.append(f"Scale {ch.scale!r}: * gamma + beta")
+    elif ch.scale is not None:
+        parts.append(f"Scale {ch.scale!r} left out (gamma 1, beta 0)")
+    return u, t, terms, "; ".join(parts)
+
+
+def _out_axis_scale(kind: str, k: np.ndarray, u: np.ndarray, transpose_b: bool) -> np.ndarray | None:
+    """A TF kernel with each output channel multiplied by ``u``; None if the shapes do not fit."""
+    k = np.asarray(k, np.float64)
+    if kind in ("conv", "depthwise_conv") and k.ndim == 4:
+        if k.shape[3] == u.size:
+            return k * u
+        if k.shape[2] * k.shape[3] == u.size:
+            return k * u.reshape(k.shape[2], k.shape[3])
+        return None
+    if kind == "deconv" and k.ndim == 4 and k.shape[2] == u.size:
+        return k * u[None, None, :, None]
+    if kind == "fc" and k.ndim == 2:
+        if transpose_b and k.shape[0] == u.size:
+            return k * u[:, None]
+        if not transpose_b and k.shape[1] == u.size:
+            return k * u[None, :]
+    return None
+
+
+def _channels(cw: Mapping[str, list[np.ndarray]], ch: _Chain, group: int) -> int:
+    if ch.main is not None:
+        w = cw[ch.main][0]
+        if ch.main_kind == "deconv" and w.ndim == 4:
+            return int(w.shape[1]) * max(group, 1)
+        return int(w.shape[0])
+    if ch.bn is not None:
+        return int(np.asarray(cw[ch.bn][0]).size)
+    return int(np.asarray(cw[ch.scale][0]).size) if ch.scale is not None else 0
+
+
+def compare_folded(
+    cw: Mapping[str, list[np.ndarray]],
+    chain: _Chain,
+    ops: list[Any],
+    *,
+    chw: tuple[int, int, int] | None = None,
+    caffe_chw: tuple[int, int, int] | None = None,
+    group: int = 1,
+) -> dict[str, tuple[str, list[BlobParity], str]]:
+    """A Caffe chain (conv/fc, BatchNorm, Scale) against a TF group of ops holding its weights
+    decomposed or folded (kernel op, Mul/Add constants, a Gemm's scalar alpha, a FusedBatchNorm).
+
+    Returns ``{caffe_layer: (status, blobs, note)}``. Both sides become ``y = (x * K) * u + t``
+    per output channel; the effective kernels ``K * u`` and offsets ``t`` are compared. When
+    they differ, the classic wrong transforms of the kernel and the wrong BatchNorm formulas
+    (S not applied, another eps, the Scale left out) are tried: the one that explains the TF
+    values is the finding.
+    """
+    c = _channels(cw, chain, group)
+    tfa = _tf_affine(ops, c)
+    kind = chain.main_kind
+    out: dict[str, tuple[str, list[BlobParity], str]] = {}
+    main_blobs = cw[chain.main] if chain.main is not None else []
+    bias_c = (np.asarray(main_blobs[1], np.float64).reshape(-1) if len(main_blobs) > 1 else np.zeros(c))
+    transpose_b = bool(tfa.kernel_op is not None and tfa.kernel_op.params.get("transpose_b"))
+    problems = "; ".join(tfa.problems)
+
+    # the candidate explanations: the right formula first, then the wrong BatchNorm formulas
+    variants: list[tuple[str | None, float | None]] = [(None, None)]
+    if chain.bn is not None:
+        b = cw[chain.bn]
+        if len(b) > 2 and float(np.asarray(b[2]).reshape(-1)[0]) not in (0.0, 1.0):
+            variants.append(("batchnorm_scale_factor", None))
+    if chain.scale is not None:
+        variants.append(("missing_scale", None))
+    eps_guess = _solve_eps(cw, chain, c, tfa, ops) if chain.bn is not None else None
+    if eps_guess is not None:
+        variants.append(("batchnorm_epsilon", eps_guess))
+
+    kernel_tf = None
+    if tfa.kernel is not None:
+        kernel_tf = _out_axis_scale(kind, tfa.kernel, tfa.u, transpose_b)
+
+    def expected_kernels() -> list[tuple[str | None, np.ndarray]]:
+        w = main_blobs[0]
+        tf_shape = tuple(tfa.kernel.shape)
+        if transpose_b:
+            tf_shape = tf_shape[::-1]
+        exp = _expected(kind, w, "weight", chw, group, tf_shape)
+        cands: list[tuple[str | None, np.ndarray]] = [(None, exp)]
+        cands += list(_variants(kind, "weight", w, chw, group, tf_shape, caffe_chw))
+        return [(n, (k.T if transpose_b else k)) for n, k in cands]
+
+    results: list[tuple[str | None, float | None, bool, bool, Any]] = []
+    for variant, eps in variants:
+        u_c, t_c, terms, formula = _caffe_affine(cw, chain, c, variant, eps)
+        t_exp = bias_c * u_c + t_c
+        bias_terms = max(terms, float(np.max(np.abs(bias_c * u_c), initial=0.0)))
+        t_ok, t_err = _fold_close(t_exp, tfa.t, bias_terms)
+        k_name, k_ok, k_err, k_exp = None, None, None, None
+        if chain.main is not None and kernel_tf is not None:
+            k_ok = False
+            for name, k in expected_kernels():
+                ke = _out_axis_scale(kind, k, u_c, transpose_b)
+                if ke is None:
+                    continue
+                ok, err = _fold_close(ke, kernel_tf, 0.0)
+                if name is None:
+                    k_err, k_exp = err, ke
+                if ok:
+                    k_name, k_ok = name, True
+                    break
+        else:
+            u_ok, u_err = _fold_close(u_c, tfa.u, 0.0)
+            k_ok, k_err, k_exp = u_ok, u_err, u_c
+        results.append((variant, eps, bool(k_ok), t_ok, (k_name, k_err, k_exp, t_err, t_exp, formula)))
+        if k_ok and t_ok:
+            break
+
+    # the first variant explaining both parts wins; else the right formula's numbers are reported
+    hit = next((r for r in results if r[2] and r[3]), None)
+    # a kernel transform with the right BatchNorm formula, bias right too
+    chosen = hit or results[0]
+    variant, eps, k_ok, t_ok, (k_name, k_err, k_exp, t_err, t_exp, formula) = chosen
+    if hit is None:
+        variant = None
+    any_fold = (chain.bn is not None or chain.scale is not None or not np.allclose(tfa.u, 1.0)
+                or not tfa.direct_bias)
+    mul_where = ", ".join(tfa.mul_ops) or None
+    add_where = ", ".join(tfa.add_ops) or None
+    kname = tfa.kernel_op.name if tfa.kernel_op is not None else None
+
+    def status(ok: bool, fold: bool, transform: str | None = None) -> str:
+        if not ok:
+            return "different"
+        if transform:
+            return f"equal_under:{transform}"
+        return "folded" if fold else "equal"
+
+    # the main layer: kernel and bias
+    if chain.main is not None:
+        blobs: list[BlobParity] = []
+        w = main_blobs[0]
+        if tfa.kernel is None:
+            blobs.append(BlobParity(0, "weight", tuple(w.shape), None, "missing",
+                                    note="no TF op of the group holds a kernel"))
+        else:
+            fold_k = any_fold and not (chain.bn is None and chain.scale is None and np.allclose(tfa.u, 1.0))
+            st = status(k_ok, fold_k, k_name)
+            f = ""
+            if fold_k:
+                f = ("kernel * " + (mul_where or "1") + " = Caffe W (TF layout)"
+                     + (f" * [{formula}]" if formula else ""))
+            note = "MatMul with transpose_b: the kernel is held as W (N, K)" if transpose_b else ""
+            worst = _worst_element(k_exp, kernel_tf) if (st == "different" and k_exp is not None
+                                                           and kernel_tf is not None) else None
+            blobs.append(BlobParity(0, "weight", tuple(w.shape), tuple(tfa.kernel.shape), st,
+                                    k_err, note, kname, f, worst))
+        if len(main_blobs) > 1:
+            b = main_blobs[1]
+            if not tfa.add_ops:
+                blobs.append(BlobParity(1, "bias", tuple(b.shape), None, "missing" if not any_fold else "different",
+                                        note="no TF op of the group adds a bias", worst=None))
+            else:
+                fold_b = any_fold
+                st = status(t_ok, fold_b)
+                f = f"bias = {'(b * factor + offset)' if fold_b else 'b'}" + (f" [{formula}]" if formula else "")
+                blobs.append(BlobParity(1, "bias", tuple(b.shape), tuple(tfa.t.shape), st, t_err,
+                                        "" if fold_b else f"held by {add_where}", add_where, f if fold_b else "",
+                                        _worst_element(t_exp, tfa.t) if not t_ok else None))
+        if not tfa.add_ops and len(main_blobs) == 1 and (chain.bn is not None or chain.scale is not None):
+            pass
+        out[chain.main] = (_worst(blobs), blobs, problems)
+
+    # BatchNorm and Scale: the per-channel factor (in the kernel or a Mul) and the offset (an Add)
+    if chain.bn is not None or chain.scale is not None:
+        fac_where = mul_where or (f"{kname} (folded into the kernel)" if kname else None)
+        fac_shape = tuple(tfa.kernel.shape) if (kname and not tfa.mul_ops) else (c,)
+        fac = BlobParity(0, "factor", (c,), fac_shape, "folded" if k_ok else "different", k_err,
+                         "", fac_where, f"factor = {formula}",
+                         None if k_ok or k_exp is None else _worst_element(
+                             k_exp, kernel_tf if (chain.main is not None and kernel_tf is not None) else tfa.u))
+        off = BlobParity(1, "offset", (c,), (c,) if add_where else None, "folded" if t_ok else "different", t_err,
+                         "" if add_where else "no TF op of the group adds an offset", add_where,
+                         f"offset = {'b * factor + ' if len(main_blobs) > 1 else ''}{formula}",
+                         None if t_ok else _worst_element(t_exp, tfa.t))
+        ok = bool(k_ok and t_ok)
+        for layer, own in ((chain.bn, ("batchnorm_scale_factor", "batchnorm_epsilon")), (chain.scale, ("missing_scale",))):
+            if layer is None:
+                continue
+            tr = variant if variant in own else None
+            st = status(ok, True, tr)
+            note = problems
+            if tr == "batchnorm_epsilon":
+                note = f"the TF values use eps {eps:.3g}, Caffe's is {chain.eps:g}"
+            elif tr == "batchnorm_scale_factor":
+                note = "the TF values use mean and var not divided by the scale factor S"
+            elif tr == "missing_scale":
+                note = "the TF values are the BatchNorm alone: gamma 1, beta 0 (missing_scale)"
+            blobs = [BlobParity(fac.index, fac.role, fac.caffe_shape, fac.tf_shape, st if ok else fac.status,
+                                fac.max_abs_error, fac.note, fac.tf_name, fac.formula, fac.worst),
+                     BlobParity(off.index, off.role, off.caffe_shape, off.tf_shape, st if ok else off.status,
+                                off.max_abs_error, off.note, off.tf_name, off.formula, off.worst)]
+            out[layer] = (st, blobs, note)
+        if variant is not None and chain.main is not None and out[chain.main][0] in GOOD:
+            # the kernel is right under the (wrong) BatchNorm formula: the main layer itself is fine
+            st, blobs, note = out[chain.main]
+            out[chain.main] = (st, blobs, note)
+    return out
+
+
+def _solve_eps(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, tfa: _TFAffine, ops: list[Any]) -> float | None:
+    """The eps the TF factor was computed with (from ``u = gamma / sqrt(var / S + eps)``),
+    when it is one value for every channel and not Caffe's; else None."""
+    b = cw[ch.bn]
+    s = float(np.asarray(b[2]).reshape(-1)[0]) if len(b) > 2 else 1.0
+    f = 0.0 if s == 0 else 1.0 / s
+    var = np.asarray(b[1], np.float64).reshape(-1) * f
+    gamma = np.ones(c)
+    if ch.scale is not None:
+        gamma = np.asarray(cw[ch.scale][0], np.float64).reshape(-1)
+    u = tfa.u
+    if tfa.kernel is not None or u.size != c:
+        return None  # the factor is inside the kernel: solved only for a Mul
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = (gamma / u) ** 2 - var
+    e = e[np.isfinite(e)]
+    if not e.size:
+        return None
+    guess = float(np.median(e))
+    if guess <= 0 or abs(guess - ch.eps) <= 1e-3 * max(ch.eps, 1e-12) or np.ptp(e) > 0.05 * abs(guess) + 1e-6:
+        return None
+    return guess
+
+
+def _check_aligned(
+    cw: dict[str, list[np.ndarray]],
+    tw: dict[str, list[np.ndarray]],
+    probes: dict[str, Any],
+    caffe_probes: Any,
+    tf_probes: Any,
+    *,
+    tf_scalars: Mapping[str, Sequence[float]] | None,
+    mapping: Any,
+    caffe_value: Any,
+    tf_value: Any,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> WeightReport:
+    """check_weights with the pairing of :mod:`layerparity.weight_pairing` (the alignment of compare)."""
+    from .weight_pairing import KERNEL_KINDS, pair_weights
+
+    metas = {name: _kind_and_meta(name, blobs, probes) for name, blobs in cw.items()}
+    pairings, unmatched = pair_weights(caffe_probes, tf_probes, tw, list(cw), tf_scalars=tf_scalars,
+                                       mapping=mapping, caffe_value=caffe_value, tf_value=tf_value)
+    by_value = caffe_value is not None and tf_value is not None
+    rows: dict[str, WeightRow] = {}
+    notes: list[str] = []
+    done: set[int] = set()
+    for name in cw:
+        wp = pairings.get(name)
+        if wp is None:
+            rows[name] = WeightRow(
+                name, metas[name][3] or metas[name][0], None, "missing", [],
+                "the alignment paired no TF op with it" + (
+                    "" if by_value else "; from the graph alone it cannot be paired: pair by value "
+                    "(weight_parity(..., by_value=input) / layerparity weights --by-value INPUT)"), "")
+            continue
+        if id(wp) in done:
+            continue
+        done.add(id(wp))
+        layers = wp.caffe_layers
+        kinds = {c: metas[c][0] for c in layers}
+        ops = wp.ops
+        tf_ops = [o.name for o in ops]
+        amb = ""
+        if wp.ambiguous:
+            amb = (f"paired by structure, but {', '.join(wp.ambiguous)} fit(s) as well (same kind, inputs and "
+                   "kernel shape): pair by value to be sure")
+            notes.append(f"{layers[0]}: {amb}")
+        if not ops:
+            note = wp.note or (f"paired with TF {wp.tf!r} ({wp.how}), whose group holds no weights")
+            for c in layers:
+                rows[c] = WeightRow(c, metas[c][3] or kinds[c], wp.tf, "missing", [], note, wp.how, [])
+            continue
+        main = next((c for c in layers if kinds[c] in KERNEL_KINDS), None)
+        bn = next((c for c in layers if kinds[c] == "bn"), None)
+        sc = next((c for c in layers if kinds[c] == "scale"), None)
+        others = [c for c in layers if c not in (main, bn, sc)]
+        chw = caffe_chw = None
+        group = 1
+        if main is not None:
+            _, group, caffe_chw, _ = metas[main]
+            if input_shapes and main in input_shapes:
+                s = tuple(int(d) for d in input_shapes[main])
+                caffe_chw = (s[1], s[2], s[3]) if len(s) == 4 else None
+            chw = caffe_chw if wp.fc_flatten != "NCHW" else None
+        simple = len(ops) == 1 and not ops[0].scalars and (
+            (len(layers) == 1 and (kinds[layers[0]] not in ("bn", "scale") or ops[0].kind in ("bn", "scale"))
+             and (main is None or ops[0].kind in KERNEL_KINDS))
+            or (set(layers) == {bn, sc} and ops[0].kind == "bn"))
+        if others or simple:
+            for c in layers:
+                k, g, cchw, raw = metas[c]
+                if c == sc and bn is not None and simple:
+                    continue
+                scale_blobs = cw[sc] if (c == bn and sc is not None and simple) else None
+                arrays = ops[0].arrays if len(ops) == 1 else [a for o in ops for a in o.arrays]
+                status, results, note = compare_layer(k, cw[c], arrays, chw if c == main else cchw, g,
+                                                      scale_blobs, caffe_chw if c == main else None)
+                rows[c] = WeightRow(c, raw or k, wp.tf, status, results, amb or note, wp.how, tf_ops)
+            if sc is not None and bn is not None and simple:
+                brow = rows[bn]
+                gb = [b for b in brow.blobs if b.role in ("gamma", "beta")]
+                st = _worst(gb) if gb and not any(b.status == "missing" for b in gb) else "missing"
+                note = f"compared as gamma/beta of {wp.tf!r}" if st != "missing" else (
+                    f"{wp.tf!r} has no gamma/beta: the Scale is missing (missing_scale)")
+                rows[sc] = WeightRow(sc, metas[sc][3] or "scale", wp.tf, st, gb, note, wp.how, tf_ops)
+            continue
+        eps = 1e-5
+        if bn is not None:
+            p = probes.get(bn)
+            eps = float((getattr(p, "params", {}) or {}).get("eps", 1e-5) or 1e-5) if p is not None else 1e-5
+        chain = _Chain(main, kinds[main] if main else "", bn, sc, eps)
+        res = compare_folded(cw, chain, ops, chw=chw, caffe_chw=caffe_chw, group=group)
+        for c in layers:
+            status, results, note = res[c]
+            rows[c] = WeightRow(c, metas[c][3] or kinds[c], wp.tf, status, results, "; ".join(x for x in (note, amb) if x),
+                                wp.how, tf_ops)
+    missing = [c for c, r in rows.items() if r.status == "missing" and not r.tf_layer]
+    if missing and not by_value:
+        notes.append(f"{len(missing)} Caffe layer(s) with params ({', '.join(missing[:5])}"
+                     f"{', ...' if len(missing) > 5 else ''}) could not be paired from the graph alone: "
+                     "run both nets once and pair by value (by_value= / --by-value INPUT)")
+    return WeightReport([rows[c] for c in cw if c in rows], unmatched, notes)

@@ -482,6 +482,7 @@ class GraphBackend(TFBackend):
     # -- weights and replay ---------------------------------------------------------
     def _weights_impl(self) -> dict[str, list[np.ndarray]]:
         wanted: list[tuple[str, Any]] = []
+        scalars: list[tuple[str, Any]] = []
         for rec in self._ops:
             if rec.kind not in WEIGHT_OPS:
                 continue
@@ -489,14 +490,20 @@ class GraphBackend(TFBackend):
                 if x.name in self._needs_feed or not x.dtype.is_floating:
                     continue
                 if rec.kind in ("Mul", "Add", "AddV2", "Sub") and x.shape.rank == 0:
-                    continue  # a scalar factor, not a weight
+                    scalars.append((rec.name, x))  # a scalar factor (a Gemm's alpha), not a weight
+                    continue
                 wanted.append((rec.name, x))
-        if not wanted:
+        #: op -> its constant scalar operands (``Mul`` by a Gemm's alpha...), read with the weights;
+        #: weights() leaves them out, weight parity uses them to check the folded formulas
+        self.weight_scalars: dict[str, list[float]] = {}
+        if not wanted and not scalars:
             return {}
-        values = self._run([x for _, x in wanted], {})
+        values = self._run([x for _, x in wanted + scalars], {})
         out: dict[str, list[np.ndarray]] = {}
-        for (name, _), v in zip(wanted, values, strict=True):
+        for (name, _), v in zip(wanted, values[: len(wanted)], strict=True):
             out.setdefault(name, []).append(np.asarray(v))
+        for (name, _), v in zip(scalars, values[len(wanted):], strict=True):
+            self.weight_scalars.setdefault(name, []).append(float(np.asarray(v)))
         return out
 
     def can_replay(self, probe_name: str) -> bool:
