@@ -15,6 +15,10 @@ block                         what the harness does
                               the workspace (shell variables carry over between blocks of
                               a page); the lines under a command are its expected output
 ```` ```bash ```` / ``sh``    the whole block runs as a bash script; nothing compared
+``<!-- docs-test: setup CODE -->``  Python run before the next block, binding its placeholders
+                              (``proto``, ``model``, ``x``) to the demo's files
+``# path/file.py`` first line  a Python block that shows a file is also written to the
+                              workspace under that path (``, continued``: appended)
 ``<!-- docs-test: output -->``  the next block is the expected output of the previous
                               example (stdout and stderr together for shell commands)
 ``<!-- docs-test: raises E -->``  the next Python block must raise ``E``
@@ -83,6 +87,7 @@ class Block:
     reason: str = ""
     raises: str = ""
     exits: tuple[int, ...] = (0, 1)
+    setup: str = ""  # Python run first: binds an example's placeholders (``proto``, ``x``) to the demo
 
 
 @dataclass
@@ -131,13 +136,15 @@ def classify(language: str, source: str, line: int, directive: str, before: str,
         if not rest.strip():
             raise ValueError(f"{where}: 'docs-test: skip' needs a reason")
         tail = before[-400:]
-        if VISIBLE_NOTE not in tail:
+        if VISIBLE_NOTE.lower() not in tail.lower():
             raise ValueError(f"{where}: a skipped example needs a visible note above it ({VISIBLE_NOTE!r} ...)")
         return Block("skip", source, line, language, directive, reason=rest.strip())
     if word == "output":
         return Block("output", source, line, language, directive)
     if language == "python":
-        return Block("python", source, line, language, directive, raises=rest.strip() if word == "raises" else "")
+        setup = rest if word == "setup" else ""
+        return Block("python", source, line, language, directive, raises=rest.strip() if word == "raises" else "",
+                     setup=setup)
     if language in SHELL_LANGS or language == "console":
         exits = (0, 1)
         if word == "exit":
@@ -188,13 +195,26 @@ def evaluate(example: Example) -> str | None:
     return run_shell(block, state, where)
 
 
+FILE_HEADER = re.compile(r"#\s*(?P<path>[\w./-]+\.py)\b(?P<rest>[^\n]*)\n")
+
+
 def run_python(example: Example, block: Block, state: PageState, where: str) -> str | None:
+    header = FILE_HEADER.match(block.source)
+    if header:  # "# tests/test_port.py": the page shows a file; write it (", continued": append)
+        target = state.workspace / header.group("path")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a" if "continued" in header.group("rest") else "w", encoding="utf-8") as fh:
+            fh.write(block.source)
     code = compile("\n" * (block.line) + block.source, example.path, "exec")
+    if block.setup:
+        block_setup = compile(block.setup, f"{example.path}:{block.line} (docs-test setup)", "exec")
     out = io.StringIO()
     old = os.getcwd()
     os.chdir(state.workspace)
     try:
         with contextlib.redirect_stdout(out):
+            if block.setup:
+                exec(block_setup, example.namespace)
             exec(code, example.namespace)
     except BaseException as e:  # noqa: BLE001 - an example may raise anything; the page decides
         if block.raises and type(e).__name__ == block.raises:
