@@ -115,12 +115,12 @@ class DocsParser:
             language = info.split()[0].lower() if info else ""
             source = str(lexed.lexemes["source"])
             line = document.text.count("\n", 0, lexed.start) + 1
-            between = document.text[previous_end:lexed.start]
-            previous_end = lexed.end
+            between_start, previous_end = previous_end, lexed.end
+            between = document.text[between_start:lexed.start]
             m = DIRECTIVE.search(between)
             directive = m.group("body") if m else ""
             try:
-                block = classify(language, source, line, directive, between[: m.start()] if m else between,
+                block = classify(language, source, line, directive, document.text[: between_start + (m.start() if m else 0)],
                                  document.path)
             except ValueError as e:  # a malformed directive or an unlabelled command: the page fails
                 block = Block("error", source, line, language, directive, reason=str(e))
@@ -129,13 +129,13 @@ class DocsParser:
 
 def classify(language: str, source: str, line: int, directive: str, before: str, path: str) -> Block:
     where = f"{path}:{line}"
-    word, _, rest = directive.partition(" ")
+    word, rest = (directive.split(None, 1) + ["", ""])[:2] if directive else ("", "")
     if directive.startswith("not an example"):
         return Block("text", source, line, language, directive)
     if word == "skip":
         if not rest.strip():
             raise ValueError(f"{where}: 'docs-test: skip' needs a reason")
-        tail = before[-400:]
+        tail = before[-500:]  # the note may sit above the previous block ("this and the next block")
         if VISIBLE_NOTE.lower() not in tail.lower():
             raise ValueError(f"{where}: a skipped example needs a visible note above it ({VISIBLE_NOTE!r} ...)")
         return Block("skip", source, line, language, directive, reason=rest.strip())

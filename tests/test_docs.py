@@ -51,8 +51,16 @@ def run_pages(workspace: Path, *pages: Path, timeout: float = 1800) -> list[dict
     return results
 
 
+#: Pages whose examples are not run yet, and why (shown in the test summary as a skip).
+NOT_YET = {
+    "weights.md": "being rewritten in another change; its examples get their docs-test markup when it lands",
+}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_page_examples_run_and_show_their_output(page: Path, docs_workspace: Path):
+    if page.name in NOT_YET:
+        pytest.skip(f"docs/{page.name} not run by the docs test yet: {NOT_YET[page.name]}")
     (result,) = run_pages(docs_workspace, page)
     print(json.dumps({k: result[k] for k in ("counts", "skipped")}, indent=1))
     assert not result["failures"], "\n\n".join(result["failures"])
