@@ -39,9 +39,9 @@ messages, diagrams) and never run unless marked ``output``.
 Expected output is compared after normalising whitespace (runs of blanks are one blank,
 blank lines and trailing blanks are ignored). ``...`` alone on a line matches any lines;
 ``...`` inside a line matches any text. Integers must be equal; a number with a decimal
-point or an exponent matches when it agrees to 1 part in 1000 or within one unit of its
-last shown digit (so a value never depends on exact float rounding, and a stale number,
-such as 9202.51 for 9168.44, still fails).
+point or an exponent matches when the run's value agrees with it to 1 part in 1000, or
+rounds to it at the digits shown (so a value never depends on exact float rounding, and a
+stale number, such as 9202.51 for 9168.44, still fails).
 """
 
 from __future__ import annotations
@@ -327,7 +327,7 @@ def numbers_agree(shown: str, got: str) -> bool:
     exponent = int(re.split(r"[eE]", shown)[1]) if re.search(r"[eE]", shown) else 0
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
     last_digit = 10.0 ** (exponent - decimals)
-    return math.isclose(a, e, rel_tol=1e-3) or abs(a - e) <= last_digit * (1 + 1e-9)
+    return math.isclose(a, e, rel_tol=1e-3) or abs(a - e) <= 0.5 * last_digit * (1 + 1e-9)
 
 
 def line_matches(shown: str, got: str) -> str | None:

@@ -64,3 +64,47 @@ def test_page_examples_run_and_show_their_output(page: Path, docs_workspace: Pat
     (result,) = run_pages(docs_workspace, page)
     print(json.dumps({k: result[k] for k in ("counts", "skipped")}, indent=1))
     assert not result["failures"], "\n\n".join(result["failures"])
+
+
+def test_a_stale_number_in_a_copied_page_fails(tmp_path: Path, docs_workspace: Path):
+    """The harness is not vacuous: testing.md with one shown number changed fails, naming it."""
+    page = tmp_path / "testing.md"
+    text = (HERE.parent / "docs" / "testing.md").read_text("utf-8")
+    shown = "atol 3e-05 x max|caffe| 5.2101)"
+    assert shown in text, "testing.md no longer shows the line this test changes"
+    page.write_text(text.replace(shown, "atol 3e-05 x max|caffe| 5.3101)", 1), encoding="utf-8")
+    (result,) = run_pages(docs_workspace, page)
+    assert result["failures"], "a changed number in the shown output went unnoticed"
+    assert "number 5.3101 shown, 5.2101 in the run" in "\n".join(result["failures"])
+
+
+def _page(tmp_path: Path, text: str) -> dict:
+    page = tmp_path / "page.md"
+    page.write_text(text, encoding="utf-8")
+    (result,) = run_pages(tmp_path, page, timeout=300)
+    return result
+
+
+def test_stale_examples_and_outputs_fail_and_true_ones_pass(tmp_path: Path):
+    ok = ("```python\nprint(round(3.14159265, 5), 2048)\n```\n\n<!-- docs-test: output -->\n```\n3.14159 2048\n```\n\n"
+          "```console\n$ echo 0.3333333 done\n0.33333 done\n```\n")
+    assert _page(tmp_path, ok) == {"page": str(tmp_path / "page.md"), "counts": {"run": 2, "compared": 2, "skipped": 0},
+                                   "skipped": [], "failures": []}
+    for stale, says in [
+        (ok.replace("3.14159 2048", "3.15 2048"), "number 3.15 shown"),           # a number gone stale
+        (ok.replace("3.14159 2048", "3.14159 2047"), "number 2047 shown"),       # integers are exact
+        (ok.replace("0.33333 done", "0.33333 ok"), "text differs"),             # the words too
+        (ok.replace("print(round", "print(rund"), "NameError"),                  # an example that broke
+        (ok.replace("$ echo 0.333", "$ echo 0.353"), "number 0.33333 shown"),  # a shell command's output too
+        ("```\n$ exit 2\n```\n", "exited 2"),                                   # a failing command
+        ("```\nlayerparity frobnicate\n```\n", "exited 2"),                     # unlabelled commands run
+        ("Text.\n<!-- docs-test: skip no note -->\n```python\nx\n```\n", "visible note"),
+    ]:
+        failures = _page(tmp_path, stale)["failures"]
+        assert failures and says in "\n".join(failures), (stale, failures)
+
+
+def test_a_marked_example_is_counted_as_not_run(tmp_path: Path):
+    text = "*Not run by the docs test: a GPU.*\n<!-- docs-test: skip needs a GPU -->\n```python\nimport gpu\n```\n"
+    result = _page(tmp_path, text)
+    assert result["failures"] == [] and result["counts"]["skipped"] == 1 and "needs a GPU" in result["skipped"][0]
