@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--tf-model", required=True, metavar="PATH")
     w.add_argument("--mapping", metavar="FILE")
     w.add_argument("--json", metavar="OUT", help="write the weight report as JSON")
+    w.add_argument("--by-value", metavar="INPUT",
+                   help="run both nets once on this input (.npy/.npz NCHW or image) to pair layers by value "
+                        "where the graph's structure alone cannot tell them apart")
 
     m = sub.add_parser("demo", help="run the bundled example (a port with one classic bug) and print the table")
     m.add_argument("--fixed", action="store_true", help="compare against the corrected port instead (passes)")
@@ -493,7 +496,13 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
         mapping = load_mapping(args.mapping)
     _prepare_tf_model(args.tf_model)
-    rep = weight_parity(args.caffe_model, args.caffe_weights, args.tf_model, mapping)
+    by_value = None
+    if getattr(args, "by_value", None):
+        _check_path(args.by_value, "input file", "--by-value")
+        from .inputs import load_input
+
+        by_value = load_input(args.by_value)
+    rep = weight_parity(args.caffe_model, args.caffe_weights, args.tf_model, mapping, by_value=by_value)
     print(rep.to_text())
     if args.json:
         from .atomic_write import write_text
