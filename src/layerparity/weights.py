@@ -395,7 +395,11 @@ def compare_layer(
             if vok:
                 status = f"equal_under:{name}"
                 break
-        results.append(BlobParity(i, role, tuple(b.shape), tuple(a.shape), status, err))
+        note = ""
+        if status == "equal_under:reshape_not_transpose" and b.ndim == 2 and b.shape[0] == b.shape[1]:
+            note = "W is square: the TF kernel holds W itself, not W.T (the weight is transposed)"
+        worst = _worst_element(exp, a) if status == "different" else None
+        results.append(BlobParity(i, role, tuple(b.shape), tuple(a.shape), status, err, note, worst=worst))
     return _worst(results), results, ""
 
 
@@ -953,9 +957,12 @@ def _caffe_affine(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, varian
         m = 1.0 / np.sqrt(var + e)
         u, t = m, -mean * m
         terms = max(terms, float(np.max(np.abs(mean * m), initial=0.0)))
-        sdesc = "var" if variant == "batchnorm_scale_factor" else "var / S"
-        parts.append(f"BatchNorm {ch.bn!r}: x / sqrt({sdesc} + {e:g}) - mean{'' if variant == 'batchnorm_scale_factor' else ' / S'}"
-                     f" / sqrt(...)" + (f" (S = {s:g})" if len(b) > 2 else ""))
+        d = "" if variant == "batchnorm_scale_factor" or len(b) < 3 else " / S"
+        g = "gamma" if ch.scale is not None and variant != "missing_scale" else "1"
+        parts.append(f"factor = {g} / sqrt(var{d} + eps), offset = "
+                     + ("beta " if g == "gamma" else "") + f"- mean{d} * factor")
+        parts.append(f"mean, var of {ch.bn!r}, eps = {e:.6g}" + (f", S = {s:g}" if len(b) > 2 else "")
+                     + (f", gamma, beta of {ch.scale!r}" if g == "gamma" else ""))
     if ch.scale is not None and variant != "missing_scale":
         sb = cw[ch.scale]
         gamma = np.asarray(sb[0], np.float64).reshape(-1)
@@ -964,7 +971,8 @@ def _caffe_affine(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, varian
             gamma = np.full(c, float(gamma[0]))
         terms = max(terms, float(np.max(np.abs(t * gamma), initial=0.0)), float(np.max(np.abs(beta), initial=0.0)))
         u, t = u * gamma, t * gamma + beta
-        parts.append(f"Scale {ch.scale!r}: * gamma + beta")
+        if ch.bn is None:
+            parts.append(f"factor = gamma, offset = beta of {ch.scale!r}")
     elif ch.scale is not None:
         parts.append(f"Scale {ch.scale!r} left out (gamma 1, beta 0)")
     return u, t, terms, "; ".join(parts)
@@ -1086,6 +1094,10 @@ def compare_folded(
     variant, eps, k_ok, t_ok, (k_name, k_err, k_exp, t_err, t_exp, formula) = chosen
     if hit is None:
         variant = None
+    elif hit is not results[0]:
+        # a wrong formula explains the TF values: the errors reported are those under the right one
+        _, _, _, _, (_, k_err, k_exp0, t_err, t_exp0, _) = results[0]
+        k_exp = k_exp0 if k_exp0 is not None else k_exp
     any_fold = (chain.bn is not None or chain.scale is not None or not np.allclose(tfa.u, 1.0)
                 or not tfa.direct_bias)
     mul_where = ", ".join(tfa.mul_ops) or None
@@ -1111,8 +1123,8 @@ def compare_folded(
             st = status(k_ok, fold_k, k_name)
             f = ""
             if fold_k:
-                f = ("kernel * " + (mul_where or "1") + " = Caffe W (TF layout)"
-                     + (f" * [{formula}]" if formula else ""))
+                held = f"{kname} kernel" + (f" * {mul_where}" if mul_where else "")
+                f = f"{held} = W (TF layout)" + (" * factor; " + formula if formula else "")
             note = "MatMul with transpose_b: the kernel is held as W (N, K)" if transpose_b else ""
             worst = _worst_element(k_exp, kernel_tf) if (st == "different" and k_exp is not None
                                                            and kernel_tf is not None) else None
@@ -1126,12 +1138,11 @@ def compare_folded(
             else:
                 fold_b = any_fold
                 st = status(t_ok, fold_b)
-                f = f"bias = {'(b * factor + offset)' if fold_b else 'b'}" + (f" [{formula}]" if formula else "")
+                f = (f"{add_where} = b * factor + offset; {formula}" if formula
+                     else f"{add_where} = b (after the factor {mul_where})")
                 blobs.append(BlobParity(1, "bias", tuple(b.shape), tuple(tfa.t.shape), st, t_err,
                                         "" if fold_b else f"held by {add_where}", add_where, f if fold_b else "",
                                         _worst_element(t_exp, tfa.t) if not t_ok else None))
-        if not tfa.add_ops and len(main_blobs) == 1 and (chain.bn is not None or chain.scale is not None):
-            pass
         out[chain.main] = (_worst(blobs), blobs, problems)
 
     # BatchNorm and Scale: the per-channel factor (in the kernel or a Mul) and the offset (an Add)
@@ -1139,12 +1150,12 @@ def compare_folded(
         fac_where = mul_where or (f"{kname} (folded into the kernel)" if kname else None)
         fac_shape = tuple(tfa.kernel.shape) if (kname and not tfa.mul_ops) else (c,)
         fac = BlobParity(0, "factor", (c,), fac_shape, "folded" if k_ok else "different", k_err,
-                         "", fac_where, f"factor = {formula}",
+                         "", fac_where, formula,
                          None if k_ok or k_exp is None else _worst_element(
                              k_exp, kernel_tf if (chain.main is not None and kernel_tf is not None) else tfa.u))
         off = BlobParity(1, "offset", (c,), (c,) if add_where else None, "folded" if t_ok else "different", t_err,
                          "" if add_where else "no TF op of the group adds an offset", add_where,
-                         f"offset = {'b * factor + ' if len(main_blobs) > 1 else ''}{formula}",
+                         ("bias = b * factor + offset; " if len(main_blobs) > 1 else "") + formula,
                          None if t_ok else _worst_element(t_exp, tfa.t))
         ok = bool(k_ok and t_ok)
         for layer, own in ((chain.bn, ("batchnorm_scale_factor", "batchnorm_epsilon")), (chain.scale, ("missing_scale",))):
@@ -1238,7 +1249,6 @@ def _check_aligned(
         if wp.ambiguous:
             amb = (f"paired by structure, but {', '.join(wp.ambiguous)} fit(s) as well (same kind, inputs and "
                    "kernel shape): pair by value to be sure")
-            notes.append(f"{layers[0]}: {amb}")
         if not ops:
             note = wp.note or (f"paired with TF {wp.tf!r} ({wp.how}), whose group holds no weights")
             for c in layers:
@@ -1288,6 +1298,13 @@ def _check_aligned(
             status, results, note = res[c]
             rows[c] = WeightRow(c, metas[c][3] or kinds[c], wp.tf, status, results, "; ".join(x for x in (note, amb) if x),
                                 wp.how, tf_ops)
+    for c, r in rows.items():
+        if not r.note or "fit(s) as well" not in r.note:
+            continue
+        if r.status in GOOD:  # the weights themselves confirm the structural choice
+            r.note = r.note.replace("pair by value to be sure", "its weights match, which settles it")
+        else:
+            notes.append(f"{c}: {r.note}")
     missing = [c for c, r in rows.items() if r.status == "missing" and not r.tf_layer]
     if missing and not by_value:
         notes.append(f"{len(missing)} Caffe layer(s) with params ({', '.join(missing[:5])}"

@@ -21,13 +21,43 @@ def _names(ops: list[str], limit: int = 6) -> str:
     return shown + (f" and {len(short) - limit} more" if len(short) > limit else "")
 
 
+def _weights_cell(w: dict | None) -> str:
+    """The weights column for a correct port: how many Caffe layers with params are equal / folded."""
+    if w is None:
+        return "not run"
+    c = w["counts"]
+    good = c.get("equal", 0) + c.get("folded", 0)
+    text = f"{good} / {w['layers']} ({c.get('equal', 0)} equal, {c.get('folded', 0)} folded)"
+    if not w["passed"]:
+        text = f"{BAD} {text}; " + ", ".join(f"`{layer}` {st}" for layer, st in w["problems"][:3])
+    return text
+
+
+def _weights_bug(w: dict | None) -> str:
+    """What weight parity said of one bug port."""
+    if w is None:
+        return "weights: not run"
+    if not w.get("weight_bug"):
+        ok = OK if w["passed"] else BAD
+        found = "all equal/folded" if w["passed"] else ", ".join(f"`{layer}` {st}" for layer, st in w["problems"][:3])
+        return f"{ok} weights (no weight edited): {found}"
+    mark = (OK if w["layer_ok"] else BAD) + (OK if w["kind_ok"] else BAD)
+    found = ", ".join(f"`{layer}` `{st}`" for layer, st in w["problems"][:3]) or "nothing"
+    return f"{mark} weights: {found}"
+
+
 def render(entries: list[dict], nets: dict) -> str:
+    weights = {(e["net"], e["bug"]): e for e in entries if e.get("check") == "weights"}
+    entries = [e for e in entries if e.get("check", "compare") == "compare"]
     correct = {e["net"]: e for e in entries if e["bug"] is None}
     bugs = {(e["net"], e["bug"]): e for e in entries if e["bug"] is not None}
     n_pass = sum(e["passed"] for e in correct.values())
     n_layer = sum(e["layer_ok"] for e in bugs.values())
     n_kind = sum(e["kind_ok"] for e in bugs.values())
     n_both = sum(e["layer_ok"] and e["kind_ok"] for e in bugs.values())
+    w_correct = [e for (_, b), e in weights.items() if b is None]
+    w_bugs = [e for (_, b), e in weights.items() if b is not None and e.get("weight_bug")]
+    w_other = [e for (_, b), e in weights.items() if b is not None and not e.get("weight_bug")]
     out: list[str] = []
     w = out.append
     w(BEGIN)
@@ -35,7 +65,7 @@ def render(entries: list[dict], nets: dict) -> str:
     w("## Third-party matrix: converter-made ports")
     w("")
     w(f"Last run: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
-      f"{len(entries)} comparisons.")
+      f"{len(entries)} comparisons" + (f", {len(weights)} weight checks." if weights else "."))
     w("")
     w("The zoo above tests ports that this project's own port builder wrote. Here the ports come from")
     w("tools nobody here wrote: each Caffe net (seeded He-scaled weights written by real pycaffe,")
@@ -50,12 +80,19 @@ def render(entries: list[dict], nets: dict) -> str:
     w(f"- correct converter ports passing: **{n_pass} / {len(correct)}**")
     w(f"- injected bugs, first divergence at the expected layer: **{n_layer} / {len(bugs)}**")
     w(f"- injected bugs, top diagnosis right: **{n_kind} / {len(bugs)}**; both: **{n_both} / {len(bugs)}**")
+    if weights:
+        w(f"- weights (`layerparity weights`), correct ports with every Caffe layer with params equal or folded: "
+          f"**{sum(e['passed'] for e in w_correct)} / {len(w_correct)}**")
+        w(f"- weights, bugs that edit a weight: only that layer named, with a right transform: "
+          f"**{sum(e['layer_ok'] and e['kind_ok'] for e in w_bugs)} / {len(w_bugs)}**; other bugs leaving the "
+          f"weights all right: **{sum(e['passed'] for e in w_other)} / {len(w_other)}**")
     w("")
-    w("| net | correct port passes | rows compared | TF ops unmapped | injected bugs: expected layer -> first layer found, top diagnosis |")
-    w("| --- | --- | --- | --- | --- |")
+    w("| net | correct port passes | rows compared | TF ops unmapped | weights of the correct port: equal or folded | "
+      "injected bugs: expected layer -> first layer found, top diagnosis; weights |")
+    w("| --- | --- | --- | --- | --- | --- |")
     for name, spec in nets.items():
         c = correct.get(name)
-        if c is None and not any(n == name for n, _ in bugs):
+        if c is None and not any(n == name for n, _ in bugs) and not any(n == name for n, _ in weights):
             continue
         if c is None:
             passes, rows, unmapped = "not run", "", ""
@@ -67,15 +104,25 @@ def render(entries: list[dict], nets: dict) -> str:
         for b in spec["bugs"]:
             e = bugs.get((name, b["name"]))
             if e is None:
-                cells.append(f"`{b['name']}`: not run")
+                cells.append(f"`{b['name']}`: not run" + (f"; {_weights_bug(weights[(name, b['name'])])}"
+                                                          if (name, b["name"]) in weights else ""))
                 continue
             top = e["kinds"][0] if e["kinds"] else "none"
             mark = (OK if e["layer_ok"] else BAD) + (OK if e["kind_ok"] else BAD)
-            cells.append(f"{mark} `{b['name']}`: `{b['layer']}` -> `{e['first']}`, `{top}`")
-        w(f"| {name} | {passes} | {rows} | {unmapped} | {'<br>'.join(cells)} |")
+            cells.append(f"{mark} `{b['name']}`: `{b['layer']}` -> `{e['first']}`, `{top}`; "
+                         + _weights_bug(weights.get((name, b["name"]))))
+        wcell = _weights_cell(weights.get((name, None))) if weights else "not run"
+        w(f"| {name} | {passes} | {rows} | {unmapped} | {wcell} | {'<br>'.join(cells)} |")
     w("")
     w(f"{OK}{OK}: layer and diagnosis right; {OK}{BAD}: layer right, diagnosis not one of the bug's right "
       f"kinds; {BAD}.: another layer named first (or none).")
+    w("")
+    w("Weights column: `layerparity weights` (`weight_parity`) on the same ports, before anything runs on the input.")
+    w("Layers are paired by the alignment `compare` uses (structure only: no values); `folded` means the TF")
+    w("constants were checked against the formula of the Caffe blobs they were folded from (BatchNorm + Scale into")
+    w("a Mul/Add pair, a Gemm's alpha). For a bug that edits a weight, the first mark says the only layer named is")
+    w("the bug's, the second that its `equal_under:<transform>` is one of the bug's kinds; a bug that edits no")
+    w("weight must leave every weight equal or folded.")
     w("")
     w(END)
     return "\n".join(out) + "\n"
