@@ -960,7 +960,7 @@ def _caffe_affine(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, varian
         d = "" if variant == "batchnorm_scale_factor" or len(b) < 3 else " / S"
         g = "gamma" if ch.scale is not None and variant != "missing_scale" else "1"
         parts.append(f"factor = {g} / sqrt(var{d} + eps), offset = "
-                     + ("beta " if g == "gamma" else "") + f"- mean{d} * factor")
+                     + ("beta - " if g == "gamma" else "-") + f"mean{d} * factor")
         parts.append(f"mean, var of {ch.bn!r}, eps = {e:.6g}" + (f", S = {s:g}" if len(b) > 2 else "")
                      + (f", gamma, beta of {ch.scale!r}" if g == "gamma" else ""))
     if ch.scale is not None and variant != "missing_scale":
