@@ -117,8 +117,8 @@ def render(entries: list[dict], nets: dict) -> str:
     w(f"{OK}{OK}: layer and diagnosis right; {OK}{BAD}: layer right, diagnosis not one of the bug's right "
       f"kinds; {BAD}.: another layer named first (or none).")
     w("")
-    w("Weights column: `layerparity weights` (`weight_parity`) on the same ports, before anything runs on the input.")
-    w("Layers are paired by the alignment `compare` uses (structure only: no values); `folded` means the TF")
+    w("Weights column: `layerparity weights` (`weight_parity`) on the same ports, without the input: layers are")
+    w("paired by the alignment `compare` uses, from the graphs' structure only (no values); `folded` means the TF")
     w("constants were checked against the formula of the Caffe blobs they were folded from (BatchNorm + Scale into")
     w("a Mul/Add pair, a Gemm's alpha). For a bug that edits a weight, the first mark says the only layer named is")
     w("the bug's, the second that its `equal_under:<transform>` is one of the bug's kinds; a bug that edits no")
