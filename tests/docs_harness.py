@@ -19,6 +19,9 @@ block                         what the harness does
                               (``proto``, ``model``, ``x``) to the demo's files
 ``# path/file.py`` first line  a Python block that shows a file is also written to the
                               workspace under that path (``, continued``: appended)
+``print(x)  # shown``           a comment after a ``print`` (its value before a ``: note``),
+                              or comment lines right under a statement that prints, are
+                              that statement's expected output (statements run one by one)
 ``<!-- docs-test: output -->``  the next block is the expected output of the previous
                               example (stdout and stderr together for shell commands)
 ``<!-- docs-test: raises E -->``  the next Python block must raise ``E``
@@ -46,6 +49,7 @@ stale number, such as 9202.51 for 9168.44, still fails).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import math
@@ -54,6 +58,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tokenize
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -198,6 +203,77 @@ def evaluate(example: Example) -> str | None:
 FILE_HEADER = re.compile(r"#\s*(?P<path>[\w./-]+\.py)\b(?P<rest>[^\n]*)\n")
 
 
+def _explanation_cut(comment: str) -> str | None:
+    """``conv1 conv1: ReLU ran in place`` -> ``conv1 conv1``: the value before a note (``: ``,
+    `` <- ``, two blanks) outside brackets and quotes; None when there is no such note."""
+    depth, quote = 0, ""
+    for k, ch in enumerate(comment):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and k and (comment.startswith(": ", k) or comment.startswith(" <- ", k)
+                                   or comment.startswith("  ", k)):
+            return comment[:k]
+    return None
+
+
+def comment_expectations(source: str, tree: ast.Module) -> dict[int, list[tuple[list[str], bool]]]:
+    """Output shown in comments, by top-level statement index: ``print(x)  # shown`` (the
+    comment, or its value before a note) with the comment-only lines under it (a wrapped
+    value, or a note: optional), and comment lines right under a statement that prints
+    (``for ...: print(...)`` then ``# line 1``, ``# line 2``)."""
+    lines = source.splitlines()
+    trailing: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT and tok.line[: tok.start[1]].strip():
+            trailing[tok.start[0]] = tok.string[1:].strip()
+
+    def alternatives(comment: str) -> list[str]:
+        cut = _explanation_cut(comment)
+        return [comment, cut] if cut else [comment]
+
+    def comment_lines_after(ln: int, stop: int) -> list[str]:
+        got = []
+        for k in range(ln + 1, stop):
+            text = lines[k - 1].strip()
+            if not text.startswith("#"):
+                break
+            got.append(text[1:].strip())
+        return got
+
+    out: dict[int, list[tuple[list[str], bool]]] = {}
+    body = tree.body
+    for i, stmt in enumerate(body):
+        a, b = stmt.lineno, stmt.end_lineno or stmt.lineno
+        nxt = body[i + 1].lineno if i + 1 < len(body) else len(lines) + 1
+        after = comment_lines_after(b, nxt)
+        prints = [ln for ln in range(a, b + 1) if "print(" in lines[ln - 1].split("#")[0]]
+        if not prints or not (after or any(ln in trailing for ln in prints)):
+            continue
+        # try: print(a)  # shown / except ...: print(e)  # shown: one of the two runs
+        other_outcome = set()
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Try) and any(a <= ln <= b for ln in prints for a, b in
+                                                 [(node.body[0].lineno, node.body[-1].end_lineno or 0)]):
+                for h in node.handlers:
+                    other_outcome.update(range(h.lineno, (h.end_lineno or h.lineno) + 1))
+        items: list[tuple[list[str], bool]] = []
+        for ln in prints:
+            if ln in trailing:
+                items.append((alternatives(trailing[ln]), ln in other_outcome))
+                items += [(alternatives(c), True) for c in comment_lines_after(ln, b + 1)]
+            elif ln != prints[-1] or not after:
+                items.append((["..."], False))
+        items += [(alternatives(c), False) for c in after]
+        out[i] = items
+    return out
+
+
 def run_python(example: Example, block: Block, state: PageState, where: str) -> str | None:
     header = FILE_HEADER.match(block.source)
     if header:  # "# tests/test_port.py": the page shows a file; write it (", continued": append)
@@ -205,21 +281,33 @@ def run_python(example: Example, block: Block, state: PageState, where: str) -> 
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "a" if "continued" in header.group("rest") else "w", encoding="utf-8") as fh:
             fh.write(block.source)
-    code = compile("\n" * (block.line) + block.source, example.path, "exec")
-    if block.setup:
-        block_setup = compile(block.setup, f"{example.path}:{block.line} (docs-test setup)", "exec")
+    tree = ast.parse(block.source, example.path)
+    shown = comment_expectations(block.source, tree)
+    ast.increment_lineno(tree, block.line)  # tracebacks name the page's lines
     out = io.StringIO()
     old = os.getcwd()
     os.chdir(state.workspace)
+    problems = []
     try:
-        with contextlib.redirect_stdout(out):
-            if block.setup:
-                exec(block_setup, example.namespace)
-            exec(code, example.namespace)
+        if block.setup:
+            exec(compile(block.setup, f"{example.path}:{block.line} (docs-test setup)", "exec"), example.namespace)
+        for i, stmt in enumerate(tree.body):  # one statement at a time: its output is its own
+            part = io.StringIO()
+            with contextlib.redirect_stdout(part):
+                try:
+                    exec(compile(ast.Module([stmt], type_ignores=[]), example.path, "exec"), example.namespace)
+                finally:
+                    out.write(part.getvalue())
+            if i in shown:
+                state.counts["compared"] += 1
+                problem = compare_output(shown[i], part.getvalue())
+                if problem:
+                    problems.append(f"{Path(example.path).name}:{stmt.lineno}: the output shown in "
+                                    f"the comments differs from the run:\n{problem}")
     except BaseException as e:  # noqa: BLE001 - an example may raise anything; the page decides
         if block.raises and type(e).__name__ == block.raises:
             state.last_output = out.getvalue() + f"{type(e).__name__}: {e}\n"
-            return None
+            return "\n".join(problems) or None
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
         return f"{where}: the example raised\n{tb}\nstdout:\n{out.getvalue()[-3000:]}"
     finally:
@@ -227,7 +315,7 @@ def run_python(example: Example, block: Block, state: PageState, where: str) -> 
     if block.raises:
         return f"{where}: the example should raise {block.raises} (the page says so) but did not"
     state.last_output = out.getvalue()
-    return None
+    return "\n".join(problems) or None
 
 
 def shell_commands(source: str) -> list[tuple[str, str]]:
@@ -298,7 +386,7 @@ def run_shell(block: Block, state: PageState, where: str) -> str | None:
 # -- comparing output -------------------------------------------------------------------------
 
 NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
-_TOKEN = re.compile(rf"(?P<ell>\.\.\.)|(?P<num>(?<![A-Za-z_]){NUMBER})")
+_TOKEN = re.compile(rf"(?P<ell>\.\.\.)|(?P<num>(?<![A-Za-z_0-9.]){NUMBER}(?!\.?[0-9]))")  # not in 1.0.0
 
 
 def normalise(text: str) -> list[str]:
@@ -312,7 +400,7 @@ def _line_pattern(line: str) -> tuple[str, list[str]]:
         if m.group("ell"):
             parts.append(".*?")
         else:
-            parts.append(rf"(?<![A-Za-z_0-9.])({NUMBER})(?![0-9])")
+            parts.append(rf"(?<![A-Za-z_0-9.])({NUMBER})(?!\.?[0-9])")
             numbers.append(m.group("num"))
         pos = m.end()
     parts.append(re.escape(line[pos:]))
@@ -342,9 +430,25 @@ def line_matches(shown: str, got: str) -> str | None:
     return None
 
 
-def compare_output(expected: str, actual: str) -> str | None:
-    """None when ``actual`` matches ``expected`` (see the module docstring), else a report."""
-    exp, act = normalise(expected), normalise(actual)
+def _any_line_matches(alternatives: list[str], got: str) -> str | None:
+    whys = [line_matches(alt, got) for alt in alternatives]
+    return None if None in whys else whys[0]
+
+
+def compare_output(expected: str | list[tuple[list[str], bool]], actual: str) -> str | None:
+    """None when ``actual`` matches ``expected`` (see the module docstring), else a report.
+
+    ``expected`` is the text shown, or (output shown in comments) its lines as
+    ``(alternatives, optional)``: a line may match by any alternative, and, as comments wrap,
+    by joining the lines after it (``optional`` lines, notes under a print, may also be left out).
+    """
+    comments = not isinstance(expected, str)
+    if isinstance(expected, str):
+        exp = [([ln], False) for ln in normalise(expected)]
+    else:
+        exp = [(alts, opt) for alts, opt in (([a for alt in alts for a in normalise(alt)], opt)
+                                             for alts, opt in expected) if alts]
+    act = normalise(actual)
     memo: dict[tuple[int, int], bool] = {}
     worst: list[tuple[int, int, str]] = []
 
@@ -352,20 +456,30 @@ def compare_output(expected: str, actual: str) -> str | None:
         key = (i, j)
         if key in memo:
             return memo[key]
+        memo[key] = False
         if i == len(exp):
             ok = j == len(act)
             if not ok:
                 worst.append((i, j, "the run printed more lines"))
-        elif exp[i] == "...":
+        elif exp[i][0] == ["..."]:
             ok = any(match(i + 1, k) for k in range(j, len(act) + 1))
-        elif j < len(act) and (why := line_matches(exp[i], act[j])) is None:
-            ok = match(i + 1, j + 1)
         else:
-            if j < len(act):
-                worst.append((i, j, why))  # noqa: F821 - bound by the walrus above
-            else:
+            ok = bool(exp[i][1]) and match(i + 1, j)
+            if not ok and j < len(act):
+                why = _any_line_matches(exp[i][0], act[j])
+                ok = why is None and match(i + 1, j + 1)
+                joined = exp[i][0][0]
+                for k in range(i + 1, min(len(exp), i + 8)) if comments and why is not None else ():
+                    if exp[k][0] == ["..."]:
+                        break
+                    joined += " " + exp[k][0][0]
+                    if line_matches(joined, act[j]) is None and match(k + 1, j + 1):
+                        ok = True
+                        break
+                if why is not None:
+                    worst.append((i, j, why))
+            elif not ok:
                 worst.append((i, j, "the run printed fewer lines"))
-            ok = False
         memo[key] = ok
         return ok
 
@@ -373,7 +487,7 @@ def compare_output(expected: str, actual: str) -> str | None:
     if match(0, 0):
         return None
     i, j, why = max(worst, key=lambda t: (t[0], -t[1])) if worst else (0, 0, "")
-    shown = exp[i] if i < len(exp) else "<end>"
+    shown = " | ".join(exp[i][0]) if i < len(exp) else "<end>"
     got = act[j] if j < len(act) else "<end>"
     return (f"first mismatch at shown line {i + 1}: {why}\n  shown: {shown}\n  run:   {got}\n"
             f"--- the run's whole output ---\n" + "\n".join(act)[-4000:])
