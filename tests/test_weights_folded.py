@@ -180,3 +180,55 @@ def test_tf_probes_without_caffe_probes_is_an_input_error(net):
     proto, model, p = net
     with pytest.raises(WeightParityError, match="caffe_probes"):
         check_weights({"conv1": p["conv1"]}, {"op_1": [hwio(p["conv1"][0])]}, None, tf_probes=[])
+
+
+TWIN = """
+layer { name: "a" type: "Convolution" bottom: "data" top: "a" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "b" type: "Convolution" bottom: "data" top: "b" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
+"""
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("twin")
+    params = {"a": list(conv_w(4, 3, 1, seed=21)), "b": list(conv_w(4, 3, 1, seed=22))}
+    model = save_caffemodel(caffe_net(tmp, prototxt({"data": SHAPE}, TWIN), params), tmp)
+    return str(tmp / "net.prototxt"), model, params
+
+
+def twin_port(p):
+    """Two parallel 1x1 convolutions of one input with same-shaped kernels, built b first: structure
+    alone cannot tell which is Caffe's a."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (1, 6, 6, 3), name="op_0")
+        outs = {}
+        for n, k in (("b", "op_1"), ("a", "op_2")):
+            h = tf.nn.conv2d(x, tf.constant(hwio(p[n][0])), 1, "VALID", name=k)
+            outs[n] = tf.add(h, tf.constant(p[n][1]), name=k + "_bias")
+        tf.concat([outs["a"], outs["b"]], axis=3, name="op_3")
+    return GraphBackend.from_graph(g, source="twin graph")
+
+
+def test_structure_cannot_pair_twins_and_says_so_then_values_do(twin):
+    proto, model, p = twin
+    with twin_port(p) as tb:
+        rep = weight_parity(proto, model, tb)
+    assert not rep
+    assert any("fit(s) as well" in r.note for r in rep.problems), rep.to_text()
+    assert any("pair by value" in n for n in rep.pairing_notes), rep.to_text()
+    x = rng(3).standard_normal(SHAPE).astype(np.float32)
+    with twin_port(p) as tb:
+        rep = weight_parity(proto, model, tb, by_value=x)
+    assert rep, rep.to_text()
+    assert {r.how for r in rep.rows} == {"value"}
+    assert rep.row("a").tf_ops[0] == "op_2" and rep.row("b").tf_ops[0] == "op_1"
+
+
+def test_probes_that_are_not_probes_are_an_input_error(net):
+    proto, model, p = net
+    with pytest.raises(WeightParityError, match="TF probe 0 is a str"):
+        check_weights({"conv1": p["conv1"]}, {"op_1": [hwio(p["conv1"][0])]}, [], tf_probes=["op_1"])

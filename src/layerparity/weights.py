@@ -1222,6 +1222,12 @@ def _check_aligned(
     """check_weights with the pairing of :mod:`layerparity.weight_pairing` (the alignment of compare)."""
     from .weight_pairing import KERNEL_KINDS, pair_weights
 
+    for side, ps in (("Caffe", caffe_probes), ("TF", tf_probes)):
+        items = list(ps.values()) if isinstance(ps, Mapping) else list(getattr(ps, "probes", ps))
+        for i, q in enumerate(items):
+            if not all(hasattr(q, a) for a in ("name", "kind", "inputs", "params", "layer")):
+                raise WeightParityError(f"check_weights: {side} probe {i} is a {type(q).__name__}, not a Probe "
+                                        "(give a Trace, a list of Probes or a dict name -> Probe)")
     metas = {name: _kind_and_meta(name, blobs, probes) for name, blobs in cw.items()}
     pairings, unmatched = pair_weights(caffe_probes, tf_probes, tw, list(cw), tf_scalars=tf_scalars,
                                        mapping=mapping, caffe_value=caffe_value, tf_value=tf_value)
