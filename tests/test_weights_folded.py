@@ -232,3 +232,27 @@ def test_probes_that_are_not_probes_are_an_input_error(net):
     proto, model, p = net
     with pytest.raises(WeightParityError, match="TF probe 0 is a str"):
         check_weights({"conv1": p["conv1"]}, {"op_1": [hwio(p["conv1"][0])]}, [], tf_probes=["op_1"])
+
+
+def test_cli_weights_by_value_on_a_frozen_graph(twin, tmp_path, capsys):
+    import tensorflow as tf
+
+    from layerparity import cli
+
+    proto, model, p = twin
+    with twin_port(p) as tb:
+        tf.io.write_graph(tb.graph.as_graph_def(), str(tmp_path), "twin.pb", as_text=False)
+    x = tmp_path / "x.npy"
+    np.save(x, rng(4).standard_normal(SHAPE).astype(np.float32))
+    args = ["weights", "--caffe-model", proto, "--caffe-weights", model, "--tf-model", str(tmp_path / "twin.pb")]
+    assert cli.main(args) == 1
+    out = capsys.readouterr().out
+    assert "Weights differ!" in out and "--by-value" in out
+    assert cli.main([*args, "--by-value", str(x), "--json", str(tmp_path / "w.json")]) == 0
+    assert "Weights match." in capsys.readouterr().out
+    import json
+
+    d = json.loads((tmp_path / "w.json").read_text())
+    assert {r["how"] for r in d["layers"]} == {"value"} and d["counts"] == {"equal": 2}
+    assert cli.main([*args, "--by-value", str(tmp_path / "missing.npy")]) == 2
+    assert "missing.npy" in capsys.readouterr().err

@@ -398,6 +398,9 @@ def compare_layer(
         note = ""
         if status == "equal_under:reshape_not_transpose" and b.ndim == 2 and b.shape[0] == b.shape[1]:
             note = "W is square: the TF kernel holds W itself, not W.T (the weight is transposed)"
+        elif status == "equal_under:flatten_order" and chw is None and caffe_chw is not None:
+            note = ("the TF side flattens in Caffe's own C*H*W order (transposed back to NCHW first), so the "
+                    "kernel must be plain W.T; it holds the rows permuted to H*W*C")
         worst = _worst_element(exp, a) if status == "different" else None
         results.append(BlobParity(i, role, tuple(b.shape), tuple(a.shape), status, err, note, worst=worst))
     return _worst(results), results, ""
@@ -1310,7 +1313,7 @@ def _check_aligned(
         if r.status in GOOD:  # the weights themselves confirm the structural choice
             r.note = r.note.replace("pair by value to be sure", "its weights match, which settles it")
         else:
-            notes.append(f"{c}: {r.note}")
+            notes.append(f"{c}: {r.note} (weight_parity(..., by_value=input) / layerparity weights --by-value INPUT)")
     missing = [c for c, r in rows.items() if r.status == "missing" and not r.tf_layer]
     if missing and not by_value:
         notes.append(f"{len(missing)} Caffe layer(s) with params ({', '.join(missing[:5])}"
