@@ -140,7 +140,9 @@ def test_golden_trace_regen_run_without_caffe_then_stale(env, monkeypatch, tmp_p
     # 1. nothing recorded yet: both fail and say how to record
     result = env.runpytest_subprocess()
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines([f"*golden Caffe trace {golden} is missing: record it with `pytest --parity-regen` (needs Caffe)*"])
+    # (paths relative to the rootdir)
+    result.stdout.fnmatch_lines(["*golden Caffe trace test_golden/demo.caffe.npz is missing: "
+                                 "record it with `pytest --parity-regen` (needs Caffe)*"])
 
     # 2. record (needs Caffe): the recording is compared at once
     result = env.runpytest_subprocess("--parity-regen")
@@ -168,7 +170,7 @@ def test_golden_trace_regen_run_without_caffe_then_stale(env, monkeypatch, tmp_p
     result = env.runpytest_subprocess("-k", "test_golden and not fixture")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        f"*golden Caffe trace {golden} is stale: the prototxt changed since it was recorded; "
+        "*golden Caffe trace test_golden/demo.caffe.npz is stale: the prototxt changed since it was recorded; "
         "re-record it with `pytest --parity-regen` (needs Caffe)*"
     ])
     # so does a different input (with the prototxt as recorded)

@@ -87,6 +87,7 @@ def capture_tf(
     tensors: Sequence[str] | str | None = None,
     data_format: str | None = None,
     tf_layout: str | None = None,
+    custom_objects: Any = None,
 ) -> Trace:
     """Run a TensorFlow model once on ``inputs`` (in Caffe's NCHW layout) and return its :class:`Trace`.
 
@@ -99,6 +100,7 @@ def capture_tf(
     captures only these probes; ``data_format`` (``"channels_last"``/``"channels_first"``)
     is the layout of 4-D tensors the model does not declare; ``tf_layout`` the model's
     4-D layout relative to Caffe's NCHW (``"NWHC"`` for a spatially transposed port).
+    ``custom_objects`` the custom Keras classes a ``.keras``/``.h5`` file uses.
     4-D inputs are converted to the model's layout.
 
     >>> trace = capture_tf("port.keras", x_nchw)      # doctest: +SKIP
@@ -108,7 +110,7 @@ def capture_tf(
     from .backends.tensorflow import load_tf
 
     with load_tf(model, safe_mode=safe_mode, inputs=input_names, outputs=outputs, tensors=tensors,
-                 data_format=data_format, tf_layout=tf_layout) as backend:
+                 data_format=data_format, tf_layout=tf_layout, custom_objects=custom_objects) as backend:
         return backend.capture(inputs)
 
 

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from .errors import FrameworkMissingError, InputError, InternalError, UsageError
+from .errors import FrameworkMissingError, InputDataError, InputError, InternalError, UsageError
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_BUG"]
 
@@ -77,6 +77,13 @@ def _swap(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated channel indices like 2,1,0, got {s!r}") from None
 
 
+def _add_keras_module(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keras-module", action="append", default=[], metavar="FILE.py",
+                   help="a Python file (or module name) defining the custom Keras layers a .keras/.h5 port "
+                        "uses; it is imported first (it registers them with "
+                        "keras.saving.register_keras_serializable, or offers a dict custom_objects); repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog=PROG,
@@ -106,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tf-input", action="append", metavar="FILE",
                    help="feed the TF model this input instead (one per --input, NCHW .npy/.npz or an image "
                         "loaded without the preprocessing options): for ports that preprocess inside the model")
+    _add_keras_module(c)
     _add_tolerance(c)
     _add_outputs(c)
     _add_preprocess(c)
@@ -117,11 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--caffe-weights", metavar="CAFFEMODEL")
     k.add_argument("--input", required=True, metavar="FILE", help=".npy/.npz in NCHW, or an image")
     k.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="the trace archive to write")
+    _add_keras_module(k)
     _add_preprocess(k)
 
     d = sub.add_parser("diff", help="compare two trace archives (one Caffe, one TF) written by capture")
     d.add_argument("archives", nargs=2, metavar="ARCHIVE.npz")
     d.add_argument("--mapping", metavar="FILE")
+    d.add_argument("--caffe-weights", metavar="CAFFEMODEL",
+                   help="the Caffe weights, for the diagnosis to confirm what it finds (default: the caffemodel "
+                        "the Caffe capture recorded, when it is still there unchanged)")
     _add_tolerance(d)
     _add_outputs(d)
 
@@ -206,16 +218,24 @@ def _import_tf() -> None:
         try:
             import tensorflow  # noqa: F401
         except Exception as e:  # noqa: BLE001
-            raise FrameworkMissingError(f"TensorFlow is needed and is not importable ({type(e).__name__}: {e})") from None
+            raise FrameworkMissingError(f"TensorFlow is needed and is not importable ({type(e).__name__}: {e}); "
+                                        "install it with: pip install 'layerparity[tf]'") from None
 
 
-def _prepare_tf_model(path: str) -> None:
-    """Import TF quietly; let Keras files that use layerparity's own layers (LRN) load."""
+def _prepare_tf_model(path: str, keras_modules: Sequence[str] = ()) -> dict[str, Any] | None:
+    """Import TF quietly, then each ``--keras-module``; the custom objects they offer
+    (``None`` when no module is given). layerparity's own layers (LRN) are always known."""
     _import_tf()
-    if str(path).lower().endswith((".keras", ".h5", ".hdf5")):
-        from .keras_layers import register_keras_objects
+    if not keras_modules:
+        return None
+    from .backends.keras import import_keras_module
 
-        register_keras_objects()
+    objects: dict[str, Any] = {}
+    for spec in keras_modules:
+        if spec.endswith(".py") and not os.path.isfile(spec):
+            raise UsageError(f"--keras-module {spec}: no such file")
+        objects.update(import_keras_module(spec))
+    return objects
 
 
 def _tolerance(args: argparse.Namespace) -> None:
@@ -327,6 +347,9 @@ def compare_many(
 
     tf_opts = {"tf_layout": options.pop("tf_layout")} if options.get("tf_layout") else {}
     options.pop("tf_layout", None)
+    if options.get("custom_objects") is not None:
+        tf_opts["custom_objects"] = options["custom_objects"]
+    options.pop("custom_objects", None)
     reports = []
     with CaffeBackend(caffe_model, caffe_weights) as cb, load_tf(tf_model, **tf_opts) as tb:
         specs = tb.input_specs()
@@ -347,9 +370,38 @@ def compare_many(
                 def on_row(row: Any, short: str = short) -> None:
                     note(f"{short}: {row.caffe_layer}")
 
-                reports.append(compare_models(cb, tb, x, tf_inputs=tx, on_row=on_row, **options))
+                try:
+                    reports.append(compare_models(cb, tb, x, tf_inputs=tx, on_row=on_row, **options))
+                except InputDataError as e:
+                    raise _image_size_hint(e, label, x, cb) from None
                 advance()
     return aggregate_reports(reports, labels)
+
+
+_ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+def _image_size_hint(e: Exception, label: str, x: Any, cb: Any) -> Exception:
+    """An input-shape error for an input loaded from an image: name the image, not the
+    prototxt, and say which ``--resize H W`` makes it fit. Any other error is returned as is."""
+    from .errors import InputDataError
+
+    path = label.rsplit("[", 1)[0] if label.endswith("]") else label
+    if not os.path.isfile(path) or path.lower().endswith(_ARRAY_SUFFIXES) or "has shape" not in str(e):
+        return e
+    got = tuple(int(d) for d in getattr(x, "shape", ()))
+    try:
+        shapes = list(cb.input_shapes().values())
+    except Exception:  # noqa: BLE001 - the hint is optional
+        shapes = []
+    want = shapes[0] if len(shapes) == 1 and len(shapes[0]) == 4 else None
+    if len(got) != 4 or want is None or got[2:] == want[2:]:
+        return e
+    return InputDataError(
+        f"{path}: this image is {got[2]} x {got[3]} (H x W) after loading, but the net is built for "
+        f"{want[2]} x {want[3]}: pass --resize {want[2]} {want[3]} to resize it as Caffe's Transformer would "
+        f"(the models said: {_one_line(str(e), 600)})"
+    )
 
 
 @contextlib.contextmanager
@@ -404,11 +456,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     partial: Any = args.partial
     if isinstance(partial, str):
         partial = [n.strip() for n in partial.split(",") if n.strip()]
-    _prepare_tf_model(args.tf_model)
+    objects = _prepare_tf_model(args.tf_model, args.keras_module)
     report = compare_many(
         args.caffe_model, args.caffe_weights, args.tf_model, files, tf_files=tf_files,
         mapping=args.mapping, rtol=args.rtol, atol=args.atol, own_error=not args.no_own_error,
-        partial=partial, tf_layout=args.tf_layout,
+        partial=partial, tf_layout=args.tf_layout, custom_objects=objects,
     )
     _emit(report, args)
     return EXIT_OK if report else EXIT_DIVERGED
@@ -435,8 +487,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     else:
         from .backends.tensorflow import load_tf
 
-        _prepare_tf_model(args.tf_model)
-        backend = load_tf(args.tf_model)
+        objects = _prepare_tf_model(args.tf_model, args.keras_module)
+        backend = load_tf(args.tf_model, custom_objects=objects)
     count = [0]
     with backend, _progress(1) as (advance, note):
         feed = backend.normalize_inputs(x)
@@ -450,7 +502,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
                 tick(p)
                 yield p
 
-        save_archive(args.output, backend.framework, backend.source, backend.meta(), feed, probes())
+        meta = backend.meta()
+        if args.caffe_weights:  # diff reads these weights (without Caffe) to confirm a diagnosis
+            meta = {**meta, "weights": os.path.abspath(args.caffe_weights),
+                    "weights_sha256": _sha256(args.caffe_weights)}
+        save_archive(args.output, backend.framework, backend.source, meta, feed, probes())
         advance()
     print(f"wrote {args.output}: {count[0]} {backend.framework} probes")
     return EXIT_OK
@@ -471,14 +527,46 @@ def cmd_diff(args: argparse.Namespace) -> int:
         if fw in sides:
             raise UsageError(f"{path} and {sides[fw]} are both {fw} traces; diff needs one Caffe and one TensorFlow archive")
         sides[fw] = path
+    weights = _recorded_caffemodel(sides["caffe"], getattr(args, "caffe_weights", None))
     with _progress(1) as (advance, note):
         report = compare_traces(
             sides["caffe"], sides["tensorflow"], mapping=args.mapping, rtol=args.rtol, atol=args.atol,
-            on_row=lambda row: note(f"compared {row.caffe_layer}"),
+            on_row=lambda row: note(f"compared {row.caffe_layer}"), caffe_weights=weights,
         )
         advance()
     _emit(report, args)
     return EXIT_OK if report else EXIT_DIVERGED
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _recorded_caffemodel(archive: str, given: str | None) -> Any:
+    """The Caffe weights a ``diff`` diagnosis confirms with (read without Caffe): the
+    ``--caffe-weights`` given, else the caffemodel ``capture`` recorded, if it is still
+    there unchanged (same SHA-256). ``None`` when there is none."""
+    from .caffemodel import CaffemodelWeights
+    from .compare import LazyWeights
+    from .trace import ArchiveReader
+
+    if given is not None:
+        _check_path(given, "caffemodel file", "--caffe-weights")
+        return LazyWeights(CaffemodelWeights(given))
+    with ArchiveReader(archive) as r:
+        meta = r.meta
+    path, digest = meta.get("weights"), meta.get("weights_sha256")
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    if isinstance(digest, str) and _sha256(path) != digest:
+        return None  # rewritten since the capture: its weights are not the recorded run's
+    return LazyWeights(CaffemodelWeights(path))
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

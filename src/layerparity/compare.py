@@ -454,11 +454,14 @@ def compare_models(
     tf_options: Mapping[str, Any] | None = None,
     caffe_options: Mapping[str, Any] | None = None,
     on_row: Callable[[LayerResult], None] | None = None,
+    custom_objects: Any = None,
 ) -> Report:
     """Run both models on ``inputs`` (NCHW, Caffe's layout), capture and compare.
 
     ``caffe_model``: a prototxt path (with ``caffe_weights``: a .caffemodel), a live
-    ``caffe.Net``, a Caffe backend, or a recorded Caffe ``Trace`` / trace archive.
+    ``caffe.Net``, a Caffe backend, or a recorded Caffe ``Trace`` / trace archive (then
+    ``caffe_weights``, a .caffemodel path or a dict, gives the diagnosis Caffe's weights,
+    read without Caffe, so it confirms what it finds as a live run does).
     ``tf_model``: anything :func:`layerparity.backends.tensorflow.load_tf` accepts
     (Keras model, ``.keras``/``.h5``, SavedModel dir, frozen GraphDef, TFLite...), a
     TF backend, or a recorded TF ``Trace`` / trace archive. Live models are streamed
@@ -478,17 +481,21 @@ def compare_models(
     of a MATLAB-trained model that takes spatially transposed input); default NHWC,
     or NCHW for ``channels_first`` models. ``tf_options`` / ``caffe_options``: keyword
     arguments for the backend constructors (``{"safe_mode": False}``). ``on_row`` is
-    called with each row as soon as it is computed.
+    called with each row as soon as it is computed. ``custom_objects``: the custom Keras
+    classes a ``.keras``/``.h5`` port uses (a dict ``name -> class`` or a list of
+    classes; short for ``tf_options={"custom_objects": ...}``, see ``load_tf``).
     """
     ToleranceTable(rtol, atol, tolerances)  # fail fast on bad tolerances, before running anything
     tf_opts = dict(tf_options or {})
+    if custom_objects is not None:
+        tf_opts["custom_objects"] = custom_objects
     if tf_layout is not None:
         tf_opts["tf_layout"] = tf_layout
     opened: list[Backend] = []
     try:
         if isinstance(caffe_model, Trace) or is_archive(caffe_model):
             c_side: Any = caffe_model if isinstance(caffe_model, Trace) else os.fspath(caffe_model)
-            cw = None
+            cw = _recorded_side_weights(caffe_weights) if diagnose else None
         else:
             cb = _open_caffe(caffe_model, caffe_weights, dict(caffe_options or {}), opened)
             c_side = Stream(cb.iter_capture(inputs), cb.source)
@@ -513,6 +520,21 @@ def compare_models(
                 b.close()
             except Exception:  # noqa: BLE001 - closing must not hide the real error
                 print(f"layerparity: closing {type(b).__name__} failed: {sys.exc_info()[1]}", file=sys.stderr)
+
+
+def _recorded_side_weights(caffe_weights: Any) -> Mapping[str, list[np.ndarray]] | None:
+    """The Caffe weights for a recorded Caffe side: a caffemodel path is read without Caffe
+    (on first use, :mod:`.caffemodel`), so a diagnosis is confirmed as in a live run."""
+    if caffe_weights is None:
+        return None
+    if isinstance(caffe_weights, Mapping):
+        return caffe_weights
+    if isinstance(caffe_weights, (str, os.PathLike)):
+        from .caffemodel import CaffemodelWeights
+
+        return LazyWeights(CaffemodelWeights(caffe_weights))
+    raise InputError(f"caffe_weights: expected a .caffemodel path or a dict layer -> arrays, "
+                     f"got a {type(caffe_weights).__name__}")
 
 
 class LazyWeights(Mapping[str, list[np.ndarray]]):

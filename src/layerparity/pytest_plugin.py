@@ -16,6 +16,11 @@ Options (group ``layerparity``):
 ``--parity-no-reuse``
     Open the models anew in every check (default: once per session, see
     :mod:`layerparity.model_cache`).
+``--parity-keras-module FILE.py`` (repeatable; ini ``parity_keras_modules``)
+    Import this module of custom Keras layers (it registers them with
+    ``keras.saving.register_keras_serializable``, or offers a dict
+    ``custom_objects``) before the first check loads a ``.keras``/``.h5`` port;
+    every check then loads such ports with them.
 
 Fixtures: ``parity`` (``.check(caffe_model, tf_model, inputs, **kw) -> Report``;
 models given as paths or live objects are opened once per session and reused),
@@ -51,6 +56,7 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 
 _session_start_key = pytest.StashKey[float]()
 _regenerated_key = pytest.StashKey[set]()
+_keras_objects_key = pytest.StashKey[dict]()
 
 
 # -- options -----------------------------------------------------------------------------
@@ -75,6 +81,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="open the models anew for every parity check (default: each model is opened once per session)",
     )
     group.addoption(
+        "--parity-keras-module", action="append", default=[], metavar="FILE.py",
+        help="a module of custom Keras layers the ports use (imported before the first check; repeatable)",
+    )
+    parser.addini(
+        "parity_keras_modules", type="linelist", default=[],
+        help="modules of custom Keras layers the ports use (.py paths relative to the rootdir, or module names)",
+    )
+    group.addoption(
         REGEN_FLAG, action="store_true", default=False,
         help="record the golden Caffe traces again (needs Caffe); later runs compare TF against them",
     )
@@ -94,6 +108,49 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def keras_custom_objects(config: pytest.Config) -> dict:
+    """The objects of ``--parity-keras-module`` / ``parity_keras_modules``, each module
+    imported once per session (on first use, so TensorFlow loads only when a check runs)."""
+    if _keras_objects_key in config.stash:
+        return config.stash[_keras_objects_key]
+    from .backends.keras import import_keras_module
+
+    specs = list(config.getoption("--parity-keras-module") or [])
+    for line in config.getini("parity_keras_modules") or []:
+        spec = str(line)
+        if spec.endswith(".py") and not os.path.isabs(spec):
+            spec = str(Path(str(config.rootpath)) / spec)
+        specs.append(spec)
+    objects: dict = {}
+    for spec in specs:
+        objects.update(import_keras_module(spec))
+    config.stash[_keras_objects_key] = objects
+    return objects
+
+
+def _with_custom_objects(config: pytest.Config, kw: dict) -> dict:
+    """``kw`` with ``custom_objects`` (its own, merged over the session's modules') moved
+    into ``tf_options``, as a hashable value so reused models are keyed by it."""
+    from .backends.keras import frozen_custom_objects
+
+    kw = dict(kw)
+    own = kw.pop("custom_objects", None)
+    session = keras_custom_objects(config) if (config.getoption("--parity-keras-module")
+                                               or config.getini("parity_keras_modules")) else {}
+    tf_options = dict(kw.get("tf_options") or {})
+    given = tf_options.get("custom_objects", own)
+    if given is None and not session:
+        return kw
+    merged: dict = dict(session)
+    if given is not None:
+        from .backends.keras import custom_objects_dict
+
+        merged.update(custom_objects_dict(given))
+    tf_options["custom_objects"] = frozen_custom_objects(merged)
+    kw["tf_options"] = tf_options
+    return kw
 
 
 def sanitize_nodeid(nodeid: str, limit: int = 120) -> str:
@@ -215,6 +272,14 @@ class ParityChecker:
         mod = Path(str(self._request.path))
         return mod.parent / mod.stem / f"{name}{GOLDEN_SUFFIX}"
 
+    def shown_path(self, path: Path) -> str:
+        """``path`` as messages show it: relative to the pytest rootdir when under it."""
+        root = Path(str(self._config.rootpath)).resolve()
+        try:
+            return str(Path(path).resolve().relative_to(root))
+        except ValueError:
+            return str(path)
+
     def check(
         self,
         caffe_model: Any,
@@ -236,10 +301,12 @@ class ParityChecker:
         Models given as paths or live objects are opened once per session and reused
         (keyed by file contents, options and identity; ``--parity-no-reuse`` turns it off).
         Other keywords (``partial``, ``tf_inputs``, ``tf_layout``, ``tf_options``,
-        ``caffe_options``...) go to ``compare_models``.
+        ``caffe_options``, ``custom_objects``...) go to ``compare_models``; the custom
+        Keras objects of ``--parity-keras-module`` are added to ``custom_objects``.
         ``golden="name"``: compare against the recorded Caffe trace
         ``<test dir>/<module>/<name>.caffe.npz`` instead of running Caffe; record it
-        with ``--parity-regen``. A missing or stale recording (prototxt, caffemodel
+        with ``--parity-regen``. The recording's inputs and the caffemodel's weights
+        (read without Caffe) feed the diagnosis, which is confirmed as in a live run. A missing or stale recording (prototxt, caffemodel
         or input hash changed) fails and says to use ``--parity-regen``.
         """
         __tracebackhide__ = True
@@ -250,7 +317,9 @@ class ParityChecker:
         caffe_side = caffe_model
         if golden is not None:
             caffe_side = self._golden(golden, caffe_model, caffe_weights, inputs)
-        caffe_weights = None if golden is not None else caffe_weights
+        # golden: the caffemodel (hashed with the recording) still gives the diagnosis Caffe's
+        # weights, read without Caffe, so it confirms what it finds as a live run does
+        kw = _with_custom_objects(self._config, kw)
         with contextlib.ExitStack() as held:
             if self.models is not None:  # open models are reused across the session
                 caffe_side, caffe_weights, tf_model, kw = self.models.open_sides(
@@ -270,6 +339,7 @@ class ParityChecker:
     def _golden(self, name: str, caffe_model: Any, caffe_weights: Any, inputs: Any) -> str:
         __tracebackhide__ = True
         path = self.golden_path(name)
+        shown = self.shown_path(path)
         regen = self._config.getoption(REGEN_FLAG)
         if regen:
             if caffe_model is None:
@@ -280,7 +350,7 @@ class ParityChecker:
             return str(path)
         if not path.is_file():
             pytest.fail(
-                f"golden Caffe trace {path} is missing: record it with `pytest {REGEN_FLAG}` (needs Caffe)",
+                f"golden Caffe trace {shown} is missing: record it with `pytest {REGEN_FLAG}` (needs Caffe)",
                 pytrace=False,
             )
         from .trace import ArchiveReader
@@ -288,7 +358,7 @@ class ParityChecker:
         with ArchiveReader(path) as r:
             recorded = r.meta.get("golden") if isinstance(r.meta, dict) else None
         if not isinstance(recorded, dict):
-            pytest.fail(f"golden Caffe trace {path} has no recorded hashes: re-record it with `pytest {REGEN_FLAG}`", pytrace=False)
+            pytest.fail(f"golden Caffe trace {shown} has no recorded hashes: re-record it with `pytest {REGEN_FLAG}`", pytrace=False)
         current = golden_hashes(caffe_model, caffe_weights, inputs)
         stale = [
             k.replace("_sha256", "")
@@ -297,7 +367,7 @@ class ParityChecker:
         ]
         if stale:
             pytest.fail(
-                f"golden Caffe trace {path} is stale: the {', '.join(stale)} changed since it was recorded; "
+                f"golden Caffe trace {shown} is stale: the {', '.join(stale)} changed since it was recorded; "
                 f"re-record it with `pytest {REGEN_FLAG}` (needs Caffe)",
                 pytrace=False,
             )
@@ -441,17 +511,15 @@ def caffe_net() -> Any:
 
 
 @pytest.fixture
-def tf_model() -> Any:
-    """Factory ``tf_model(path_or_model, **kw) -> TF backend`` (``load_tf``; closed after the test)."""
+def tf_model(request: pytest.FixtureRequest) -> Any:
+    """Factory ``tf_model(path_or_model, **kw) -> TF backend`` (``load_tf``; closed after the test).
+    Keras files load with the objects of ``--parity-keras-module`` plus ``custom_objects=``."""
     opened: list[Any] = []
 
     def load_tf(model: Any, **kw: Any) -> Any:
         from .backends.tensorflow import load_tf as _load
 
-        if isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith((".keras", ".h5", ".hdf5")):
-            from .demo import register_keras_objects
-
-            register_keras_objects()
+        kw = dict(_with_custom_objects(request.config, {"tf_options": kw}).get("tf_options") or {})
         b = _load(model, **kw)
         opened.append(b)
         return b

@@ -64,6 +64,10 @@ def capture_caffe(prototxt: str | os.PathLike[str], weights: str | os.PathLike[s
         return backend.capture(inputs)
 
 
+#: What a missing-Caffe message tells the user to do.
+CAFFE_INSTALL_HINT = ("Caffe is not on PyPI (there is no layerparity[caffe] extra): `make setup` builds it "
+                      "into .venv (docs/install.md), or pass python= an interpreter whose pycaffe works")
+
 class CaffeBackend(Backend):
     """A Caffe net (prototxt + optional caffemodel), isolated in a worker process.
 
@@ -274,7 +278,8 @@ class _InProcessEngine:
         try:
             import caffe  # noqa: PLC0415
         except Exception as e:  # noqa: BLE001
-            raise FrameworkMissingError(f"{source}: pycaffe is not importable: {type(e).__name__}: {e}") from None
+            raise FrameworkMissingError(
+                f"{source}: pycaffe is not importable: {type(e).__name__}: {e}; {CAFFE_INSTALL_HINT}") from None
         from ._caffe_net import NetSession, UserError, parse_prototxt
 
         if not hasattr(net, "_layer_names") or not hasattr(net, "_forward"):
@@ -643,7 +648,7 @@ class _WorkerEngine:
                 raise CaffeError(h["message"])
             if kind == "missing":
                 self.proc.kill()
-                raise self._fail(FrameworkMissingError(f"{self.prototxt}: {h['message']}"))
+                raise self._fail(FrameworkMissingError(f"{self.prototxt}: {h['message']}; {CAFFE_INSTALL_HINT}"))
             raise InternalError(f"{self.prototxt}: the Caffe worker failed: {h.get('message')}\n{h.get('traceback', '')}")
         return h, arrays
 

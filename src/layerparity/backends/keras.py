@@ -24,7 +24,7 @@ import functools
 import json
 import os
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,9 +264,11 @@ class KerasBackend(TFBackend):
         tensors: list[str] | None = None,
         data_format: str | None = None,
         tf_layout: str | None = None,
+        custom_objects: Any = None,
     ) -> KerasBackend:
         keras = import_keras()
         config = _read_config(path)
+        objects = custom_objects_dict(custom_objects)
         if safe_mode:
             lam = _find_lambda(config)
             if lam is not None:
@@ -275,9 +277,18 @@ class KerasBackend(TFBackend):
                     "load; safe_mode=True refuses it. If you trust this file, pass safe_mode=False to load_tf"
                 )
         try:
-            model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+            model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode, custom_objects=objects)
         except Exception as e:  # noqa: BLE001 - Keras raises many types for bad files
             msg = first_line(e)
+            unknown = _unknown_class(config, objects)
+            if unknown is not None:
+                layer, cls = unknown
+                raise ModelLoadError(
+                    f"{path}: layer {layer!r} is of class {cls!r}, which Keras does not know; pass "
+                    f"custom_objects={{{cls!r}: <the class>}} (or tf_options={{'custom_objects': ...}}), "
+                    "on the command line --keras-module FILE.py (a module that registers it with "
+                    "keras.saving.register_keras_serializable), in pytest --parity-keras-module FILE.py"
+                ) from None
             if "safe_mode" in str(e):
                 raise ModelLoadError(
                     f"{path}: Keras refused to load it in safe mode ({msg}); if you trust this file, "
@@ -943,3 +954,184 @@ def _find_lambda(config: Any) -> str | None:
             if found is not None:
                 return found
     return None
+
+
+# -- custom Keras objects ----------------------------------------------------------
+
+
+def custom_objects_dict(custom_objects: Any = None) -> dict[str, Any]:
+    """The objects a Keras file is loaded with: layerparity's own layers (``layerparity>LRN``)
+    plus the caller's.
+
+    ``custom_objects``: ``None``; a mapping ``name -> class/function`` (the name as the
+    file stores it: ``"package>Name"`` for registered classes, else the class name); a
+    sequence of such pairs; or a sequence of classes/functions (each is entered under its
+    registered name and its ``__name__``).
+    """
+    keras = import_keras()
+    from ..keras_layers import lrn_layer_class
+
+    lrn = lrn_layer_class()
+    out: dict[str, Any] = {keras.saving.get_registered_name(lrn): lrn}
+    if custom_objects is None:
+        return out
+    if isinstance(custom_objects, Mapping):
+        items = list(custom_objects.items())
+    elif isinstance(custom_objects, (str, bytes)) or not isinstance(custom_objects, Iterable):
+        raise ModelLoadError(
+            f"custom_objects: expected a dict name -> class or a list of classes, got a {type(custom_objects).__name__}"
+        )
+    else:
+        items = []
+        for obj in custom_objects:
+            if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+                items.append(obj)
+            elif callable(obj):
+                name = getattr(obj, "__name__", None)
+                items.append((keras.saving.get_registered_name(obj), obj))
+                if name:
+                    items.append((name, obj))
+            else:
+                raise ModelLoadError(f"custom_objects: {obj!r} is neither a class nor a function")
+    for name, obj in items:
+        if not isinstance(name, str) or not callable(obj):
+            raise ModelLoadError(f"custom_objects: entry {name!r}: expected a name and a class or function")
+        out[name] = obj
+    return out
+
+
+def frozen_custom_objects(custom_objects: Any) -> tuple[tuple[str, Any], ...] | None:
+    """``custom_objects`` as sorted ``(name, object)`` pairs, hashable (so a model cache keys
+    it by value); ``None`` stays ``None``. Does not import Keras."""
+    if custom_objects is None:
+        return None
+    if isinstance(custom_objects, Mapping):
+        return tuple(sorted(((str(k), v) for k, v in custom_objects.items()), key=lambda kv: kv[0]))
+    if isinstance(custom_objects, (str, bytes)) or not isinstance(custom_objects, Iterable):
+        raise ModelLoadError(
+            f"custom_objects: expected a dict name -> class or a list of classes, got a {type(custom_objects).__name__}"
+        )
+    pairs = []
+    for obj in custom_objects:
+        if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+            pairs.append(obj)
+        else:
+            pairs.append((f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', repr(obj))}", obj))
+    return tuple(sorted(pairs, key=lambda kv: kv[0]))
+
+
+def import_keras_module(spec: str | os.PathLike[str]) -> dict[str, Any]:
+    """Import a user's module of custom Keras objects and return the objects it offers.
+
+    ``spec``: a ``.py`` file or a dotted module name. Importing it runs its
+    ``@keras.saving.register_keras_serializable`` decorators, which is all most modules
+    need. A module may also offer objects explicitly: a dict ``custom_objects``, or a
+    function ``custom_objects()`` / ``get_custom_objects()`` returning one; those are returned.
+    Any failure is a :class:`ModelLoadError` naming the module.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    import_keras()  # the module's decorators need Keras; import it quietly first
+    spec_s = os.fspath(spec)
+    try:
+        if spec_s.endswith(".py") or os.sep in spec_s or os.path.exists(spec_s):
+            path = os.path.abspath(spec_s)
+            if not os.path.isfile(path):
+                raise ModelLoadError(f"keras module {spec_s}: no such file")
+            stem = os.path.splitext(os.path.basename(path))[0]
+            name = f"layerparity_keras_module_{stem}_{abs(hash(path)) & 0xFFFFFFFF:08x}"
+            if name in sys.modules:
+                module = sys.modules[name]
+            else:
+                loader_spec = importlib.util.spec_from_file_location(name, path)
+                if loader_spec is None or loader_spec.loader is None:
+                    raise ModelLoadError(f"keras module {spec_s}: not an importable Python file")
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[name] = module
+                try:
+                    loader_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+        else:
+            module = importlib.import_module(spec_s)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code may raise anything
+        raise ModelLoadError(
+            f"keras module {spec_s}: importing it failed ({type(e).__name__}: {first_line(e)})"
+        ) from None
+    offered: Any = None
+    for attr in ("custom_objects", "get_custom_objects"):
+        value = getattr(module, attr, None)
+        if value is None:
+            continue
+        try:
+            offered = value() if callable(value) and not isinstance(value, Mapping) else value
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(
+                f"keras module {spec_s}: {attr}() failed ({type(e).__name__}: {first_line(e)})"
+            ) from None
+        break
+    if offered is None:
+        return {}
+    if not isinstance(offered, Mapping):
+        raise ModelLoadError(f"keras module {spec_s}: custom_objects is a {type(offered).__name__}, not a dict")
+    return dict(offered)
+
+
+_KERAS_NAMESPACES = ("layers", "initializers", "regularizers", "constraints", "activations", "losses",
+                     "metrics", "optimizers", "models", "ops")
+
+
+def _unknown_class(config: Any, objects: dict[str, Any]) -> tuple[str, str] | None:
+    """(layer name, class name as stored) of the first object in a serialized Keras config
+    that neither ``objects``, Keras' registry, Keras itself nor its stored module provides."""
+    import importlib
+
+    keras = import_keras()
+
+    def known(d: dict) -> bool:
+        cls = d.get("class_name")
+        reg = d.get("registered_name")
+        module = d.get("module")
+        if str(cls).startswith("__"):
+            return True  # Keras' markers (``__keras_tensor__``, ``__tuple__``...)
+        for n in (reg, cls):
+            if isinstance(n, str) and (n in objects or keras.saving.get_registered_object(n) is not None):
+                return True
+        if isinstance(module, str) and module.split(".")[0] in ("keras", "tensorflow", "tf_keras"):
+            return True  # Keras' own (a failure there is not an unknown class)
+        if isinstance(module, str) and module:
+            try:
+                return hasattr(importlib.import_module(module), str(cls))
+            except Exception:  # noqa: BLE001 - not importable: unknown
+                return False
+        if module is None and "module" in d and reg is None:
+            return True  # a plain function or builtin stored by name
+        return any(hasattr(getattr(keras, ns, None), str(cls)) for ns in _KERAS_NAMESPACES) or cls in (
+            "Functional", "Sequential", "Model")
+
+    def walk(node: Any) -> tuple[str, str] | None:
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str) and "config" in node and not known(node):
+                cfg = node.get("config")
+                layer = node.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None) or "?"
+                return str(layer), str(node.get("registered_name") or node["class_name"])
+            for v in node.values():
+                hit = walk(v)
+                if hit is not None:
+                    return hit
+        elif isinstance(node, list):
+            for v in node:
+                hit = walk(v)
+                if hit is not None:
+                    return hit
+        return None
+
+    try:
+        return walk(config)
+    except Exception:  # noqa: BLE001 - a hint only: never mask Keras' own error
+        return None

@@ -51,6 +51,7 @@ def load_tf(
     tensors: Sequence[str] | str | None = None,
     data_format: str | None = None,
     tf_layout: str | None = None,
+    custom_objects: Any = None,
 ) -> Backend:
     """Open a TensorFlow model of any supported form as a capture :class:`Backend`.
 
@@ -85,6 +86,14 @@ def load_tf(
         one, and labels every 4-D probe whose layout no op changes; Keras
         ``Permute`` layers and graph/TFLite ``Transpose`` ops move the labels with
         the data. Default: ``data_format``, else what the model's layers say, else NHWC.
+    custom_objects
+        ``.keras``/``.h5`` files only: the custom Keras classes (and functions) the file
+        uses, as a dict ``name -> class`` (the name as stored: ``"package>Name"`` for a
+        class registered with ``keras.saving.register_keras_serializable``, else its
+        class name) or a list of classes. Classes already registered (their module was
+        imported) need not be given. layerparity's own layers (``layerparity>LRN``, the
+        demo's) are always known. A file naming a class nobody provides raises a
+        one-line :class:`ModelLoadError` naming the class.
 
     A missing path, a path of the wrong kind or a corrupt file raises
     :class:`~layerparity.errors.ModelLoadError` naming the path and the problem.
@@ -94,7 +103,7 @@ def load_tf(
         inputs=_names(inputs), outputs=_names(outputs), tensors=_names(tensors), tf_layout=fmt
     )
     if isinstance(model, (str, os.PathLike)):
-        return _load_path(os.fspath(model), safe_mode=safe_mode, **kw)
+        return _load_path(os.fspath(model), safe_mode=safe_mode, custom_objects=custom_objects, **kw)
     tf = import_tf()
     keras = import_keras()
     if isinstance(model, keras.Model):
@@ -158,7 +167,7 @@ def _sniff(path: str) -> bytes:
         raise ModelLoadError(f"{path}: cannot read the file ({e.strerror or e})") from None
 
 
-def _load_path(path: str, *, safe_mode: bool, **kw: Any) -> Backend:
+def _load_path(path: str, *, safe_mode: bool, custom_objects: Any = None, **kw: Any) -> Backend:
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file or directory")
     if os.path.isdir(path):
@@ -183,7 +192,8 @@ def _load_path(path: str, *, safe_mode: bool, **kw: Any) -> Backend:
 
         _reject_graph_options(path, kw, ("inputs", "outputs"))
         return KerasBackend.from_file(
-            path, safe_mode=safe_mode, tensors=kw["tensors"], tf_layout=kw["tf_layout"]
+            path, safe_mode=safe_mode, tensors=kw["tensors"], tf_layout=kw["tf_layout"],
+            custom_objects=custom_objects,
         )
     if ext == ".tflite" or head[4:8] == b"TFL3":
         from .tflite import TFLiteBackend

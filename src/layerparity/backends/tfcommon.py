@@ -57,7 +57,7 @@ def import_tf() -> Any:
     except Exception as e:  # noqa: BLE001 - any import failure means "not usable"
         raise FrameworkMissingError(
             f"TensorFlow is needed to capture a TF model and is not importable ({type(e).__name__}: {e}); "
-            "install tensorflow-cpu"
+            "install it with: pip install 'layerparity[tf]'"
         ) from None
     return tf
 
@@ -68,7 +68,8 @@ def import_keras() -> Any:
         import keras
     except Exception as e:  # noqa: BLE001
         raise FrameworkMissingError(
-            f"Keras is needed to capture a Keras model and is not importable ({e})"
+            f"Keras is needed to capture a Keras model and is not importable ({e}); "
+            "install it with: pip install 'layerparity[tf]'"
         ) from None
     return keras
 
