@@ -33,6 +33,13 @@ under an undeclared transform is a finding.
 >>> bool(check_weights({"conv1": [w]}, {"conv1": [w.transpose(2, 3, 1, 0)]}))
 True
 
+Given the TF side's probes too (``tf_probes``; :func:`weight_parity` always passes them),
+layers are paired by the alignment ``compare`` uses (:mod:`layerparity.weight_pairing`:
+explicit, name, then structure from the graph alone; ``by_value`` breaks ties by value)
+and weights a converter folded or decomposed are checked against their formula, status
+``"folded"`` (BatchNorm + Scale into Mul/Add or into the kernel, a bias in an Add, a
+Gemm's MatMul/Mul/Add): :func:`compare_folded`. Without them, names only:
+
 Name matching uses the alignment's name keys (:mod:`layerparity.names`:
 ``canon`` for Caffe names, ``tf_name_keys`` for TF layer/op names), lower-cased,
 plus ``names.normalize_name`` (every run of non-alphanumerics -> ``_``, TF weight
