@@ -381,7 +381,19 @@ def test_ctrl_c_stops_and_writes_the_partial_report(files, ports, tmp_path):
     try:
         shown = _read_until(master, r"(\d\d+)/4000.*inputs/s", 240)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on the terminal does
-        rc = proc.wait(120)
+        # keep reading the terminal while it stops: a full pty would block its last writes
+        end = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < end:
+            try:
+                if select.select([master], [], [], 0.5)[0]:
+                    shown += os.read(master, 65536).decode("utf-8", "replace")
+            except OSError:
+                time.sleep(0.5)
+        if proc.poll() is None:
+            tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,cmd", "-g", str(proc.pid)],
+                                  capture_output=True, text=True).stdout
+            raise AssertionError(f"still running 300 s after SIGINT; processes:\n{tree}\noutput:\n{shown[-3000:]}")
+        rc = proc.returncode
         try:
             while select.select([master], [], [], 1)[0]:
                 shown += os.read(master, 65536).decode("utf-8", "replace")

@@ -282,6 +282,9 @@ class _Run:
             return
         if isinstance(pool, ProcessPoolExecutor):
             procs = list(getattr(pool, "_processes", {}).values())
+            queue = getattr(pool, "_call_queue", None)
+            if queue is not None:  # a task half-written to a killed worker must not hold up our exit
+                queue.cancel_join_thread()
             pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
                 try:
