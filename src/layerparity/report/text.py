@@ -157,7 +157,7 @@ def format_summary(report: Report) -> str:
         lines.append(f"Tolerance: rtol={fmt_num(t.rtol)}, atol={fmt_num(t.atol)}{' x max|caffe|' if t.relative_atol else ''}")
     inp = report.meta.get("inputs") if isinstance(report.meta, dict) else None
     if isinstance(inp, dict) and int(inp.get("count", 1)) > 1:
-        lines.append(f"Over {inp['count']} inputs: each row shows its worst input (per-layer stats in the JSON report's meta.inputs)")
+        lines.append(_inputs_line(report, inp))
     fd = report.first_divergence
     if fd is not None:
         chain = f" (chain {'+'.join(fd.caffe_chain)})" if len(fd.caffe_chain) > 1 else ""
@@ -258,3 +258,16 @@ def print_report(
     console.print(Text(first, style=style))
     if rest:
         console.print(Text(rest))
+
+
+def _inputs_line(report: Report, inp: dict) -> str:
+    """What the rows of a report over several inputs show (see report/aggregate.py)."""
+    line = f"Over {inp['count']} inputs: each row shows its worst input"
+    fd = report.first_divergence
+    per = inp.get("per_layer") if isinstance(inp.get("per_layer"), dict) else {}
+    stats = per.get(fd.caffe_layer) if fd is not None else None
+    if isinstance(stats, dict) and stats.get("shown_input") != stats.get("max_abs_error", {}).get("worst_input"):
+        line += (f", except the FIRST row, which shows {stats.get('shown_input')}, where the divergence starts "
+                 f"earliest ({fd.caffe_layer}'s worst input is {stats['max_abs_error'].get('worst_input')}, "
+                 f"max abs {fmt_num(stats['max_abs_error'].get('max'))})")
+    return line + " (per-layer stats in the JSON report's meta.inputs)"
