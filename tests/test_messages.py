@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,28 @@ def test_golden_messages_show_paths_relative_to_the_rootdir(pytester):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*golden Caffe trace test_port/demo.caffe.npz is missing: record it with*"])
     assert str(pytester.path) not in result.stdout.str().split("golden Caffe trace", 1)[1].splitlines()[0]
+
+
+def test_demo_write_puts_the_readme_files_in_a_folder_and_the_readme_commands_run(tmp_path, capsys):
+    d = tmp_path / "try"
+    assert cli.main(["demo", "--write", str(d)]) == 0
+    names = {"deploy.prototxt", "weights.caffemodel", "model.keras", "port.keras", "input.npy", "inputs.npy"}
+    assert names <= {p.name for p in d.iterdir()}
+    assert np.load(d / "inputs.npy").shape == (8, 3, 32, 32)
+    np.testing.assert_array_equal(np.load(d / "inputs.npy")[:1], np.load(d / "input.npy"))
+    capsys.readouterr()
+    # the README's compare command, as written, in that folder
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        code = cli.main(["compare", "--caffe-model", "deploy.prototxt", "--caffe-weights", "weights.caffemodel",
+                         "--tf-model", "model.keras", "--input", "input.npy", "--html", "report.html"])
+    finally:
+        os.chdir(old)
+    assert code == 1 and "First divergence: Caffe layer 'conv2'" in capsys.readouterr().out
+    assert (d / "report.html").is_file()
+    # an existing file is never replaced
+    assert cli.main(["demo", "--write", str(d)]) == 2
+    assert "would replace deploy.prototxt" in capsys.readouterr().err
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "layerparity demo --write" in readme

@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="run the bundled example (a port with one classic bug) and print the table")
     m.add_argument("--fixed", action="store_true", help="compare against the corrected port instead (passes)")
+    m.add_argument("--write", metavar="DIR",
+                   help="write the demo's files into DIR under the README's names (deploy.prototxt, "
+                        "weights.caffemodel, model.keras (and port.keras), input.npy, inputs.npy) instead "
+                        "of running it")
     _add_outputs(m)
 
     from .sweeper.cli import (
@@ -605,6 +609,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from . import demo
 
+    if args.write:
+        written = demo.write_files(args.write)
+        for path in written.values():
+            print(f"wrote {path}")
+        print(f"\nThe README's examples run as written in {args.write}, e.g.\n  cd {args.write} && "
+              "layerparity compare --caffe-model deploy.prototxt --caffe-weights weights.caffemodel "
+              "--tf-model model.keras --input input.npy")
+        return EXIT_OK
     files = demo.files()
     _prepare_tf_model(files.keras)
     if args.fixed:

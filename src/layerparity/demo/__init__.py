@@ -23,9 +23,15 @@ The binaries are regenerated deterministically by ``python -m layerparity.demo
 builds them once into ``$LAYERPARITY_CACHE/demo`` (default ``~/.cache/layerparity``).
 
 Keras has no LRN layer, so the port uses :func:`layerparity.keras_layers.lrn_layer_class`
-(``LRN``, registered for Keras serialization as ``layerparity>LRN``): call
-:func:`register_keras_objects` before loading ``port.keras`` yourself (both are
-re-exported here).
+(``LRN``, stored as ``layerparity>LRN``). layerparity always knows it (``load_tf``
+and everything built on it load ``port.keras`` as is); call
+:func:`register_keras_objects` only to load ``port.keras`` with
+``keras.saving.load_model`` yourself (both are re-exported here).
+
+``layerparity demo --write DIR`` (:func:`write_files`) copies the files under the
+README's placeholder names (``deploy.prototxt``, ``weights.caffemodel``,
+``model.keras`` (also as ``port.keras``, the docs' name), ``input.npy``, and
+``inputs.npy``: 8 inputs for ``sweep``), so the README's snippets run as written in ``DIR``.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ from typing import Any
 from ..keras_layers import lrn_layer_class, register_keras_objects
 
 __all__ = [
-    "DemoFiles", "files", "build", "build_keras_port", "demo_weights", "demo_input", "register_keras_objects",
-    "lrn_layer_class", "BUG_LAYER",
+    "DemoFiles", "files", "build", "build_keras_port", "demo_weights", "demo_input", "demo_inputs",
+    "register_keras_objects", "lrn_layer_class", "write_files", "README_NAMES", "BUG_LAYER",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -74,6 +80,49 @@ def files(directory: str | os.PathLike[str] | None = None) -> DemoFiles:
             build(cache)
         d = cache
     return DemoFiles(*(str(d / n) for n in _NAMES), directory=str(d))
+
+
+#: The placeholder names of the README and the docs: the name :func:`write_files` writes
+#: -> the demo file (a :class:`DemoFiles` field) it is a copy of.
+README_NAMES = {"deploy.prototxt": "prototxt", "weights.caffemodel": "caffemodel", "model.keras": "keras",
+                "port.keras": "keras", "input.npy": "input"}
+#: :func:`write_files` also writes this many inputs, stacked, as ``inputs.npy`` (for ``sweep``).
+SWEEP_INPUTS = 8
+
+
+def write_files(directory: str | os.PathLike[str], *, overwrite: bool = False) -> dict[str, str]:
+    """Copy the demo into ``directory`` under the README's placeholder names (see
+    :data:`README_NAMES`) plus ``inputs.npy`` (:func:`demo_inputs`), so every README
+    snippet runs as written there. Returns ``name -> path``. Files already there are
+    not replaced (an :class:`~layerparity.errors.UsageError` names them) unless
+    ``overwrite``."""
+    import numpy as np
+
+    from ..errors import UsageError
+
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise UsageError(f"{d}: exists and is not a folder")
+    targets = {**{n: d / n for n in README_NAMES}, "inputs.npy": d / "inputs.npy"}
+    there = [str(p) for p in targets.values() if p.exists()]
+    if there and not overwrite:
+        raise UsageError(f"{d}: would replace {', '.join(os.path.basename(p) for p in there)}; "
+                         "choose an empty folder (nothing was written)")
+    src = files()
+    d.mkdir(parents=True, exist_ok=True)
+    for name, field_name in README_NAMES.items():
+        shutil.copyfile(getattr(src, field_name), d / name)
+    np.save(d / "inputs.npy", demo_inputs())
+    return {name: str(p) for name, p in targets.items()}
+
+
+def demo_inputs(n: int = SWEEP_INPUTS) -> Any:
+    """``n`` inputs stacked ``(n, 3, 32, 32)``: the demo's input first, then seeded draws."""
+    import numpy as np
+
+    rng = np.random.RandomState(SEED + 2)
+    more = rng.uniform(-1.0, 1.0, size=(n - 1, 3, 32, 32)).astype(np.float32)
+    return np.concatenate([demo_input(), more])
 
 
 # -- building the files ----------------------------------------------------------------
