@@ -1,9 +1,11 @@
 """Keras layers for Caffe layers that Keras lacks, registered for Keras serialization.
 
 ``LRN`` (``layerparity>LRN`` in a saved ``.keras`` file): Caffe's ACROSS_CHANNELS
-local response normalization. Ports that use it (the demo's does) load with
-``keras.saving.load_model`` after :func:`register_keras_objects`; layerparity
-calls it itself before it loads a ``.keras``/``.h5`` file.
+local response normalization. layerparity's loader (``load_tf``, and everything
+built on it) always passes it to Keras as a custom object, the mechanism a
+user's own layers go through (``custom_objects=``, ``--keras-module``), so ports
+that use it (the demo's does) load as they are. To load one with
+``keras.saving.load_model`` yourself, call :func:`register_keras_objects` first.
 
 Keras and TensorFlow are imported on the first call, never at import.
 

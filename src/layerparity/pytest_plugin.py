@@ -140,14 +140,15 @@ def _with_custom_objects(config: pytest.Config, kw: dict) -> dict:
     session = keras_custom_objects(config) if (config.getoption("--parity-keras-module")
                                                or config.getini("parity_keras_modules")) else {}
     tf_options = dict(kw.get("tf_options") or {})
-    given = tf_options.get("custom_objects", own)
-    if given is None and not session:
+    given = [g for g in (tf_options.get("custom_objects"), own) if g is not None]
+    if not given and not session:
         return kw
     merged: dict = dict(session)
-    if given is not None:
+    if given:
         from .backends.keras import custom_objects_dict
 
-        merged.update(custom_objects_dict(given))
+        for g in given:  # the call's own objects win over the session's modules'
+            merged.update(custom_objects_dict(g))
     tf_options["custom_objects"] = frozen_custom_objects(merged)
     kw["tf_options"] = tf_options
     return kw
