@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from layerparity import demo
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -26,18 +22,14 @@ PAGES = docs_harness.pages()
 
 @pytest.fixture(scope="session")
 def docs_workspace(tmp_path_factory) -> Path:
-    """The demo's files under the placeholder names the README and the docs use
-    (what ``layerparity demo --write DIR`` is to write)."""
+    """The demo's files under the placeholder names the README and the docs use, written by
+    ``layerparity demo --write DIR`` as a new user would."""
     d = tmp_path_factory.mktemp("docs-workspace")
-    f = demo.files()
-    for src, names in ((f.prototxt, ["deploy.prototxt"]), (f.caffemodel, ["weights.caffemodel"]),
-                       (f.keras, ["model.keras", "port.keras"]), (f.input, ["input.npy"])):
-        for name in names:
-            shutil.copyfile(src, d / name)
-    x = np.load(f.input)
-    rng = np.random.default_rng(0)
-    more = rng.uniform(-1, 1, size=(7, *x.shape[1:])).astype(np.float32)
-    np.save(d / "inputs.npy", np.concatenate([x, more]))
+    r = subprocess.run([sys.executable, "-m", "layerparity.cli", "demo", "--write", str(d)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("deploy.prototxt", "weights.caffemodel", "model.keras", "port.keras", "input.npy", "inputs.npy"):
+        assert (d / name).is_file(), f"layerparity demo --write did not write {name}"
     return d
 
 
