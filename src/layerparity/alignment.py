@@ -53,6 +53,7 @@ from .kinds import (
     fused_kinds,
 )
 from .layout import relayout, relayout_shape
+from .names import COPY_SUFFIX as _COPY
 from .names import canon, tf_name_keys
 from .trace import Probe, Trace
 
@@ -391,7 +392,8 @@ class _Aligner:
         for u in self.uorder:
             if u.key in self.matched:
                 continue
-            keys = tf_name_keys(u.key, self.tp[u.out].kind)
+            keys = self._fused_name_keys(u, cindex)
+            keys += [k for k in tf_name_keys(u.key, self.tp[u.out].kind) if k not in keys]
             if u.key != u.out and len(u.members) == 1:
                 keys += [k for k in tf_name_keys(u.out, self.tp[u.out].kind) if k not in keys]
             for rank, k in enumerate(keys):
@@ -409,6 +411,26 @@ class _Aligner:
                 taken[uk] = ((r, -self.cidx[c]), c)
         for uk, (_, c) in sorted(taken.items(), key=lambda kv: self.cidx[kv[1][1]]):
             self.add_pair([c], uk, "name")
+
+    def _fused_name_keys(self, u: _Unit, cindex: dict[str, str]) -> list[str]:
+        """For a TFLite op that fused several TF ops (``relu1/Relu;conv1/BiasAdd;conv1/Conv2D``:
+        TFLite joins their names with ``;``), the Caffe layers its parts name, earliest in the
+        Caffe net first: the chain then starts at the conv, and the walk extends it with the
+        activation the op carries, instead of pairing the ReLU alone and leaving the conv out."""
+        name = u.out if ";" in u.out else u.key
+        if ";" not in name:
+            return []
+        found: list[str] = []
+        for part in name.split(";"):
+            comps = [c for c in part.split(":")[0].split("/") if c]
+            # the op's scope, deepest first; a retraced model suffixes every scope with _N
+            cands = tf_name_keys(part) + [k for c in reversed(comps[:-1]) for k in (canon(c), canon(_COPY.sub("", c)))]
+            for k in cands:
+                if k in cindex:
+                    if k not in found:
+                        found.append(k)
+                    break
+        return sorted(found, key=lambda k: self.cidx[cindex[k]])[:1]
 
     # phase 3 ------------------------------------------------------------------
     def walk(self) -> None:

@@ -22,7 +22,9 @@ __all__ = ["canon", "fold", "tf_name_keys", "normalize_name", "WRAPPER", "OP_TAI
 
 _SEPARATORS = re.compile(r"[^0-9A-Za-z]+")
 _PORT = re.compile(r":\d+$")
-_COPY = re.compile(r"_\d+$")
+#: The ``_N`` suffix TF gives a scope it uniquifies (a layer traced twice: ``conv1_1``).
+COPY_SUFFIX = re.compile(r"_\d+$")
+_COPY = COPY_SUFFIX
 
 #: Scope components that wrap a model without naming a layer (dropped from TF names).
 WRAPPER = re.compile(
