@@ -432,7 +432,9 @@ def line_matches(shown: str, got: str) -> str | None:
 
 def _any_line_matches(alternatives: list[str], got: str) -> str | None:
     whys = [line_matches(alt, got) for alt in alternatives]
-    return None if None in whys else whys[0]
+    if None in whys:
+        return None
+    return next((w for w in whys if w and w.startswith("number")), whys[0])  # the closest reason
 
 
 def compare_output(expected: str | list[tuple[list[str], bool]], actual: str) -> str | None:

@@ -43,16 +43,8 @@ def run_pages(workspace: Path, *pages: Path, timeout: float = 1800) -> list[dict
     return results
 
 
-#: Pages whose examples are not run yet, and why (shown in the test summary as a skip).
-NOT_YET = {
-    "weights.md": "being rewritten in another change; its examples get their docs-test markup when it lands",
-}
-
-
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_page_examples_run_and_show_their_output(page: Path, docs_workspace: Path):
-    if page.name in NOT_YET:
-        pytest.skip(f"docs/{page.name} not run by the docs test yet: {NOT_YET[page.name]}")
     (result,) = run_pages(docs_workspace, page)
     print(json.dumps({k: result[k] for k in ("counts", "skipped")}, indent=1))
     assert not result["failures"], "\n\n".join(result["failures"])
@@ -87,6 +79,8 @@ def test_stale_examples_and_outputs_fail_and_true_ones_pass(tmp_path: Path):
         (ok.replace("3.14159 2048", "3.14159 2047"), "number 2047 shown"),       # integers are exact
         (ok.replace("0.33333 done", "0.33333 ok"), "text differs"),             # the words too
         (ok.replace("print(round", "print(rund"), "NameError"),                  # an example that broke
+        ("```python\nprint(2 + 2)  # 5: the sum\n```\n", "number 5 shown, 4 in the run"),  # shown in a comment
+        ("```python\nfor i in range(2):\n    print(i)\n# 0\n# 2\n```\n", "number 2 shown, 1 in the run"),
         (ok.replace("$ echo 0.333", "$ echo 0.353"), "number 0.33333 shown"),  # a shell command's output too
         ("```\n$ exit 2\n```\n", "exited 2"),                                   # a failing command
         ("```\nlayerparity frobnicate\n```\n", "exited 2"),                     # unlabelled commands run
