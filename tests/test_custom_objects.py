@@ -64,7 +64,9 @@ def custom_port(tmp_path_factory) -> dict[str, str]:
         import my_layers
         from layerparity import demo
         demo.lrn_layer_class = lambda: my_layers.CaffeLRN   # the port uses the user's LRN class
-        demo.build_keras_port(demo.demo_weights()).save({str(port)!r})
+        model = demo.build_keras_port(demo.demo_weights())
+        model.save({str(port)!r})
+        model.save({str(port.with_suffix(".h5"))!r})
     """)
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -77,11 +79,12 @@ def _plain_class():
     return ns["CaffeLRN"]
 
 
-def test_unknown_class_fails_with_one_line_naming_class_and_option(custom_port):
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_unknown_class_fails_with_one_line_naming_class_and_option(custom_port, suffix):
     from layerparity.backends.tensorflow import load_tf
 
     with pytest.raises(ModelLoadError) as ei:
-        load_tf(custom_port["port"])
+        load_tf(os.path.splitext(custom_port["port"])[0] + suffix)
     msg = str(ei.value)
     assert "\n" not in msg
     assert f"'{PKG}>CaffeLRN'" in msg and "'norm1'" in msg

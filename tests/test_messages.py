@@ -116,3 +116,19 @@ def test_demo_write_puts_the_readme_files_in_a_folder_and_the_readme_commands_ru
     assert "would replace deploy.prototxt" in capsys.readouterr().err
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "layerparity demo --write" in readme
+
+
+def test_missing_caffe_says_how_to_get_it(tmp_path):
+    """The Caffe worker's interpreter finds a ``caffe`` that fails to import (first on its
+    PYTHONPATH): the error says Caffe is not on PyPI and how to build or point at one."""
+    from layerparity.backends.caffe import CaffeBackend
+    from layerparity.errors import FrameworkMissingError
+
+    (tmp_path / "caffe").mkdir()
+    (tmp_path / "caffe" / "__init__.py").write_text("raise ImportError('caffe is not installed here')\n")
+    with pytest.raises(FrameworkMissingError) as ei:
+        with CaffeBackend(FILES.prototxt, FILES.caffemodel, env={"PYTHONPATH": str(tmp_path)}) as cb:
+            cb.input_specs()
+    msg = str(ei.value)
+    assert "caffe is not installed here" in msg
+    assert "make setup" in msg and "python=" in msg and "layerparity[caffe]" in msg
