@@ -10,8 +10,17 @@
 #   LAYERPARITY_CACHE=DIR  where built Caffe trees are kept
 #                          (default ~/.cache/layerparity).
 #
-# The cache key covers the source version, the Python version and this script,
-# so a change to any of them builds afresh. The build happens in a scratch
+# The cache key covers the source version, the Python version, the CMake
+# options and defines (CMAKE_FEATURES, CXX_DEFINES) and this script, so a change
+# to any of them builds afresh.
+#
+# Python layers (`type: "Python"`) are compiled in. The fork's CMake has
+# BUILD_python_layer OFF by default (upstream calls it WITH_PYTHON_LAYER), and
+# as it builds only _caffe.so it never applies the WITH_PYTHON_LAYER define that
+# the option adds to its (unused) Caffe_DEFINITIONS, so the define is passed as
+# a compiler flag too. check_import insists on "Python" in layer_type_list().
+#
+# The build happens in a scratch
 # folder and is moved into place only after `import caffe` works from it: an
 # interrupted or failed build never leaves a caffe that half-imports.
 set -euo pipefail
@@ -21,7 +30,7 @@ SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PTH="$SITE/layerparity-caffe.pth"
 
 check_import() {  # $1: folder holding the caffe package
-  env PYTHONPATH="$1" GLOG_minloglevel=2 "$PY" -c 'import caffe, sys; caffe.set_mode_cpu(); print(caffe.__file__)' >/dev/null
+  env PYTHONPATH="$1" GLOG_minloglevel=2 "$PY" -c 'import caffe, sys; caffe.set_mode_cpu(); assert "Python" in caffe.layer_type_list(), "no Python layer"' >/dev/null
 }
 
 if [ -n "${CAFFE_PYTHON:-}" ]; then
@@ -33,7 +42,9 @@ fi
 
 VERSION=9.0.2
 PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
-KEY=$( (echo "brocolli-caffe==$VERSION py$PYVER $(uname -m)"; cat "$0") | sha256sum | cut -c1-16)
+CMAKE_FEATURES="-DBUILD_python_layer=ON"
+CXX_DEFINES="-DWITH_PYTHON_LAYER"
+KEY=$( (echo "brocolli-caffe==$VERSION py$PYVER $(uname -m) $CMAKE_FEATURES $CXX_DEFINES"; cat "$0") | sha256sum | cut -c1-16)
 CACHE=${LAYERPARITY_CACHE:-$HOME/.cache/layerparity}
 DEST="$CACHE/caffe-$KEY"
 
@@ -42,7 +53,7 @@ if [ -d "$DEST/caffe" ] && check_import "$DEST"; then
   exit 0
 fi
 
-echo "layerparity setup: building Caffe (CPU) from source; this takes about 4-6 minutes once"
+echo "layerparity setup: building Caffe (CPU, with Python layers) from source; this takes about 4-10 minutes once"
 mkdir -p "$CACHE"
 WORK=$(mktemp -d "$CACHE/build-$KEY.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -58,9 +69,9 @@ PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
 cmake -S "$SRC" -B "$SRC/build" -DANACONDA_HOME=/nonexistent -DPYTHON_VERSION=python3.${PYVER#3} \
   -DCPU_ONLY=ON -DUSE_OPENCV=OFF -DUSE_LEVELDB=OFF -DUSE_LMDB=OFF -DBUILD_docs=OFF \
-  -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_BUILD_TYPE=Release $CMAKE_FEATURES \
   -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN' \
-  -DCMAKE_CXX_FLAGS="-I$PYINC -I$NPINC -I/usr/include/hdf5/serial" \
+  -DCMAKE_CXX_FLAGS="$CXX_DEFINES -I$PYINC -I$NPINC -I/usr/include/hdf5/serial" \
   -DCMAKE_SHARED_LINKER_FLAGS="-L/usr/lib/x86_64-linux-gnu/hdf5/serial" > cmake.log 2>&1 \
   || { tail -n 40 cmake.log >&2; exit 1; }
 cmake --build "$SRC/build" -j"$(nproc)" > build.log 2>&1 || { tail -n 60 build.log >&2; exit 1; }

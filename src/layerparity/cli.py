@@ -84,6 +84,12 @@ def _add_keras_module(p: argparse.ArgumentParser) -> None:
                         "keras.saving.register_keras_serializable, or offers a dict custom_objects); repeatable")
 
 
+def _add_caffe_pythonpath(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--caffe-pythonpath", action="append", default=[], metavar="DIR",
+                   help="a folder holding the modules of the Caffe net's Python layers (type: \"Python\"); "
+                        "put on the Caffe worker's path; repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog=PROG,
@@ -114,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feed the TF model this input instead (one per --input, NCHW .npy/.npz or an image "
                         "loaded without the preprocessing options): for ports that preprocess inside the model")
     _add_keras_module(c)
+    _add_caffe_pythonpath(c)
     _add_tolerance(c)
     _add_outputs(c)
     _add_preprocess(c)
@@ -126,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--input", required=True, metavar="FILE", help=".npy/.npz in NCHW, or an image")
     k.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="the trace archive to write")
     _add_keras_module(k)
+    _add_caffe_pythonpath(k)
     _add_preprocess(k)
 
     d = sub.add_parser("diff", help="compare two trace archives (one Caffe, one TF) written by capture")
@@ -343,19 +351,21 @@ def compare_many(
     input (a Rich progress bar when more than one); one report over all of them
     (:func:`~layerparity.report.aggregate_reports`). ``files``: (input, label) per file;
     batches are split into single items unless the TF model fixes its batch size, and
-    then kept together. ``options`` go to ``compare_models``."""
+    then kept together. ``options`` go to ``compare_models``, but ``caffe_pythonpath``
+    (folders of the Python layers' modules) to the Caffe backend opened here."""
     from .backends.caffe import CaffeBackend
     from .backends.tensorflow import load_tf
     from .compare import compare_models
     from .report import aggregate_reports
 
+    pythonpath = options.pop("caffe_pythonpath", None)
     tf_opts = {"tf_layout": options.pop("tf_layout")} if options.get("tf_layout") else {}
     options.pop("tf_layout", None)
     if options.get("custom_objects") is not None:
         tf_opts["custom_objects"] = options["custom_objects"]
     options.pop("custom_objects", None)
     reports = []
-    with CaffeBackend(caffe_model, caffe_weights) as cb, load_tf(tf_model, **tf_opts) as tb:
+    with CaffeBackend(caffe_model, caffe_weights, pythonpath=pythonpath) as cb, load_tf(tf_model, **tf_opts) as tb:
         specs = tb.input_specs()
         fixed = specs[0].shape[0] if specs and specs[0].shape else None
         items, labels = _batches(list(files), fixed)
@@ -465,9 +475,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.caffe_model, args.caffe_weights, args.tf_model, files, tf_files=tf_files,
         mapping=args.mapping, rtol=args.rtol, atol=args.atol, own_error=not args.no_own_error,
         partial=partial, tf_layout=args.tf_layout, custom_objects=objects,
+        caffe_pythonpath=_caffe_pythonpath(args),
     )
     _emit(report, args)
     return EXIT_OK if report else EXIT_DIVERGED
+
+
+def _caffe_pythonpath(args: argparse.Namespace) -> list[str] | None:
+    """``--caffe-pythonpath`` folders, each checked to exist (a usage error otherwise)."""
+    dirs = list(getattr(args, "caffe_pythonpath", None) or [])
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise UsageError(f"--caffe-pythonpath {d}: no such folder")
+    return dirs or None
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -487,7 +507,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if args.caffe_model:
         from .backends.caffe import CaffeBackend
 
-        backend: Any = CaffeBackend(args.caffe_model, args.caffe_weights)
+        backend: Any = CaffeBackend(args.caffe_model, args.caffe_weights, pythonpath=_caffe_pythonpath(args))
     else:
         from .backends.tensorflow import load_tf
 

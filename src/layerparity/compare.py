@@ -455,6 +455,7 @@ def compare_models(
     caffe_options: Mapping[str, Any] | None = None,
     on_row: Callable[[LayerResult], None] | None = None,
     custom_objects: Any = None,
+    caffe_pythonpath: Any = None,
 ) -> Report:
     """Run both models on ``inputs`` (NCHW, Caffe's layout), capture and compare.
 
@@ -484,6 +485,10 @@ def compare_models(
     called with each row as soon as it is computed. ``custom_objects``: the custom Keras
     classes a ``.keras``/``.h5`` port uses (a dict ``name -> class`` or a list of
     classes; short for ``tf_options={"custom_objects": ...}``, see ``load_tf``).
+    ``caffe_pythonpath``: the folder(s) holding the modules of the Caffe net's Python
+    layers, put on the Caffe worker's path (short for ``caffe_options={"pythonpath": ...}``,
+    see ``CaffeBackend``; docs/python-layers.md). It takes effect where a prototxt is
+    opened here, not on a Caffe backend the caller opened.
     """
     ToleranceTable(rtol, atol, tolerances)  # fail fast on bad tolerances, before running anything
     tf_opts = dict(tf_options or {})
@@ -497,7 +502,10 @@ def compare_models(
             c_side: Any = caffe_model if isinstance(caffe_model, Trace) else os.fspath(caffe_model)
             cw = _recorded_side_weights(caffe_weights) if diagnose else None
         else:
-            cb = _open_caffe(caffe_model, caffe_weights, dict(caffe_options or {}), opened)
+            c_opts = dict(caffe_options or {})
+            if caffe_pythonpath is not None:
+                c_opts["pythonpath"] = caffe_pythonpath
+            cb = _open_caffe(caffe_model, caffe_weights, c_opts, opened)
             c_side = Stream(cb.iter_capture(inputs), cb.source)
             cw = LazyWeights(cb) if diagnose else None
         replay = None

@@ -10,6 +10,8 @@
 'bias'
 >>> compatible("conv", "depthwise_conv"), compatible("relu", "conv")
 (True, False)
+>>> compatible("python", "lambda"), compatible("python", "conv")   # a Caffe Python layer
+(True, False)
 
 An unknown kind becomes its lower-cased name (``"MyLayer"`` -> ``"mylayer"``),
 so two sides with the same custom type still match.
@@ -144,6 +146,14 @@ _EQUIV = [
 ]
 
 
+#: Caffe kinds that run the user's own code (a ``Python`` layer): a computing layer like
+#: any other (never trivial, never dropped from coverage) whose TF counterpart is usually
+#: as custom (a Keras ``Lambda`` or custom layer). Structurally, such a layer pairs only
+#: with a TF layer of a kind no table here knows; a port that spells it out in standard
+#: ops needs an explicit mapping (docs/python-layers.md).
+OPAQUE = frozenset({"python"})
+
+
 def _camel_to_snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
@@ -197,7 +207,15 @@ def compatible(a: str, b: str) -> bool:
     """Can a Caffe layer of kind ``a`` be the counterpart of a TF layer/op of kind ``b``?"""
     if a == b:
         return True
+    if a in OPAQUE or b in OPAQUE:
+        other = b if a in OPAQUE else a
+        return bool(other) and other not in _KNOWN
     return any(a in s and b in s for s in _EQUIV)
+
+
+#: Every kind the tables produce: a TF kind outside it is a custom layer (``"lambda"``).
+_KNOWN = KINDS | OPAQUE | frozenset().union(*(t.values() for t in (_CAFFE, _KERAS, _TF_OPS, _TFLITE, _ACTIVATIONS))) | {
+    "pool_other", "activation"}
 
 
 def fused_kinds(fused: list[str]) -> set[str]:

@@ -22,6 +22,11 @@ Options (group ``layerparity``):
     ``custom_objects``) before the first check loads a ``.keras``/``.h5`` port;
     every check then loads such ports with them.
 
+``--parity-caffe-pythonpath DIR`` (repeatable; ini ``parity_caffe_pythonpath``)
+    A folder holding the modules of the Caffe nets' Python layers, put on the
+    Caffe worker's path for every check (and ``caffe_net``) in the session; a
+    check's own ``caffe_pythonpath=`` comes first.
+
 Fixtures: ``parity`` (``.check(caffe_model, tf_model, inputs, **kw) -> Report``;
 models given as paths or live objects are opened once per session and reused),
 ``parity_models`` (session: the :class:`~layerparity.model_cache.ModelCache`),
@@ -89,6 +94,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="modules of custom Keras layers the ports use (.py paths relative to the rootdir, or module names)",
     )
     group.addoption(
+        "--parity-caffe-pythonpath", action="append", default=[], metavar="DIR",
+        help="a folder holding the modules of the Caffe nets' Python layers (put on the Caffe worker's path; "
+             "repeatable)",
+    )
+    parser.addini(
+        "parity_caffe_pythonpath", type="linelist", default=[],
+        help="folders holding the modules of the Caffe nets' Python layers (relative to the rootdir)",
+    )
+    group.addoption(
         REGEN_FLAG, action="store_true", default=False,
         help="record the golden Caffe traces again (needs Caffe); later runs compare TF against them",
     )
@@ -151,6 +165,36 @@ def _with_custom_objects(config: pytest.Config, kw: dict) -> dict:
             merged.update(custom_objects_dict(g))
     tf_options["custom_objects"] = frozen_custom_objects(merged)
     kw["tf_options"] = tf_options
+    return kw
+
+
+def caffe_pythonpath(config: pytest.Config) -> list[str]:
+    """The folders of ``--parity-caffe-pythonpath`` then ini ``parity_caffe_pythonpath``
+    (relative ones from the rootdir), for the Caffe worker's path."""
+    dirs = [str(d) for d in config.getoption("--parity-caffe-pythonpath") or []]
+    for line in config.getini("parity_caffe_pythonpath") or []:
+        d = str(line)
+        dirs.append(d if os.path.isabs(d) else str(Path(str(config.rootpath)) / d))
+    return dirs
+
+
+def _with_caffe_pythonpath(config: pytest.Config, kw: dict) -> dict:
+    """``kw`` with ``caffe_pythonpath`` (its own first, then the session's folders) moved
+    into ``caffe_options["pythonpath"]``, a tuple, so reused Caffe models are keyed by it."""
+    kw = dict(kw)
+    own = kw.pop("caffe_pythonpath", None)
+    caffe_options = dict(kw.get("caffe_options") or {})
+    dirs: list[str] = []
+    for given in (own, caffe_options.get("pythonpath"), caffe_pythonpath(config)):
+        if given is None:
+            continue
+        for d in [given] if isinstance(given, (str, os.PathLike)) else list(given):
+            if os.fspath(d) not in dirs:
+                dirs.append(os.fspath(d))
+    if not dirs:
+        return kw
+    caffe_options["pythonpath"] = tuple(dirs)
+    kw["caffe_options"] = caffe_options
     return kw
 
 
@@ -316,8 +360,10 @@ class ParityChecker:
         if rtol is None and atol is None:
             rtol, atol = self._config.getoption("--parity-rtol"), self._config.getoption("--parity-atol")
         caffe_side = caffe_model
+        kw = _with_caffe_pythonpath(self._config, kw)
         if golden is not None:
-            caffe_side = self._golden(golden, caffe_model, caffe_weights, inputs)
+            caffe_side = self._golden(golden, caffe_model, caffe_weights, inputs,
+                                      pythonpath=(kw.get("caffe_options") or {}).get("pythonpath"))
         # golden: the caffemodel (hashed with the recording) still gives the diagnosis Caffe's
         # weights, read without Caffe, so it confirms what it finds as a live run does
         kw = _with_custom_objects(self._config, kw)
@@ -337,7 +383,7 @@ class ParityChecker:
             raise AssertionError(msg)
         return report
 
-    def _golden(self, name: str, caffe_model: Any, caffe_weights: Any, inputs: Any) -> str:
+    def _golden(self, name: str, caffe_model: Any, caffe_weights: Any, inputs: Any, pythonpath: Any = None) -> str:
         __tracebackhide__ = True
         path = self.golden_path(name)
         shown = self.shown_path(path)
@@ -347,7 +393,7 @@ class ParityChecker:
                 raise InputError(f"{REGEN_FLAG}: recording golden {name!r} needs the Caffe prototxt (caffe_model)")
             if inputs is None:
                 raise InputError(f"{REGEN_FLAG}: recording golden {name!r} needs inputs")
-            self._record(path, caffe_model, caffe_weights, inputs)
+            self._record(path, caffe_model, caffe_weights, inputs, pythonpath=pythonpath)
             return str(path)
         if not path.is_file():
             pytest.fail(
@@ -374,7 +420,7 @@ class ParityChecker:
             )
         return str(path)
 
-    def _record(self, path: Path, caffe_model: Any, caffe_weights: Any, inputs: Any) -> None:
+    def _record(self, path: Path, caffe_model: Any, caffe_weights: Any, inputs: Any, pythonpath: Any = None) -> None:
         """Capture the Caffe trace and save it with its hashes; once per session per file,
         under a lock so xdist workers never write the same file at the same time."""
         hashes = golden_hashes(caffe_model, caffe_weights, inputs)
@@ -391,7 +437,7 @@ class ParityChecker:
                         return
             from .backends.caffe import capture_caffe
 
-            trace = capture_caffe(caffe_model, caffe_weights, inputs)
+            trace = capture_caffe(caffe_model, caffe_weights, inputs, pythonpath=pythonpath)
             trace.meta = {
                 **trace.meta,
                 "golden": hashes,
@@ -489,7 +535,7 @@ def parity_golden(parity: ParityChecker, request: pytest.FixtureRequest) -> Pari
 
 
 @pytest.fixture
-def caffe_net() -> Any:
+def caffe_net(request: pytest.FixtureRequest) -> Any:
     """Factory ``caffe_net(prototxt, weights=None, **kw) -> CaffeBackend`` (closed after the test).
 
     The backend can be passed to ``parity.check`` as the Caffe model::
@@ -502,6 +548,11 @@ def caffe_net() -> Any:
     def load_caffe(prototxt: Any, weights: Any = None, **kw: Any) -> Any:
         from .backends.caffe import CaffeBackend
 
+        kw = dict(kw)
+        dirs = [*([kw["pythonpath"]] if isinstance(kw.get("pythonpath"), (str, os.PathLike))
+                  else list(kw.get("pythonpath") or [])), *caffe_pythonpath(request.config)]
+        if dirs:
+            kw["pythonpath"] = dirs
         b = CaffeBackend(prototxt, weights, **kw)
         opened.append(b)
         return b

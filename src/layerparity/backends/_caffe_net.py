@@ -286,6 +286,9 @@ def _validate(parsed: ParsedNet, known_types: list[str] | None) -> None:
         here = f"{parsed.where(lp.name)}: layer '{lp.name}'"
         if not lp.type:
             raise UserError(f"{here}: has no type")
+        if known and lp.type == "Python" and "Python" not in known:
+            raise UserError(f"{here}: is a Python layer, and this Caffe was built without Python layers "
+                            f"(CMake BUILD_python_layer / WITH_PYTHON_LAYER off); `make setup` builds one with them")
         if known and lp.type not in known:
             lower = {k.lower(): k for k in known}
             close = [lower[c] for c in difflib.get_close_matches(lp.type.lower(), sorted(lower), n=3)]
@@ -594,6 +597,8 @@ def layer_params(lp, bottom_shapes: list[tuple[int, ...]], phase_name: str) -> d
         return d
     if t == "Input":
         return {"shape": d.get("shape", [])}
+    if t == "Python":
+        return {k: d.get(k, "") for k in ("module", "layer", "param_str")}
     return d
 
 
@@ -653,6 +658,119 @@ def is_auto_split(kind: str, name: str, bottoms: list[str], tops: list[str]) -> 
         and name.endswith("_split")
         and all(t == f"{name}_{k}" for k, t in enumerate(tops))
     )
+
+
+# -- Python layers ----------------------------------------------------------------------
+
+_PY_METHODS = ("setup", "reshape", "forward")
+_GUARD_OWNER: list = [None]  # the PythonLayers of the net being built / run in this process
+
+
+def error_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of a Python exception."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _user_frame(tb) -> str:
+    """`` (at file:line)`` of the innermost frame outside this module: where the user's code raised."""
+    import traceback
+
+    here = os.path.abspath(__file__)
+    libs = tuple({os.path.join(os.path.abspath(p), "lib") for p in (sys.prefix, sys.base_prefix)})
+    frames = [fr for fr in traceback.extract_tb(tb) if os.path.abspath(fr.filename) != here]
+    own = [fr for fr in frames if not os.path.abspath(fr.filename).startswith(libs)
+           and not fr.filename.startswith("<frozen")]
+    fr = (own or frames or [None])[-1]
+    return f" (at {fr.filename}:{fr.lineno})" if fr is not None else ""
+
+
+def python_layer_desc(lp) -> str:
+    p = lp.python_param
+    return f"layer '{lp.name}' (Python layer {p.layer!r} of module {p.module!r})"
+
+
+class PythonLayers:
+    """The net's Python layers, imported before Caffe builds the net, their errors named.
+
+    :meth:`prepare` imports each layer's module and finds its class, so a module that
+    is missing or fails to import, or a class that is not there, is a :class:`UserError`
+    naming the layer, the module and the first line of the Python error, instead of
+    Caffe's ``PyErr_Print`` and a bare C++ exception. It then wraps each class's
+    ``setup``/``reshape``/``forward`` (in this process only) so that an exception raised
+    in them becomes a :class:`UserError` naming the layer: Caffe sets the layers up in
+    net order, so the k-th ``setup`` call is the k-th Python layer.
+    """
+
+    def __init__(self, parsed: ParsedNet) -> None:
+        self.parsed = parsed
+        self.layers = [lp for lp in parsed.layers if lp.type == "Python"]
+        self._unclaimed = list(self.layers)
+        self._by_id: dict[int, tuple[object, object]] = {}  # id(instance) -> (instance, LayerParameter)
+
+    def prepare(self, caffe) -> None:
+        import importlib
+
+        _GUARD_OWNER[0] = self
+        base = getattr(caffe, "Layer", None)
+        for lp in self.layers:
+            p = lp.python_param
+            here = f"{self.parsed.where(lp.name)}: {python_layer_desc(lp)}"
+            if not p.module or not p.layer:
+                raise UserError(f"{here}: python_param needs both module and layer")
+            try:
+                mod = importlib.import_module(p.module)
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - any import failure is the user's module
+                missing = isinstance(e, ModuleNotFoundError) and e.name and (
+                    p.module == e.name or p.module.startswith(e.name + "."))
+                if missing:
+                    raise UserError(f"{here}: cannot import module {p.module!r}: {error_line(e)}; put the folder "
+                                    f"that holds it on caffe_pythonpath (--caffe-pythonpath DIR)") from None
+                raise UserError(f"{here}: importing module {p.module!r} raised {error_line(e)}"
+                                f"{_user_frame(e.__traceback__)}") from None
+            cls = getattr(mod, p.layer, None)
+            if cls is None:
+                names = [n for n, v in vars(mod).items() if isinstance(v, type) and base is not None
+                         and issubclass(v, base) and v is not base]
+                raise UserError(f"{here}: module {p.module!r} ({getattr(mod, '__file__', '?')}) has no {p.layer!r}"
+                                + (f"; its caffe.Layer classes: {', '.join(sorted(names))}" if names else ""))
+            if base is not None and not (isinstance(cls, type) and issubclass(cls, base)):
+                raise UserError(f"{here}: {p.module}.{p.layer} is not a subclass of caffe.Layer")
+            for method in _PY_METHODS:
+                self._guard(cls, method)
+
+    def _guard(self, cls, method: str) -> None:
+        orig = getattr(cls, method, None)
+        if orig is None or getattr(orig, "_layerparity_guard", False):
+            return
+
+        def guarded(layer, *args, **kw):
+            owner = _GUARD_OWNER[0]
+            if method == "setup" and owner is not None:
+                owner.claim(layer)
+            try:
+                return orig(layer, *args, **kw)
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the user's code: named, as an input error
+                if owner is None:
+                    raise
+                raise UserError(owner.message(layer, method, e)) from None
+
+        guarded._layerparity_guard = True  # type: ignore[attr-defined]
+        guarded.__name__ = method
+        setattr(cls, method, guarded)
+
+    def claim(self, layer) -> None:
+        """The first ``setup`` call of a layer instance: it is the next Python layer in net order."""
+        if id(layer) not in self._by_id and self._unclaimed:
+            self._by_id[id(layer)] = (layer, self._unclaimed.pop(0))
+
+    def message(self, layer, method: str, e: BaseException) -> str:
+        lp = self._by_id.get(id(layer), (None, None))[1]
+        what = f"{self.parsed.where(lp.name)}: {python_layer_desc(lp)}" if lp is not None else (
+            f"{self.parsed.path}: a Python layer of class {type(layer).__name__}")
+        return f"{what}: its {method}() raised {error_line(e)}{_user_frame(e.__traceback__)}"
 
 
 # -- the session -----------------------------------------------------------------------
@@ -821,7 +939,9 @@ class NetSession:
                     "layout": lay, "flat_shape": None, "index": -1}
             yield meta, (v.copy() if copy else v)
         for i, name, kind, bottoms, tops, _layer in self.plan:
-            if kind != "Input":
+            if kind == "Python":
+                self._run_python(i, name)
+            elif kind != "Input":
                 net._forward(i, i)
             if is_auto_split(kind, name, bottoms, tops):
                 for t in tops:
@@ -841,6 +961,19 @@ class NetSession:
                 yield meta, (v.copy() if copy else v)
                 producer[t] = pname
                 info[t] = (lay, flat, shape)
+
+    def _run_python(self, i: int, name: str) -> None:
+        """Run Python layer ``i``; an exception from its code is a :class:`UserError` naming it
+        (in the worker, :class:`PythonLayers` has named it already; a live net has no guard)."""
+        try:
+            self.net._forward(i, i)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's layer code
+            lp = self.lps.get(name)
+            desc = python_layer_desc(lp) if lp is not None else f"layer '{name}' (Python)"
+            raise UserError(f"{self.source}: {desc}: its forward() raised {error_line(e)}"
+                            f"{_user_frame(e.__traceback__)}") from None
 
     def iter_weights(self, copy: bool):
         for _, name, _, _, _, layer in self.plan:
@@ -963,6 +1096,10 @@ def load_session(caffe, prototxt: str, weights: str | None, phase: str, batch: i
         else:
             model_layers = scan_caffemodel(weights)
     on_parsed(parsed)
+    py_layers = PythonLayers(parsed)
+    if py_layers.layers:
+        stage("python")
+        py_layers.prepare(caffe)
     stage("build")
     net = caffe.Net(prototxt, phase_id)
     missing: list[str] = []

@@ -64,6 +64,29 @@ def capture_caffe(prototxt: str | os.PathLike[str], weights: str | os.PathLike[s
         return backend.capture(inputs)
 
 
+def python_layer_path(pythonpath: Any, source: str) -> list[str]:
+    """``pythonpath=`` as absolute folders: one path or a list of them, each an existing folder."""
+    if pythonpath is None:
+        return []
+    items = [pythonpath] if isinstance(pythonpath, (str, os.PathLike)) else pythonpath
+    try:
+        items = list(items)
+    except TypeError:
+        raise InputError(f"{source}: pythonpath must be a folder or a list of folders, "
+                         f"got {type(pythonpath).__name__}") from None
+    out = []
+    for p in items:
+        if not isinstance(p, (str, os.PathLike)):
+            raise InputError(f"{source}: pythonpath entries must be folder paths, got {type(p).__name__} {p!r}")
+        d = os.path.abspath(os.fspath(p))
+        if not os.path.isdir(d):
+            raise InputError(f"{source}: pythonpath folder {os.fspath(p)} does not exist (or is not a folder); "
+                             f"it should hold the modules of the net's Python layers")
+        if d not in out:
+            out.append(d)
+    return out
+
+
 #: What a missing-Caffe message tells the user to do.
 CAFFE_INSTALL_HINT = ("Caffe is not on PyPI (there is no layerparity[caffe] extra): `make setup` builds it "
                       "into .venv (docs/install.md), or pass python= an interpreter whose pycaffe works")
@@ -91,13 +114,21 @@ class CaffeBackend(Backend):
     env
         Extra environment variables for the worker (``PYTHONPATH`` of a legacy
         pycaffe, ``LD_LIBRARY_PATH``...).
+    pythonpath
+        Folders (one path or a list) holding the modules of the net's Python layers
+        (``type: "Python"``, ``python_param { module: ... }``): put on the worker's
+        ``PYTHONPATH``, in front of any it already has. Each module is imported
+        before Caffe builds the net; a missing module, an import that fails, or an
+        exception in a layer's ``setup``/``reshape``/``forward`` is a
+        :class:`CaffeError` naming the layer and the module (docs/python-layers.md).
     """
 
     framework = "caffe"
 
     def __init__(self, prototxt: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None, *,
                  batch: int | None = None, phase: str = "TEST", python: str | os.PathLike[str] | None = None,
-                 timeout: float = 600, env: Mapping[str, str] | None = None) -> None:
+                 timeout: float = 600, env: Mapping[str, str] | None = None,
+                 pythonpath: str | os.PathLike[str] | list[str | os.PathLike[str]] | tuple | None = None) -> None:
         prototxt = os.path.abspath(os.fspath(prototxt))
         weights = os.path.abspath(os.fspath(weights)) if weights is not None else None
         super().__init__(source=prototxt)
@@ -115,8 +146,13 @@ class CaffeBackend(Backend):
             raise InputError(f"{prototxt}: timeout must be a positive number of seconds, got {timeout!r}")
         self.prototxt = prototxt
         self.weights_path = weights
+        self.pythonpath = python_layer_path(pythonpath, prototxt)
+        wenv = dict(env or {})
+        if self.pythonpath:
+            given = wenv.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+            wenv["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, *([given] if given else [])])
         self._engine = _WorkerEngine(prototxt, weights, phase, None if batch is None else int(batch),
-                                     os.fspath(python) if python else sys.executable, float(timeout), dict(env or {}))
+                                     os.fspath(python) if python else sys.executable, float(timeout), wenv)
         missing = self._engine.desc.get("weights_missing") or []
         if missing:
             warnings.warn(
@@ -127,17 +163,20 @@ class CaffeBackend(Backend):
 
     @classmethod
     def from_net(cls, net: Any, source: str = "<live net>", *, prototxt: str | os.PathLike[str] | None = None,
-                 phase: str | None = None) -> CaffeBackend:
+                 phase: str | None = None, pythonpath: Any = None) -> CaffeBackend:
         """Wrap a live ``caffe.Net`` (runs in this process: no isolation from glog aborts).
 
         Layer parameters come from ``prototxt`` when given, else from the net itself
         (``net.save`` to a temporary file, which also writes its weights once).
+        ``pythonpath`` is checked and otherwise unused: a live net's Python layers are
+        already loaded (their modules were importable when the net was built).
         """
         self = cls.__new__(cls)
         Backend.__init__(self, source=str(source))
         self._engine = None
         self.prototxt = os.path.abspath(os.fspath(prototxt)) if prototxt is not None else None
         self.weights_path = None
+        self.pythonpath = python_layer_path(pythonpath, str(source))
         self._engine = _InProcessEngine(net, self.prototxt, phase, str(source))
         return self
 
@@ -224,6 +263,8 @@ class CaffeBackend(Backend):
         }
         if e.isolated:
             out["python"] = e.python
+        if self.pythonpath:
+            out["pythonpath"] = list(self.pythonpath)
         if d.get("weights_missing"):
             out["weights_missing"] = list(d["weights_missing"])
         return out
@@ -694,6 +735,9 @@ class _WorkerEngine:
                 return (f"{self._where(layer)}: {self._layer_desc(layer)}: Caffe refused the layer: {detail} "
                         f"[Caffe {how}{_at(src)}]")
             return f"{self.prototxt}: Caffe refused the net: {detail} [Caffe {how}{_at(src)}]"
+        if self._op == "load" and stage == "python":
+            return (f"{self.prototxt}: the Caffe worker died while importing the modules of the net's Python "
+                    f"layers ({how}): {_shorten(fatal) or _tail(log)}")
         if self._op == "load" and stage == "weights":
             layer = _layer_in(fatal)
             problem = _weights_problem(fatal)
