@@ -226,6 +226,25 @@ def test_an_exception_in_forward_is_an_input_error_and_the_worker_lives_on(files
         np.testing.assert_allclose(t["affine"].value, t["conv1"].value * 2 + 1, rtol=1e-6)
 
 
+def test_a_live_net_in_this_process_names_the_python_layer_that_raised(files, monkeypatch):
+    """``from_net``: no worker and no guard; the layer is still named, as an input error."""
+    import caffe
+
+    monkeypatch.syspath_prepend(files["mods"])
+    proto = write_net(files["dir"] / "live.prototxt", ("affine", {"param_str": "2 1 100"}))
+    net = caffe.Net(proto, files["weights"], caffe.TEST)
+    cb = CaffeBackend.from_net(net, prototxt=proto, pythonpath=files["mods"])
+    big = np.full((1, 3, 8, 8), 1000, np.float32)
+    for run in (lambda: cb.capture(big), lambda: cb.forward(big, ["relu1"])):
+        with pytest.raises(CaffeError) as ei:
+            run()
+        msg = str(ei.value)
+        assert "layer 'affine' (Python layer 'Affine' of module 'affine_layer')" in msg
+        assert "its forward() raised RuntimeError: input above the limit 100" in msg and "affine_layer.py:" in msg
+    t = cb.capture(files["x"])
+    np.testing.assert_allclose(t["affine"].value, t["conv1"].value * 2 + 1, rtol=1e-6)
+
+
 def test_pythonpath_must_name_existing_folders(files):
     with pytest.raises(InputError, match="pythonpath folder .*nowhere does not exist"):
         CaffeBackend(files["proto"], files["weights"], pythonpath=str(files["dir"] / "nowhere"))

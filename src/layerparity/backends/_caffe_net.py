@@ -910,12 +910,18 @@ class NetSession:
         def run_to(end: int) -> int:
             if end < pos:
                 return pos
-            if mark is None:
-                net._forward(pos, end)
-            else:
-                for k in range(pos, end + 1):
-                    mark(k)
-                    net._forward(k, k)
+            try:
+                if mark is None:
+                    net._forward(pos, end)
+                else:
+                    for k in range(pos, end + 1):
+                        mark(k)
+                        net._forward(k, k)
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - only a Python layer's code raises here
+                self._python_failed(pos, end, e)
+                raise
             return end + 1
 
         for i, n in early:
@@ -974,6 +980,18 @@ class NetSession:
             desc = python_layer_desc(lp) if lp is not None else f"layer '{name}' (Python)"
             raise UserError(f"{self.source}: {desc}: its forward() raised {error_line(e)}"
                             f"{_user_frame(e.__traceback__)}") from None
+
+    def _python_failed(self, first: int, last: int, e: BaseException) -> None:
+        """An exception out of layers ``first..last`` run together: a :class:`UserError` naming
+        the Python layer(s) among them (the worker's guard names the very layer already)."""
+        py = [name for i, name, kind, _, _, _ in self.plan if kind == "Python" and first <= i <= last]
+        if not py:
+            return
+        lp = self.lps.get(py[0]) if len(py) == 1 else None
+        desc = python_layer_desc(lp) if lp is not None else (
+            f"layer '{py[0]}' (Python)" if len(py) == 1 else "one of the Python layers " + ", ".join(map(repr, py)))
+        raise UserError(f"{self.source}: {desc}: its forward() raised {error_line(e)}"
+                        f"{_user_frame(e.__traceback__)}") from None
 
     def iter_weights(self, copy: bool):
         for _, name, _, _, _, layer in self.plan:

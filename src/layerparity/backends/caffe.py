@@ -359,8 +359,13 @@ class _InProcessEngine:
         self.closed = False
 
     def iter_probes(self, feed: dict[str, np.ndarray]) -> Iterator[tuple[dict, np.ndarray]]:
-        self.session.feed(feed)
-        yield from self.session.iter_probes(copy=True)
+        from ._caffe_net import UserError
+
+        try:
+            self.session.feed(feed)
+            yield from self.session.iter_probes(copy=True)
+        except UserError as e:  # a Python layer that raised, a bad input name
+            raise CaffeError(str(e)) from None
         self.desc = self.session.describe()
 
     def forward(self, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
