@@ -137,6 +137,17 @@ def test_a_correct_keras_port_passes_and_the_python_layer_is_a_row(files):
     assert report.coverage.passes and "affine" not in report.coverage.uncovered
 
 
+def test_assert_parity_takes_caffe_pythonpath(files):
+    from layerparity import assert_parity
+
+    report = assert_parity(files["proto"], keras_port(files), files["x"], caffe_weights=files["weights"],
+                           caffe_pythonpath=[files["mods"]])
+    assert report.row("affine").caffe_kind == "Python"
+    with pytest.raises(AssertionError, match="affine"):
+        assert_parity(files["proto"], keras_port(files, scale=3.0), files["x"], caffe_weights=files["weights"],
+                      caffe_pythonpath=[files["mods"]])
+
+
 def test_a_buggy_port_fails_at_the_python_layer(files):
     report = compare_models(files["proto"], keras_port(files, shift=0.0), files["x"],
                             caffe_weights=files["weights"], caffe_options={"pythonpath": [files["mods"]]})
