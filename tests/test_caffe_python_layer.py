@@ -164,6 +164,23 @@ def test_an_unnamed_port_pairs_the_python_layer_by_structure(files):
     assert row.tf_kind == "Lambda" and row.tf_layer.startswith("lambda")
 
 
+def test_a_port_in_standard_layers_needs_a_mapping_for_the_python_layer(files):
+    """Rescaling (kind "scale") is not taken for the Python layer by structure: uncovered, so
+    the check fails; with an explicit mapping it is compared, and passes."""
+    import keras
+
+    inp = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    y = keras.layers.Rescaling(2.0, offset=1.0, name="scale_shift")(conv(inp))
+    model = keras.Model(inp, keras.layers.ReLU()(y))
+    conv.set_weights([files["w"].transpose(2, 3, 1, 0), files["b"]])
+    kw = {"caffe_weights": files["weights"], "caffe_pythonpath": [files["mods"]]}
+    report = compare_models(files["proto"], model, files["x"], **kw)
+    assert not report and "affine" in report.coverage.uncovered
+    report = compare_models(files["proto"], model, files["x"], mapping={"affine": "scale_shift"}, **kw)
+    assert report and report.row("affine").tf_layer == "scale_shift"
+
+
 def test_a_python_layer_the_port_leaves_out_is_uncovered_never_dropped(files):
     import keras
 
