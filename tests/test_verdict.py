@@ -255,3 +255,26 @@ def test_the_cli_takes_the_declared_layout(matlab, capsys):
     assert cli_main([*args, "--tf-layout", "NWHC"]) == 0
     assert cli_main(args) == 1
     assert "--tf-layout NWHC" in capsys.readouterr().out
+
+
+def test_a_row_that_passes_never_diverges_whatever_its_own_error():
+    """A replay fed something else than the layer's input (a mapped bias-add on a converter
+    port) can fail its own error where the port's value agrees with Caffe's: that row must not
+    become the first divergence of a passing report (seen: PASS with 'first divergence: conv4')."""
+    from layerparity.metrics import compute_metrics, default_tolerance
+    from layerparity.result import LayerResult
+    from layerparity.verdict import diverges
+
+    tol = default_tolerance(np.float32)
+    a = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 4, 4, 4)
+    good, bad = compute_metrics(a, a + 1e-7, tol), compute_metrics(a, a + 5.0, tol)
+    assert good.passed and not bad.passed
+
+    def row(total, own):
+        return LayerResult(caffe_layer="conv4", caffe_blob="conv4", tf_layer="Add_3", caffe_kind="Convolution",
+                           tf_kind="AddV2",
+                           caffe_shape=(1, 4, 4, 4), tf_shape=(1, 4, 4, 4), metrics=total, own=own)
+
+    assert not diverges(row(good, bad))  # the value agrees: no divergence here
+    assert diverges(row(bad, bad)) and diverges(row(bad, None))
+    assert not diverges(row(bad, good))  # inherited from upstream
