@@ -563,13 +563,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _sha256(path: str) -> str:
-    import hashlib
+    from .model_cache import content_digest  # the one file digest (memoised by size and mtime)
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return content_digest(path)
 
 
 def _recorded_caffemodel(archive: str, given: str | None) -> Any:

@@ -218,11 +218,9 @@ def sanitize_nodeid(nodeid: str, limit: int = 120) -> str:
 
 
 def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .model_cache import content_digest  # the one file digest (memoised by size and mtime)
+
+    return content_digest(path)
 
 
 def inputs_sha256(inputs: Any) -> str:
