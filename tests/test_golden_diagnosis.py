@@ -1,7 +1,7 @@
 """Golden traces and ``diff`` diagnose as well as live runs: the caffemodel's weights are
 read without Caffe (layerparity.caffemodel) and given to the diagnosis, so the demo's
 padding bug is confirmed (confidence 0.95) in every mode. The zoo cases are in
-tests/zoo/test_golden_diagnosis.py. Real Caffe and real TF."""
+tests/zoo/test_zoo_golden_diagnosis.py. Real Caffe and real TF."""
 
 from __future__ import annotations
 

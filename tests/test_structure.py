@@ -291,3 +291,17 @@ def test_capture_functions_have_real_signatures():
 def test_import_layerparity_loads_no_framework(code):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest's default rootdir import mode imports test modules by basename, so two test files of
+    one name in package-less folders fail collection (CI saw tests/zoo/test_golden_diagnosis.py
+    clash with tests/test_golden_diagnosis.py)."""
+    tests = Path(__file__).resolve().parent
+    seen: dict[str, list[str]] = {}
+    for path in tests.rglob("*.py"):
+        if path.name == "conftest.py" or (path.parent / "__init__.py").exists():
+            continue  # pytest imports conftest files by path; packages by dotted name
+        seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, clashes
