@@ -15,6 +15,8 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .errors import InputDataError, InputError, LayoutMismatch
@@ -35,7 +37,21 @@ def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
 
 
 def is_flat(layout: str) -> bool:
-    return layout.startswith("flat:")
+    return _label(layout).startswith("flat:")
+
+
+def _label(layout: Any, what: str = "layout") -> str:
+    """``layout`` if it is a layout string; anything else is the caller's mistake, said so."""
+    if not isinstance(layout, str):
+        raise LayoutMismatch(f"{what} must be a string of axis labels like 'NCHW' or 'NHWC', got {layout!r:.80}")
+    return layout
+
+
+def _weight(w: Any, ndim: int, what: str) -> np.ndarray:
+    w = np.asarray(w)
+    if w.ndim != ndim:
+        raise InputDataError(f"{what}: expected a {ndim}-D weight, got shape {w.shape}")
+    return w
 
 
 def axes_permutation(src: str, dst: str) -> tuple[int, ...]:
@@ -44,7 +60,7 @@ def axes_permutation(src: str, dst: str) -> tuple[int, ...]:
     >>> axes_permutation("NHWC", "NCHW")
     (0, 3, 1, 2)
     """
-    if sorted(src) != sorted(dst) or len(set(src)) != len(src):
+    if sorted(_label(src)) != sorted(_label(dst)) or len(set(src)) != len(src):
         raise LayoutMismatch(f"layouts {src!r} and {dst!r} do not name the same axes")
     return tuple(src.index(a) for a in dst)
 
@@ -58,6 +74,8 @@ def convert(x: np.ndarray, src: str, dst: str, flat_shape: tuple[int, ...] | Non
     against a Caffe ``Flatten`` (C*H*W order). An empty layout on either side means
     "compare as is".
     """
+    _label(src, "source layout")
+    _label(dst, "target layout")
     if not src or not dst or src == dst:
         return x
     if is_flat(src) != is_flat(dst):
@@ -69,6 +87,7 @@ def convert(x: np.ndarray, src: str, dst: str, flat_shape: tuple[int, ...] | Non
     s, d = src[5:], dst[5:]
     if flat_shape is None:
         raise LayoutMismatch(f"converting {src!r} needs flat_shape")
+    flat_shape = _shape(flat_shape, "flat_shape")
     inner = s.replace("N", "")
     if len(flat_shape) != len(inner) or sorted(inner) != sorted(d.replace("N", "")):
         raise InputDataError(f"flat_shape {tuple(flat_shape)} does not fit layouts {src!r} -> {dst!r}")
@@ -89,7 +108,19 @@ def flatten_permutation(c: int, h: int, w: int) -> np.ndarray:
     >>> flatten_permutation(2, 1, 2).tolist()
     [0, 2, 1, 3]
     """
+    c, h, w = _shape((c, h, w), "flatten_permutation (c, h, w)")
     return np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
+
+
+def _shape(dims: Any, what: str) -> tuple[int, ...]:
+    """A shape given by the caller: integers >= 0."""
+    try:
+        out = tuple(dims)
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in out):
+            raise TypeError
+    except TypeError:
+        raise InputDataError(f"{what} must be a sequence of integers >= 0, got {dims!r:.80}") from None
+    return tuple(int(d) for d in out)
 
 
 # -- reconciling two declared layouts --------------------------------------------
@@ -109,6 +140,8 @@ def relayout(x: np.ndarray, src: str, src_flat: tuple[int, ...] | None, dst: str
     (2, 7)
     """
     x = np.asarray(x)
+    _label(src, "source layout")
+    _label(dst, "target layout")
     if not src or not dst or src == dst:
         if src == dst and is_flat(src) and src_flat and dst_flat and tuple(src_flat) != tuple(dst_flat):
             raise LayoutMismatch(f"flattened from {tuple(src_flat)} vs {tuple(dst_flat)} (both {src})")
@@ -161,6 +194,7 @@ def relayout(x: np.ndarray, src: str, src_flat: tuple[int, ...] | None, dst: str
 def relayout_shape(shape: tuple[int, ...], src: str, src_flat: tuple[int, ...] | None, dst: str,
                    dst_flat: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """The shape :func:`relayout` would return, without any data."""
+    shape = _shape(shape, "shape")
     dummy = np.broadcast_to(np.zeros((), np.float32), tuple(shape))
     if is_flat(src) and is_flat(dst):
         relayout(np.zeros((1, int(np.prod(src_flat or (0,)))), np.float32), src, src_flat, dst, dst_flat)
@@ -173,16 +207,19 @@ def relayout_shape(shape: tuple[int, ...], src: str, src_flat: tuple[int, ...] |
 
 def conv_weight_caffe_to_tf(w: np.ndarray) -> np.ndarray:
     """Caffe Convolution (O, I/g, kH, kW) -> TF/Keras Conv2D (kH, kW, I/g, O)."""
-    return np.transpose(w, (2, 3, 1, 0))
+    return np.transpose(_weight(w, 4, "Caffe convolution weight (O, I, kH, kW)"), (2, 3, 1, 0))
 
 
 def conv_weight_tf_to_caffe(w: np.ndarray) -> np.ndarray:
     """TF/Keras Conv2D (kH, kW, I/g, O) -> Caffe Convolution (O, I/g, kH, kW)."""
-    return np.transpose(w, (3, 2, 0, 1))
+    return np.transpose(_weight(w, 4, "TF Conv2D kernel (kH, kW, I, O)"), (3, 2, 0, 1))
 
 
 def depthwise_weight(w: np.ndarray, channels: int) -> np.ndarray:
     """Caffe (C*M, 1, kH, kW), group=C -> TF DepthwiseConv2D (kH, kW, C, M)."""
+    w = _weight(w, 4, "Caffe depthwise weight (C*M, 1, kH, kW)")
+    if not isinstance(channels, (int, np.integer)) or channels <= 0:
+        raise InputDataError(f"depthwise weight: channels must be a positive integer, got {channels!r}")
     cm, one, kh, kw = w.shape
     if one != 1 or cm % channels:
         raise InputDataError(f"weights {w.shape} are not depthwise for {channels} channels")
@@ -192,7 +229,7 @@ def depthwise_weight(w: np.ndarray, channels: int) -> np.ndarray:
 
 def deconv_weight_caffe_to_tf(w: np.ndarray) -> np.ndarray:
     """Caffe Deconvolution (C_in, C_out/g, kH, kW) -> tf.nn.conv2d_transpose (kH, kW, C_out, C_in)."""
-    return np.transpose(w, (2, 3, 1, 0))
+    return np.transpose(_weight(w, 4, "Caffe deconvolution weight (C_in, C_out, kH, kW)"), (2, 3, 1, 0))
 
 
 def inner_product_weight_caffe_to_tf(w: np.ndarray, chw: tuple[int, int, int] | None = None) -> np.ndarray:
@@ -201,8 +238,15 @@ def inner_product_weight_caffe_to_tf(w: np.ndarray, chw: tuple[int, int, int] | 
     If the InnerProduct reads a spatial blob of per-item shape ``chw = (C, H, W)``,
     the rows are permuted from Caffe's C*H*W order to Keras' H*W*C flatten order.
     """
+    w = _weight(w, 2, "Caffe InnerProduct weight (N_out, K)")
     n = w.shape[0]
-    if chw is None or (chw[1] == 1 and chw[2] == 1):
+    if chw is None:
+        return w.T
+    chw = _shape(chw, "chw")
+    if len(chw) != 3 or chw[0] * chw[1] * chw[2] != w.shape[1]:
+        raise InputDataError(f"InnerProduct weight {w.shape}: its input of per-item shape {chw} "
+                             f"does not hold {w.shape[1]} values")
+    if chw[1] == 1 and chw[2] == 1:
         return w.T
     c, h, ww = chw
     return w.reshape(n, c, h, ww).transpose(2, 3, 1, 0).reshape(-1, n)

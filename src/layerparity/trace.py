@@ -29,14 +29,14 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .atomic_write import atomic_path
-from .errors import ArchiveError, InputError
+from .errors import ArchiveError, InputDataError, InputError
 
 FORMAT = "layerparity-trace"
 FORMAT_VERSION = 1
@@ -85,16 +85,30 @@ class Probe:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InputError(f"probe name must be a non-empty string, got {self.name!r}")
+        for f in ("kind", "layer", "blob", "layout", "dtype"):
+            if not isinstance(getattr(self, f), str):
+                raise InputError(f"probe {self.name!r}: {f} must be a string, got {getattr(self, f)!r}")
         self.layer = self.layer or self.name
         self.blob = self.blob or self.name
+        self.inputs = _names(self.inputs, self.name, "inputs")
+        self.fused = _names(self.fused, self.name, "fused")
+        if self.params is None:
+            self.params = {}
+        elif not isinstance(self.params, dict):
+            if not isinstance(self.params, Mapping):
+                raise InputError(f"probe {self.name!r}: params must be a dict, got {type(self.params).__name__}")
+            self.params = dict(self.params)
         if self.flat_shape is not None:
-            self.flat_shape = tuple(int(d) for d in self.flat_shape)
+            self.flat_shape = _dims(self.flat_shape, self.name, "flat_shape")
         if self.value is not None:
-            self.value = np.asarray(self.value)
+            try:
+                self.value = np.asarray(self.value)
+            except (TypeError, ValueError) as e:
+                raise InputDataError(f"probe {self.name!r}: value is not an array ({e})") from None
             self.shape = tuple(int(d) for d in self.value.shape)
             self.dtype = str(self.value.dtype)
         else:
-            self.shape = tuple(int(d) for d in self.shape)
+            self.shape = _dims(self.shape, self.name, "shape")
 
     def meta(self) -> dict[str, Any]:
         """Everything but the value, as JSON-able data."""
@@ -133,16 +147,26 @@ class Trace:
         inputs: dict[str, np.ndarray] | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
+        if not isinstance(framework, str):
+            raise InputError(f"Trace: framework must be a string ('caffe' or 'tensorflow'), got {framework!r:.80}")
         self.framework = framework
         self.source = str(source)
+        for what, m in (("inputs", inputs), ("meta", meta)):
+            if m is not None and not isinstance(m, Mapping):
+                raise InputError(f"{framework} trace {self.source!r}: {what} must be a dict, got {type(m).__name__}")
         self.inputs: dict[str, np.ndarray] = dict(inputs or {})
         self.meta: dict[str, Any] = dict(meta or {})
         self._probes: dict[str, Probe] = {}
+        if not isinstance(probes, Iterable) or isinstance(probes, (str, bytes, Probe)):
+            raise InputError(f"{framework} trace {self.source!r}: probes must be an iterable of Probe objects, "
+                             f"got {type(probes).__name__}")
         for p in probes:
             self.add(p)
 
     # -- container protocol -------------------------------------------------
     def add(self, probe: Probe) -> None:
+        if not isinstance(probe, Probe):
+            raise InputError(f"{self.framework} trace {self.source!r}: expected a Probe, got {type(probe).__name__}")
         if probe.name in self._probes:
             raise InputError(f"{self.framework} trace {self.source!r}: duplicate probe name {probe.name!r}")
         self._probes[probe.name] = probe
@@ -209,6 +233,9 @@ def save_archive(
 ) -> None:
     """Stream probes into an archive, one array at a time (only one value in memory)."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ArchiveError(f"{path}: cannot write the trace archive: the folder {folder!r} does not exist")
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -375,7 +402,33 @@ class ArchiveReader:
                     f"but the stored array is {value.dtype} (tampered archive?)"
                 )
             kw["value"] = value
-        return Probe(**kw)
+        try:
+            return Probe(**kw)
+        except InputError as err:  # negative dimensions and the like: the file is bad, not the caller
+            raise ArchiveError(f"{self.path}: malformed manifest entry: {err}") from None
+
+
+def _names(xs: Any, probe: str, what: str) -> list[str]:
+    """A probe's list of names (``inputs``, ``fused``): a list or tuple of strings; a bare
+    string is refused (it would read as one name per character)."""
+    if xs is None:
+        return []
+    if isinstance(xs, (str, bytes)) or not isinstance(xs, (list, tuple)):
+        raise InputError(f"probe {probe!r}: {what} must be a list of names, got {type(xs).__name__} {xs!r:.80}")
+    if not all(isinstance(x, str) for x in xs):
+        raise InputError(f"probe {probe!r}: {what} must be a list of strings, got {list(xs)!r:.80}")
+    return xs if isinstance(xs, list) else list(xs)
+
+
+def _dims(xs: Any, probe: str, what: str) -> tuple[int, ...]:
+    """A shape: a sequence of integers >= 0."""
+    try:
+        dims = tuple(xs)
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims):
+            raise TypeError
+    except TypeError:
+        raise InputError(f"probe {probe!r}: {what} must be a sequence of integers >= 0, got {xs!r:.80}") from None
+    return tuple(int(d) for d in dims)
 
 
 def _strs(xs: list, field: str) -> list[str]:
