@@ -231,10 +231,11 @@ class _Unit:
     ext_inputs: list[str] = field(default_factory=list)  # unit keys
     consumers: list[str] = field(default_factory=list)
     out: str = ""
+    kind: str = ""  # the unit's kind when its first op does not say it (a grouped conv starts with a split)
 
     @property
     def primary(self) -> str:
-        return self.kinds[0] if self.kinds else ""
+        return self.kind or (self.kinds[0] if self.kinds else "")
 
 
 def _metas(t: Trace | Iterable[Probe]) -> list[Probe]:
@@ -274,8 +275,9 @@ class _Aligner:
     def _build_units(self) -> None:
         units: dict[str, _Unit] = {}
         self.unit_of: dict[str, str] = {}
+        grouped = _grouped_convs(self.t)
         for i, p in enumerate(self.t):
-            key = p.layer or p.name
+            key = grouped.get(p.name) or p.layer or p.name
             u = units.get(key)
             if u is None:
                 u = units[key] = _Unit(key=key, members=[], order=i)
@@ -286,6 +288,8 @@ class _Aligner:
         for u in units.values():
             outs = [m for m in u.members if not re.search(r":[1-9]\d*$", m)] or u.members
             u.out = outs[-1]
+            if u.key in grouped.values():
+                u.kind = next(k for k in u.kinds if k in ("conv", "depthwise_conv"))
             ext: list[str] = []
             for m in u.members:
                 for i in self.tp[m].inputs:
@@ -626,6 +630,85 @@ class _Aligner:
         unmapped_c = [p.name for p in self.c if p.name not in self.pair_of_c and p.name not in self.skipped]
         unmapped_t = [m for u in self.uorder if u.key not in self.matched for m in u.members]
         return Alignment(pairs, unmapped_c, unmapped_t, dict(self.absorbed), source, dict(self.skipped))
+
+
+def _grouped_convs(tf: list[Probe]) -> dict[str, str]:
+    """TF probes of grouped convolutions written out as ops -> the one unit key each.
+
+    A converter (onnx-tf) writes a Caffe convolution with ``group: k`` as
+    ``Split(axis C) -> k x Conv2D (one per part) [-> a bias each] -> ConcatV2(axis C)``;
+    the trailing bias-add after the concat is absorbed like any conv's. These ops are
+    one ``conv`` unit, keyed by the concat's layer, whose input is the Split's input (so
+    own-error replay feeds that). Anything else (parts read twice, a concat that mixes
+    in other tensors, other axes) is left as it is.
+    """
+    by = {p.name: p for p in tf}
+    cons: dict[str, list[str]] = {}
+    for p in tf:
+        for i in dict.fromkeys(p.inputs):
+            cons.setdefault(i, []).append(p.name)
+    layer_members: dict[str, list[str]] = {}
+    for p in tf:
+        layer_members.setdefault(p.layer or p.name, []).append(p.name)
+
+    def alone(name: str) -> bool:  # the probe is a layer of its own
+        return layer_members.get(by[name].layer or name) == [name]
+
+    def channel_axis(p: Probe, axis: Any) -> int | None:
+        try:
+            a = int(np.asarray(axis).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError):
+            return None
+        rank = len(p.shape) if p.shape is not None else 0
+        if rank != 4:
+            return None
+        a = a + rank if a < 0 else a
+        lay = p.layout if isinstance(p.layout, str) and len(p.layout) == 4 and "C" in p.layout else ""
+        return a if (not lay or lay.index("C") == a) else None
+
+    out: dict[str, str] = {}
+    for p in tf:
+        if _probe_kind(p) != "split" or ":" in p.name or len(p.inputs) != 1 or p.name in out:
+            continue
+        parts = [n for n in layer_members.get(p.layer or p.name, []) if n.split(":")[0] == p.name]
+        if len(parts) < 2 or len(parts) != len(layer_members.get(p.layer or p.name, [])):
+            continue
+        axis = channel_axis(by[p.inputs[0]], p.params.get("axis")) if p.inputs[0] in by else None
+        if axis is None:
+            continue
+        chain: list[str] = []
+        ends: list[str] = []
+        for part in parts:
+            nxt = cons.get(part, [])
+            if len(nxt) != 1 or _probe_kind(by[nxt[0]]) not in ("conv", "depthwise_conv") or not alone(nxt[0]):
+                break
+            conv = nxt[0]
+            if by[conv].inputs != [part]:
+                break
+            chain.append(conv)
+            end = conv
+            after = cons.get(conv, [])
+            if len(after) == 1 and _probe_kind(by[after[0]]) == "bias" and alone(after[0]):
+                end = after[0]
+                chain.append(end)
+            ends.append(end)
+        else:
+            heads = {n for e in ends for n in cons.get(e, [])}
+            if len(heads) != 1:
+                continue
+            cat = by[heads.pop()]
+            if (
+                _probe_kind(cat) != "concat"
+                or not alone(cat.name)
+                or sorted(cat.inputs) != sorted(ends)
+                or any(len(cons.get(e, [])) != 1 for e in ends)
+                or channel_axis(cat, cat.params.get("axis")) != axis
+            ):
+                continue
+            key = cat.layer or cat.name
+            for n in [*parts, *chain, cat.name]:
+                out[n] = key
+    return out
 
 
 def _near(name: str, pool: list[str]) -> str:

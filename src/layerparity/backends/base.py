@@ -7,7 +7,7 @@ hooks. Backends are context managers and import their framework lazily.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +23,11 @@ class InputSpec:
     name: str
     shape: tuple[int | None, ...]
     layout: str = ""
+    #: the input as the model itself declares it (its own axis order) and the layout it
+    #: was read in, when that differs from ``shape``/``layout`` (a TF model): only the
+    #: shape error message uses them
+    model_shape: tuple[int | None, ...] | None = field(default=None, compare=False)
+    model_layout: str = field(default="", compare=False)
 
 
 class Backend:
@@ -268,11 +273,27 @@ def check_input_array(source: str, name: str, arr: object, spec: InputSpec) -> n
             )
         for i, (got, want) in enumerate(zip(a.shape, spec.shape, strict=True)):
             if i > 0 and want is not None and got != want:
-                raise InputDataError(
-                    f"{source}: input {name!r} has shape {a.shape}; the model expects "
-                    f"{_fmt(spec.shape)} in NCHW (axis {i} differs)"
-                )
+                raise InputDataError(_shape_message(source, name, a.shape, spec, i))
     return a
+
+
+def _shape_message(source: str, name: str, got: tuple[int, ...], spec: InputSpec, axis: int) -> str:
+    """Why an input of shape ``got`` (NCHW) does not fit ``spec``. When the model's own
+    shape is in another layout, say it as the model declares it (not only converted to
+    NCHW), and when the input fits it as is, say the model may take NCHW."""
+    own, lay = spec.model_shape, spec.model_layout
+    if own is None or len(own) != len(got) or not lay or lay == spec.layout:
+        return (f"{source}: input {name!r} has shape {got}; the model expects "
+                f"{_fmt(spec.shape)} in NCHW (axis {axis} differs)")
+    msg = (f"{source}: input {name!r} has shape {got} (read as NCHW, as Caffe's); the model's own input is "
+           f"{_fmt(own)}, which was read as {lay}, i.e. {_fmt(spec.shape)} in NCHW (axis {axis} differs)")
+    if all(w is None or g == w for i, (g, w) in enumerate(zip(got, own, strict=True)) if i > 0):
+        msg += ("; your input has the model's own shape as is: if it is NCHW, the model probably takes "
+                "NCHW too: declare it with --tf-layout NCHW (tf_layout=\"NCHW\"); if it is already in the "
+                "model's layout, give it in NCHW as Caffe's instead (layerparity converts it)")
+    else:
+        msg += "; if the model's 4-D tensors are in another layout, declare it with --tf-layout (tf_layout=)"
+    return msg
 
 
 def _fmt(shape: tuple[int | None, ...]) -> str:

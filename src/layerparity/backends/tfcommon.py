@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -324,9 +324,10 @@ def nchw_spec(name: str, model_shape: Sequence[int | None] | None, layout: str) 
         for d in model_shape
     )
     if len(shape) == 4:
+        own = shape
         if is_spatial_layout(layout):
             shape = tuple(shape[layout.index(a)] for a in "NCHW")
-        return InputSpec(name, shape, "NCHW")
+        return InputSpec(name, shape, "NCHW", model_shape=own, model_layout=layout or "NCHW")
     return InputSpec(name, shape, "NC" if len(shape) == 2 else "")
 
 
@@ -414,7 +415,7 @@ _WRAPPER = re.compile(r"^(StatefulPartitionedCall|PartitionedCall|Func)(_\d+)?$"
 _SUFFIX = re.compile(r"_\d+$")
 
 
-def scope_layers(names: Sequence[str]) -> dict[str, str]:
+def scope_layers(names: Sequence[str], inputs: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
     """Map graph op / tensor names to the layer (scope) they belong to.
 
     The rule, kept simple on purpose:
@@ -428,7 +429,12 @@ def scope_layers(names: Sequence[str]) -> dict[str, str]:
        an op at the top level is its own layer;
     4. if the dropped model scope carries a tracing suffix (``model_1``) and every
        layer does too (``conv1_1``, ``bn_1``), the ``_N`` suffixes are dropped: TF
-       uniquified the scopes when the function was traced a second time.
+       uniquified the scopes when the function was traced a second time;
+    5. with ``inputs`` (name -> the names it reads), a layer is ops that are connected:
+       a scope whose ops are not linked by data edges among themselves is split into
+       its connected parts, each named after the scope its ops share
+       (``onnx_tf_prefix_conv2/relu_3x3_reduce`` and ``onnx_tf_prefix_conv2/norm2``, two
+       ops onnx-tf names after Caffe layers whose names hold a ``/``, stay two layers).
 
     >>> scope_layers(["StatefulPartitionedCall/model/conv1/Conv2D", "StatefulPartitionedCall/model/conv1/BiasAdd",
     ...               "StatefulPartitionedCall/model/relu1/Relu"])["StatefulPartitionedCall/model/conv1/BiasAdd"]
@@ -459,4 +465,63 @@ def scope_layers(names: Sequence[str]) -> dict[str, str]:
         layers = {v for n, v in out.items() if len(parts[n]) > len(prefix) + 1}
         if layers and all(_SUFFIX.search(v) for v in layers):
             out = {n: (_SUFFIX.sub("", v) if v in layers else v) for n, v in out.items()}
+    if inputs is not None:
+        rests = {n: (p[len(prefix) :] if p[: len(prefix)] == prefix else p) for n, p in parts.items()}
+        out = _split_unconnected(out, rests, inputs)
+    return out
+
+
+def _split_unconnected(
+    layer_of: dict[str, str], rests: dict[str, list[str]], inputs: Mapping[str, Sequence[str]]
+) -> dict[str, str]:
+    """Rule 5 of :func:`scope_layers`: each layer split into its connected parts (data edges
+    between its own ops); a part is named after the scope its ops share below the layer."""
+    members: dict[str, list[str]] = {}
+    for n, layer in layer_of.items():
+        members.setdefault(layer, []).append(n)
+    out = dict(layer_of)
+    taken = set(layer_of.values())
+    for layer, ms in members.items():
+        if len(ms) < 2:
+            continue
+        root = {m: m for m in ms}
+
+        def find(x: str) -> str:
+            while root[x] != x:
+                root[x] = root[root[x]]
+                x = root[x]
+            return x
+
+        ops: dict[str, str] = {}
+        for m in ms:
+            for i in inputs.get(m, ()):
+                if i in root:
+                    root[find(i)] = find(m)
+            op = m.split(":")[0]  # the outputs of one op are one op
+            if op in ops:
+                root[find(ops[op])] = find(m)
+            ops.setdefault(op, m)
+        parts: dict[str, list[str]] = {}
+        for m in ms:
+            parts.setdefault(find(m), []).append(m)
+        if len(parts) < 2:
+            continue
+        used: set[str] = set()
+        for group in parts.values():
+            paths = [rests[m] for m in group]
+            common = paths[0]
+            for p in paths[1:]:
+                k = 0
+                while k < min(len(common), len(p)) and common[k] == p[k]:
+                    k += 1
+                common = common[:k]
+            name = "/".join([layer, *common[1:]]) if common else layer
+            base, k = name, 1
+            while name in used or (name != layer and name in taken):
+                k += 1
+                name = f"{base}~{k}"
+            used.add(name)
+            taken.add(name)
+            for m in group:
+                out[m] = name
     return out

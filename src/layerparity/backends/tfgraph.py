@@ -322,7 +322,6 @@ class GraphBackend(TFBackend):
                 return None
             return None
 
-        layers = scope_layers([name for _, _, name in candidates])
         self._ops: list[_Op] = []
         for op, t, name in candidates:
             ins, data_ins, ok = [], [], True
@@ -344,10 +343,13 @@ class GraphBackend(TFBackend):
                 data_ins,
                 ok and bool(data_ins),
                 _params(op),
-                layers.get(name, name),
+                name,
                 _fused(op),
             )
             self._ops.append(rec)
+        layers = scope_layers([r.name for r in self._ops], {r.name: r.inputs for r in self._ops})
+        for rec in self._ops:
+            rec.layer = layers.get(rec.name, rec.name)
         self._by_name = {r.name: r for r in self._ops}
         self._fetch = [r for r in self._ops if self.wanted(r.name)]
         self.check_tensors(
@@ -365,13 +367,53 @@ class GraphBackend(TFBackend):
             shape = tuple(t.shape.as_list()) if t.shape.rank is not None else None
             lay = self._data_format
             if lay is None and (shape is None or len(shape) == 4):
-                for r in self._ops:
-                    if name in r.inputs and layout_of_format(r.params.get("data_format")):
-                        lay = layout_of_format(r.params["data_format"])
-                        break
+                lay = self._input_layout(name)
             self._inputs.append((name, shape, lay or self._default))
             self._input_dtypes[name] = t.dtype.as_numpy_dtype
         self._feed_by_name = {fed[t.name]: t for t in feeds}
+
+    def _input_layout(self, name: str) -> str | None:
+        """The layout of the 4-D input ``name`` as the model reads it, or None when the
+        graph does not say.
+
+        An op that reads the input directly and declares a ``data_format`` says it. Else
+        the ops that only move data (``Pad``, ``Transpose``; ``Identity`` is seen through
+        already) are followed from the input to the first op that declares one, composing
+        the ``Transpose`` perms: ``Transpose(perm=[0, 2, 3, 1]) -> Conv2D(NHWC)`` (what
+        onnx-tf writes) means the input is NCHW. Paths that disagree say nothing.
+        """
+        for r in self._ops:
+            if name in r.inputs and layout_of_format(r.params.get("data_format")):
+                return layout_of_format(r.params["data_format"])
+        consumers: dict[str, list[_Op]] = {}
+        for r in self._ops:
+            for i in dict.fromkeys(r.inputs):
+                consumers.setdefault(i, []).append(r)
+        found: set[str] = set()
+        # (probe, perm): the probe's axis i is the input's axis perm[i]
+        stack: list[tuple[str, tuple[int, ...], int]] = [(name, (0, 1, 2, 3), 0)]
+        seen: set[tuple[str, tuple[int, ...]]] = set()
+        while stack:
+            cur, perm, depth = stack.pop()
+            if (cur, perm) in seen or depth > 32:
+                continue
+            seen.add((cur, perm))
+            for r in consumers.get(cur, []):
+                if not r.inputs or r.inputs[0] != cur:
+                    continue
+                declared = layout_of_format(r.params.get("data_format"))
+                if declared is not None:
+                    lay = [""] * 4
+                    for i, a in enumerate(perm):
+                        lay[a] = declared[i]
+                    found.add("".join(lay))
+                elif r.kind == "Transpose":
+                    p = r.params.get("perm")
+                    if isinstance(p, list) and sorted(int(x) for x in p) == [0, 1, 2, 3]:
+                        stack.append((r.name, tuple(perm[int(x)] for x in p), depth + 1))
+                elif r.kind in ("Pad", "PadV2", "MirrorPad"):
+                    stack.append((r.name, perm, depth + 1))
+        return found.pop() if len(found) == 1 else None
 
     def wanted(self, name: str) -> bool:
         if self._tensors is None:
