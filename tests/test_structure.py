@@ -305,3 +305,87 @@ def test_test_modules_have_unique_basenames():
         seen.setdefault(path.name, []).append(str(path.relative_to(tests)))
     clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
     assert not clashes, clashes
+
+
+# -- the data flow: capture -> align -> compare -> diagnose -> report, no arrow back ----------
+
+#: Leaf modules every stage may use: the data model and small shared helpers.
+SHARED = {"errors", "formatting", "atomic_write", "names", "kinds", "layout", "trace", "result", "_exports"}
+#: The stages of docs/architecture.md's diagram, by module prefix (a new module of a
+#: package joins its package's stage); the longest matching prefix wins.
+STAGES = {
+    "backends": 0, "inputs": 0, "keras_layers": 0, "caffemodel": 0,  # capture
+    "alignment": 1, "weight_pairing": 1, "weights": 1,  # align (weights: pairing and parity of parameters)
+    "compare": 2, "sources": 2, "window": 2, "own_error": 2, "metrics": 2, "_fused": 2, "verdict": 2,  # compare
+    "diagnosis": 3,  # diagnose
+    "report": 4, "testing": 4, "pytest_plugin": 4, "cli": 4, "sweeper": 4, "model_cache": 4, "api": 4,
+    "demo": 4, "": 4,  # report and the surface (the package itself, its verbs, the bundled demo)
+}
+#: The one import toward a later stage: the engine calls the diagnosis on the rows it
+#: decides (the diagram's arrow compare -> diagnose).
+FORWARD_CALLS = {("layerparity.compare", "layerparity.diagnosis")}
+
+
+def _stage(module: str) -> int | None:
+    rel = module.removeprefix("layerparity").removeprefix(".")
+    if rel in SHARED:
+        return None
+    best = max((p for p in STAGES if p == "" or rel == p or rel.startswith(p + ".")), key=len)
+    return STAGES[best]
+
+
+def _against_the_flow(mods: dict[str, Module]) -> list[str]:
+    back = []
+    for m in mods.values():
+        s = _stage(m.name)
+        for target, lines in m.imports.items():
+            t = _stage(target)
+            if s is None and t is not None:
+                back.append(f"{m.name} (shared) -> {target} (line {lines[0]})")
+            elif s is not None and t is not None and t > s:
+                root = ".".join(target.split(".")[:2])
+                if (m.name, root) not in FORWARD_CALLS:
+                    back.append(f"{m.name} (stage {s}) -> {target} (stage {t}, line {lines[0]})")
+    return back
+
+
+def test_imports_follow_the_data_flow_with_no_arrow_back():
+    """A module imports modules of its own stage or earlier ones (and the shared leaves); a
+    capture module never imports the aligner, the engine never imports a renderer, a shared
+    leaf imports only shared leaves. What architecture.md's diagram says."""
+    back = _against_the_flow(MODULES)
+    assert not back, "imports against the data flow:\n  " + "\n  ".join(back)
+
+
+def test_the_data_flow_check_sees_an_arrow_back():
+    def mod(name, *imports):
+        return Module(name, Path("x.py"), ast.parse(""), False, imports={i: [3] for i in imports})
+
+    mods = [mod("layerparity.diagnosis.conv", "layerparity.compare", "layerparity.result"),
+            mod("layerparity.trace", "layerparity.metrics", "layerparity.errors"),
+            mod("layerparity.backends.keras", "layerparity.alignment", "layerparity.layout"),
+            mod("layerparity.compare", "layerparity.diagnosis", "layerparity.diagnosis.conventions",
+                "layerparity.backends.caffe"),
+            mod("layerparity.metrics", "layerparity.report.text")]
+    assert _against_the_flow({m.name: m for m in mods}) == [
+        "layerparity.trace (shared) -> layerparity.metrics (line 3)",
+        "layerparity.backends.keras (stage 0) -> layerparity.alignment (stage 1, line 3)",
+        "layerparity.metrics (stage 2) -> layerparity.report.text (stage 4, line 3)",
+    ]  # diagnosis -> compare imports an earlier stage (the cycle test is what forbids that one)
+    assert _stage("layerparity.diagnosis.conv") == 3 and _stage("layerparity.backends.keras") == 0
+    assert _stage("layerparity.report.sweep") == 4 and _stage("layerparity") == 4 and _stage("layerparity.trace") is None
+    assert _stage("layerparity.weights") == 1 and _stage("layerparity.weight_pairing") == 1
+    assert _stage("layerparity.sweeper.new_module") == 4  # a new module joins its package's stage
+
+
+def test_architecture_md_has_one_line_per_module():
+    """The module table of docs/architecture.md names every module of the package, one row
+    each, by its path under src/layerparity/ (the first cell of the row)."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = [m.group(1) for m in re.finditer(r"^\| `([^`]+)` \|", doc, re.M)]
+    files = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py"))
+    assert len(rows) == len(set(rows)), sorted({r for r in rows if rows.count(r) > 1})
+    missing = [f for f in files if f not in rows]
+    assert not missing, f"modules without a row in docs/architecture.md: {missing}"
