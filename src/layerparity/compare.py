@@ -195,6 +195,7 @@ class _Engine:
         self.diag_fn = _diagnose_hook() if diagnose else None
         self.cw = caffe_weights if caffe_weights is not None else {}
         self.tw = tf_weights if tf_weights is not None else {}
+        self.weight_sides = caffe_weights is not None and tf_weights is not None
         self.on_row = on_row
         self.pairs = alignment.pairs
         self.window = ValueWindow(cs, ts, self.pairs, keep_inputs=replay is not None or self.diag_fn is not None)
@@ -306,6 +307,11 @@ class _Engine:
                 self._diagnose(row, pair, cp, tp, cin)
             elif self.first is None and self.fallback is None and not row.passed and cp is not None:
                 self.fallback = (row, pair, cp, tp, cin)
+            elif bad and self.diag_fn is not None:
+                # downstream of the first divergence, own error not measured (the TF layer's input
+                # cannot be fed Caffe's: another shape): its values cannot say whether the layer
+                # itself is wrong, its weights can. Only a transform the weight check proves is kept.
+                self._weights_only(row, pair)
             if self.on_row is not None:
                 self.on_row(row)
         self.window.release(batch[-1].k)
@@ -339,6 +345,55 @@ class _Engine:
 
     def _diagnose(self, row: LayerResult, pair: Pair, cp: Probe | None, tp: Probe | None,
                   cin: list[np.ndarray] | None) -> None:
+        """Diagnose a diverged row, then check its chain's weights (as ``layerparity weights``
+        does) and make the diagnosis agree with that check (diagnosis/weight_check.py)."""
+        if self.diag_fn is None:
+            return
+        self._diagnose_values(row, pair, cp, tp, cin)
+        checks = self._weight_check(row, pair)
+        if checks:
+            _weight_check_hook()(row, checks)
+
+    def _weights_only(self, row: LayerResult, pair: Pair) -> None:
+        checks = self._weight_check(row, pair)
+        if any(w.transform for w in checks):
+            _weight_check_hook()(row, checks)
+
+    def _weight_check(self, row: LayerResult, pair: Pair) -> list[Any]:
+        """The weight check of the row's chain, paired by this comparison's own alignment; []
+        when one side has no weights (a recorded trace) or no layer of the chain has params."""
+        if not self.weight_sides:
+            return []
+        try:
+            cmetas = [self.cs.by_name[n] for n in pair.caffe_chain if n in self.cs.by_name]
+            if not cmetas or not len(self.cw) or not len(self.tw):
+                return []
+            from .weight_pairing import pairing_of
+            from .weights import check_pair
+
+            layer_of = {p.name: p.layer or p.name for p in cmetas}
+            params = [c for c in dict.fromkeys(layer_of.values()) if c in self.cw]
+            if not params:
+                return []
+            scalars = self.tw.scalars() if isinstance(self.tw, LazyWeights) else None
+            wp = pairing_of(pair, layer_of, self.ts.by_name, self.tw, params, tf_scalars=scalars, by_value=True)
+            if wp is None:
+                return []
+            return check_pair({c: self.cw[c] for c in params}, self.tw, self.cs.metas, wp, by_value=True)
+        except InputError as e:
+            row.note = "; ".join(x for x in (row.note, f"weight check skipped ({e})") if x)
+            return []
+        except Exception as e:  # noqa: BLE001 - a weight-check bug must not lose the comparison
+            if _strict_diagnosis():
+                raise
+            msg = (f"weight check of {row.caffe_layer!r} failed: {type(e).__name__}: {e} "
+                   "(a layerparity bug; please report it)")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            row.note = "; ".join(x for x in (row.note, msg) if x)
+            return []
+
+    def _diagnose_values(self, row: LayerResult, pair: Pair, cp: Probe | None, tp: Probe | None,
+                         cin: list[np.ndarray] | None) -> None:
         if self.diag_fn is None or cp is None or tp is None or cp.value is None or tp.value is None:
             return
         fn, ctx_cls = self.diag_fn
@@ -389,6 +444,12 @@ def _strict_diagnosis() -> bool:
     from .diagnosis import strict_mode
 
     return strict_mode()
+
+
+def _weight_check_hook() -> Callable[[LayerResult, list[Any]], None]:
+    from .diagnosis import attach_weight_check
+
+    return attach_weight_check
 
 
 def _conventions_hook() -> Callable[[list[LayerResult]], list[Any]]:
@@ -562,6 +623,10 @@ class LazyWeights(Mapping[str, list[np.ndarray]]):
 
     def __getitem__(self, name: str) -> list[np.ndarray]:
         return self._all()[name]
+
+    def scalars(self) -> dict[str, list[float]]:
+        """Constant scalar operands of the backend's ops (a Gemm's alpha; graph backends only)."""
+        return dict(getattr(self._backend, "weight_scalars", None) or {})
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._all())

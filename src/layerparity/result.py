@@ -199,6 +199,9 @@ class LayerResult:
     diagnoses: list[Diagnosis] = field(default_factory=list)
     contaminated_by: str | None = None  # first divergent layer upstream, if any
     chain_head: str = ""  # the chain's first layer with parameters (its first layer when none has)
+    #: The weight check of a diagnosed row's chain (:class:`layerparity.weights.WeightRow` per
+    #: Caffe layer with params, as ``layerparity weights`` gives it); [] when not checked.
+    weights: list[Any] = field(default_factory=list)
 
     @property
     def divergent_layer(self) -> str:
@@ -272,6 +275,7 @@ class LayerResult:
             "chain_head": self.chain_head,
             "divergent_layer": self.divergent_layer,
             "diagnoses": [d.to_dict() for d in self.diagnoses],
+            "weights": [_clean(w.to_dict()) for w in self.weights],
         }
 
 
@@ -372,6 +376,7 @@ class Report:
                 "own_error": fd.own.to_dict() if fd.own else None,
                 "note": fd.note,
                 "diagnoses": [d.to_dict() for d in fd.diagnoses],
+                "weights": [_clean(w.to_dict()) for w in fd.weights],
             },
             "layers": [r.to_dict() for r in self.rows],
             "unmapped": {"caffe": list(self.unmapped_caffe), "tf": list(self.unmapped_tf)},

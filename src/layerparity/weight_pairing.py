@@ -66,7 +66,7 @@ def _probe_list(probes: Any) -> list[Any]:
     return list(getattr(probes, "probes", probes))
 
 
-def _flatten_source(tp: dict[str, Any], name: str) -> str:
+def _flatten_source(tp: Mapping[str, Any], name: str) -> str:
     """The layout of the 4-D tensor an fc op's input was flattened from, walking back
     through reshapes/transposes ('' when none is found)."""
     p = tp.get(name)
@@ -109,12 +109,47 @@ def pair_weights(
 
     cps = _probe_list(caffe_probes)
     tps = _probe_list(tf_probes)
-    tp = {p.name: p for p in tps}
-    scalars = {str(k): [float(x) for x in v] for k, v in (tf_scalars or {}).items()}
     by_value = caffe_value is not None and tf_value is not None
     al = align(cps, tps, mapping, caffe_value=caffe_value, tf_value=tf_value)
-    layer_of = {p.name: (p.layer or p.name) for p in cps}
     params = set(param_layers)
+    tp = {p.name: p for p in tps}
+    layer_of = {p.name: (p.layer or p.name) for p in cps}
+    out: dict[str, WeightPairing] = {}
+    used: set[str] = set()
+    for pr in al.pairs:
+        wp = pairing_of(pr, layer_of, tp, tf_weights, params, tf_scalars=tf_scalars, by_value=by_value)
+        if wp is None:
+            continue
+        used.update(o.name for o in wp.ops)
+        for c in wp.caffe_layers:
+            out[c] = wp
+    unmatched = [k for k, v in tf_weights.items() if k not in used and any(np.asarray(a).size for a in v)]
+    return out, unmatched
+
+
+def pairing_of(
+    pair: Any,
+    caffe_layer_of: Mapping[str, str],
+    tf_probes: Mapping[str, Any],
+    tf_weights: Mapping[str, Sequence[np.ndarray]],
+    param_layers: Iterable[str],
+    *,
+    tf_scalars: Mapping[str, Sequence[float]] | None = None,
+    by_value: bool = False,
+) -> WeightPairing | None:
+    """The weight pairing of one aligned pair (an :class:`~layerparity.alignment.Pair` of the
+    alignment ``compare`` made): its Caffe layers with params, and the ops of its TF group that
+    hold weights. None when no layer of the chain has params.
+
+    ``caffe_layer_of``: Caffe probe name -> layer name; ``tf_probes``: TF probe name -> probe
+    (values not needed); ``by_value``: the alignment used values (ties broken by value)."""
+    params = set(param_layers)
+    tp = tf_probes
+    scalars = {str(k): [float(x) for x in v] for k, v in (tf_scalars or {}).items()}
+    layers = list(dict.fromkeys(caffe_layer_of.get(c, c) for c in pair.caffe_chain))
+    layers = [c for c in layers if c in params]
+    if not layers:
+        return None
 
     def op_of(name: str) -> TFWeightOp | None:
         arrays = tf_weights.get(name)
@@ -125,33 +160,22 @@ def pair_weights(
         return TFWeightOp(name, canonical_kind(p.kind, p.params, len(p.inputs)), p.kind,
                           [np.asarray(a) for a in arrays or []], sc, dict(p.params or {}))
 
-    out: dict[str, WeightPairing] = {}
-    used: set[str] = set()
-    for pr in al.pairs:
-        layers = list(dict.fromkeys(layer_of.get(c, c) for c in pr.caffe_chain))
-        layers = [c for c in layers if c in params]
-        if not layers:
-            continue
-        group = pr.tf_group or ([pr.tf] if pr.tf else [])
-        ops = [o for o in (op_of(g) for g in group if g in tp) if o is not None]
-        used.update(o.name for o in ops)
-        how = "value" if pr.how == "structural" and by_value else pr.how
-        wp = WeightPairing(layers, pr.tf or None, how, ops)
-        kern = next((o for o in ops if o.kind in KERNEL_KINDS), None)
-        if kern is not None and kern.kind == "fc":
-            wp.fc_flatten = _flatten_source(tp, kern.name)
-        if pr.how == "structural" and not by_value and kern is not None:
-            wp.ambiguous = _look_alikes(kern, tp, tf_weights)
-        if pr.how == "identity":
-            wp.ops = []
-            wp.note = f"paired with the TF value of its input ({pr.tf!r}), which holds no weights of it"
-        for c in layers:
-            out[c] = wp
-    unmatched = [k for k, v in tf_weights.items() if k not in used and any(np.asarray(a).size for a in v)]
-    return out, unmatched
+    group = pair.tf_group or ([pair.tf] if pair.tf else [])
+    ops = [o for o in (op_of(g) for g in group if g in tp) if o is not None]
+    how = "value" if pair.how == "structural" and by_value else pair.how
+    wp = WeightPairing(layers, pair.tf or None, how, ops)
+    kern = next((o for o in ops if o.kind in KERNEL_KINDS), None)
+    if kern is not None and kern.kind == "fc":
+        wp.fc_flatten = _flatten_source(tp, kern.name)
+    if pair.how == "structural" and not by_value and kern is not None:
+        wp.ambiguous = _look_alikes(kern, tp, tf_weights)
+    if pair.how == "identity":
+        wp.ops = []
+        wp.note = f"paired with the TF value of its input ({pair.tf!r}), which holds no weights of it"
+    return wp
 
 
-def _look_alikes(kern: TFWeightOp, tp: dict[str, Any], tf_weights: Mapping[str, Sequence[np.ndarray]]) -> list[str]:
+def _look_alikes(kern: TFWeightOp, tp: Mapping[str, Any], tf_weights: Mapping[str, Sequence[np.ndarray]]) -> list[str]:
     """Other TF ops of the kernel's kind that read the same inputs with a same-shaped kernel:
     structure alone cannot tell them apart."""
     p = tp[kern.name]

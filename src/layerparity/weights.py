@@ -138,6 +138,14 @@ class BlobParity:
             "worst": self.worst,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BlobParity:
+        """The inverse of :meth:`to_dict` (a JSON report's ``layers[].weights[].blobs[]``)."""
+        ts = d.get("tf_shape")
+        return cls(int(d["index"]), str(d["role"]), tuple(int(x) for x in d["caffe_shape"]),
+                   None if ts is None else tuple(int(x) for x in ts), str(d["status"]), d.get("max_abs_error"),
+                   str(d.get("note", "")), d.get("tf_name"), str(d.get("formula", "")), d.get("worst"))
+
 
 @dataclass
 class WeightRow:
@@ -169,6 +177,13 @@ class WeightRow:
             "tf_ops": list(self.tf_ops),
             "blobs": [b.to_dict() for b in self.blobs],
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WeightRow:
+        """The inverse of :meth:`to_dict` (a JSON report's ``layers[].weights[]``)."""
+        return cls(str(d["caffe_layer"]), str(d["caffe_kind"]), d.get("tf_layer"), str(d["status"]),
+                   [BlobParity.from_dict(b) for b in d.get("blobs", [])], str(d.get("note", "")),
+                   str(d.get("how", "")), [str(x) for x in d.get("tf_ops", [])])
 
     @property
     def fix(self) -> str | None:
@@ -311,7 +326,7 @@ def _variants(kind: str, role: str, w: np.ndarray, chw: tuple[int, int, int] | N
     if kind in ("conv", "depthwise_conv") and w.ndim == 4:
         e = _expected(kind, w, role, chw, group, tf_shape)
         out.append(("kernel_flipped", e[::-1, ::-1]))
-        if e.shape[0] == e.shape[1]:
+        if e.shape[0] > 1 or e.shape[1] > 1:  # square or not (a 3x5 kernel held as 5x3)
             out.append(("kernel_hw_swapped", e.transpose(1, 0, 2, 3)))
         if e.shape[2] > 1:
             out.append(("channel_order", e[:, :, ::-1, :]))
@@ -321,7 +336,7 @@ def _variants(kind: str, role: str, w: np.ndarray, chw: tuple[int, int, int] | N
         e = deconv_weight_caffe_to_tf(w)
         out.append(("deconv_in_out_swapped", w.transpose(2, 3, 0, 1)))
         out.append(("kernel_flipped", e[::-1, ::-1]))
-        if e.shape[0] == e.shape[1]:
+        if e.shape[0] > 1 or e.shape[1] > 1:
             out.append(("kernel_hw_swapped", e.transpose(1, 0, 2, 3)))
         if w.size == int(np.prod(tf_shape)):
             out.append(("reshape_not_transpose", w.reshape(tf_shape)))
@@ -392,7 +407,12 @@ def compare_layer(
         used.add(j)
         a = tf_arrays[j]
         exp = _expected(kind, b, role, chw, group, tuple(a.shape))
-        ok, err = _squeezed_equal(exp, a)
+        if exp.ndim == 4 and a.ndim == 4 and exp.shape != a.shape:
+            # a kernel of another shape is another kernel, even when its memory reads the same
+            # (a 1x3 kernel held as 3x1): never "equal" by flattening
+            ok, err = False, None
+        else:
+            ok, err = _squeezed_equal(exp, a)
         if ok:
             results.append(BlobParity(i, role, tuple(b.shape), tuple(a.shape), "equal", err))
             continue
@@ -1228,19 +1248,26 @@ def _check_aligned(
     caffe_value: Any,
     tf_value: Any,
     input_shapes: Mapping[str, Sequence[int]] | None,
+    pairings: Mapping[str, Any] | None = None,
 ) -> WeightReport:
-    """check_weights with the pairing of :mod:`layerparity.weight_pairing` (the alignment of compare)."""
+    """check_weights with the pairing of :mod:`layerparity.weight_pairing` (the alignment of compare).
+
+    ``pairings`` (``{caffe_layer: WeightPairing}``): already made (``compare`` pairs one
+    diverged row from its own alignment); else made here from the probes."""
     from .weight_pairing import KERNEL_KINDS, pair_weights
 
-    for side, ps in (("Caffe", caffe_probes), ("TF", tf_probes)):
-        items = list(ps.values()) if isinstance(ps, Mapping) else list(getattr(ps, "probes", ps))
-        for i, q in enumerate(items):
-            if not all(hasattr(q, a) for a in ("name", "kind", "inputs", "params", "layer")):
-                raise WeightParityError(f"check_weights: {side} probe {i} is a {type(q).__name__}, not a Probe "
-                                        "(give a Trace, a list of Probes or a dict name -> Probe)")
+    if pairings is None:
+        for side, ps in (("Caffe", caffe_probes), ("TF", tf_probes)):
+            items = list(ps.values()) if isinstance(ps, Mapping) else list(getattr(ps, "probes", ps))
+            for i, q in enumerate(items):
+                if not all(hasattr(q, a) for a in ("name", "kind", "inputs", "params", "layer")):
+                    raise WeightParityError(f"check_weights: {side} probe {i} is a {type(q).__name__}, not a Probe "
+                                            "(give a Trace, a list of Probes or a dict name -> Probe)")
+        pairings, unmatched = pair_weights(caffe_probes, tf_probes, tw, list(cw), tf_scalars=tf_scalars,
+                                           mapping=mapping, caffe_value=caffe_value, tf_value=tf_value)
+    else:
+        unmatched = []
     metas = {name: _kind_and_meta(name, blobs, probes) for name, blobs in cw.items()}
-    pairings, unmatched = pair_weights(caffe_probes, tf_probes, tw, list(cw), tf_scalars=tf_scalars,
-                                       mapping=mapping, caffe_value=caffe_value, tf_value=tf_value)
     by_value = caffe_value is not None and tf_value is not None
     rows: dict[str, WeightRow] = {}
     notes: list[str] = []
@@ -1327,3 +1354,33 @@ def _check_aligned(
                      f"{', ...' if len(missing) > 5 else ''}) could not be paired from the graph alone: "
                      "run both nets once and pair by value (by_value= / --by-value INPUT)")
     return WeightReport([rows[c] for c in cw if c in rows], unmatched, notes)
+
+
+def check_pair(
+    caffe_weights: Mapping[str, Sequence[np.ndarray]],
+    tf_weights: Mapping[str, Sequence[np.ndarray]],
+    caffe_probes: Any,
+    pairing: Any,
+    *,
+    by_value: bool = False,
+) -> list[WeightRow]:
+    """The weight check of one paired Caffe chain: the rows :func:`check_weights` gives for
+    its layers with params (same statuses, same strings), without aligning anything again.
+
+    ``pairing``: the chain's :class:`~layerparity.weight_pairing.WeightPairing`
+    (:func:`~layerparity.weight_pairing.pairing_of` one pair of ``compare``'s alignment);
+    ``caffe_weights`` needs the chain's layers only (others are ignored), ``tf_weights`` the
+    arrays of the pairing's ops (already in ``pairing.ops``); ``caffe_probes``: the Caffe
+    probes (values not needed) for each layer's kind, group, eps and an InnerProduct's input
+    shape. ``by_value``: the pairing was settled by value (changes a note only).
+    """
+    layers = [c for c in pairing.caffe_layers if c in caffe_weights]
+    if not layers:
+        return []
+    cw = {c: _arrays(caffe_weights[c], f"Caffe layer {c!r}") for c in layers}
+    pairings = {c: pairing for c in layers}
+    probes = _probe_index(caffe_probes)
+    rep = _check_aligned(cw, {}, probes, caffe_probes, None, tf_scalars=None, mapping=None,
+                         caffe_value=True if by_value else None, tf_value=True if by_value else None,
+                         input_shapes=None, pairings=pairings)
+    return rep.rows

@@ -14,6 +14,7 @@ This package is the import path: ``from layerparity.diagnosis import diagnose``.
 - :mod:`.drift`: precision drift over a whole report
 - :mod:`.decide`: :func:`diagnose`, the decision list over one divergent layer
 - :mod:`.conventions`: :func:`conventions`, port-wide conventions over the finished rows
+- :mod:`.weight_check`: :func:`attach_weight_check`, a diverged row's weight check made part of its diagnosis
 """
 
 from ..errors import DiagnosisInputError
@@ -21,8 +22,9 @@ from ._core import DIAGNOSIS_KINDS, STRICT_ENV, DiagnosisContext, strict_mode
 from .conventions import conventions
 from .decide import diagnose
 from .drift import diagnose_report, precision_drift
+from .weight_check import attach_weight_check
 
 __all__ = [
     "diagnose", "diagnose_report", "precision_drift", "conventions", "DiagnosisContext", "DiagnosisInputError",
-    "DIAGNOSIS_KINDS", "STRICT_ENV", "strict_mode",
+    "DIAGNOSIS_KINDS", "STRICT_ENV", "strict_mode", "attach_weight_check",
 ]

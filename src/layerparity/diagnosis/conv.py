@@ -168,6 +168,19 @@ def _conv_hypotheses(case: Case, out: list[Diagnosis], conv: Callable[..., np.nd
         case.attempt(out, "kernel_hw_swapped", "The TF kernel is Caffe's with height and width swapped: "
              "recomputing with the transposed kernel reproduces the TF output.", FIXES["kernel_hw_swapped"],
              lambda: conv(ww=w.transpose(0, 1, 3, 2)))
+    elif k[0] != k[1] or s[0] != s[1] or p[0] != p[1]:
+        # not square (kernel 3x5, or stride/pad differing in H and W): the swapped layer swaps its
+        # stride and pad too (a spatially transposed port); recomputed whole, when the size allows
+        sw, pw = (s[1], s[0]), (p[1], p[1], p[0], p[0])
+        d = case.conv_geom()[3]
+        dsw = (d[1], d[0])
+        macs = float(x.shape[0] * w.shape[0]) * float(np.prod(x.shape[2:])) / (s[0] * s[1]) * float(np.prod(w.shape[1:]))
+        if macs <= MAX_MACS:  # a layer too big is judged on some output rows only: not this hypothesis
+            case.attempt(out, "kernel_hw_swapped", "The TF layer is Caffe's with height and width swapped (kernel "
+                 f"{k[1]}x{k[0]}, stride {sw[0]}x{sw[1]}, pad {p[1]}x{p[0]}): recomputing with the transposed "
+                 "kernel, stride and pad reproduces the TF output.", FIXES["kernel_hw_swapped"],
+                 lambda: ref.conv2d(x, w.transpose(0, 1, 3, 2), b, sw, pw, dsw, group),
+                 kernel=list(k), stride=list(s), pad=list(p))
     o, cg, kh, kw = w.shape
     case.attempt(out, "reshape_not_transpose", "The TF kernel is Caffe's (O, I, kH, kW) array reshaped to "
          "(kH, kW, I, O) instead of transposed: recomputing with it reproduces the TF output.",

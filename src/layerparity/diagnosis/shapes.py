@@ -44,6 +44,18 @@ def conv_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
     if got == same and got != c_out:
         return [case.diag("padding_mismatch", f"TF 'SAME' gives ceil(H/s) = {got[0]}x{got[1]}; Caffe's pad {p[0]}x{p[1]} "
                           f"gives {c_out[0]}x{c_out[1]}.", pad_fix(p), CONF_FORMULA, **ev)]
+    # a layer whose geometry is not square (kernel 3x5, stride 1x2, pad 1x2) ported with H and W
+    # swapped (kernel 5x3, stride 2x1, pad 2x1): a spatially transposed (MATLAB-convention) port
+    swapped = (ref.caffe_conv_out(h, k[1], s[1], p[1], d[1]), ref.caffe_conv_out(w, k[0], s[0], p[0], d[0]))
+    if got == swapped and got != c_out and (k[0], s[0], p[0], d[0]) != (k[1], s[1], p[1], d[1]):
+        return [case.diag(
+            "kernel_hw_swapped",
+            f"TF's output size {got[0]}x{got[1]} is Caffe's size rule with height and width swapped (kernel "
+            f"{k[1]}x{k[0]}, stride {s[1]}x{s[0]}, pad {p[1]}x{p[0]} instead of {k[0]}x{k[1]}, {s[0]}x{s[1]}, "
+            f"{p[0]}x{p[1]}; Caffe gives {c_out[0]}x{c_out[1]}): the TF layer is Caffe's with H and W swapped.",
+            "Use the kernel as `w.transpose(2, 3, 1, 0)` (kH, kW, I, O) and Caffe's (h, w) order for strides and "
+            "pads; if every layer is swapped like this, the port takes spatially transposed input: declare it "
+            "(`tf_layout=\"NWHC\"` / `--tf-layout NWHC`).", CONF_FORMULA, swapped_out=list(swapped), **ev)]
     return []
 
 

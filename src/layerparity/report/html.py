@@ -31,7 +31,7 @@ from ..atomic_write import write_text
 from ..formatting import fmt_num, fmt_shape
 from ..result import LayerResult, Report
 from .chart import render_chart
-from .text import status
+from .text import status, weight_check_lines
 
 __all__ = ["render_html", "write_html"]
 
@@ -220,6 +220,8 @@ def render_html(report: Report, title: str = "layerparity report") -> str:
             verdict = "the error starts in this layer" if not fd.own.passed else "the TF layer is right on the Caffe input: the error comes from upstream"
             parts.append(f"<p>own error (TF layer fed the Caffe input): max abs {e(fmt_num(fd.own.max_abs_error))} &mdash; {e(verdict)}</p>")
         parts.append(_diagnoses(fd) or "<p class=muted>no diagnosis</p>")
+        for line in weight_check_lines(fd):
+            parts.append(f"<p>{e(line)}</p>")
         parts.append("<p><a href='#first-divergence'>row in the table</a></p></div>")
 
     parts.append(

@@ -30,6 +30,7 @@ from ..result import (
     Report,
     Tolerance,
 )
+from ..weights import WeightRow
 
 __all__ = ["ReportFormatError", "write_json", "read_json", "validate_report", "report_from_dict", "load_report"]
 
@@ -119,6 +120,7 @@ def validate_report(data: Any, where: str = "report") -> None:
         _check(isinstance(fd.get("diagnoses"), list), w, "'diagnoses' is missing or not a list")
         for j, d in enumerate(fd["diagnoses"]):
             _diagnosis(d, f"{w}.diagnoses[{j}]")
+        _weights(fd.get("weights", []), f"{w}.weights")
         if fd.get("own_error") is not None:
             _metrics(fd["own_error"], f"{w}.own_error")
         _check(
@@ -174,6 +176,41 @@ def _layer(x: Any, w: str) -> None:
     _check(x.get("contaminated_by") is None or isinstance(x["contaminated_by"], str), w, "'contaminated_by' is not a string or null")
     for j, d in enumerate(x["diagnoses"]):
         _diagnosis(d, f"{w}.diagnoses[{j}]")
+    _weights(x.get("weights", []), f"{w}.weights")
+
+
+_WEIGHT_STATUSES = ("equal", "folded", "different", "missing")
+
+
+def _weights(ws: Any, w: str) -> None:
+    """``weights``: the weight check of a diagnosed row (``layerparity weights``' layer rows)."""
+    _check(isinstance(ws, list), w, "not a list")
+    for j, r in enumerate(ws):
+        wj = f"{w}[{j}]"
+        _check(isinstance(r, dict), wj, "not an object")
+        for k in ("caffe_layer", "caffe_kind", "status"):
+            _check(isinstance(r.get(k), str), wj, f"{k!r} is missing or not a string")
+        st = r["status"]
+        _check(st in _WEIGHT_STATUSES or (st.startswith("equal_under:") and len(st) > len("equal_under:")), wj,
+               f"'status' is {st!r}, expected one of {', '.join(_WEIGHT_STATUSES)} or equal_under:<transform>")
+        t = r.get("transform")
+        _check(t == (st.split(":", 1)[1] if st.startswith("equal_under:") else None), wj,
+               f"'transform' ({t!r}) contradicts 'status' ({st!r})")
+        _check(r.get("tf_layer") is None or isinstance(r["tf_layer"], str), wj, "'tf_layer' is not a string or null")
+        _check(isinstance(r.get("tf_ops", []), list) and all(isinstance(o, str) for o in r.get("tf_ops", [])), wj,
+               "'tf_ops' is not a list of names")
+        blobs = r.get("blobs", [])
+        _check(isinstance(blobs, list), wj, "'blobs' is not a list")
+        for i, b in enumerate(blobs):
+            wb = f"{wj}.blobs[{i}]"
+            _check(isinstance(b, dict), wb, "not an object")
+            _check(isinstance(b.get("index"), int) and not isinstance(b.get("index"), bool), wb,
+                   "'index' is missing or not an integer")
+            for k in ("role", "status"):
+                _check(isinstance(b.get(k), str), wb, f"{k!r} is missing or not a string")
+            _check(isinstance(b.get("caffe_shape"), list), wb, "'caffe_shape' is missing or not a list")
+            _check(b.get("max_abs_error") is None or _is_num(b["max_abs_error"]), wb,
+                   "'max_abs_error' is not a number or null")
 
 
 def _metrics(m: Any, w: str) -> None:
@@ -277,6 +314,7 @@ def report_from_dict(data: dict[str, Any], where: str = "report") -> Report:
                 contaminated_by=x.get("contaminated_by"),
                 tolerance=_tol(x.get("tolerance")),
                 chain_head=x.get("chain_head", ""),
+                weights=[WeightRow.from_dict(r) for r in x.get("weights", [])],
             )
         )
     for i, (r, x) in enumerate(zip(rows, data["layers"], strict=True)):

@@ -27,7 +27,8 @@ from typing import IO, Any
 from ..formatting import clip_name, fmt_num, fmt_shape
 from ..result import LayerResult, Report
 
-__all__ = ["format_table", "format_summary", "print_report", "table_window", "status", "DEFAULT_MAX_ROWS"]
+__all__ = ["format_table", "format_summary", "print_report", "table_window", "status", "weight_check_lines",
+           "DEFAULT_MAX_ROWS"]
 
 #: Rows shown before the table is capped.
 DEFAULT_MAX_ROWS = 40
@@ -173,6 +174,7 @@ def format_summary(report: Report) -> str:
             lines.append(f"Fix: {d.fix}")
             if len(fd.diagnoses) > 1:
                 lines.append("  also possible: " + ", ".join(x.kind for x in fd.diagnoses[1:]))
+        lines += weight_check_lines(fd)
     for d in report.conventions:
         lines.append(f"Port convention: {d.kind}: {d.summary}")
         lines.append(f"Fix: {d.fix}")
@@ -181,6 +183,19 @@ def format_summary(report: Report) -> str:
     if report.unmapped_tf:
         lines.append("Unmapped TF layers: " + _names(report.unmapped_tf))
     return "\n".join(_cap_line(line) for line in lines)
+
+
+def weight_check_lines(row: LayerResult) -> list[str]:
+    """The row's weight check (``layerparity weights``' verdict per Caffe layer with params), one line each."""
+    out = []
+    for w in row.weights:
+        tf = f"TF {w.tf_layer!r}" if w.tf_layer else "no TF op"
+        worst = ""
+        errs = [b.max_abs_error for b in w.blobs if b.status == "different" and isinstance(b.max_abs_error, (int, float))]
+        if errs:
+            worst = f" (max abs error {fmt_num(max(errs))} under the expected layout)"
+        out.append(f"Weight check: {w.caffe_layer!r} -> {tf}: {w.status}{worst}")
+    return out
 
 
 _MAX_LINE = 1000
