@@ -216,6 +216,15 @@ def test_aggregate_caller_mistakes_are_input_errors_not_bugs():
         (([a, a], ["only one label"]), "2 reports but 1 labels"),
         (([a, b], ["x.npy", "y.npy"]), "reports of 'y.npy' and 'x.npy' compare different layers"),
         (([a, "not a report"],), "needs Report objects, got str"),
+        ((a,), "aggregate_reports needs a list of Report objects, got Report"),
+        ((None,), "aggregate_reports needs a list of Report objects, got NoneType"),
+        # a string of labels would be one label per character
+        (([a, a], "ab"), "aggregate_reports: labels must be a list with one label per report, got 'ab'"),
+        (([a, a], 2), "labels must be a list with one label per report, got 2"),
+        # a first divergence that is not one of the report's rows (was a bare StopIteration)
+        (([a, Report([LayerResult("conv1", "conv1", "conv1", metrics=_m(1.0))], [], [],
+                     first_divergence=LayerResult("conv1", "conv1", "conv1", metrics=_m(1.0)))], ["x.npy", "y.npy"]),
+         "the report of 'y.npy' names 'conv1' its first divergence, but that row is not one of its rows"),
     ]
     for args, msg in cases:
         with pytest.raises(InputError, match=re.escape(msg)) as e:

@@ -11,7 +11,7 @@ each row shows in ``meta``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ..errors import InputError
 from ..result import Report
@@ -41,12 +41,16 @@ def aggregate_reports(reports: Sequence[Report], labels: Sequence[str] | None = 
       "max_abs_error": {"max", "mean", "worst_input"}, "max_rel_error": {"max", "mean"}}}}``;
       ``shown_input`` is the label of the input whose row ``rows`` holds.
     """
+    if isinstance(reports, Report) or not isinstance(reports, Iterable):
+        raise InputError(f"aggregate_reports needs a list of Report objects, got {type(reports).__name__}")
     reports = list(reports)
     if not reports:
         raise InputError("aggregate_reports needs at least one report")
     bad = next((r for r in reports if not isinstance(r, Report)), None)
     if bad is not None:
         raise InputError(f"aggregate_reports needs Report objects, got {type(bad).__name__}")
+    if labels is not None and (isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable)):
+        raise InputError(f"aggregate_reports: labels must be a list with one label per report, got {labels!r:.80}")
     labels = [str(x) for x in labels] if labels is not None else [f"input {i}" for i in range(len(reports))]
     if len(labels) != len(reports):
         raise InputError(f"aggregate_reports: {len(reports)} reports but {len(labels)} labels")
@@ -86,7 +90,10 @@ def aggregate_reports(reports: Sequence[Report], labels: Sequence[str] | None = 
         fd = r.first_divergence
         if fd is None:
             continue
-        idx = next(i for i, x in enumerate(r.rows) if x is fd)
+        idx = next((i for i, x in enumerate(r.rows) if x is fd), None)
+        if idx is None:
+            raise InputError(f"aggregate_reports: the report of {labels[k]!r} names {fd.caffe_layer!r} its first "
+                             "divergence, but that row is not one of its rows")
         if first_idx is None or idx < first_idx or (
                 idx == first_idx and _key(fd.max_abs_error) > _key(first.max_abs_error)):  # type: ignore[union-attr]
             first_idx, first, first_input = idx, fd, k
