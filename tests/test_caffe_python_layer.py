@@ -370,3 +370,41 @@ def test_the_parity_fixture_takes_the_pythonpath_option_and_ini(files, keras_fil
     pytester.makeini(f"[pytest]\nparity_caffe_pythonpath =\n    {files['mods']}\n")
     result = pytester.runpytest_subprocess(*keras_opt)
     result.assert_outcomes(passed=2)
+
+
+def test_sweep_takes_caffe_pythonpath_and_keras_modules_in_its_worker_processes(files, keras_files, tmp_path):
+    """sweep(caffe_pythonpath=, keras_modules=) reach a spawned worker, which imports the Keras
+    module itself (this process's registration does not travel) and gives the Caffe worker the
+    folder; without the folder, the sweep fails naming the Python layer's module."""
+    from layerparity import sweep
+
+    stack = np.concatenate([files["x"], files["x"] * 0.5, files["x"] - 1]).astype(np.float32)
+    np.save(tmp_path / "stack.npy", stack)
+    result = sweep(files["proto"], keras_files["keras"], str(tmp_path / "stack.npy"), caffe_weights=files["weights"],
+                   caffe_pythonpath=files["mods"], keras_modules=[keras_files["module"]], workers=1, sample=1)
+    assert result.passed and result.completed == 3, result.summary()
+    assert result.layer("affine").n >= 1 and result.layer("affine").failed == 0
+    with pytest.raises(InputError, match=r"(?s)affine.*affine_layer"):
+        sweep(files["proto"], keras_files["keras"], stack, caffe_weights=files["weights"],
+              keras_modules=[keras_files["module"]], workers=0)
+    with pytest.raises(InputError, match="pythonpath folder .*missing.* does not exist"):
+        sweep(files["proto"], keras_files["keras"], stack, caffe_weights=files["weights"],
+              caffe_pythonpath=str(tmp_path / "missing"), workers=0)
+
+
+def test_cli_sweep_takes_caffe_pythonpath_and_keras_module(files, keras_files, tmp_path):
+    base = ["sweep", "--caffe-model", files["proto"], "--caffe-weights", files["weights"],
+            "--tf-model", keras_files["keras"], "--inputs", keras_files["x"], "--workers", "1", "--quiet"]
+    r = cli(*base, "--keras-module", keras_files["module"], "--caffe-pythonpath", files["mods"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS" in r.stdout
+    r = cli(*base, "--caffe-pythonpath", files["mods"])  # the port's Affine class unknown to the worker
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Affine" in r.stderr and "--keras-module" in r.stderr
+    r = cli(*base, "--keras-module", keras_files["module"])  # the Caffe net's module not found
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "layer 'affine'" in r.stderr and "No module named 'affine_layer'" in r.stderr
+    r = cli(*base, "--caffe-pythonpath", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "--caffe-pythonpath" in r.stderr and "no such folder" in r.stderr
+    r = cli(*base, "--keras-module", str(tmp_path / "missing.py"))
+    assert r.returncode == 2 and "--keras-module" in r.stderr and "no such file" in r.stderr

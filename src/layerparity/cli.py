@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_parser as add_sweep_parser,  # `layerparity sweep` lives in sweeper/cli.py
     )
 
-    add_sweep_parser(sub, _add_tolerance, _add_preprocess)
+    sw = add_sweep_parser(sub, _add_tolerance, _add_preprocess)
+    _add_keras_module(sw)  # as on compare: custom Keras layers, Caffe Python layers
+    _add_caffe_pythonpath(sw)
     return ap
 
 
@@ -666,6 +668,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweeper.cli import cmd_sweep as run
 
     _tolerance(args)
+    _caffe_pythonpath(args)  # a usage error before anything runs
+    for spec in args.keras_module:
+        if spec.endswith(".py") and not os.path.isfile(spec):
+            raise UsageError(f"--keras-module {spec}: no such file")
     return run(args, _preprocess(args))
 
 

@@ -85,6 +85,8 @@ def cmd_sweep(args: argparse.Namespace, preprocess: Any = None) -> int:
             executor=executor, workers=args.workers, progress=not args.quiet and _tty(),
             partial=[n.strip() for n in args.partial.split(",") if n.strip()]
             if isinstance(args.partial, str) else args.partial,
+            keras_modules=getattr(args, "keras_module", None) or (),
+            caffe_pythonpath=getattr(args, "caffe_pythonpath", None) or None,
         )
     except KeyboardInterrupt as stop:
         result = getattr(stop, "sweep_result", None)

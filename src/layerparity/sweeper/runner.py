@@ -16,7 +16,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -152,6 +152,9 @@ def sweep(
     tf_options: Mapping[str, Any] | None = None,
     on_input: Callable[[ItemResult], None] | None = None,
     partial: bool | list[str] | tuple[str, ...] = False,
+    custom_objects: Mapping[str, Any] | None = None,
+    keras_modules: Sequence[str | os.PathLike[str]] = (),
+    caffe_pythonpath: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
 ) -> SweepResult:
     """Check a Caffe net against its TF port on many inputs; statistics in constant memory.
 
@@ -177,6 +180,13 @@ def sweep(
     :func:`compare_models`'; as there, the sweep passes only if the comparison covers the
     whole Caffe net (``coverage_problem`` says what it leaves out) unless ``partial`` declares
     a partial check.
+
+    Custom layers, as for :func:`compare_models`: ``custom_objects`` (the Keras classes a
+    ``.keras``/``.h5`` port uses; short for ``tf_options={"custom_objects": ...}``; in
+    worker processes they must be importable by module name), ``keras_modules`` (``.py``
+    files or module names that register them, imported by every worker before it loads
+    the port: the CLI's ``--keras-module``) and ``caffe_pythonpath`` (the folder(s) of the
+    Caffe net's Python layer modules; short for ``caffe_options={"pythonpath": ...}``).
     """
     from ..metrics import ToleranceTable
 
@@ -189,14 +199,29 @@ def sweep(
         raise InputError("sweep: sample, max_listed and worst must be >= 0")
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise InputError(f"sweep: batch must be a positive integer, got {batch!r}")
+    tf_opts = dict(tf_options or {})
+    if custom_objects is not None:
+        tf_opts["custom_objects"] = custom_objects
+    c_opts = dict(caffe_options or {})
+    if caffe_pythonpath is not None:
+        dirs = [caffe_pythonpath] if isinstance(caffe_pythonpath, (str, os.PathLike)) else list(caffe_pythonpath)
+        c_opts["pythonpath"] = tuple(os.fspath(d) for d in dirs)
+    modules = tuple(os.fspath(m) for m in ([keras_modules] if isinstance(keras_modules, (str, os.PathLike))
+                                           else keras_modules))
+    if modules:  # a bad module fails here, once, not in every worker
+        from ..backends.keras import import_keras_module
+
+        for m in modules:
+            import_keras_module(m)
     spec = ModelSpec(
         caffe_model=caffe_model if not isinstance(caffe_model, os.PathLike) else os.fspath(caffe_model),
         tf_model=tf_model if not isinstance(tf_model, os.PathLike) else os.fspath(tf_model),
         caffe_weights=os.fspath(caffe_weights) if isinstance(caffe_weights, os.PathLike) else caffe_weights,
         mapping=mapping,
         rtol=rtol, atol=atol, tolerances=tolerances, own_error=own_error, diagnose=diagnose,
-        caffe_options=tuple(sorted(dict(caffe_options or {}).items())),
-        tf_options=tuple(sorted(dict(tf_options or {}).items())),
+        caffe_options=tuple(sorted(c_opts.items())),
+        tf_options=tuple(sorted(tf_opts.items())),
+        keras_modules=modules,
         partial=partial if isinstance(partial, bool) else tuple(str(x) for x in partial),
     )
     for what, p in (("caffe_model", spec.caffe_model), ("caffe_weights", spec.caffe_weights), ("tf_model", spec.tf_model)):

@@ -46,6 +46,7 @@ class ModelSpec:
     caffe_options: tuple[tuple[str, Any], ...] = ()
     tf_options: tuple[tuple[str, Any], ...] = ()
     partial: bool | tuple[str, ...] = False
+    keras_modules: tuple[str, ...] = ()  # imported before the TF model is loaded (``--keras-module``)
 
     def key(self) -> str:
         """What identifies the opened models: paths with their modification times, and the options."""
@@ -59,7 +60,7 @@ class ModelSpec:
                     return p
             return ("object", id(x))
         return repr((ident(self.caffe_model), ident(self.caffe_weights), ident(self.tf_model),
-                     self.caffe_options, self.tf_options))
+                     self.caffe_options, self.tf_options, tuple(ident(m) for m in self.keras_modules)))
 
     @property
     def in_memory(self) -> bool:
@@ -171,13 +172,19 @@ class _Session:
         if self._own_tb:
             from ..backends.tensorflow import load_tf
 
-            if isinstance(tf_model, (str, os.PathLike)) and os.fspath(tf_model).lower().endswith((".keras", ".h5", ".hdf5")):
-                from ..demo import (
-                    register_keras_objects,  # the demo's LRN layer, as the CLI and assert_parity do
-                )
+            options = dict(self.spec.tf_options)
+            if self.spec.keras_modules:  # the user's custom layers, in this process too
+                from ..backends.keras import import_keras_module
 
-                register_keras_objects()
-            self.tb = load_tf(tf_model, **dict(self.spec.tf_options))
+                offered: dict[str, Any] = {}
+                for m in self.spec.keras_modules:
+                    offered.update(import_keras_module(m))
+                if offered:
+                    given = options.get("custom_objects")
+                    options["custom_objects"] = ({**offered, **given} if isinstance(given, Mapping)
+                                                 else offered if given is None else [*offered.values(), *given])
+            # the demo's LRN needs nothing here: load_tf always passes it, as a user's custom objects
+            self.tb = load_tf(tf_model, **options)
         else:
             self.tb = tf_model  # the caller's: not ours to close
         self.tw = LazyWeights(self.tb)
