@@ -172,6 +172,18 @@ def test_scope_layers_splits_unconnected_ops_of_one_scope():
     assert got["m/split"] == got["m/split:1"] == "split"  # two outputs of one op: one layer
     assert got["m/p_blk/relu_a"] == "p_blk/relu_a"
     assert got["m/p_blk/relu_b"] == "p_blk/relu_b" and got["m/p_blk/norm"] == "p_blk/norm"
+    # branch ReLUs joined by a concat that shares their scope (GoogLeNet's inception_3a/relu_1x1,
+    # .../relu_3x3 and .../output): each branch and the join are layers of their own
+    names3 = ["m/p_inc/relu_a", "m/p_inc/relu_b", "m/p_inc/output", "m/t1", "m/t2"]
+    got3 = scope_layers(names3, {"m/p_inc/relu_a": ["m/t1"], "m/p_inc/relu_b": ["m/t2"],
+                                 "m/p_inc/output": ["m/p_inc/relu_a", "m/p_inc/relu_b"]})
+    assert [got3[n] for n in names3[:3]] == ["p_inc/relu_a", "p_inc/relu_b", "p_inc/output"]
+    # ...but a layer's ops that read its inputs stay one layer: a 3-way add, a normalization
+    names4 = ["m/add3/add", "m/add3/add_1", "m/ln/mean", "m/ln/sub", "m/x1", "m/x2", "m/x3"]
+    got4 = scope_layers(names4, {"m/add3/add": ["m/x1", "m/x2"], "m/add3/add_1": ["m/add3/add", "m/x3"],
+                                 "m/ln/mean": ["m/x1"], "m/ln/sub": ["m/x1", "m/ln/mean"]})
+    assert got4["m/add3/add"] == got4["m/add3/add_1"] == "add3"
+    assert got4["m/ln/mean"] == got4["m/ln/sub"] == "ln"
     # ops linked directly are one layer, named after the layer they are in
     names2 = ["m/p_blk/x/Relu", "m/p_blk/x/LRN", "m/other"]
     got2 = scope_layers(names2, {"m/p_blk/x/LRN": ["m/p_blk/x/Relu"]})

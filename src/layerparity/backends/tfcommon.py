@@ -501,13 +501,14 @@ def _split_unconnected(
             if op in ops:
                 root[find(ops[op])] = find(m)
             ops.setdefault(op, m)
-        parts: dict[str, list[str]] = {}
+        comps: dict[str, list[str]] = {}
         for m in ms:
-            parts.setdefault(find(m), []).append(m)
+            comps.setdefault(find(m), []).append(m)
+        parts = [part for comp in comps.values() for part in _entry_parts(comp, inputs)]
         if len(parts) < 2:
             continue
         used: set[str] = set()
-        for group in parts.values():
+        for group in parts:
             paths = [rests[m] for m in group]
             common = paths[0]
             for p in paths[1:]:
@@ -525,3 +526,60 @@ def _split_unconnected(
             for m in group:
                 out[m] = name
     return out
+
+
+def _entry_parts(comp: list[str], inputs: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """One connected part of a scope, split where it joins separate layers.
+
+    Ops that read only tensors from outside the part start a layer, one per set of
+    tensors read (``Mean(x)`` and ``Sub(x, mean)`` of a normalization read the same
+    ``x``: one layer); an op fed by one layer's ops joins it; an op fed by several
+    (onnx-tf's ``onnx_tf_prefix_inception_3a/output`` concat reading the branch ReLUs
+    ``.../relu_1x1``, ``.../relu_3x3``... that share its scope) is a layer of its own.
+    """
+    if len(comp) < 2:
+        return [comp]
+    inside = set(comp)
+    op_of = {m: m.split(":")[0] for m in comp}
+    ops = list(dict.fromkeys(op_of.values()))
+    reads: dict[str, set[str]] = {o: set() for o in ops}
+    for m in comp:
+        reads[op_of[m]].update(inputs.get(m, ()))
+    internal = {o: {op_of[i] for i in reads[o] if i in inside and op_of[i] != o} for o in ops}
+    # the ops in data order (Kahn), the given order among ready ones
+    order: list[str] = []
+    waiting = {o: set(internal[o]) for o in ops}
+    ready = [o for o in ops if not waiting[o]]
+    while ready:
+        o = ready.pop(0)
+        order.append(o)
+        for q in ops:
+            if o in waiting[q]:
+                waiting[q].discard(o)
+                if not waiting[q] and q not in order and q not in ready:
+                    ready.append(q)
+    if len(order) != len(ops):  # a cycle (not a frozen inference graph): leave it whole
+        return [comp]
+    unit: dict[str, int] = {}
+    seeds: dict[frozenset[str], int] = {}
+    count = 0
+    for o in order:
+        if not internal[o]:
+            key = frozenset(i for i in reads[o] if i not in inside)
+            if key not in seeds:
+                seeds[key] = count
+                count += 1
+            unit[o] = seeds[key]
+            continue
+        feeding = {unit[i] for i in internal[o]}
+        if len(feeding) == 1:
+            unit[o] = feeding.pop()
+        else:
+            unit[o] = count
+            count += 1
+    if count < 2:
+        return [comp]
+    parts: dict[int, list[str]] = {}
+    for m in comp:
+        parts.setdefault(unit[op_of[m]], []).append(m)
+    return list(parts.values())
