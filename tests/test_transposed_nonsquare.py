@@ -93,3 +93,60 @@ def test_nonsquare_transposed_port_passes_declared_and_fails_naming_the_conventi
     assert bad.conventions[0].evidence["layers"] == ["conv1", "conv2", "conv3"]
     assert 'tf_layout="NWHC"' in bad.conventions[0].fix
     assert "port convention: spatially_transposed_port" in str(bad)
+
+
+# -- the per-layer diagnosis of one non-square layer -------------------------------------------
+
+
+def test_weights_find_a_non_square_kernel_hw_swapped():
+    from layerparity.weights import check_weights
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 5)).astype(np.float32)  # (O, I, kH, kW): 3x5
+    assert check_weights({"conv1": [w]}, {"conv1": [w.transpose(2, 3, 1, 0)]}).rows[0].status == "equal"
+    swapped = w.transpose(3, 2, 1, 0)  # (kW, kH, I, O): held as 5x3
+    assert check_weights({"conv1": [w]}, {"conv1": [swapped]}).rows[0].status == "equal_under:kernel_hw_swapped"
+    # a 1x3 kernel held as 3x1: the same memory, another kernel; never "equal"
+    w13 = rng.standard_normal((4, 3, 1, 3)).astype(np.float32)
+    rep = check_weights({"conv1": [w13]}, {"conv1": [w13.transpose(3, 2, 1, 0)]})
+    assert rep.rows[0].status == "equal_under:kernel_hw_swapped" and not rep
+
+
+def test_recomputation_finds_kernel_stride_and_pad_swapped_without_tf_weights(tmp_path):
+    """Caffe conv 3x5, pad 1x2 (stride 1: the same output size either way); the TF layer is
+    5x3, pad 2x1 on NHWC input. Without the TF weights only a recomputation can tell."""
+    import caffe
+
+    from layerparity.diagnosis import diagnose
+    from layerparity.result import LayerResult
+    from layerparity.trace import Probe
+
+    proto = tmp_path / "one.prototxt"
+    proto.write_text('name: "one"\nlayer { name: "data" type: "Input" top: "data" '
+                     'input_param { shape { dim: 1 dim: 3 dim: 10 dim: 12 } } }\n'
+                     'layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"\n'
+                     '  convolution_param { num_output: 4 kernel_h: 3 kernel_w: 5 pad_h: 1 pad_w: 2 } }\n')
+    net = caffe.Net(str(proto), caffe.TEST)
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 3, 3, 5)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    net.params["conv1"][0].data[...] = w
+    net.params["conv1"][1].data[...] = b
+    x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    net.forward()
+    y = net.blobs["conv1"].data.copy()
+    inp = keras.Input((10, 12, 3))
+    h = keras.layers.ZeroPadding2D(((2, 2), (1, 1)))(inp)
+    conv = keras.layers.Conv2D(4, (5, 3), padding="valid")
+    m = keras.Model(inp, conv(h))
+    conv.set_weights([w.transpose(3, 2, 1, 0), b])
+    t = m(x.transpose(0, 2, 3, 1)).numpy()
+    assert t.shape == (1, 10, 12, 4)  # the same size as Caffe's, other values
+    params = {"kernel_size": [3, 5], "stride": [1, 1], "pad": [1, 2], "dilation": [1, 1], "group": 1,
+              "num_output": 4}
+    cp = Probe("conv1", "Convolution", y, layout="NCHW", inputs=["data"], params=params)
+    tp = Probe("conv1", "Conv2D", t, layout="NHWC", params={"padding": "VALID", "strides": [1, 1]})
+    ds = diagnose(LayerResult("conv1", "conv1", "conv1", caffe_kind="Convolution"), cp, tp, [x], [w, b], None)
+    assert ds[0].kind == "kernel_hw_swapped" and ds[0].layer == "conv1"
+    assert ds[0].evidence["confirmed_by"] == "recomputation"
