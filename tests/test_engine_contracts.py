@@ -57,10 +57,28 @@ def test_swapped_recorded_traces_are_an_input_error(demo_backends, tmp_path):
     with pytest.raises(InputError, match=r"caffe side: .* is a tensorflow trace; did you swap the caffe and tf arguments\?"):
         lp.compare_traces(tf, caffe)
     caffe.save(tmp_path / "c.npz")
-    # (the message then says "swap the caffe and caffe arguments": compare._check_sides, reported)
-    with pytest.raises(InputError, match=r"tensorflow side: .* is a caffe trace; did you swap the caffe and "):
+    with pytest.raises(InputError, match=r"tensorflow side: .* is a caffe trace; did you swap the caffe and tf arguments\?$"):
         lp.compare_models(tmp_path / "c.npz", tmp_path / "c.npz", x)
     assert lp.compare_traces(caffe, tf).first_divergence.caffe_layer == demo.BUG_LAYER
+
+
+def test_the_sweep_refuses_swapped_or_same_framework_sides(demo_backends):
+    """The sweep's workers open the models through compare_models' own opening: the same
+    backend on both sides was a PASS there (one model compared with itself), and swapped
+    backends a FAIL; both are the caller's mistake."""
+    f, x, cb, tb = demo_backends
+    xs = np.repeat(x, 2, axis=0)
+    with pytest.raises(InputError, match=r"^caffe_model: got a tensorflow backend .*did you swap the caffe and tf arguments\?$"):
+        lp.sweep(tb, tb, xs, workers=0, progress=False)
+    with pytest.raises(InputError, match=r"^(caffe_model: got a tensorflow|tf_model: got a caffe) backend .*did you swap"):
+        lp.sweep(tb, cb, xs, workers=0, progress=False)
+    with pytest.raises(InputError, match=r"^tf_model: got a caffe backend .*did you swap"):
+        lp.sweep(cb, cb, xs, workers=0, progress=False)
+    with pytest.raises(InputError, match=r"is a Caffe prototxt; did you swap the caffe and tf arguments\?"):
+        lp.sweep(f.prototxt, f.prototxt, xs, caffe_weights=f.caffemodel, workers=0, progress=False)
+    # the backends still work afterwards, and the right order finds the demo's bug
+    result = lp.sweep(cb, tb, xs, workers=0, progress=False)
+    assert not result.passed
 
 
 # -- the fallback diagnosis ------------------------------------------------------------------

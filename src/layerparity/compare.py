@@ -181,8 +181,7 @@ def _check_sides(cs: Side, ts: Side) -> None:
     for side, want in ((cs, "caffe"), (ts, "tensorflow")):
         got = side.recorded_framework()
         if got and got != want:
-            other = "tf" if want == "caffe" else "caffe"
-            raise InputError(f"{want} side: {side.source!r} is a {got} trace; did you swap the caffe and {other} arguments?")
+            raise InputError(f"{want} side: {side.source!r} is a {got} trace; did you swap the caffe and tf arguments?")
 
 
 class _Engine:
@@ -461,7 +460,10 @@ def _conventions_hook() -> Callable[[list[LayerResult]], list[Any]]:
 # -- models -------------------------------------------------------------------------
 
 
-def _open_caffe(caffe_model: Any, caffe_weights: Any, options: Mapping[str, Any], opened: list[Backend]) -> Backend:
+def open_caffe_model(caffe_model: Any, caffe_weights: Any, options: Mapping[str, Any], opened: list[Backend]) -> Backend:
+    """The Caffe side as a backend (a TF backend here is the caller's swap, an input error); one we
+    open is appended to ``opened`` (ours to close). Shared by compare_models, the model cache and
+    the sweep's workers, so every entry point refuses the same mistakes."""
     if isinstance(caffe_model, Backend):
         if caffe_model.framework != "caffe":
             raise InputError(f"caffe_model: got a {caffe_model.framework or type(caffe_model).__name__} backend "
@@ -482,7 +484,8 @@ def _open_caffe(caffe_model: Any, caffe_weights: Any, options: Mapping[str, Any]
     return cb
 
 
-def _open_tf(tf_model: Any, options: Mapping[str, Any], opened: list[Backend]) -> Backend:
+def open_tf_model(tf_model: Any, options: Mapping[str, Any], opened: list[Backend]) -> Backend:
+    """The TF side as a backend (a Caffe backend or prototxt here is the caller's swap, an input error)."""
     if isinstance(tf_model, Backend):
         if tf_model.framework != "tensorflow":
             raise InputError(f"tf_model: got a {tf_model.framework or type(tf_model).__name__} backend "
@@ -566,7 +569,7 @@ def compare_models(
             c_opts = dict(caffe_options or {})
             if caffe_pythonpath is not None:
                 c_opts["pythonpath"] = caffe_pythonpath
-            cb = _open_caffe(caffe_model, caffe_weights, c_opts, opened)
+            cb = open_caffe_model(caffe_model, caffe_weights, c_opts, opened)
             c_side = Stream(cb.iter_capture(inputs), cb.source)
             cw = LazyWeights(cb) if diagnose else None
         replay = None
@@ -574,7 +577,7 @@ def compare_models(
             t_side: Any = tf_model if isinstance(tf_model, Trace) else os.fspath(tf_model)
             tw = None
         else:
-            tb = _open_tf(tf_model, tf_opts, opened)
+            tb = open_tf_model(tf_model, tf_opts, opened)
             t_side = Stream(tb.iter_capture(inputs if tf_inputs is None else tf_inputs), tb.source)
             tw = LazyWeights(tb) if diagnose else None
             replay = tb if own_error else None

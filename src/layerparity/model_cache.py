@@ -294,12 +294,12 @@ def _open(kind: str, model: Any, weights: Any, options: dict[str, Any]) -> Any:
     from . import compare
 
     if kind == "caffe":
-        return compare._open_caffe(model, weights, options, [])
+        return compare.open_caffe_model(model, weights, options, [])
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).lower().endswith((".keras", ".h5", ".hdf5")):
         from .demo import register_keras_objects  # the demo's LRN layer, used by Keras files
 
         register_keras_objects()
-    return compare._open_tf(model, options, [])
+    return compare.open_tf_model(model, options, [])
 
 
 def _close_quietly(backend: Any) -> None:

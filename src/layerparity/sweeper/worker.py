@@ -164,51 +164,33 @@ class _Session:
 
     # opening --------------------------------------------------------------------------
     def _open_tf(self) -> None:
-        from ..backends.base import Backend
-        from ..compare import LazyWeights
+        from ..compare import LazyWeights, open_tf_model
 
-        tf_model = self.spec.tf_model
-        self._own_tb = not isinstance(tf_model, Backend)
-        if self._own_tb:
-            from ..backends.tensorflow import load_tf
+        options = dict(self.spec.tf_options)
+        if self.spec.keras_modules:  # the user's custom layers, in this process too
+            from ..backends.keras import import_keras_module
 
-            options = dict(self.spec.tf_options)
-            if self.spec.keras_modules:  # the user's custom layers, in this process too
-                from ..backends.keras import import_keras_module
-
-                offered: dict[str, Any] = {}
-                for m in self.spec.keras_modules:
-                    offered.update(import_keras_module(m))
-                if offered:
-                    given = options.get("custom_objects")
-                    options["custom_objects"] = ({**offered, **given} if isinstance(given, Mapping)
-                                                 else offered if given is None else [*offered.values(), *given])
-            # the demo's LRN needs nothing here: load_tf always passes it, as a user's custom objects
-            self.tb = load_tf(tf_model, **options)
-        else:
-            self.tb = tf_model  # the caller's: not ours to close
+            offered: dict[str, Any] = {}
+            for m in self.spec.keras_modules:
+                offered.update(import_keras_module(m))
+            if offered:
+                given = options.get("custom_objects")
+                options["custom_objects"] = ({**offered, **given} if isinstance(given, Mapping)
+                                             else offered if given is None else [*offered.values(), *given])
+        # compare_models' own opening: a Caffe backend or prototxt here is refused as a swap
+        opened: list[Any] = []
+        self.tb = open_tf_model(self.spec.tf_model, options, opened)
+        self._own_tb = bool(opened)  # a backend the caller gave is theirs to close
         self.tw = LazyWeights(self.tb)
         specs = self.tb.input_specs()
         self.tf_batch = specs[0].shape[0] if specs and specs[0].shape else None
 
     def _open_caffe(self) -> None:
-        from ..backends.base import Backend
-        from ..compare import LazyWeights
+        from ..compare import LazyWeights, open_caffe_model
 
-        caffe_model = self.spec.caffe_model
-        self._own_cb = not isinstance(caffe_model, Backend)
-        if self._own_cb:
-            from ..backends.caffe import CaffeBackend
-
-            if isinstance(caffe_model, (str, os.PathLike)):
-                self.cb = CaffeBackend(caffe_model, self.spec.caffe_weights, **dict(self.spec.caffe_options))
-            elif type(caffe_model).__name__ == "Net":  # a live caffe.Net (in this process)
-                self.cb = CaffeBackend.from_net(caffe_model, **dict(self.spec.caffe_options))
-            else:
-                raise InputError(f"caffe_model: expected a prototxt path, a caffe.Net or a Caffe backend, "
-                                 f"got {type(caffe_model).__name__}")
-        else:
-            self.cb = caffe_model
+        opened: list[Any] = []
+        self.cb = open_caffe_model(self.spec.caffe_model, self.spec.caffe_weights, dict(self.spec.caffe_options), opened)
+        self._own_cb = bool(opened)
         self.cw = LazyWeights(self.cb)
         specs = self.cb.input_specs()
         self.caffe_batch = specs[0].shape[0] if specs and specs[0].shape else 1
