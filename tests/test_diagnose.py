@@ -6,6 +6,7 @@ layer; the correct port must get none."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -1409,3 +1410,133 @@ def test_an_innerproduct_softmax_chain_recomputes_through_the_softmax():
     d = diagnose(row, Probe("prob", "Softmax", y, layout="NC", layer="prob"), Probe("ip1", "Dense", t, layout="NC"),
                  caffe_inputs=[x], caffe_weights={"ip1": [w, b]}, context=ctx)
     assert (d[0].kind, d[0].layer, d[0].evidence["confirmed_by"]) == ("reshape_not_transpose", "ip1", "recomputation")
+
+
+# -- the cookbook's "Report." blocks are real diagnoses ---------------------------------------------
+
+_NUM = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def _cookbook_blocks() -> dict[str, tuple[str, str, float, str, str]]:
+    """kind -> (block, layer, confidence, summary, evidence text) of each cookbook 'Report.' block."""
+    import pathlib
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "diagnosis.md").read_text()
+    out = {}
+    for block in re.findall(r"^\*\*Report[^\n]*\n```\n(.*?)^```", text, re.S | re.M):
+        head, *rest = block.strip("\n").splitlines()
+        m = re.fullmatch(r"(?:(\S+)\s+)?([a-z_]+) \(([\d.]+)\)", head.strip())
+        assert m, f"docs/diagnosis.md: a Report block's first line is not 'layer kind (confidence)': {head!r}"
+        body = "\n".join(rest)
+        summary, _, evidence = body.partition("evidence:")
+        out[m.group(2)] = (block, m.group(1) or "", float(m.group(3)), " ".join(summary.split()), " ".join(evidence.split()))
+    return out
+
+
+def _split_top(s: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in s:
+        depth += ch in "[(" ; depth -= ch in "])"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return [p for p in [*parts, cur.strip()] if p]
+
+
+def _numbers_agree(shown: str, real: str, factor: float) -> bool:
+    a, b = float(shown), float(real)
+    if factor > 1:  # float noise: within a factor
+        return (a == b == 0) or (a * b > 0 and max(abs(a), abs(b)) <= factor * min(abs(a), abs(b)))
+    digits = len(shown.split("e")[0].partition(".")[2])
+    scale = 10.0 ** int(shown.split("e")[1]) if "e" in shown else 1.0
+    return abs(a - b) <= max(0.5 * 10.0 ** -digits * scale, 1e-3 * abs(a))
+
+
+def _text_mismatch(shown: str, real: str, factor: float) -> str:
+    """'' when ``shown`` (``...`` = any text) is a prefix of ``real`` with its numbers agreeing."""
+    pattern = "".join(
+        ".*?" if tok == "..." else "(" + _NUM.pattern + ")" if _NUM.fullmatch(tok) else re.escape(tok)
+        for tok in re.split(r"(\.\.\.|" + _NUM.pattern + ")", shown) if tok)
+    m = re.match(pattern, real, re.S)
+    if not m:
+        return f"shown {shown!r}\n  real  {real!r}"
+    nums = [t for t in re.split(r"(\.\.\.|" + _NUM.pattern + ")", shown) if t and _NUM.fullmatch(t)]
+    bad = [(s, r) for s, r in zip(nums, m.groups(), strict=True) if not _numbers_agree(s, r, factor)]
+    return f"numbers {bad} in {shown!r}" if bad else ""
+
+
+def _value_text(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value_text(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _cookbook_case(kind: str, tmp_path):
+    """The real diagnosis each cookbook block shows, built as the block's heading says."""
+    from layerparity.diagnosis import conventions
+
+    if kind == "padding_asymmetry":
+        net, w, b = _conv_case(tmp_path)
+        return top(compare(net, _conv_port(SHAPE, w, b, padding="same"), x_in()))
+    if kind == "pool_rounding":
+        net = _pool_net(tmp_path)
+        inp = keras_input(SHAPE)
+        return top(compare(net, keras.Model(inp, keras.layers.MaxPooling2D(3, 2, padding="valid", name="pool1")(inp)),
+                           x_in()))
+    if kind == "reshape_not_transpose":
+        net, w, b = _conv_case(tmp_path, k=3, s=1, p=1)
+        return top(compare(net, _conv_port(SHAPE, w, b, k=3, s=1, p=1, padding="same", kernel=w.reshape(3, 3, 3, 4)),
+                           x_in()))
+    if kind == "precision_drift":
+        shape, body, params, bottom = (1, 8, 8, 8), "", {}, "data"
+        for i in range(8):
+            body += conv_layer(f"c{i}", bottom, 8, 3, 1, 1)
+            params[f"c{i}"] = list(conv_w(8, 8, 3, seed=100 + i))
+            bottom = f"c{i}"
+        net = caffe_net(tmp_path, prototxt({"data": shape}, body), params)
+        inp = keras_input(shape)
+        h = inp
+        for i in range(8):
+            h = keras.layers.Conv2D(8, 3, padding="same", name=f"c{i}")(h)
+        m = keras.Model(inp, h)
+        for i in range(8):
+            m.get_layer(f"c{i}").set_weights([hwio(params[f"c{i}"][0]), params[f"c{i}"][1]])
+        return diagnose_report(compare(net, m, x_in(shape), rtol=1e-9, atol=1e-10))[0]
+    if kind == "spatially_transposed_port":
+        net, _, port = _three_conv_case(tmp_path)
+        return conventions(compare(net, port(conv1=_hw, conv2=_hw, conv3=_hw), x_in(TSHAPE)).rows)[0]
+    raise AssertionError(f"docs/diagnosis.md shows a Report block for {kind!r}, which this test cannot build")
+
+
+@pytest.mark.parametrize("kind", sorted(_cookbook_blocks()))
+def test_the_cookbook_report_blocks_are_real_diagnoses(kind, tmp_path):
+    """Each cookbook 'Report.' block (an abridged rendering: layer, kind, confidence, summary, evidence)
+    is what the diagnosis says on the case it describes: the summary a prefix of the real one (``...``
+    any text), every evidence key shown present with the value shown. Float noise (precision_drift's
+    numbers, a recomputation's residual) within a factor of 10, as it differs by CPU and BLAS kernel;
+    every other number to its digits."""
+    block, layer, confidence, summary, evidence = _cookbook_blocks()[kind]
+    d = _cookbook_case(kind, tmp_path)
+    factor = 10.0 if kind == "precision_drift" else 1.0
+    assert (d.kind, d.layer, d.confidence) == (kind, layer, confidence), block
+    assert not _text_mismatch(summary, " ".join(d.summary.split()), factor), _text_mismatch(summary, d.summary, factor)
+    for item in _split_top(evidence):
+        key, _, value = item.partition(" ")
+        assert key in d.evidence, f"{kind}: evidence {key!r} not in {sorted(d.evidence)}"
+        problem = _text_mismatch(value, _value_text(d.evidence[key]), 10.0 if key == "residual" else factor)
+        assert not problem, f"{kind}: evidence {key}: {problem}"
+
+
+def test_the_cookbook_matcher_finds_stale_text_and_numbers():
+    assert not _text_mismatch("pads (0, 1) at stride 2: the grid ...", "pads (0, 1) at stride 2: the grid shifts. More.", 1)
+    assert _text_mismatch("pads (0, 1) at stride 3", "pads (0, 1) at stride 2", 1)
+    assert _text_mismatch("residual 1.1e-07", "residual 2.3e-07", 1)
+    assert not _text_mismatch("residual 1.1e-07", "residual 1.1432e-07", 1)
+    assert not _text_mismatch("rel RMS 1.8e-07", "rel RMS 4.1e-07", 10.0)
+    assert _text_mismatch("rel RMS 1.8e-07", "rel RMS 2.1e-06", 10.0)
