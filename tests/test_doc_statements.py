@@ -69,3 +69,48 @@ def test_install_md_points_at_no_missing_measurement():
     text = (DOCS / "install.md").read_text()
     assert "measured below in the README" not in text
     assert re.search(r"1\.\d-1\.\d s in three runs", text)
+
+
+def _documented_options(*pages: str) -> set[str]:
+    """Options and keys a page names in its inline code (``--opt ARG --other``, ``ini_key``)."""
+    text = "".join((DOCS / p).read_text() for p in pages)
+    spans = re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text)
+    return {o for span in spans for o in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", span)} | \
+        {span for span in spans if re.fullmatch(r"[a-z_]+", span)}
+
+
+def test_cli_md_and_sweep_md_name_every_option_of_every_command():
+    import argparse
+
+    from layerparity.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    documented = _documented_options("cli.md", "sweep.md")
+    missing = {}
+    for command, p in sub.choices.items():
+        opts = {o for a in p._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+        if opts - documented:
+            missing[command] = sorted(opts - documented)
+    assert not missing, f"options of the layerparity command that docs/cli.md (or sweep.md) never names: {missing}"
+
+
+def test_pytest_md_names_every_option_and_ini_key_of_the_plugin():
+    from layerparity import pytest_plugin
+
+    names: list[str] = []
+
+    class Recorder:  # what pytest_addoption declares: its option and ini names
+        def getgroup(self, *a, **k):
+            return self
+
+        def addoption(self, *opts, **k):
+            names.extend(opts)
+
+        def addini(self, name, *a, **k):
+            names.append(name)
+
+    pytest_plugin.pytest_addoption(Recorder())
+    assert len(names) >= 8
+    missing = sorted(set(names) - _documented_options("pytest.md"))
+    assert not missing, f"plugin options/ini keys docs/pytest.md never names: {missing}"
