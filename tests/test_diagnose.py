@@ -1511,6 +1511,19 @@ def _cookbook_case(kind: str, tmp_path):
     if kind == "spatially_transposed_port":
         net, _, port = _three_conv_case(tmp_path)
         return conventions(compare(net, port(conv1=_hw, conv2=_hw, conv3=_hw), x_in(TSHAPE)).rows)[0]
+    if kind == "relu_capped":  # the demo with relu1 a ReLU6 (docs/sweep.md), on a large input
+        from layerparity import demo
+
+        f = demo.files()
+        port = demo.build_keras_port(demo.demo_weights(), buggy=False)
+        config = port.get_config()
+        for layer in config["layers"]:
+            if layer["config"]["name"] == "relu1":
+                layer["config"]["max_value"] = 6.0
+        relu6 = keras.Model.from_config(config)
+        relu6.set_weights(port.get_weights())
+        x = np.random.default_rng(3).uniform(-0.2, 0.2, size=(40, 3, 32, 32)).astype(np.float32)
+        return top(compare(f.prototxt, relu6, x[2:3] * 100, caffe_weights=f.caffemodel))
     raise AssertionError(f"docs/diagnosis.md shows a Report block for {kind!r}, which this test cannot build")
 
 
@@ -1531,6 +1544,16 @@ def test_the_cookbook_report_blocks_are_real_diagnoses(kind, tmp_path):
         assert key in d.evidence, f"{kind}: evidence {key!r} not in {sorted(d.evidence)}"
         problem = _text_mismatch(value, _value_text(d.evidence[key]), 10.0 if key == "residual" else factor)
         assert not problem, f"{kind}: evidence {key}: {problem}"
+
+
+def test_relu_capped_is_not_said_of_a_plain_relu_port(tmp_path):
+    """The correct demo port on the same large input: no relu_capped (nor any diagnosis)."""
+    from layerparity import demo
+
+    f = demo.files()
+    port = demo.build_keras_port(demo.demo_weights(), buggy=False)
+    x = np.random.default_rng(3).uniform(-0.2, 0.2, size=(40, 3, 32, 32)).astype(np.float32)
+    assert_clean(compare(f.prototxt, port, x[2:3] * 100, caffe_weights=f.caffemodel))
 
 
 def test_the_cookbook_matcher_finds_stale_text_and_numbers():

@@ -58,7 +58,7 @@ DIAGNOSIS_KINDS = (
     "reshape_not_transpose", "wrong_transpose", "flatten_order", "channel_order", "kernel_flipped",
     "kernel_hw_swapped", "deconv_in_out_swapped", "deconv_same_padding", "lrn_alpha_scaling",
     "lrn_depth_radius", "lrn_parameters", "batchnorm_epsilon", "batchnorm_scale_factor", "missing_scale",
-    "softmax_axis", "concat_axis", "eltwise_coeff", "eltwise_operation", "leaky_slope", "prelu_shared_axes",
+    "softmax_axis", "concat_axis", "eltwise_coeff", "eltwise_operation", "leaky_slope", "relu_capped", "prelu_shared_axes",
     "constant_scale", "constant_offset", "spatial_shift", "interp_align_corners", "layout_declaration", "shape_mismatch",
     "precision_drift", "spatially_transposed_port", "input_channel_order", "unknown",
 )

@@ -35,6 +35,8 @@ def relu_rules(case: Case) -> list[Diagnosis]:
             out.append(case.diag("leaky_slope", "The TF activation lets negatives through where Caffe's ReLU "
                                  "(negative_slope 0) gives 0.", _leaky_fix(cs), CONF_FINGERPRINT + 0.1, caffe_slope=cs))
         return out
+    if cs == 0 and _relu_capped(case, out, x, t):
+        return out
     neg = x < 0
     if not neg.any():
         return out
@@ -48,6 +50,25 @@ def relu_rules(case: Case) -> list[Diagnosis]:
          "with the TF slope reproduces the TF output.", _leaky_fix(cs),
          lambda: np.where(x > 0, x, ts * x), caffe_slope=cs, tf_slope=rnd(ts))
     return out
+
+
+def _relu_capped(case: Case, out: list[Diagnosis], x: np.ndarray, t: np.ndarray) -> bool:
+    """TF caps the ReLU (ReLU6, ``ReLU(max_value=c)``) where Caffe's plain ReLU has no upper
+    bound: TF's largest value is below Caffe's and the capped ReLU recomputes TF's output."""
+    relu = np.maximum(x, 0)
+    top, cap = float(relu.max()), float(t.max())
+    if not np.isfinite(cap) or cap <= 0 or cap >= top - CONFIRM_RTOL * max(top, 1e-30):
+        return False
+    above = int(np.count_nonzero(relu > cap))
+    named = "6 (a ReLU6: `ReLU(max_value=6)`, `tf.nn.relu6`)" if abs(cap - 6.0) < 1e-6 else f"{cap:.6g}"
+    return case.attempt(
+        out, "relu_capped",
+        f"The TF activation caps its output at {named}; Caffe's ReLU has no upper bound, so the {above} value(s) "
+        f"above {cap:.6g} (up to {top:.6g}) differ and inputs that drive the layer above the cap diverge. "
+        "Recomputing Caffe's ReLU capped there reproduces the TF output.",
+        "Use a plain `ReLU()` (no `max_value`; not `ReLU6` / `tf.nn.relu6` / `activation='relu6'`): Caffe's ReLU "
+        "is unbounded. A capped ReLU in the Caffe net would be its own layer type (ReLU6 / Clip).",
+        lambda: np.minimum(relu, np.float32(cap)), tf_cap=rnd(cap), values_above_cap=above, caffe_max=rnd(top))
 
 
 def _leaky_fix(cs: float) -> str:
