@@ -202,6 +202,9 @@ def test_json_is_strict_even_with_nan_and_inf(tmp_path):
         (lambda d: d["first_divergence"].update(caffe_layer="nope"), "names Caffe layer 'nope', which is not in 'layers'"),
         (lambda d: d["first_divergence"]["diagnoses"][0].pop("fix"), "first_divergence.diagnoses[0]: 'fix' is missing"),
         (lambda d: d.pop("unmapped"), "'unmapped' is missing or not an object"),
+        # found by the fuzz smoke test: a divergent_layer outside its chain changed on the round trip
+        (lambda d: d["layers"][1].update(divergent_layer="\U0001f600"),
+         "layers[1]: 'divergent_layer' is '\U0001f600', but its caffe_chain, chain_head and top diagnosis name"),
     ],
 )
 def test_validation_names_the_broken_key(tmp_path, edit, message):

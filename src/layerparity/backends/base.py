@@ -26,8 +26,8 @@ class InputSpec:
     #: the input as the model itself declares it (its own axis order) and the layout it
     #: was read in, when that differs from ``shape``/``layout`` (a TF model): only the
     #: shape error message uses them
-    model_shape: tuple[int | None, ...] | None = field(default=None, compare=False)
-    model_layout: str = field(default="", compare=False)
+    model_shape: tuple[int | None, ...] | None = field(default=None, compare=False, repr=False)
+    model_layout: str = field(default="", compare=False, repr=False)
 
 
 class Backend:
