@@ -304,3 +304,10 @@ def test_html_payloads_are_inert_in_a_real_browser(tmp_path):
     control = tmp_path / "control.html"
     control.write_text(f"<!DOCTYPE html><html><body><p>{PAYLOADS[1]}</p></body></html>")
     assert re.search(r"<body[^>]*data-pwned=\"script\"", _dom(control))
+
+
+def test_html_row_tolerance_says_atol_is_relative():
+    """Issue 12 item 7: each row's tolerance line says atol is times max|caffe|, as the header does."""
+    page = render_html(small_report())
+    rows = re.findall(r"<div>tolerance rtol=[^<]*</div>", page)
+    assert rows and all("atol=" in r and "&times; max|caffe|" in r for r in rows), rows

@@ -340,7 +340,9 @@ class ParityChecker:
     ) -> Any:
         """Assert the TF model matches the Caffe model (like ``assert_parity``); return the Report.
 
-        ``rtol``/``atol`` default to ``--parity-rtol``/``--parity-atol`` when given.
+        ``rtol``/``atol`` default to ``--parity-rtol``/``--parity-atol`` when given; ``atol``
+        is relative, as in ``compare_models``: times each layer's max|caffe| (``atol=1e-5``
+        allows 3e-05 on a layer whose largest value is 3).
         Models given as paths or live objects are opened once per session and reused
         (keyed by file contents, options and identity; ``--parity-no-reuse`` turns it off).
         Other keywords (``partial``, ``tf_inputs``, ``tf_layout``, ``tf_options``,

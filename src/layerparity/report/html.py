@@ -130,7 +130,9 @@ def _row(i: int, row: LayerResult, report: Report) -> str:
     if row.tf_shape:
         extra.append(f"<div>TF shape <code>{e(fmt_shape(row.tf_shape))}</code></div>")
     if row.tolerance is not None:
-        extra.append(f"<div>tolerance rtol={e(fmt_num(row.tolerance.rtol))} atol={e(fmt_num(row.tolerance.atol))}</div>")
+        unit = " &times; max|caffe|" if row.tolerance.relative_atol else ""
+        extra.append(f"<div>tolerance rtol={e(fmt_num(row.tolerance.rtol))} "
+                     f"atol={e(fmt_num(row.tolerance.atol))}{unit}</div>")
     if row.note:
         extra.append(f"<div>note: {e(row.note)}</div>")
     if row.contaminated_by:

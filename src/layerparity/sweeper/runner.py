@@ -177,7 +177,8 @@ def sweep(
     terminal). ``on_input(item)`` is called with each input's
     :class:`~layerparity.sweeper.stats.ItemResult`, in input order, as it is counted. Ctrl-C stops the workers and re-raises the KeyboardInterrupt with the partial
     result (``interrupted=True``) as its ``sweep_result`` attribute. The other keywords are
-    :func:`compare_models`'; as there, the sweep passes only if the comparison covers the
+    :func:`compare_models`' (``atol`` is relative, as there: times each layer's max|caffe|,
+    so ``atol=1e-5`` allows 3e-05 on a layer whose largest value is 3); as there, the sweep passes only if the comparison covers the
     whole Caffe net (``coverage_problem`` says what it leaves out) unless ``partial`` declares
     a partial check.
 
