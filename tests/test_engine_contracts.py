@@ -81,6 +81,16 @@ def test_the_sweep_refuses_swapped_or_same_framework_sides(demo_backends):
     assert not result.passed
 
 
+def test_a_caffe_backend_given_as_replay_is_an_input_error(demo_backends):
+    """It measured no own error at all, silently (every row 'not replayable')."""
+    f, x, cb, tb = demo_backends
+    caffe, tf = cb.capture(x), tb.capture(x)
+    with pytest.raises(InputError, match=r"^replay: got a caffe backend .*pass the TF backend$"):
+        lp.compare_traces(caffe, tf, replay=cb)
+    report = lp.compare_traces(caffe, tf, replay=tb)
+    assert report.first_divergence.own is not None
+
+
 # -- the fallback diagnosis ------------------------------------------------------------------
 
 

@@ -144,6 +144,9 @@ def compare_traces(
     rows downstream of it in the Caffe graph get ``contaminated_by``.
     """
     table = ToleranceTable(rtol, atol, tolerances)
+    if isinstance(replay, Backend) and replay.framework != "tensorflow":
+        raise InputError(f"replay: got a {replay.framework or type(replay).__name__} backend ({replay.source!r}); "
+                         "own error re-runs the TF layers: pass the TF backend")
     replayer = as_replayer(replay) if replay is not None else None
     tmp: list[str] = []
 
