@@ -1436,7 +1436,7 @@ def _cookbook_blocks() -> dict[str, tuple[str, str, float, str, str]]:
 def _split_top(s: str) -> list[str]:
     parts, depth, cur = [], 0, ""
     for ch in s:
-        depth += ch in "[(" ; depth -= ch in "])"
+        depth += (ch in "[(") - (ch in "])")
         if ch == "," and depth == 0:
             parts.append(cur.strip())
             cur = ""

@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diagnose_cases import caffe_net, conv_w, f32, hwio, keras, keras_input, prototxt, rng
-
 import layerparity as lp
+from diagnose_cases import caffe_net, conv_w, f32, hwio, keras, keras_input, prototxt, rng
 from layerparity import compare as engine
 from layerparity import demo, sources
 from layerparity.backends.caffe import CaffeBackend

@@ -204,7 +204,7 @@ def test_grouped_conv_is_one_unit_in_the_aligner():
     def P(name, kind, inputs, layout="NHWC", shape=(1, 6, 6, 4), **params):
         return Probe(name, kind, inputs=inputs, layout=layout, shape=shape, params=params, layer=name.split(":")[0])
 
-    caffe = [Probe("data", "Input", layout="NCHW", shape=(1, 4, 6, 6)),
+    caffe_probes = [Probe("data", "Input", layout="NCHW", shape=(1, 4, 6, 6)),
              Probe("conv", "Convolution", inputs=["data"], layout="NCHW", shape=(1, 6, 6, 6),
                    params={"group": 2, "num_output": 6})]
     tf_probes = [P("x", "Placeholder", []), P("split", "Split", ["x"], shape=(1, 6, 6, 2), axis=-1, num_split=2),
@@ -213,7 +213,7 @@ def test_grouped_conv_is_one_unit_in_the_aligner():
                  P("c2", "Conv2D", ["split:1"], shape=(1, 6, 6, 3), data_format="NHWC"),
                  P("cat", "ConcatV2", ["c1", "c2"], shape=(1, 6, 6, 6), axis=-1),
                  P("bias", "AddV2", ["cat"], shape=(1, 6, 6, 6))]
-    a = align(caffe, tf_probes)
+    a = align(caffe_probes, tf_probes)
     pair = a.pair_for("conv")
     assert pair is not None and pair.tf == "bias", a.to_dict()
     assert pair.tf_group == ["split", "split:1", "c1", "c2", "cat", "bias"]
@@ -222,7 +222,7 @@ def test_grouped_conv_is_one_unit_in_the_aligner():
     for q in tf_probes:
         if q.kind == "Split":
             q.params["axis"] = 1
-    assert align(caffe, tf_probes).pair_for("conv") is None
+    assert align(caffe_probes, tf_probes).pair_for("conv") is None
 
 
 @pytest.mark.parametrize("tf_layout", [None, "NCHW"])
