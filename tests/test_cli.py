@@ -265,3 +265,12 @@ def test_demo_files_regenerate_deterministically(files, tmp_path):
     assert [layer.name for layer in a.layers] == [layer.name for layer in b.layers]
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_compare_opens_the_models_as_compare_models_does(files, capsys):
+    """compare_many opens both sides through compare_models' own opening: a prototxt given
+    as the TF model is the caller's swap (exit 2, one line), not a failed Keras load."""
+    code = cli.main(["compare", *model_args(files, tf=files.prototxt), "--input", files.input])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "is a Caffe prototxt; did you swap the caffe and tf arguments?" in err

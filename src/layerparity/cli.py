@@ -355,9 +355,7 @@ def compare_many(
     batches are split into single items unless the TF model fixes its batch size, and
     then kept together. ``options`` go to ``compare_models``, but ``caffe_pythonpath``
     (folders of the Python layers' modules) to the Caffe backend opened here."""
-    from .backends.caffe import CaffeBackend
-    from .backends.tensorflow import load_tf
-    from .compare import compare_models
+    from .compare import compare_models, open_caffe_model, open_tf_model
     from .report import aggregate_reports
 
     pythonpath = options.pop("caffe_pythonpath", None)
@@ -367,7 +365,10 @@ def compare_many(
         tf_opts["custom_objects"] = options["custom_objects"]
     options.pop("custom_objects", None)
     reports = []
-    with CaffeBackend(caffe_model, caffe_weights, pythonpath=pythonpath) as cb, load_tf(tf_model, **tf_opts) as tb:
+    opened: list[Any] = []  # opened as compare_models opens them (a swap is refused there), closed here
+    try:
+        cb = open_caffe_model(caffe_model, caffe_weights, {"pythonpath": pythonpath} if pythonpath else {}, opened)
+        tb = open_tf_model(tf_model, tf_opts, opened)
         specs = tb.input_specs()
         fixed = specs[0].shape[0] if specs and specs[0].shape else None
         items, labels = _batches(list(files), fixed)
@@ -391,6 +392,9 @@ def compare_many(
                 except InputDataError as e:
                     raise _image_size_hint(e, label, x, cb) from None
                 advance()
+    finally:
+        for b in reversed(opened):
+            b.close()
     return aggregate_reports(reports, labels)
 
 
