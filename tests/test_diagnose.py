@@ -1563,3 +1563,17 @@ def test_the_cookbook_matcher_finds_stale_text_and_numbers():
     assert not _text_mismatch("residual 1.1e-07", "residual 1.1432e-07", 1)
     assert not _text_mismatch("rel RMS 1.8e-07", "rel RMS 4.1e-07", 10.0)
     assert _text_mismatch("rel RMS 1.8e-07", "rel RMS 2.1e-06", 10.0)
+
+
+def test_pool_rounding_is_confirmed_on_a_port_in_a_declared_layout(tmp_path):
+    """A port declared N, W, H, C (tf_layout="NWHC"): TF's pooled value is brought to NCHW by the
+    layout maths of layerparity.layout, so 'Caffe's output without its last row/column' is checked
+    (the pooling rule knew only NHWC and NCHW: no confirmation, a lower confidence)."""
+    shape = (1, 3, 8, 10)
+    net = _pool_net(tmp_path, shape=shape)
+    inp = keras.Input((10, 8, 3), batch_size=1, name="data")  # N, W, H, C
+    port = keras.Model(inp, keras.layers.MaxPooling2D(3, 2, padding="valid", name="pool1")(inp))
+    rep = compare(net, port, x_in(shape), tf_layout="NWHC")
+    d = top(rep)
+    assert d.kind == "pool_rounding"
+    assert d.evidence.get("tf_equals_caffe_without_last_row_col") is True and d.confidence >= 0.95

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..layout import convert
 from ..result import Diagnosis
 from . import reference as ref
 from ._core import CONF_EXACT, CONF_FINGERPRINT, CONF_FORMULA, CONF_RECOMPUTED, Case, hw, rnd
@@ -71,12 +72,12 @@ def pool_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
 
 
 def _tf_nchw(case: Case, t_shape: tuple[int, ...]) -> np.ndarray | None:
-    t = case.t_raw
-    if case.tp.layout == "NHWC" and t.ndim == 4:
-        return np.transpose(t, (0, 3, 1, 2))
-    if case.tp.layout in ("NCHW", "") and t.ndim == 4:
-        return t
-    return None
+    """TF's raw 4-D value in Caffe's NCHW (any declared permutation of N, C, H, W; the
+    layout maths of :mod:`layerparity.layout`), or None when it is not a 4-D layout."""
+    t, layout = case.t_raw, case.tp.layout or "NCHW"
+    if t.ndim != 4 or sorted(layout) != sorted("NCHW"):
+        return None
+    return convert(t, layout, "NCHW")
 
 
 def pool_rules(case: Case) -> list[Diagnosis]:
