@@ -21,6 +21,7 @@ import math
 import os
 from typing import Any
 
+from ..atomic_write import write_text
 from ..errors import ReportFormatError
 from .chart import COLORS, Geometry, clip_name
 from .html import e
@@ -89,7 +90,7 @@ def _safe(x: Any) -> Any:
 
 
 def write_sweep_json(result: Any, path: str | os.PathLike[str]) -> None:
-    _write(path, json.dumps(sweep_to_dict(result), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    write_text(path, json.dumps(sweep_to_dict(result), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def read_sweep_json(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -388,15 +389,4 @@ def render_sweep_html(result: Any, title: str = "layerparity sweep") -> str:
 
 
 def write_sweep_html(result: Any, path: str | os.PathLike[str], title: str = "layerparity sweep") -> None:
-    _write(path, render_sweep_html(result, title))
-
-
-def _write(path: str | os.PathLike[str], text: str) -> None:
-    path = os.fspath(path)
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text(path, render_sweep_html(result, title))
