@@ -90,6 +90,24 @@ def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):
     assert (tmp_path / "a" / "b" / "c.txt").read_text() == "made the folders"
 
 
+def test_only_atomic_write_renames_files_into_place():
+    """One atomic-write helper (issue 12 item 8): no other module of the package calls os.replace/rename,
+    except the demo, which builds its files together in a scratch folder and moves them in."""
+    import ast
+    import pathlib
+
+    pkg = pathlib.Path(lp.__file__).parent
+    offenders = []
+    for f in sorted(pkg.rglob("*.py")):
+        if f.name == "atomic_write.py" or f.relative_to(pkg).as_posix() == "demo/__init__.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("replace", "rename") and \
+                    isinstance(node.value, ast.Name) and node.value.id == "os":
+                offenders.append(f"{f.relative_to(pkg)}:{node.lineno}")
+    assert not offenders, offenders
+
+
 def test_an_archive_that_fails_while_streaming_leaves_the_old_one(tmp_path):
     path = tmp_path / "caffe.npz"
     x = np.ones((1, 2, 3, 3), np.float32)
