@@ -1073,13 +1073,22 @@ def compare_folded(
             variants.append(("batchnorm_scale_factor", None))
     if chain.scale is not None:
         variants.append(("missing_scale", None))
-    eps_guess = _solve_eps(cw, chain, c, tfa, ops) if chain.bn is not None else None
-    if eps_guess is not None:
-        variants.append(("batchnorm_epsilon", eps_guess))
-
     kernel_tf = None
     if tfa.kernel is not None:
         kernel_tf = _out_axis_scale(kind, tfa.kernel, tfa.u, transpose_b)
+
+    eps_guess = None
+    if chain.bn is not None:
+        u_tf = tfa.u
+        if tfa.kernel is not None:
+            # the factor is inside the kernel (a BatchNorm folded into a conv): read it back per
+            # output channel against the Caffe kernel in TF layout (None when they do not line up)
+            u_tf = None
+            if chain.main is not None and kernel_tf is not None:
+                u_tf = _kernel_factor(kind, main_blobs[0], kernel_tf, transpose_b, chw, group, c)
+        eps_guess = _solve_eps(cw, chain, c, u_tf)
+    if eps_guess is not None:
+        variants.append(("batchnorm_epsilon", eps_guess))
 
     def expected_kernels() -> list[tuple[str | None, np.ndarray]]:
         w = main_blobs[0]
@@ -1212,9 +1221,30 @@ def compare_folded(
     return out
 
 
-def _solve_eps(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, tfa: _TFAffine, ops: list[Any]) -> float | None:
-    """The eps the TF factor was computed with (from ``u = gamma / sqrt(var / S + eps)``),
-    when it is one value for every channel and not Caffe's; else None."""
+def _kernel_factor(kind: str, w: np.ndarray, kernel_tf: np.ndarray, transpose_b: bool,
+                   chw: tuple[int, int, int] | None, group: int, c: int) -> np.ndarray | None:
+    """The per-output-channel factor a TF kernel holds over the Caffe kernel ``w`` (least
+    squares per channel: ``kernel_tf ~ W (TF layout) * u``); None when the shapes do not line
+    up or the output axis is not the last (a deconv)."""
+    if kind not in ("conv", "depthwise_conv", "fc"):
+        return None
+    k = np.asarray(kernel_tf, np.float64)
+    if transpose_b:
+        k = k.T
+    exp = np.asarray(_expected(kind, w, "weight", chw, group, tuple(k.shape)), np.float64)
+    out_last = exp.shape[-1] == c or (kind == "depthwise_conv" and exp.ndim == 4 and exp.shape[-2] * exp.shape[-1] == c)
+    if exp.shape != k.shape or not c or not out_last:
+        return None
+    a, b = exp.reshape(-1, c), k.reshape(-1, c)
+    den = np.sum(a * a, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, np.sum(a * b, axis=0) / den, np.nan)
+
+
+def _solve_eps(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, u: np.ndarray | None) -> float | None:
+    """The eps the TF factor ``u`` (per channel, from a Mul or read back from a folded kernel)
+    was computed with (from ``u = gamma / sqrt(var / S + eps)``), when it is one value for
+    every channel and not Caffe's; else None."""
     b = cw[ch.bn]
     s = float(np.asarray(b[2]).reshape(-1)[0]) if len(b) > 2 else 1.0
     f = 0.0 if s == 0 else 1.0 / s
@@ -1222,9 +1252,8 @@ def _solve_eps(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, tfa: _TFA
     gamma = np.ones(c)
     if ch.scale is not None:
         gamma = np.asarray(cw[ch.scale][0], np.float64).reshape(-1)
-    u = tfa.u
-    if tfa.kernel is not None or u.size != c:
-        return None  # the factor is inside the kernel: solved only for a Mul
+    if u is None or u.size != c:
+        return None
     with np.errstate(divide="ignore", invalid="ignore"):
         e = (gamma / u) ** 2 - var
     e = e[np.isfinite(e)]
@@ -1234,6 +1263,47 @@ def _solve_eps(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, tfa: _TFA
     if guess <= 0 or abs(guess - ch.eps) <= 1e-3 * max(ch.eps, 1e-12) or np.ptp(e) > 0.05 * abs(guess) + 1e-6:
         return None
     return guess
+
+
+#: TFLite builtin ops whose first constant operand is a kernel held in TFLite's own layout
+_TFLITE_KERNEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED"})
+
+
+def _tflite_kernel_to_tf(op_type: str, k: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """A TFLite kernel in the layout TF itself holds it (what the comparisons here expect).
+
+    TFLite stores a ``CONV_2D`` filter as ``(O, kH, kW, I)`` (TF: ``(kH, kW, I, O)``), a
+    ``DEPTHWISE_CONV_2D`` filter as ``(1, kH, kW, C*M)`` (TF: ``(kH, kW, C, M)``), a
+    ``TRANSPOSE_CONV`` filter as ``(O, kH, kW, I)`` (TF: ``(kH, kW, O, I)``) and a
+    ``FULLY_CONNECTED`` weight as ``(O, I)`` (a Dense kernel: ``(I, O)``). Anything else
+    (another rank) is returned as is."""
+    k = np.asarray(k)
+    if op_type == "CONV_2D" and k.ndim == 4:
+        return k.transpose(1, 2, 3, 0)
+    if op_type == "TRANSPOSE_CONV" and k.ndim == 4:
+        return k.transpose(1, 2, 0, 3)
+    if op_type == "DEPTHWISE_CONV_2D" and k.ndim == 4 and k.shape[0] == 1:
+        m = int(params.get("depth_multiplier") or 1)
+        if m < 1 or k.shape[3] % m:
+            m = 1
+        return k.reshape(k.shape[1], k.shape[2], k.shape[3] // m, m)
+    if op_type == "FULLY_CONNECTED" and k.ndim == 2:
+        return k.T
+    return k
+
+
+def _tf_layout_ops(ops: list[Any]) -> list[Any]:
+    """The ops of a pairing with each TFLite kernel (:data:`_TFLITE_KERNEL_OPS`, its first
+    array) in TF's own layout; other ops unchanged. New op objects: a pairing is not mutated."""
+    import dataclasses
+
+    out = []
+    for o in ops:
+        if getattr(o, "op_type", None) in _TFLITE_KERNEL_OPS and o.arrays:
+            arrays = [_tflite_kernel_to_tf(o.op_type, o.arrays[0], o.params or {}), *o.arrays[1:]]
+            o = dataclasses.replace(o, arrays=arrays)
+        out.append(o)
+    return out
 
 
 def _check_aligned(
@@ -1286,7 +1356,7 @@ def _check_aligned(
         done.add(id(wp))
         layers = wp.caffe_layers
         kinds = {c: metas[c][0] for c in layers}
-        ops = wp.ops
+        ops = _tf_layout_ops(wp.ops)
         tf_ops = [o.name for o in ops]
         amb = ""
         if wp.ambiguous:

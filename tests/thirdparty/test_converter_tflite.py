@@ -1,0 +1,121 @@
+"""The converter ports as a new user would ship them: caffe2onnx -> onnx2tf SavedModels, then
+TensorFlow's own ``tf.lite.TFLiteConverter.from_saved_model`` (default options, float32).
+
+TFLite's converter folds more than onnx2tf does: each BatchNorm + Scale (+ ReLU) goes into its
+conv's filter and bias (one ``CONV_2D``), each MatMul + Add into a ``FULLY_CONNECTED``; and it
+keeps its kernels in its own layouts (``CONV_2D`` filter ``(O, kH, kW, I)``, ``FULLY_CONNECTED``
+weight ``(O, I)``). Measured before the fix these tests guard: ``layerparity weights`` said
+"Weights differ!" on every correct port (every conv ``different``, every fc ``equal_under``),
+and ``compare`` named ``conv1`` with ``unknown`` for ResNet's ``bn_conv1`` scale-factor bug and
+``scale2a_branch2a`` / ``missing_scale`` for the ``bn2a_branch2a`` epsilon bug (the weight check
+of the diverged chain, which names the layer inside a folded chain, read the kernels in the
+wrong layout; an eps folded into a kernel was never solved for).
+
+Each port is converted here, into a temporary folder, by the installed TensorFlow; nothing is
+downloaded. A missing port cache is a failure (thirdparty_ports.load_ports), never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from thirdparty_ports import load_ports
+
+import layerparity as lp
+from layerparity.weights import GOOD, weight_parity
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tflite(tmp_path_factory):
+    """``tflite(ports, port)``: the SavedModel ``port`` of a net converted to a float32 .tflite
+    (once per module)."""
+    import tensorflow as tf
+
+    out = tmp_path_factory.mktemp("tflite")
+    done: dict[tuple[str, str], str] = {}
+
+    def convert(p, port: str) -> str:
+        key = (p.name, port)
+        if key not in done:
+            path = out / f"{p.name}-{port}.tflite"
+            path.write_bytes(tf.lite.TFLiteConverter.from_saved_model(p.path(port)).convert())
+            done[key] = os.fspath(path)
+        return done[key]
+
+    return convert
+
+
+def _problems(rep) -> list[tuple[str, str]]:
+    return [(r.caffe_layer, r.status) for r in rep.rows if r.status not in GOOD]
+
+
+def test_resnet_correct_tflite_port_passes_compare_and_weights(tflite) -> None:
+    p = load_ports("resnet50_quarter")
+    model = tflite(p, p.manifest["correct"]["savedmodel"])
+    report = lp.compare_models(p.prototxt, model, p.input(), caffe_weights=p.caffemodel)
+    assert report and report.first_divergence is None, report.summary()
+    assert len(report.rows) == 74 and not report.unmapped_caffe, report.summary()
+    rep = weight_parity(p.prototxt, p.caffemodel, model)
+    text = rep.to_text(max_rows=8)
+    assert rep and not _problems(rep), text
+    # BatchNorm + Scale folded into the CONV_2D filter and bias: checked against the formula
+    assert rep.counts().get("folded", 0) >= 150, text
+    assert rep.row("conv1").status == "folded" and rep.row("bn_conv1").status == "folded", text
+
+
+#: diagnosis/norm.py (not this fix's file): bn_rules recomputes the BatchNorm on the row's first
+#: input (case.x0). When TFLite fused conv1 + bn_conv1 + scale_conv1 + conv1_relu into one CONV_2D,
+#: that input is the image (3 channels), not the BatchNorm's (16): a ValueError, raised in strict
+#: mode (the tests'), swallowed without a note otherwise (the CLI: its verdict stands, from the
+#: weight check). Deeper in the net the channel counts happen to agree and the rule computes a
+#: BatchNorm of the conv's input without a word.
+_NORM_RULE_CRASH = pytest.mark.xfail(
+    raises=ValueError, strict=True,
+    reason="diagnosis/norm.py bn_rules applies the BatchNorm to the fused chain's first input (the image)")
+
+
+@pytest.mark.parametrize("bug", [
+    pytest.param("bn_conv1_scale_factor", marks=_NORM_RULE_CRASH),
+    "bn2a_branch2a_epsilon",
+    "scale2a_branch2b_missing",
+])
+def test_resnet_tflite_bug_in_a_folded_chain_is_named(tflite, bug: str) -> None:
+    _named(tflite, bug)
+
+
+def test_resnet_tflite_bn_scale_factor_as_the_cli_reports_it(tflite, monkeypatch) -> None:
+    """The user's view (diagnosis not strict, as in the CLI): bn_conv1 and batchnorm_scale_factor,
+    from the weight check of the fused chain, despite the norm rule's crash above."""
+    monkeypatch.setenv("LAYERPARITY_DIAGNOSIS_STRICT", "0")
+    _named(tflite, "bn_conv1_scale_factor")
+
+
+def _named(tflite, bug: str) -> None:
+    p = load_ports("resnet50_quarter")
+    b = p.bug(bug)
+    model = tflite(p, b["savedmodel"])
+    report = lp.compare_models(p.prototxt, model, p.input(), caffe_weights=p.caffemodel)
+    fd = report.first_divergence
+    assert fd is not None, report.summary()
+    assert fd.divergent_layer == b["layer"], (
+        f"{bug}: first divergence {fd.divergent_layer!r} (chain {fd.caffe_chain}), expected {b['layer']!r}; "
+        f"diagnoses {[(d.kind, d.confidence) for d in fd.diagnoses]}")
+    assert fd.diagnoses and fd.diagnoses[0].kind in b["kinds"], [(d.kind, d.confidence) for d in fd.diagnoses]
+    rep = weight_parity(p.prototxt, p.caffemodel, model)
+    assert [c for c, _ in _problems(rep)] == [b["layer"]], rep.to_text(max_rows=8)
+    assert rep.row(b["layer"]).transform in b["kinds"], rep.to_text(max_rows=8)
+
+
+def test_alexnet_tflite_fully_connected_weights_read_in_tflite_layout(tflite) -> None:
+    """FULLY_CONNECTED holds (O, I), CONV_2D (O, kH, kW, I): the correct port's weights are all
+    equal (fc6 reads a transpose back to NCHW, so plain W); fc7's transposed square weight is
+    named, and nothing else."""
+    p = load_ports("alexnet")
+    rep = weight_parity(p.prototxt, p.caffemodel, tflite(p, p.manifest["correct"]["savedmodel"]))
+    assert rep and rep.counts() == {"equal": 8}, rep.to_text(max_rows=8)
+    b = p.bug("fc7_weight_transposed")
+    rep = weight_parity(p.prototxt, p.caffemodel, tflite(p, b["savedmodel"]))
+    assert _problems(rep) == [("fc7", "equal_under:reshape_not_transpose")], rep.to_text(max_rows=8)
