@@ -8,7 +8,7 @@ import numpy as np
 from ..result import Diagnosis
 from ..weights import TRANSFORM_FIXES, compare_layer
 from . import reference as ref
-from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, channel_affine_fit, fnum, rnd
+from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, channel_affine_fit, f64, fnum, rnd
 
 LRN_FIX = ("TF's LRN divides nothing by the window size: use `tf.nn.local_response_normalization(x, "
            "depth_radius=n // 2, bias=k, alpha=alpha / n, beta=beta)` for Caffe's (local_size=n, alpha, beta, k).")
@@ -80,10 +80,23 @@ def _bn_parts(case: Case):
     return bn, sc, bn_w, sc_w, eps
 
 
+def _input_of(case: Case, layer: str | None) -> np.ndarray | None:
+    """The Caffe input of chain member ``layer``: the chain's input for its first member, else
+    the value of the member before it (conv1's output for bn_conv1 in a conv+BN+Scale+ReLU chain
+    that TFLite fuses into one op; the in-place blob's value before BatchNorm overwrote it)."""
+    if layer is None or layer not in case.chain or case.chain.index(layer) == 0:
+        return case.x0
+    p = case.ctx.caffe_probes.get(case.chain[case.chain.index(layer) - 1])
+    return f64(p.value) if p is not None and p.value is not None else None
+
+
 def bn_rules(case: Case) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     bn, sc, bn_w, sc_w, eps = _bn_parts(case)
-    t, x = case.t, case.x0
+    t, x = case.t, _input_of(case, bn or sc)
+    # the TF weights are the BatchNorm's only when it leads the chain (a conv+BN chain held
+    # against one fused op has the conv's kernel and bias, which say nothing of gamma/beta)
+    tf_bn_weights = case.tw if (bn or sc) == case.chain[0] else []
     teps = fnum(case.tparam("epsilon", "variance_epsilon"), None)
     if bn is None and sc is not None and x is not None and t is not None:
         # a lone Scale layer held against a TF layer that skipped it
@@ -93,9 +106,9 @@ def bn_rules(case: Case) -> list[Diagnosis]:
     if bn is None or t is None:
         return out
     # weight evidence first: it is direct
-    if bn_w is not None and case.tw:
+    if bn_w is not None and tf_bn_weights:
         try:
-            status, blobs, _ = compare_layer("bn", bn_w, case.tw, scale_blobs=sc_w)
+            status, blobs, _ = compare_layer("bn", bn_w, tf_bn_weights, scale_blobs=sc_w)
         except Exception:  # noqa: BLE001 - odd TF arrays: no weight evidence
             if case.strict:
                 raise
