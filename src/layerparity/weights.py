@@ -199,9 +199,19 @@ class WeightReport:
     unmatched_tf: list[str] = field(default_factory=list)
     #: what the pairing could not settle from the graph alone (and how to settle it)
     pairing_notes: list[str] = field(default_factory=list)
+    #: Caffe layers whose rows are not a verdict on their weights: paired by a structural guess
+    #: between look-alike TF ops that their weights did not confirm, or not paired at all from
+    #: the graph alone. A report with such rows is not a pass, and not "differ" either: it says
+    #: "not judged" and asks to pair by value.
+    undecided: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return all(r.status in GOOD for r in self.rows)
+
+    @property
+    def judged(self) -> bool:
+        """Every problem row is a verdict on weights (none comes from an undecided pairing)."""
+        return not set(self.undecided) & {r.caffe_layer for r in self.problems}
 
     @property
     def passed(self) -> bool:
@@ -234,14 +244,22 @@ class WeightReport:
             "layers": [r.to_dict() for r in self.rows],
             "unmatched_tf": list(self.unmatched_tf),
             "pairing_notes": list(self.pairing_notes),
+            "undecided": list(self.undecided),
         }
 
     def to_text(self, max_rows: int = 50) -> str:
         n_ok = sum(r.status == "equal" for r in self.rows)
         n_fold = sum(r.status == "folded" for r in self.rows)
-        head = "Weights match." if self else "Weights differ!"
+        undecided = [c for c in self.undecided if c in {r.caffe_layer for r in self.problems}]
+        head = "Weights match." if self else "Weights differ!" if not undecided or len(undecided) < len(self.problems) \
+            else "Weights not judged:"
         folded = f" ({n_fold} more folded into TF ops, formula checked)" if n_fold else ""
         lines = [f"{head} {n_ok} / {len(self.rows)} Caffe layers with params equal under the expected layout{folded}."]
+        if undecided:
+            lines.append(f"  {len(undecided)} Caffe layer(s) could not be paired from the graph alone "
+                         f"({', '.join(undecided[:4])}{', ...' if len(undecided) > 4 else ''}): their rows below are no "
+                         "verdict on their weights; pair by value (weight_parity(..., by_value=input) / "
+                         "layerparity weights --by-value INPUT)")
         problems = self.problems
         for r in problems[:max_rows]:
             tf = r.tf_layer or "-"
@@ -1423,7 +1441,9 @@ def _check_aligned(
         notes.append(f"{len(missing)} Caffe layer(s) with params ({', '.join(missing[:5])}"
                      f"{', ...' if len(missing) > 5 else ''}) could not be paired from the graph alone: "
                      "run both nets once and pair by value (by_value= / --by-value INPUT)")
-    return WeightReport([rows[c] for c in cw if c in rows], unmatched, notes)
+    guessed = [c for c, r in rows.items() if r.status not in GOOD and "fit(s) as well" in (r.note or "")]
+    undecided = [c for c in cw if c in set(guessed) | (set(missing) if not by_value else set())]
+    return WeightReport([rows[c] for c in cw if c in rows], unmatched, notes, undecided)
 
 
 def check_pair(
