@@ -278,3 +278,27 @@ def test_a_row_that_passes_never_diverges_whatever_its_own_error():
     assert not diverges(row(good, bad))  # the value agrees: no divergence here
     assert diverges(row(bad, bad)) and diverges(row(bad, None))
     assert not diverges(row(bad, good))  # inherited from upstream
+
+
+def test_first_divergence_is_decided_from_the_finished_rows():
+    """verdict.first_divergence (the engine's choice, issue 12 item 3): the first row that
+    diverges by its own error (or its total error where own was not measured); else, when every
+    failing row passed its own error, the first failing row; else none."""
+    from layerparity.metrics import compute_metrics, default_tolerance
+    from layerparity.result import LayerResult
+    from layerparity.verdict import first_divergence
+
+    tol = default_tolerance(np.float32)
+    a = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 4, 4, 4)
+    good, bad = compute_metrics(a, a + 1e-7, tol), compute_metrics(a, a + 5.0, tol)
+
+    def row(name, total, own):
+        return LayerResult(caffe_layer=name, caffe_blob=name, tf_layer=name, caffe_kind="Convolution",
+                           tf_kind="Conv2D", caffe_shape=(1, 4, 4, 4), tf_shape=(1, 4, 4, 4), metrics=total, own=own)
+
+    inherited, own_bad, unmeasured, ok = row("c1", bad, good), row("c2", bad, bad), row("c3", bad, None), row("c0", good, good)
+    assert first_divergence([ok, inherited, own_bad, unmeasured]) == (own_bad, "own")
+    assert first_divergence([ok, unmeasured, own_bad]) == (unmeasured, "total")
+    assert first_divergence([ok, inherited, row("c4", bad, good)]) == (inherited, "total (own error passed everywhere)")
+    assert first_divergence([ok, row("c5", good, bad)]) == (None, "")
+    assert first_divergence([]) == (None, "")

@@ -41,7 +41,7 @@ from .own_error import OwnRequest, own_request, replay_all, to_caffe_layout
 from .result import LayerResult, Report
 from .sources import Side, Stream, drain_both
 from .trace import Probe, Trace, is_archive
-from .verdict import chain_head, contaminate, coverage, diverges
+from .verdict import chain_head, contaminate, coverage, diverges, first_divergence
 from .window import ValueWindow
 
 __all__ = ["compare_traces", "compare_models", "LazyWeights"]
@@ -225,13 +225,12 @@ class _Engine:
                 batch, held = [], 0
         if batch:
             self._finish_batch(batch, pool)
-        rows, first = self.rows, self.first
-        first_by = "own" if first is not None and first.own is not None else "total"
-        if first is None and self.fallback is not None:
+        rows = self.rows
+        first, first_by = first_divergence(rows)  # the verdict's choice, from the finished rows
+        if first is not None and self.fallback is not None and first is self.fallback[0]:
             # every failing row passed its own error: the divergence comes from something
-            # the alignment could not see (an unmapped TF-only layer). Name the first failure.
-            first, pair, cp, tp, cin = self.fallback
-            first_by = "total (own error passed everywhere)"
+            # the alignment could not see (an unmapped TF-only layer). Its values were held.
+            _, pair, cp, tp, cin = self.fallback
             self._diagnose(first, pair, cp, tp, cin)
         if first is not None:
             contaminate(rows, first, self.cs.metas)

@@ -2,6 +2,7 @@
 
 - :func:`diverges`: does a row break tolerance by its own error (or, where that was
   not measured, by its total error)?
+- :func:`first_divergence`: which row the report names as the first divergence, and by what.
 - :func:`contaminate`: mark failing rows downstream of the first divergence.
 - :func:`coverage`: does the comparison cover the whole Caffe net? Every Caffe
   output blob (a top no layer consumes) must be compared, and every Caffe layer
@@ -29,7 +30,7 @@ from .kinds import TRIVIAL, probe_kind
 from .result import Coverage, LayerResult
 from .trace import Probe
 
-__all__ = ["diverges", "contaminate", "coverage", "chain_head", "NOT_COMPUTING", "WITH_PARAMS"]
+__all__ = ["diverges", "first_divergence", "contaminate", "coverage", "chain_head", "NOT_COMPUTING", "WITH_PARAMS"]
 
 #: Canonical kinds that compute nothing a port could get wrong on their own: inputs,
 #: identities at inference, and pure data movement whose effect every downstream
@@ -55,6 +56,22 @@ def diverges(row: LayerResult) -> bool:
     if row.own is not None:
         return not row.own.passed
     return True
+
+
+def first_divergence(rows: Sequence[LayerResult]) -> tuple[LayerResult | None, str]:
+    """The first divergent row of finished rows (Caffe order) and what decided it: the first
+    row that :func:`diverges` (``"own"`` when its own error was measured, else ``"total"``);
+    when none does but a row fails (every failing row passed its own error: the error comes
+    from something the alignment could not see, a TF-only layer), the first failing row,
+    ``"total (own error passed everywhere)"``; else ``(None, "")``. The engine calls this on
+    its rows; it diagnoses as rows stream, and this decides which one the report names."""
+    for r in rows:
+        if diverges(r):
+            return r, ("own" if r.own is not None else "total")
+    for r in rows:
+        if not r.passed:
+            return r, "total (own error passed everywhere)"
+    return None, ""
 
 
 def contaminate(rows: list[LayerResult], first: LayerResult, caffe_metas: Iterable[Probe]) -> None:
