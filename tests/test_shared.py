@@ -108,6 +108,17 @@ def test_only_atomic_write_renames_files_into_place():
     assert not offenders, offenders
 
 
+def test_the_name_rules_live_in_names_py():
+    """One name-normalising module (issue 12 item 8): the TF wrapper-scope and copy-suffix rules
+    are written once, in layerparity/names.py (the graph backends import them)."""
+    import pathlib
+
+    pkg = pathlib.Path(lp.__file__).parent
+    writers = sorted(str(f.relative_to(pkg)) for f in pkg.rglob("*.py")
+                     if re.search(r"re\.compile\([^)]*(PartitionedCall|_\\d\+\$)", f.read_text()))
+    assert writers == ["names.py"], writers
+
+
 def test_an_archive_that_fails_while_streaming_leaves_the_old_one(tmp_path):
     path = tmp_path / "caffe.npz"
     x = np.ones((1, 2, 3, 3), np.float32)

@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["canon", "fold", "tf_name_keys", "normalize_name", "WRAPPER", "OP_TAILS", "WEIGHT_TAILS"]
+__all__ = ["canon", "fold", "tf_name_keys", "normalize_name", "WRAPPER", "CALL_WRAPPER", "COPY_SUFFIX", "OP_TAILS",
+           "WEIGHT_TAILS"]
 
 _SEPARATORS = re.compile(r"[^0-9A-Za-z]+")
 _PORT = re.compile(r":\d+$")
 #: The ``_N`` suffix TF gives a scope it uniquifies (a layer traced twice: ``conv1_1``).
 COPY_SUFFIX = re.compile(r"_\d+$")
 _COPY = COPY_SUFFIX
+
+#: The call wrappers a graph op's scope carries (``StatefulPartitionedCall/...``), dropped by
+#: the TF graph backends before they read a layer's scope (``backends.tfcommon.scope_layers``).
+#: Narrower than :data:`WRAPPER`: there the model's own scope (``model/``, ``functional_1/``)
+#: is not dropped by name but as the prefix common to every op, so a layer a port calls
+#: ``model`` keeps its name.
+CALL_WRAPPER = re.compile(r"^(StatefulPartitionedCall|PartitionedCall|Func)(_\d+)?$")
 
 #: Scope components that wrap a model without naming a layer (dropped from TF names).
 WRAPPER = re.compile(

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import FrameworkMissingError, InputDataError, ModelLoadError
 from ..layout import axes_permutation
+from ..names import CALL_WRAPPER, COPY_SUFFIX
 from .base import Backend, InputSpec
 
 __all__ = [
@@ -411,8 +412,6 @@ class TFBackend(Backend):
 
 # -- graph scopes --------------------------------------------------------------------
 
-_WRAPPER = re.compile(r"^(StatefulPartitionedCall|PartitionedCall|Func)(_\d+)?$")
-_SUFFIX = re.compile(r"_\d+$")
 
 
 def scope_layers(names: Sequence[str], inputs: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
@@ -441,7 +440,7 @@ def scope_layers(names: Sequence[str], inputs: Mapping[str, Sequence[str]] | Non
     'conv1'
     """
     parts = {
-        n: [p for p in n.split(";")[0].split(":")[0].split("/") if p and not _WRAPPER.match(p)]
+        n: [p for p in n.split(";")[0].split(":")[0].split("/") if p and not CALL_WRAPPER.match(p)]
         for n in names
     }
     lists = [p for p in parts.values() if p]
@@ -461,10 +460,10 @@ def scope_layers(names: Sequence[str], inputs: Mapping[str, Sequence[str]] | Non
     for n, p in parts.items():
         rest = p[len(prefix) :] if p[: len(prefix)] == prefix else p
         out[n] = rest[0] if rest else (n.split(":")[0] or n)
-    if prefix and _SUFFIX.search(prefix[-1]):
+    if prefix and COPY_SUFFIX.search(prefix[-1]):
         layers = {v for n, v in out.items() if len(parts[n]) > len(prefix) + 1}
-        if layers and all(_SUFFIX.search(v) for v in layers):
-            out = {n: (_SUFFIX.sub("", v) if v in layers else v) for n, v in out.items()}
+        if layers and all(COPY_SUFFIX.search(v) for v in layers):
+            out = {n: (COPY_SUFFIX.sub("", v) if v in layers else v) for n, v in out.items()}
     if inputs is not None:
         rests = {n: (p[len(prefix) :] if p[: len(prefix)] == prefix else p) for n, p in parts.items()}
         out = _split_unconnected(out, rests, inputs)
@@ -486,7 +485,7 @@ def _split_unconnected(
             continue
         root = {m: m for m in ms}
 
-        def find(x: str) -> str:
+        def find(x: str, root: dict[str, str] = root) -> str:
             while root[x] != x:
                 root[x] = root[root[x]]
                 x = root[x]
