@@ -644,8 +644,8 @@ def test_deconv_same_is_one_pixel_larger(tmp_path):
 # -- precision drift ------------------------------------------------------------------------------
 
 
-def test_precision_drift_over_a_deep_correct_port(tmp_path):
-    shape = (1, 8, 8, 8)
+def _deep_correct_port(tmp_path, shape=(1, 8, 8, 8)):
+    """Eight 3x3 convs, Caffe and a correct Keras port: only float32 rounding differs."""
     body, params = "", {}
     bottom = "data"
     for i in range(8):
@@ -660,7 +660,12 @@ def test_precision_drift_over_a_deep_correct_port(tmp_path):
     m = keras.Model(inp, h)
     for i in range(8):
         m.get_layer(f"c{i}").set_weights([hwio(params[f"c{i}"][0]), params[f"c{i}"][1]])
-    x = x_in(shape)
+    return net, m, x_in(shape)
+
+
+def test_precision_drift_over_a_deep_correct_port(tmp_path):
+    shape = (1, 8, 8, 8)
+    net, m, x = _deep_correct_port(tmp_path, shape)
     assert compare(net, m, x).passed  # a correct port passes at the default tolerance
     rep = compare(net, m, x, rtol=1e-9, atol=1e-10)  # far below float32 noise
     assert not rep.passed
@@ -1494,20 +1499,8 @@ def _cookbook_case(kind: str, tmp_path):
         return top(compare(net, _conv_port(SHAPE, w, b, k=3, s=1, p=1, padding="same", kernel=w.reshape(3, 3, 3, 4)),
                            x_in()))
     if kind == "precision_drift":
-        shape, body, params, bottom = (1, 8, 8, 8), "", {}, "data"
-        for i in range(8):
-            body += conv_layer(f"c{i}", bottom, 8, 3, 1, 1)
-            params[f"c{i}"] = list(conv_w(8, 8, 3, seed=100 + i))
-            bottom = f"c{i}"
-        net = caffe_net(tmp_path, prototxt({"data": shape}, body), params)
-        inp = keras_input(shape)
-        h = inp
-        for i in range(8):
-            h = keras.layers.Conv2D(8, 3, padding="same", name=f"c{i}")(h)
-        m = keras.Model(inp, h)
-        for i in range(8):
-            m.get_layer(f"c{i}").set_weights([hwio(params[f"c{i}"][0]), params[f"c{i}"][1]])
-        return diagnose_report(compare(net, m, x_in(shape), rtol=1e-9, atol=1e-10))[0]
+        net, m, x = _deep_correct_port(tmp_path)
+        return diagnose_report(compare(net, m, x, rtol=1e-9, atol=1e-10))[0]
     if kind == "spatially_transposed_port":
         net, _, port = _three_conv_case(tmp_path)
         return conventions(compare(net, port(conv1=_hw, conv2=_hw, conv3=_hw), x_in(TSHAPE)).rows)[0]
