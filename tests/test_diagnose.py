@@ -17,6 +17,7 @@ from diagnose_cases import (
     caffe_net,
     compare,
     conv_w,
+    demo_relu6_port,
     f32,
     hwio,
     keras,
@@ -1508,15 +1509,8 @@ def _cookbook_case(kind: str, tmp_path):
         from layerparity import demo
 
         f = demo.files()
-        port = demo.build_keras_port(demo.demo_weights(), buggy=False)
-        config = port.get_config()
-        for layer in config["layers"]:
-            if layer["config"]["name"] == "relu1":
-                layer["config"]["max_value"] = 6.0
-        relu6 = keras.Model.from_config(config)
-        relu6.set_weights(port.get_weights())
         x = np.random.default_rng(3).uniform(-0.2, 0.2, size=(40, 3, 32, 32)).astype(np.float32)
-        return top(compare(f.prototxt, relu6, x[2:3] * 100, caffe_weights=f.caffemodel))
+        return top(compare(f.prototxt, demo_relu6_port(), x[2:3] * 100, caffe_weights=f.caffemodel))
     raise AssertionError(f"docs/diagnosis.md shows a Report block for {kind!r}, which this test cannot build")
 
 

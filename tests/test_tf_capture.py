@@ -880,7 +880,8 @@ def test_tflite_intermediate_tensors_and_fused_activation(functional, tmp_path):
     )
     assert b.can_replay(conv.name)  # a one-op model (tests/test_tf_forward_replay.py)
     np.testing.assert_array_equal(b.replay(conv.name, [t[conv.inputs[0]].value]), conv.value)
-    assert b.weights()[conv.name][0].shape == (4, 3, 3, 3)
+    # TFLite holds the filter as (O, kH, kW, I); weights() gives it in TF's layout, as every backend
+    np.testing.assert_array_equal(b.weights()[conv.name][0], functional.get_layer("conv1").get_weights()[0])
 
 
 def test_tflite_full_integer_model_quantizes_input(tmp_path):

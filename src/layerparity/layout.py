@@ -215,6 +215,39 @@ def conv_weight_tf_to_caffe(w: np.ndarray) -> np.ndarray:
     return np.transpose(_weight(w, 4, "TF Conv2D kernel (kH, kW, I, O)"), (3, 2, 0, 1))
 
 
+#: TFLite builtin ops whose first constant operand is a kernel in TFLite's own layout.
+TFLITE_KERNEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED"})
+
+
+def tflite_kernel_to_tf(op_type: str, k: np.ndarray, depth_multiplier: int = 1) -> np.ndarray:
+    """A TFLite kernel in the layout TF itself holds it.
+
+    TFLite stores a ``CONV_2D`` filter as ``(O, kH, kW, I)`` (TF: ``(kH, kW, I, O)``), a
+    ``DEPTHWISE_CONV_2D`` filter as ``(1, kH, kW, C*M)`` (TF: ``(kH, kW, C, M)``), a
+    ``TRANSPOSE_CONV`` filter as ``(O, kH, kW, I)`` (TF: ``(kH, kW, O, I)``) and a
+    ``FULLY_CONNECTED`` weight as ``(O, I)`` (a Dense kernel: ``(I, O)``). Another op or
+    rank is returned as is.
+
+    >>> tflite_kernel_to_tf("CONV_2D", np.zeros((8, 3, 3, 4))).shape
+    (3, 3, 4, 8)
+    >>> tflite_kernel_to_tf("DEPTHWISE_CONV_2D", np.zeros((1, 3, 3, 8)), depth_multiplier=2).shape
+    (3, 3, 4, 2)
+    """
+    k = np.asarray(k)
+    if op_type == "CONV_2D" and k.ndim == 4:
+        return k.transpose(1, 2, 3, 0)
+    if op_type == "TRANSPOSE_CONV" and k.ndim == 4:
+        return k.transpose(1, 2, 0, 3)
+    if op_type == "DEPTHWISE_CONV_2D" and k.ndim == 4 and k.shape[0] == 1:
+        m = int(depth_multiplier or 1)
+        if m < 1 or k.shape[3] % m:
+            m = 1
+        return k.reshape(k.shape[1], k.shape[2], k.shape[3] // m, m)
+    if op_type == "FULLY_CONNECTED" and k.ndim == 2:
+        return k.T
+    return k
+
+
 def depthwise_weight(w: np.ndarray, channels: int) -> np.ndarray:
     """Caffe (C*M, 1, kH, kW), group=C -> TF DepthwiseConv2D (kH, kW, C, M)."""
     w = _weight(w, 4, "Caffe depthwise weight (C*M, 1, kH, kW)")

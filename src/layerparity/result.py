@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,17 @@ def _names(xs: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(xs) - limit} more" if len(xs) > limit else "")
 
 
+def blamed_layer(caffe_chain: Sequence[str], caffe_layer: str, chain_head: str, top_layer: str | None) -> str:
+    """The Caffe layer a row blames when it diverges: the chain member its top diagnosis
+    places the bug in (``top_layer``), else the chain's first layer with parameters
+    (``chain_head``), else the chain's first layer. Also what the JSON reader expects of a
+    written ``divergent_layer``."""
+    chain = list(caffe_chain) or [caffe_layer]
+    if top_layer in chain:
+        return top_layer
+    return chain_head if chain_head in chain else chain[0]
+
+
 @dataclass
 class LayerResult:
     """One aligned pair: a Caffe probe (the last of its chain) against a TF probe."""
@@ -205,12 +217,9 @@ class LayerResult:
 
     @property
     def divergent_layer(self) -> str:
-        """The Caffe layer to blame when this row diverges: the chain member the top
-        diagnosis places the bug in, else the chain's first layer with parameters."""
-        chain = self.caffe_chain or [self.caffe_layer]
-        if self.diagnoses and self.diagnoses[0].layer in chain:
-            return self.diagnoses[0].layer
-        return self.chain_head if self.chain_head in chain else chain[0]
+        """The Caffe layer to blame when this row diverges (:func:`blamed_layer`)."""
+        return blamed_layer(self.caffe_chain, self.caffe_layer, self.chain_head,
+                            self.diagnoses[0].layer if self.diagnoses else None)
 
     def __repr__(self) -> str:
         m = self.metrics

@@ -211,7 +211,11 @@ class WeightReport:
     @property
     def judged(self) -> bool:
         """Every problem row is a verdict on weights (none comes from an undecided pairing)."""
-        return not set(self.undecided) & {r.caffe_layer for r in self.problems}
+        return not self._undecided_problems()
+
+    def _undecided_problems(self) -> list[str]:
+        pending = set(self.undecided)
+        return [r.caffe_layer for r in self.problems if r.caffe_layer in pending]
 
     @property
     def passed(self) -> bool:
@@ -250,9 +254,10 @@ class WeightReport:
     def to_text(self, max_rows: int = 50) -> str:
         n_ok = sum(r.status == "equal" for r in self.rows)
         n_fold = sum(r.status == "folded" for r in self.rows)
-        undecided = [c for c in self.undecided if c in {r.caffe_layer for r in self.problems}]
-        head = "Weights match." if self else "Weights differ!" if not undecided or len(undecided) < len(self.problems) \
-            else "Weights not judged:"
+        problems = self.problems
+        undecided = self._undecided_problems()
+        head = "Weights match." if self else "Weights not judged:" if len(undecided) == len(problems) \
+            else "Weights differ!"
         folded = f" ({n_fold} more folded into TF ops, formula checked)" if n_fold else ""
         lines = [f"{head} {n_ok} / {len(self.rows)} Caffe layers with params equal under the expected layout{folded}."]
         if undecided:
@@ -260,7 +265,6 @@ class WeightReport:
                          f"({', '.join(undecided[:4])}{', ...' if len(undecided) > 4 else ''}): their rows below are no "
                          "verdict on their weights; pair by value (weight_parity(..., by_value=input) / "
                          "layerparity weights --by-value INPUT)")
-        problems = self.problems
         for r in problems[:max_rows]:
             tf = r.tf_layer or "-"
             lines.append(f"  {r.caffe_layer} ({r.caffe_kind}) -> {tf}: {r.status}" + (f"  [{r.note}]" if r.note else ""))
@@ -1283,47 +1287,6 @@ def _solve_eps(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, u: np.nda
     return guess
 
 
-#: TFLite builtin ops whose first constant operand is a kernel held in TFLite's own layout
-_TFLITE_KERNEL_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED"})
-
-
-def _tflite_kernel_to_tf(op_type: str, k: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
-    """A TFLite kernel in the layout TF itself holds it (what the comparisons here expect).
-
-    TFLite stores a ``CONV_2D`` filter as ``(O, kH, kW, I)`` (TF: ``(kH, kW, I, O)``), a
-    ``DEPTHWISE_CONV_2D`` filter as ``(1, kH, kW, C*M)`` (TF: ``(kH, kW, C, M)``), a
-    ``TRANSPOSE_CONV`` filter as ``(O, kH, kW, I)`` (TF: ``(kH, kW, O, I)``) and a
-    ``FULLY_CONNECTED`` weight as ``(O, I)`` (a Dense kernel: ``(I, O)``). Anything else
-    (another rank) is returned as is."""
-    k = np.asarray(k)
-    if op_type == "CONV_2D" and k.ndim == 4:
-        return k.transpose(1, 2, 3, 0)
-    if op_type == "TRANSPOSE_CONV" and k.ndim == 4:
-        return k.transpose(1, 2, 0, 3)
-    if op_type == "DEPTHWISE_CONV_2D" and k.ndim == 4 and k.shape[0] == 1:
-        m = int(params.get("depth_multiplier") or 1)
-        if m < 1 or k.shape[3] % m:
-            m = 1
-        return k.reshape(k.shape[1], k.shape[2], k.shape[3] // m, m)
-    if op_type == "FULLY_CONNECTED" and k.ndim == 2:
-        return k.T
-    return k
-
-
-def _tf_layout_ops(ops: list[Any]) -> list[Any]:
-    """The ops of a pairing with each TFLite kernel (:data:`_TFLITE_KERNEL_OPS`, its first
-    array) in TF's own layout; other ops unchanged. New op objects: a pairing is not mutated."""
-    import dataclasses
-
-    out = []
-    for o in ops:
-        if getattr(o, "op_type", None) in _TFLITE_KERNEL_OPS and o.arrays:
-            arrays = [_tflite_kernel_to_tf(o.op_type, o.arrays[0], o.params or {}), *o.arrays[1:]]
-            o = dataclasses.replace(o, arrays=arrays)
-        out.append(o)
-    return out
-
-
 def _check_aligned(
     cw: dict[str, list[np.ndarray]],
     tw: dict[str, list[np.ndarray]],
@@ -1374,7 +1337,7 @@ def _check_aligned(
         done.add(id(wp))
         layers = wp.caffe_layers
         kinds = {c: metas[c][0] for c in layers}
-        ops = _tf_layout_ops(wp.ops)
+        ops = wp.ops
         tf_ops = [o.name for o in ops]
         amb = ""
         if wp.ambiguous:
@@ -1429,21 +1392,22 @@ def _check_aligned(
             status, results, note = res[c]
             rows[c] = WeightRow(c, metas[c][3] or kinds[c], wp.tf, status, results, "; ".join(x for x in (note, amb) if x),
                                 wp.how, tf_ops)
+    undecided: set[str] = set()  # rows that are no verdict: a structural guess or no pair at all
     for c, r in rows.items():
         if not r.note or "fit(s) as well" not in r.note:
             continue
         if r.status in GOOD:  # the weights themselves confirm the structural choice
             r.note = r.note.replace("pair by value to be sure", "its weights match, which settles it")
         else:
+            undecided.add(c)
             notes.append(f"{c}: {r.note} (weight_parity(..., by_value=input) / layerparity weights --by-value INPUT)")
     missing = [c for c, r in rows.items() if r.status == "missing" and not r.tf_layer]
     if missing and not by_value:
+        undecided.update(missing)
         notes.append(f"{len(missing)} Caffe layer(s) with params ({', '.join(missing[:5])}"
                      f"{', ...' if len(missing) > 5 else ''}) could not be paired from the graph alone: "
                      "run both nets once and pair by value (by_value= / --by-value INPUT)")
-    guessed = [c for c, r in rows.items() if r.status not in GOOD and "fit(s) as well" in (r.note or "")]
-    undecided = [c for c in cw if c in set(guessed) | (set(missing) if not by_value else set())]
-    return WeightReport([rows[c] for c in cw if c in rows], unmatched, notes, undecided)
+    return WeightReport([rows[c] for c in cw if c in rows], unmatched, notes, [c for c in cw if c in undecided])
 
 
 def check_pair(

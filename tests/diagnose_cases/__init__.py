@@ -99,3 +99,18 @@ def assert_clean(report: Report) -> None:
     assert not bad, f"correct port diverged: {bad}"
     assert report.first_divergence is None
     assert all(not r.diagnoses for r in report.rows)
+
+
+def demo_relu6_port():
+    """The demo's correct Keras port with relu1 capped at 6 (a ReLU6), as docs/sweep.md builds it:
+    only inputs that drive conv1 above 6 diverge (at relu1)."""
+    from layerparity import demo
+
+    port = demo.build_keras_port(demo.demo_weights(), buggy=False)
+    config = port.get_config()
+    for layer in config["layers"]:
+        if layer["config"]["name"] == "relu1":
+            layer["config"]["max_value"] = 6.0
+    relu6 = keras.Model.from_config(config)
+    relu6.set_weights(port.get_weights())
+    return relu6

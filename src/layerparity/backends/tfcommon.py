@@ -413,7 +413,6 @@ class TFBackend(Backend):
 # -- graph scopes --------------------------------------------------------------------
 
 
-
 def scope_layers(names: Sequence[str], inputs: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
     """Map graph op / tensor names to the layer (scope) they belong to.
 

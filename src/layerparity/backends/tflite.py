@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputDataError, ModelLoadError
+from ..layout import TFLITE_KERNEL_OPS, tflite_kernel_to_tf
 from ..trace import Probe
 from .tfcommon import (
     TFBackend,
@@ -329,6 +330,8 @@ class TFLiteBackend(TFBackend):
         return self._tensors is None or name in self._tensors
 
     def _weights_impl(self) -> dict[str, list[np.ndarray]]:
+        """Each op's constant float operands, a kernel in TF's own layout (as every backend
+        gives them: ``layout.tflite_kernel_to_tf``), biases and the rest as stored."""
         out: dict[str, list[np.ndarray]] = {}
         for op in self._ops:
             ws = []
@@ -336,9 +339,12 @@ class TFLiteBackend(TFBackend):
                 if not np.issubdtype(self._details[i]["dtype"], np.floating):
                     continue
                 try:
-                    ws.append(np.array(self.interpreter.get_tensor(i)))
+                    w = np.array(self.interpreter.get_tensor(i))
                 except ValueError:
                     continue
+                if not ws and op.kind in TFLITE_KERNEL_OPS:  # the first float constant is the kernel
+                    w = tflite_kernel_to_tf(op.kind, w, op.params.get("depth_multiplier") or 1)
+                ws.append(w)
             if ws:
                 out[op.name] = ws
         return out

@@ -250,14 +250,17 @@ class Case:
         p = self.ctx.caffe_probes.get(name)
         return p.kind if p is not None else ""
 
-    def _tf_in_caffe_layout(self) -> np.ndarray | None:
+    def tf_relayout(self) -> np.ndarray | None:
+        """TF's raw value in the Caffe probe's layout, whatever its shape (None when the
+        layouts cannot be reconciled); :attr:`t` is this when the shapes agree."""
         try:
-            t = f64(relayout(self.t_raw, self.tp.layout, self.tp.flat_shape, self.cp.layout, self.cp.flat_shape))
+            return f64(relayout(self.t_raw, self.tp.layout, self.tp.flat_shape, self.cp.layout, self.cp.flat_shape))
         except (ValueError, InputError):
             return None
-        if t.shape != self.y.shape:
-            return None
-        return t
+
+    def _tf_in_caffe_layout(self) -> np.ndarray | None:
+        t = self.tf_relayout()
+        return t if t is not None and t.shape == self.y.shape else None
 
     def kind_of(self, name: str) -> str:
         return self._kind_of(name)

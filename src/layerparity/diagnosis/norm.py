@@ -84,9 +84,10 @@ def _input_of(case: Case, layer: str | None) -> np.ndarray | None:
     """The Caffe input of chain member ``layer``: the chain's input for its first member, else
     the value of the member before it (conv1's output for bn_conv1 in a conv+BN+Scale+ReLU chain
     that TFLite fuses into one op; the in-place blob's value before BatchNorm overwrote it)."""
-    if layer is None or layer not in case.chain or case.chain.index(layer) == 0:
+    i = case.chain.index(layer) if layer in case.chain else 0
+    if i == 0:
         return case.x0
-    p = case.ctx.caffe_probes.get(case.chain[case.chain.index(layer) - 1])
+    p = case.ctx.caffe_probes.get(case.chain[i - 1])
     return f64(p.value) if p is not None and p.value is not None else None
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import convert
 from ..result import Diagnosis
 from . import reference as ref
 from ._core import CONF_EXACT, CONF_FINGERPRINT, CONF_FORMULA, CONF_RECOMPUTED, Case, hw, rnd
@@ -52,7 +51,7 @@ def pool_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
         conf = CONF_FORMULA
         # confirmed when TF's output is Caffe's without the last row/col (windows start at o*s - p)
         yy = case.y[:, :, : got[0], : got[1]]
-        tt = _tf_nchw(case, t_shape)
+        tt = case.tf_relayout()
         if tt is not None and yy.shape == tt.shape and float(np.max(np.abs(yy - tt), initial=0.0)) <= 1e-4 * case.scale:
             conf = CONF_RECOMPUTED
             ev["tf_equals_caffe_without_last_row_col"] = True
@@ -69,15 +68,6 @@ def pool_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
             f"({'ceil' if ceil else 'floor'} rounding with pad {p[0]}).",
             ROUNDING_FIX, CONF_FORMULA - 0.05, **ev)]
     return []
-
-
-def _tf_nchw(case: Case, t_shape: tuple[int, ...]) -> np.ndarray | None:
-    """TF's raw 4-D value in Caffe's NCHW (any declared permutation of N, C, H, W; the
-    layout maths of :mod:`layerparity.layout`), or None when it is not a 4-D layout."""
-    t, layout = case.t_raw, case.tp.layout or "NCHW"
-    if t.ndim != 4 or sorted(layout) != sorted("NCHW"):
-        return None
-    return convert(t, layout, "NCHW")
 
 
 def pool_rules(case: Case) -> list[Diagnosis]:

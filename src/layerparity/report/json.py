@@ -29,6 +29,7 @@ from ..result import (
     Metrics,
     Report,
     Tolerance,
+    blamed_layer,
 )
 from ..weights import WeightRow
 
@@ -179,10 +180,8 @@ def _layer(x: Any, w: str) -> None:
     _weights(x.get("weights", []), f"{w}.weights")
     # divergent_layer is derived (LayerResult.divergent_layer): a written value must be that one
     _check(isinstance(x.get("chain_head", ""), str), w, "'chain_head' is not a string")
-    chain = x["caffe_chain"] or [x["caffe_layer"]]
-    top = x["diagnoses"][0].get("layer") if x["diagnoses"] else None
-    head = x.get("chain_head", "")
-    expected = top if top in chain else head if head in chain else chain[0]
+    expected = blamed_layer(x["caffe_chain"], x["caffe_layer"], x.get("chain_head", ""),
+                            x["diagnoses"][0].get("layer") if x["diagnoses"] else None)
     got = x.get("divergent_layer", expected)
     _check(got == expected, w, f"'divergent_layer' is {got!r}, but its caffe_chain, chain_head and top diagnosis "
                                f"name {expected!r}")
