@@ -17,6 +17,7 @@ Wall times include starting Python and importing TensorFlow, as a user sees them
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,9 @@ def main() -> None:
           f"{'':<11} {single_total:7.1f} s   {single_total / session:.2f}x   (one: {min(singles):.1f} s)")
     print(f"  per extra check in the session: {(session - min(singles)) / max(args.checks - 1, 1):.2f} s "
           f"reused, {(no_reuse - min(singles)) / max(args.checks - 1, 1):.2f} s without reuse")
+    print(json.dumps({"checks": args.checks, "singles": args.singles, "session_s": round(session, 2),
+                      "no_reuse_s": round(no_reuse, 2), "singles_total_s": round(single_total, 2),
+                      "single_min_s": round(min(singles), 2)}))
 
 
 if __name__ == "__main__":

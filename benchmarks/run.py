@@ -458,6 +458,22 @@ def _run_child(argv: list[str], timeout: float) -> dict:
     raise RuntimeError(f"benchmark child {' '.join(argv)} failed (exit {p.returncode}):\n{tail}")
 
 
+def _run_script(name: str, argv: list[str], timeout: float = 3600) -> dict:
+    """Run benchmarks/NAME, which prints its measurements as JSON on its last line."""
+    env = dict(os.environ, GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    p = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), name), *argv],
+                       capture_output=True, text=True, timeout=timeout, env=env, cwd=common.ROOT)
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-25:])
+        raise RuntimeError(f"benchmarks/{name} {' '.join(argv)} failed (exit {p.returncode}):\n{tail}")
+    return json.loads(lines[-1])
+
+
+#: Issue 14's target for the sweep: steady throughput at least this fraction of plain forward pairs.
+SWEEP_RATE_TARGET = 0.8
+
+
 def _fmt_ratio(r: float, target: float | None) -> str:
     if target is None:
         return f"{r:.2f}x"
@@ -489,6 +505,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cold", default="converter:resnet50_quarter,converter:googlenet",
                     help="cold CLI vs cold plain runs, FORM:NET,... ('' for none)")
     ap.add_argument("--cold-reps", type=int, default=3)
+    ap.add_argument("--sweep-rate", type=int, default=200,
+                    help="layerparity.sweep's steady throughput against plain forward pairs over 2N inputs of the "
+                         "demo port, outputs first (benchmarks/sweep.py; 0: skip)")
+    ap.add_argument("--plugin", type=int, default=20,
+                    help="a pytest session of N parity.check calls against N single runs "
+                         "(benchmarks/plugin_reuse.py; 0: skip)")
+    ap.add_argument("--plugin-singles", type=int, default=5,
+                    help="single pytest runs actually timed (scaled to --plugin)")
     ap.add_argument("--json", help="write every measurement as JSON here")
     ap.add_argument("--markdown", action="store_true", help="also print the tables as Markdown (docs/benchmarks.md)")
     args = ap.parse_args(argv)
@@ -553,6 +577,14 @@ def main(argv: list[str] | None = None) -> int:
         results["sweep"] = _run_child(["--child", "sweep", "--net", args.sweep_net, "--batch", "1",
                                        "--inputs", str(args.sweep)] + (["--sweep-replay"] if args.sweep_replay else []),
                                       timeout=7200)
+    if args.sweep_rate:
+        print(f"sweep throughput, demo port, {2 * args.sweep_rate} inputs, outputs first ...", flush=True)
+        results["sweep_rate"] = _run_script("sweep.py", ["--net", "demo", "--n", str(args.sweep_rate),
+                                                         "--workers", "1", "--reps", "1"])
+    if args.plugin:
+        print(f"pytest session of {args.plugin} checks against single runs ...", flush=True)
+        results["plugin"] = _run_script("plugin_reuse.py", ["--checks", str(args.plugin),
+                                                            "--singles", str(args.plugin_singles)])
     results["facts"]["loadavg_end"] = os.getloadavg()
     results["wall_s"] = time.time() - started
 
@@ -676,6 +708,28 @@ def render(results: dict) -> dict[str, str]:
                 f"{r['p90']:.3g}", f"{r['p99']:.3g}", r["worst"]] for r in s["top"]]
         text += ["", line, "largest per-layer max abs error across inputs:", text_table(th, trs)]
         md += ["", line, "", md_table(th, trs)]
+    r = results.get("sweep_rate")
+    if r:
+        w = r["workers=1"]
+        med = w["median_ratio_vs_plain"]
+        (rep,) = w["reps"][:1]
+        line = (f"sweep throughput, {r['net']} port, {2 * r['n']} inputs, outputs first, 1 worker process: "
+                f"steady {rep['steady_per_s']:.1f} inputs/s against {rep['plain_pairs_per_s']:.1f} plain forward "
+                f"pairs/s = {med:.2f}x ({'ok' if med >= SWEEP_RATE_TARGET else 'MISSED'}, target >= "
+                f"{SWEEP_RATE_TARGET}x); end to end {rep['end_to_end_per_s']:.1f} inputs/s; the default sample of 8 "
+                f"full comparisons adds {r['workers=1_sample_cost_s']:.2f} s")
+        text += ["", line]
+        md += ["", line]
+    p = results.get("plugin")
+    if p:
+        ph = ["run", "wall s", "x the session"]
+        prs = [["one pytest session, models reused", f"{p['session_s']:.1f}", "1.00x"],
+               ["one session, --parity-no-reuse", f"{p['no_reuse_s']:.1f}", f"{p['no_reuse_s'] / p['session_s']:.2f}x"],
+               [f"{p['checks']} single pytest runs (scaled from {p['singles']})", f"{p['singles_total_s']:.1f}",
+                f"{p['singles_total_s'] / p['session_s']:.2f}x"]]
+        head = f"pytest plugin, demo port, {p['checks']} parity.check calls:"
+        text += ["", head, text_table(ph, prs)]
+        md += ["", head, "", md_table(ph, prs)]
     return {"text": "\n".join(text), "markdown": "\n".join(md)}
 
 
