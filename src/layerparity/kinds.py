@@ -117,7 +117,7 @@ ABSORBABLE = frozenset(
 #: Kinds a TF op/layer of the key kind computes on top of its main job.
 INCLUDES: dict[str, frozenset[str]] = {
     "conv": frozenset({"bias"}),
-    "deconv": frozenset({"bias"}),
+    "deconv": frozenset({"bias", "crop"}),  # Caffe's pad: Conv2DTranspose(padding="valid") then Cropping2D
     "depthwise_conv": frozenset({"bias"}),
     "fc": frozenset({"scale", "bias"}),  # a converter's Gemm: MatMul -> Mul (alpha) -> AddV2 (bias)
     "bn": frozenset({"scale", "bias"}),
