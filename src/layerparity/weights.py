@@ -320,6 +320,8 @@ def _name_keys():
 def _close(expected: np.ndarray, got: np.ndarray) -> tuple[bool, float | None]:
     if tuple(expected.shape) != tuple(got.shape):
         return False, None
+    if np.asarray(expected).dtype == np.asarray(got).dtype and np.array_equal(expected, got):
+        return True, 0.0  # the usual case, a correct port's weights: the float64 pass gives the same
     e = np.asarray(expected, np.float64)
     g = np.asarray(got, np.float64)
     d = np.abs(e - g)
@@ -884,6 +886,8 @@ def _fold_close(expected: np.ndarray, got: np.ndarray, terms: float) -> tuple[bo
     """Equality of a folded value: float32 arithmetic of the converter allowed for."""
     if tuple(expected.shape) != tuple(got.shape):
         return False, None
+    if np.asarray(expected).dtype == np.asarray(got).dtype and np.array_equal(expected, got):
+        return True, 0.0  # the usual case, a correct port's weights: the float64 pass gives the same
     e = np.asarray(expected, np.float64)
     g = np.asarray(got, np.float64)
     d = np.abs(e - g)
