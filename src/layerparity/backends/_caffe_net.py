@@ -617,6 +617,9 @@ def permute_order(order: list[int], nd: int) -> list[int]:
 
 _CHANNEL_KINDS = {"Convolution", "Deconvolution", "Pooling", "LRN", "Input", "SPP", "Im2col"}
 
+#: Recurrent layers: their 3-D tops are time-major, T x N x C (a TF port's are N x T x C).
+_SEQUENCE_KINDS = {"LSTM", "RNN", "LSTMUnit"}
+
 
 def layout_for(kind: str, params: dict, shape: tuple[int, ...], bottoms: list[tuple[str, tuple | None, tuple]]) -> tuple[str, tuple | None]:
     """Declared layout (and flat_shape) of a top, from the layer kind and its bottoms' layouts.
@@ -632,6 +635,8 @@ def layout_for(kind: str, params: dict, shape: tuple[int, ...], bottoms: list[tu
         return "", None
     if kind == "InnerProduct":
         return ("NC", None) if nd == 2 else ("", None)
+    if kind in _SEQUENCE_KINDS and nd == 3:
+        return "TNC", None
     if kind in _CHANNEL_KINDS:
         return ("NCHW", None) if nd == 4 else ("NC", None) if nd == 2 else ("", None)
     if bottoms and tuple(shape) == tuple(b_shape):

@@ -81,8 +81,10 @@ PARAM_KEYS = (
     "output_padding",
 )
 
-#: Keras layers that move data between axes, as :func:`~.tfcommon.probe_layout` names them
-_LAYOUT_OPS = {"Flatten": "flatten", "Reshape": "reshape", "Permute": "transpose"}
+#: Keras layers that move data between axes, or (a recurrent layer) lay a sequence out
+#: batch-major, as :func:`~.tfcommon.probe_layout` names them
+_LAYOUT_OPS = {"Flatten": "flatten", "Reshape": "reshape", "Permute": "transpose", "RNN": "sequence",
+               "LSTM": "sequence", "GRU": "sequence", "SimpleRNN": "sequence", "Bidirectional": "sequence"}
 
 #: Default of ``KerasBackend.replay_compile_at``: a record is replayed eagerly until its
 #: replay number ``REPLAY_COMPILE_AT``, which (and every later one) runs through a

@@ -285,6 +285,8 @@ def probe_layout(
       what was flattened, with its per-item shape;
     - ``"reshape"``: a reshape; to 2-D keeping every element it is a flatten;
     - ``"transpose"``: ``perm`` (batch axis included) moves the labels with the data;
+    - ``"sequence"``: a recurrent layer (Keras ``LSTM``, ``RNN``...): Keras is batch-major,
+      so a 3-D output is ``"NTC"`` (Caffe's recurrent tops are time-major, ``"TNC"``);
     - ``""``: anything else: ``data_format`` (Keras or TF spelling), else inherited
       from the first 4-D input, else ``default`` (see :func:`derive_layout`).
 
@@ -301,6 +303,8 @@ def probe_layout(
         return flat_layout(in_lay, in_shape, out_shape)
     if op == "reshape" and in_shape is not None and len(out_shape) == 2:
         return flat_layout(in_lay, in_shape, out_shape)
+    if op == "sequence" and len(out_shape) == 3:
+        return "NTC", None
     if op == "transpose" and perm is not None:
         lay = permuted_layout(in_lay, perm)
         if lay and len(lay) == len(out_shape):
