@@ -30,7 +30,7 @@ from diagnose_cases import (
 
 #: Caffe type -> the TF/Keras counterpart its correct port in this file uses.
 COVERED = {
-    "Convolution": "keras.layers.ZeroPadding2D (Caffe's symmetric pad) + Conv2D(strides=2, groups=2, padding='valid')",
+    "Convolution": "keras.layers.ZeroPadding2D (Caffe's symmetric pad) + Conv2D(strides=2, groups=2, padding='valid'); Conv2D(dilation_rate=2, padding='same') for pad 2 dilation 2",
     "Deconvolution": "keras.layers.Conv2DTranspose(strides=2, padding='valid') + Cropping2D(pad) (kernel (in, out, kh, kw) -> (kh, kw, out, in))",
     "Pooling": "keras.layers.MaxPooling2D(padding='same') where it equals Caffe's ceil rounding",
     "InnerProduct": "keras.layers.Flatten + Dense with the kernel's rows reordered from C,H,W to H,W,C",
@@ -43,7 +43,7 @@ COVERED = {
     "SPP": "a Lambda: per level tf.pad(-inf) + tf.nn.max_pool2d with Caffe's kernel/stride/pad, flattened C,H,W, concatenated",
     "Im2col": "tf.image.extract_patches in a Lambda (after tf.pad), channels reordered from (i*k + j)*C + c to c*k*k + i*k + j",
     "Embed": "keras.layers.Embedding (Caffe's (input_dim, num_output) table as is)",
-    "MaxUnPool": "a Lambda: tf.nn.max_pool_with_argmax(include_batch_in_index=True) on the pooling's input + tf.scatter_nd",
+    "MaxUnPool": "a Lambda: tf.scatter_nd of the pooled values at Caffe's mask (y*W + x per plane; the mask a Lambda named like the Pooling's mask top: tf.nn.max_pool_with_argmax // C)",
     "Resize": "a Lambda applying Caffe's interpolation matrices (tf.einsum): src = dst * in/out, neighbours past the border dropped",
 }
 
@@ -66,9 +66,12 @@ def _lambda(fn, name, **kw):
 def case_convolution(tmp_path, bug):
     shape = (1, 4, 10, 12)
     w, b = conv_w(6, 2, 3, seed=1)
+    w2, b2 = conv_w(5, 6, 3, seed=2)
     body = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"\n'
-            "  convolution_param { num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2 } }\n")
-    net = caffe_net(tmp_path, prototxt({"data": shape}, body), {"conv": [w, b]})
+            "  convolution_param { num_output: 6 kernel_size: 3 stride: 2 pad: 1 group: 2 } }\n"
+            'layer { name: "conv_d" type: "Convolution" bottom: "conv" top: "conv_d"\n'
+            "  convolution_param { num_output: 5 kernel_size: 3 pad: 2 dilation: 2 } }\n")
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), {"conv": [w, b], "conv_d": [w2, b2]})
     inp = keras_input(shape)
     if bug:  # TF 'SAME' at stride 2: pads 0 before, 1 after
         conv = keras.layers.Conv2D(6, 3, strides=2, groups=2, padding="same", name="conv")
@@ -76,8 +79,10 @@ def case_convolution(tmp_path, bug):
     else:
         conv = keras.layers.Conv2D(6, 3, strides=2, groups=2, padding="valid", name="conv")
         out = conv(keras.layers.ZeroPadding2D(1, name="conv_pad")(inp))
-    model = _model(inp, out)
+    conv_d = keras.layers.Conv2D(5, 3, dilation_rate=2, padding="same", name="conv_d")  # pad 2 each side
+    model = _model(inp, conv_d(out))
     conv.set_weights([hwio(w), b])
+    conv_d.set_weights([hwio(w2), b2])
     return net, model, f32(rng(2).standard_normal(shape)), "conv", "padding_asymmetry"
 
 
@@ -153,7 +158,7 @@ def case_pad(tmp_path, bug):
     inp = keras_input(shape)
     pads = [[0, 0], [2, 1], [3, 0], [0, 0]] if bug else [[0, 0], [1, 2], [3, 0], [0, 0]]  # bug: up/down swapped
     out = _lambda(lambda t: tf.pad(t, pads, mode="REFLECT"), "pad")(inp)
-    return net, _model(inp, out), f32(rng(8).standard_normal(shape)), "pad", None
+    return net, _model(inp, out), f32(rng(8).standard_normal(shape)), "pad", "spatial_shift"
 
 
 def case_permute(tmp_path, bug):
@@ -289,7 +294,7 @@ def case_im2col(tmp_path, bug):
                           (-1, oh, ow, c * k * k))
 
     out = _lambda(im2col, "cols")(inp)
-    return net, _model(inp, out), f32(rng(15).standard_normal(shape)), "cols", None
+    return net, _model(inp, out), f32(rng(15).standard_normal(shape)), "cols", "channel_order"
 
 
 def case_embed(tmp_path, bug):
@@ -309,22 +314,31 @@ def case_embed(tmp_path, bug):
 
 def case_maxunpool(tmp_path, bug):
     shape = (2, 3, 6, 8)
+    n, c, h, w = shape
     body = ('layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask"\n'
-            "  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n"
+            "  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n"  # mask: h*W + w in each plane
             'layer { name: "unpool" type: "MaxUnPool" bottom: "pool" bottom: "mask" top: "unpool"\n'
-            f"  max_unpool_param {{ dst_h: {shape[2]} dst_w: {shape[3]} }} }}\n")
+            f"  max_unpool_param {{ dst_h: {h} dst_w: {w} }} }}\n")
     net = caffe_net(tmp_path, prototxt({"data": shape}, body))
     inp = keras_input(shape)
     pooled = keras.layers.MaxPooling2D(2, name="pool")(inp)
 
-    def unpool(args):  # the argmax of the pooling's input, as SegNet ports do
-        p, x = args
-        _, am = tf.nn.max_pool_with_argmax(x, 2, 2, "VALID", include_batch_in_index=not bug)
-        size = int(np.prod(x.shape))  # the bug: indices per image, scattered as if over the batch
-        flat = tf.scatter_nd(tf.reshape(am, (-1, 1)), tf.reshape(p, (-1,)), [size])
-        return tf.reshape(flat, tf.shape(x))
+    def mask(x):  # TF's argmax per image is (y*W + x)*C + c: Caffe's mask is y*W + x
+        _, am = tf.nn.max_pool_with_argmax(x, 2, 2, "VALID", include_batch_in_index=False)
+        return tf.cast(am // c, tf.float32)
 
-    out = _lambda(unpool, "unpool")([pooled, inp])
+    def unpool(args):
+        p, m = args
+        m = tf.cast(m, tf.int32)
+        b = tf.reshape(tf.range(n), (n, 1, 1, 1))
+        if bug:  # Caffe's mask used as TF's argmax (channel stride forgotten)
+            idx = b * (h * w * c) + m
+        else:
+            idx = (b * (h * w) + m) * c + tf.reshape(tf.range(c), (1, 1, 1, c))
+        flat = tf.scatter_nd(tf.reshape(idx, (-1, 1)), tf.reshape(p, (-1,)), [n * h * w * c])
+        return tf.reshape(flat, (n, h, w, c))
+
+    out = _lambda(unpool, "unpool")([pooled, _lambda(mask, "pool_mask")(inp)])
     return net, _model(inp, out), f32(rng(18).standard_normal(shape)), "unpool", None
 
 
