@@ -32,7 +32,7 @@ from diagnose_cases import (
 COVERED = {
     "Convolution": "keras.layers.ZeroPadding2D (Caffe's symmetric pad) + Conv2D(strides=2, groups=2, padding='valid'); Conv2D(dilation_rate=2, padding='same') for pad 2 dilation 2",
     "Deconvolution": "keras.layers.Conv2DTranspose(strides=2, padding='valid') + Cropping2D(pad) (kernel (in, out, kh, kw) -> (kh, kw, out, in))",
-    "Pooling": "keras.layers.MaxPooling2D(padding='same') where it equals Caffe's ceil rounding",
+    "Pooling": "keras.layers.MaxPooling2D(padding='same') where it equals Caffe's ceil rounding; ZeroPadding2D + AveragePooling2D('valid') for AVE with pad (Caffe counts the pad in the divisor)",
     "InnerProduct": "keras.layers.Flatten + Dense with the kernel's rows reordered from C,H,W to H,W,C",
     "Crop": "keras.layers.Cropping2D with Caffe's offsets (axis 2)",
     "Pad": "tf.pad(mode='REFLECT') in a Lambda",
@@ -108,11 +108,14 @@ def case_deconvolution(tmp_path, bug):
 def case_pooling(tmp_path, bug):
     shape = (1, 3, 8, 10)
     body = ('layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
-            "  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }\n")  # Caffe rounds up: 4 x 5
+            "  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }\n"  # Caffe rounds up: 4 x 5
+            'layer { name: "ave" type: "Pooling" bottom: "pool" top: "ave"\n'
+            "  pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }\n")  # divides by 9, pad included
     net = caffe_net(tmp_path, prototxt({"data": shape}, body))
     inp = keras_input(shape)
     pool = keras.layers.MaxPooling2D(3, 2, padding="valid" if bug else "same", name="pool")
-    model = _model(inp, pool(inp))
+    ave = keras.layers.AveragePooling2D(3, 1, padding="valid", name="ave")
+    model = _model(inp, ave(keras.layers.ZeroPadding2D(1, name="ave_pad")(pool(inp))))
     return net, model, f32(rng(4).standard_normal(shape)), "pool", "pool_rounding"
 
 
