@@ -1,0 +1,386 @@
+"""Caffe layer types of the element-wise, normalisation and blob-plumbing family, each
+"captured and aligned" by layerparity against real Caffe and real TensorFlow: for each
+type in ``COVERED``, a tiny real Caffe net holding the layer (non-default parameters,
+inputs that exercise it) and a Keras port written as a porter would write it are
+compared with the real engine. The correct port passes with the layer in a compared
+row's chain (not unmapped, not uncovered); a plausible porting bug of that layer fails
+with the first divergence's chain holding the layer.
+
+``COVERED`` and ``NOT_YET`` are read by the docs/layers.md generator (by AST: plain
+dict literals of str -> str)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from diagnose_cases import (
+    assert_clean,
+    caffe_net,
+    compare,
+    conv_w,
+    f32,
+    hwio,
+    keras,
+    keras_input,
+    prototxt,
+    rng,
+)
+from layerparity.keras_layers import lrn_layer_class
+
+#: Caffe type -> the TF/Keras counterpart its correct port in this file uses.
+COVERED = {
+    "AbsVal": "keras Lambda(keras.ops.abs)",
+    "BNLL": "keras Activation('softplus')",
+    "Exp": "keras Lambda: base ** (shift + scale * x)",
+    "Log": "keras Lambda: log(shift + scale * x) / log(base)",
+    "Power": "keras Lambda: (shift + scale * x) ** power",
+    "Threshold": "keras Lambda: cast(x > threshold, float32)",
+    "HardSigmoid": "keras Lambda: clip(alpha * x + beta, 0, 1)",
+    "HardSwish": "keras Activation('hard_swish')",
+    "ReLU": "keras LeakyReLU(negative_slope)",
+    "ReLU6": "keras ReLU(max_value=6)",
+    "ELU": "keras ELU(alpha)",
+    "PReLU": "keras PReLU(shared_axes=[1, 2])",
+    "Sigmoid": "keras Activation('sigmoid')",
+    "TanH": "keras Activation('tanh')",
+    "Softmax": "keras Softmax(axis=-1)",
+    "Bias": "keras Lambda: x + beta (per channel, last axis)",
+    "Scale": "keras Lambda: x * gamma + beta (per channel, last axis)",
+    "BatchNorm": "keras BatchNormalization(center=False, scale=False), stats divided by the scale factor",
+    "BatchNormKyle": "keras BatchNormalization (gamma, beta = the fork's alpha, beta blobs)",
+    "MVN": "keras Lambda: (x - mean) / (std + eps) over H, W",
+    "Normalize": "keras Lambda: x / sqrt(sum_C x^2 + eps) * scale",
+    "LRN": "layerparity.keras_layers LRN (tf.nn.local_response_normalization, alpha / local_size)",
+}
+
+#: Caffe types of this family not covered, and why (honest: what fails or is missing).
+NOT_YET = {
+}
+
+
+@dataclass
+class Case:
+    """One Caffe layer under test: the net, its Keras port and the input."""
+
+    net: object
+    model: object
+    x: np.ndarray
+    layer: str  # the Caffe layer under test
+    kw: dict = field(default_factory=dict)  # extra compare() arguments
+
+
+SHAPE = (1, 3, 5, 5)
+CONV = ('layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"\n'
+        '  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }\n')
+
+
+def _after_conv(tmp_path, caffe_layer: str, keras_layer, *, x_scale: float = 1.0, params=None) -> Case:
+    """data -> conv1 (3 -> 4 channels) -> THE LAYER, in place on conv1 (Caffe's usual form);
+    the port is Conv2D(name conv1) -> ``keras_layer`` (named like the Caffe layer)."""
+    w, b = conv_w(4, 3, 3, seed=7)
+    body = CONV + caffe_layer + "\n"
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b], **(params or {})})
+    inp = keras_input(SHAPE)
+    conv = keras.layers.Conv2D(4, 3, padding="same", name="conv1")
+    model = keras.Model(inp, keras_layer(conv(inp)))
+    conv.set_weights([hwio(w), b])
+    x = f32(rng(3).standard_normal(SHAPE) * x_scale)
+    return Case(net, model, x, _name_of(caffe_layer))
+
+
+def _on_input(tmp_path, caffe_layer: str, keras_layer, x: np.ndarray, params=None, shape=SHAPE) -> Case:
+    """data -> THE LAYER; the port is Input -> ``keras_layer``."""
+    net = caffe_net(tmp_path, prototxt({"data": shape}, caffe_layer + "\n"), params)
+    inp = keras_input(shape)
+    model = keras.Model(inp, keras_layer(inp))
+    return Case(net, model, f32(x), _name_of(caffe_layer))
+
+
+def _name_of(layer_text: str) -> str:
+    return layer_text.split('name: "', 1)[1].split('"', 1)[0]
+
+
+def _lambda(fn: Callable, name: str):
+    return keras.layers.Lambda(fn, name=name)
+
+
+def _normal(scale: float = 1.0, shape=SHAPE, seed: int = 3) -> np.ndarray:
+    return f32(rng(seed).standard_normal(shape) * scale)
+
+
+# -- activations and other neurons --------------------------------------------------
+
+
+def case_absval(tmp_path, wrong: bool) -> Case:
+    layer = keras.layers.Activation("relu", name="abs1") if wrong else _lambda(keras.ops.abs, "abs1")
+    return _after_conv(tmp_path, 'layer { name: "abs1" type: "AbsVal" bottom: "conv1" top: "abs1" }', layer)
+
+
+def case_bnll(tmp_path, wrong: bool) -> Case:
+    # wrong: BNLL taken for a smooth ReLU and ported as a ReLU
+    layer = keras.layers.Activation("relu" if wrong else "softplus", name="bnll1")
+    return _after_conv(tmp_path, 'layer { name: "bnll1" type: "BNLL" bottom: "conv1" top: "conv1" }', layer)
+
+
+def case_exp(tmp_path, wrong: bool) -> Case:
+    # y = base ^ (shift + scale * x); wrong: the base ignored (natural exp)
+    base, scale, shift = 2.0, 0.5, 0.3
+    fn = (lambda t: keras.ops.exp(shift + scale * t)) if wrong else (lambda t: keras.ops.power(base, shift + scale * t))
+    return _on_input(tmp_path, 'layer { name: "exp1" type: "Exp" bottom: "data" top: "exp1"\n'
+                     f"  exp_param {{ base: {base} scale: {scale} shift: {shift} }} }}",
+                     _lambda(fn, "exp1"), _normal())
+
+
+def case_log(tmp_path, wrong: bool) -> Case:
+    # y = log_base(shift + scale * x) on positive x; wrong: natural log (base dropped)
+    base, scale, shift = 10.0, 2.0, 1.0
+    if wrong:
+        fn = lambda t: keras.ops.log(shift + scale * t)  # noqa: E731
+    else:
+        fn = lambda t: keras.ops.log(shift + scale * t) / np.log(base).astype(np.float32)  # noqa: E731
+    x = rng(3).uniform(0.05, 3.0, SHAPE)
+    return _on_input(tmp_path, 'layer { name: "log1" type: "Log" bottom: "data" top: "log1"\n'
+                     f"  log_param {{ base: {base} scale: {scale} shift: {shift} }} }}",
+                     _lambda(fn, "log1"), x)
+
+
+def case_power(tmp_path, wrong: bool) -> Case:
+    # y = (shift + scale * x) ^ power; wrong: the shift dropped
+    power, scale, shift = 2.0, 0.5, 1.5
+    fn = (lambda t: keras.ops.power(scale * t, power)) if wrong else (lambda t: keras.ops.power(shift + scale * t, power))
+    return _after_conv(tmp_path, 'layer { name: "pow1" type: "Power" bottom: "conv1" top: "conv1"\n'
+                       f"  power_param {{ power: {power} scale: {scale} shift: {shift} }} }}",
+                       _lambda(fn, "pow1"))
+
+
+def case_threshold(tmp_path, wrong: bool) -> Case:
+    # y = x > threshold ? 1 : 0; wrong: the threshold dropped (x > 0)
+    t = 0.0 if wrong else 0.4
+    return _after_conv(tmp_path, 'layer { name: "thr1" type: "Threshold" bottom: "conv1" top: "conv1"\n'
+                       "  threshold_param { threshold: 0.4 } }",
+                       _lambda(lambda v: keras.ops.cast(v > t, "float32"), "thr1"))
+
+
+def case_hardsigmoid(tmp_path, wrong: bool) -> Case:
+    # y = clip(alpha * x + beta, 0, 1); wrong: Keras' own hard_sigmoid (slope 1/6, offset 1/2)
+    alpha, beta = 0.3, 0.4
+    if wrong:
+        layer = keras.layers.Activation("hard_sigmoid", name="hsig1")
+    else:
+        layer = _lambda(lambda v: keras.ops.clip(alpha * v + beta, 0.0, 1.0), "hsig1")
+    return _after_conv(tmp_path, 'layer { name: "hsig1" type: "HardSigmoid" bottom: "conv1" top: "conv1"\n'
+                       f"  hardsigmoid_param {{ alpha: {alpha} beta: {beta} }} }}", layer, x_scale=3.0)
+
+
+def case_hardswish(tmp_path, wrong: bool) -> Case:
+    # y = x * clip(x / 6 + 1/2, 0, 1); wrong: a swish (x * sigmoid(x))
+    layer = keras.layers.Activation("silu" if wrong else "hard_swish", name="hswish1")
+    return _after_conv(tmp_path, 'layer { name: "hswish1" type: "HardSwish" bottom: "conv1" top: "conv1" }',
+                       layer, x_scale=4.0)
+
+
+def case_relu(tmp_path, wrong: bool) -> Case:
+    # leaky: negative_slope 0.1; wrong: Keras' LeakyReLU default slope (0.3)
+    layer = keras.layers.LeakyReLU(name="relu1") if wrong else keras.layers.LeakyReLU(negative_slope=0.1, name="relu1")
+    return _after_conv(tmp_path, 'layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1"\n'
+                       "  relu_param { negative_slope: 0.1 } }", layer)
+
+
+def case_relu6(tmp_path, wrong: bool) -> Case:
+    # min(max(x, 0), 6) on values beyond 6; wrong: the cap dropped (a plain ReLU)
+    layer = keras.layers.ReLU(name="relu6_1") if wrong else keras.layers.ReLU(max_value=6.0, name="relu6_1")
+    return _after_conv(tmp_path, 'layer { name: "relu6_1" type: "ReLU6" bottom: "conv1" top: "conv1" }',
+                       layer, x_scale=6.0)
+
+
+def case_elu(tmp_path, wrong: bool) -> Case:
+    # alpha 0.5; wrong: Keras' default alpha 1
+    layer = keras.layers.ELU(name="elu1") if wrong else keras.layers.ELU(alpha=0.5, name="elu1")
+    return _after_conv(tmp_path, 'layer { name: "elu1" type: "ELU" bottom: "conv1" top: "conv1"\n'
+                       "  elu_param { alpha: 0.5 } }", layer, x_scale=2.0)
+
+
+def case_prelu(tmp_path, wrong: bool) -> Case:
+    # one slope per channel; wrong: the learned slopes never copied (Caffe's initial 0.25 left)
+    slopes = f32([0.1, -0.3, 0.6, 1.5])
+    layer = keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(0.25), shared_axes=[1, 2], name="prelu1")
+    case = _after_conv(tmp_path, 'layer { name: "prelu1" type: "PReLU" bottom: "conv1" top: "conv1" }', layer,
+                       params={"prelu1": [slopes]})
+    if not wrong:
+        layer.set_weights([slopes.reshape(1, 1, 4)])
+    return case
+
+
+def case_sigmoid(tmp_path, wrong: bool) -> Case:
+    layer = keras.layers.Activation("hard_sigmoid" if wrong else "sigmoid", name="sig1")
+    return _after_conv(tmp_path, 'layer { name: "sig1" type: "Sigmoid" bottom: "conv1" top: "conv1" }', layer,
+                       x_scale=2.0)
+
+
+def case_tanh(tmp_path, wrong: bool) -> Case:
+    layer = keras.layers.Activation("sigmoid" if wrong else "tanh", name="tanh1")
+    return _after_conv(tmp_path, 'layer { name: "tanh1" type: "TanH" bottom: "conv1" top: "conv1" }', layer)
+
+
+def case_softmax(tmp_path, wrong: bool) -> Case:
+    # Caffe's axis 1 (C) is the last axis in NHWC; wrong: Caffe's axis number kept (H in NHWC)
+    layer = keras.layers.Softmax(axis=1 if wrong else -1, name="prob")
+    return _after_conv(tmp_path, 'layer { name: "prob" type: "Softmax" bottom: "conv1" top: "prob"\n'
+                       "  softmax_param { axis: 1 } }", layer, x_scale=2.0)
+
+
+# -- affine and normalisation ---------------------------------------------------------
+
+C4 = 4  # channels after conv1
+
+
+def _chan(seed: int, lo: float, hi: float, n: int = C4) -> np.ndarray:
+    return f32(rng(seed).uniform(lo, hi, n))
+
+
+def case_bias(tmp_path, wrong: bool) -> Case:
+    # one learned bias per channel (axis 1); wrong: the bias left out (taken as folded into conv1)
+    beta = _chan(11, -1.0, 1.0)
+    fn = (lambda t: t) if wrong else (lambda t: t + beta)
+    return _after_conv(tmp_path, 'layer { name: "bias1" type: "Bias" bottom: "conv1" top: "conv1"\n'
+                       "  bias_param { axis: 1 num_axes: 1 } }", _lambda(fn, "bias1"),
+                       params={"bias1": [beta]})
+
+
+def case_scale(tmp_path, wrong: bool) -> Case:
+    # y = x * gamma + beta per channel (bias_term); wrong: the beta blob forgotten
+    gamma, beta = _chan(12, 0.5, 2.0), _chan(13, -1.0, 1.0)
+    fn = (lambda t: t * gamma) if wrong else (lambda t: t * gamma + beta)
+    return _after_conv(tmp_path, 'layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1"\n'
+                       "  scale_param { axis: 1 bias_term: true } }", _lambda(fn, "scale1"),
+                       params={"scale1": [gamma, beta]})
+
+
+def _bn_stats(scale_factor: float):
+    mean, var = _chan(14, -0.5, 0.5), _chan(15, 0.2, 2.0)
+    return mean, var, [mean * scale_factor, var * scale_factor, f32([scale_factor])]
+
+
+def case_batchnorm(tmp_path, wrong: bool) -> Case:
+    # global stats stored times a scale factor (0.5), eps 1e-3; wrong: the stats not divided by it
+    sf = 0.5
+    mean, var, blobs = _bn_stats(sf)
+    layer = keras.layers.BatchNormalization(epsilon=1e-3, center=False, scale=False, name="bn1")
+    case = _after_conv(tmp_path, 'layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1"\n'
+                       "  batch_norm_param { use_global_stats: true eps: 0.001 } }", layer,
+                       params={"bn1": blobs})
+    layer.set_weights([blobs[0], blobs[1]] if wrong else [mean, var])
+    return case
+
+
+def case_batchnormkyle(tmp_path, wrong: bool) -> Case:
+    # the fork's BatchNorm with its own alpha/beta blobs (use_alpha_beta), eps 0.01;
+    # wrong: Keras' default epsilon (1e-3) kept
+    sf = 2.0
+    mean, var, blobs = _bn_stats(sf)
+    var = var * 0.05  # small variances: eps matters
+    blobs[1] = var * sf
+    gamma, beta = _chan(16, 0.5, 2.0), _chan(17, -1.0, 1.0)
+    layer = keras.layers.BatchNormalization(epsilon=1e-3 if wrong else 1e-2, name="bnk1")
+    case = _after_conv(tmp_path, 'layer { name: "bnk1" type: "BatchNormKyle" bottom: "conv1" top: "bnk1"\n'
+                       "  batch_norm_param { use_global_stats: true eps: 0.01 use_alpha_beta: true } }", layer,
+                       params={"bnk1": [*blobs, gamma, beta]})
+    layer.set_weights([gamma, beta, mean, var])
+    return case
+
+
+def case_mvn(tmp_path, wrong: bool) -> Case:
+    # per channel over H, W: (x - mean) / (std + eps); wrong: the mean only (no variance normalisation)
+    eps = 1e-3
+
+    def mvn(t):
+        m = keras.ops.mean(t, axis=(1, 2), keepdims=True)
+        d = t - m
+        if wrong:
+            return d
+        return d / (keras.ops.sqrt(keras.ops.mean(d * d, axis=(1, 2), keepdims=True)) + eps)
+
+    return _after_conv(tmp_path, 'layer { name: "mvn1" type: "MVN" bottom: "conv1" top: "mvn1"\n'
+                       f"  mvn_param {{ normalize_variance: true across_channels: false eps: {eps} }} }}",
+                       _lambda(mvn, "mvn1"), x_scale=2.0)
+
+
+def case_normalize(tmp_path, wrong: bool) -> Case:
+    # SSD's L2 Normalize over C at each position, one scale per channel;
+    # wrong: normalised over C*H*W (across_spatial taken as true)
+    scale = _chan(18, 5.0, 20.0)
+    axes = (1, 2, 3) if wrong else (-1,)
+
+    def l2(t):
+        return t / keras.ops.sqrt(keras.ops.sum(t * t, axis=axes, keepdims=True) + 1e-10) * scale
+
+    return _after_conv(tmp_path, 'layer { name: "norm1" type: "Normalize" bottom: "conv1" top: "norm1"\n'
+                       "  norm_param { across_spatial: false channel_shared: false } }", _lambda(l2, "norm1"),
+                       params={"norm1": [scale]})
+
+
+def case_lrn(tmp_path, wrong: bool) -> Case:
+    # ACROSS_CHANNELS local_size 3, alpha 0.3, beta 0.6, k 2; TF's alpha is Caffe's alpha / local_size;
+    # wrong: alpha not divided by local_size
+    size, alpha, beta, k = 3, 0.3, 0.6, 2.0
+    lrn = lrn_layer_class()(depth_radius=size // 2, bias=k, alpha=alpha if wrong else alpha / size, beta=beta, name="norm1")
+    return _after_conv(tmp_path, 'layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1"\n'
+                       f"  lrn_param {{ local_size: {size} alpha: {alpha} beta: {beta} k: {k} }} }}", lrn,
+                       x_scale=2.0)
+
+
+CASES: dict[str, Callable[..., Case]] = {
+    "AbsVal": case_absval, "BNLL": case_bnll, "Exp": case_exp, "Log": case_log, "Power": case_power,
+    "Threshold": case_threshold, "HardSigmoid": case_hardsigmoid, "HardSwish": case_hardswish,
+    "ReLU": case_relu, "ReLU6": case_relu6, "ELU": case_elu, "PReLU": case_prelu, "Sigmoid": case_sigmoid,
+    "TanH": case_tanh, "Softmax": case_softmax, "Bias": case_bias, "Scale": case_scale,
+    "BatchNorm": case_batchnorm, "BatchNormKyle": case_batchnormkyle, "MVN": case_mvn,
+    "Normalize": case_normalize, "LRN": case_lrn,
+}
+
+
+#: The diagnosis a wrong port of this file gets, where one names the bug as it is.
+WRONG_KIND = {
+    "Log": "constant_scale",  # log(v) vs log10(v): a constant factor ln(10)
+    "ReLU": "leaky_slope",
+    "Softmax": "softmax_axis",
+    "Bias": "constant_offset",  # the per-channel bias missing
+    "Scale": "constant_offset",  # the per-channel beta missing
+    "BatchNorm": "batchnorm_scale_factor",
+    "LRN": "lrn_alpha_scaling",
+}
+
+
+def _rows_with(report, layer: str):
+    return [r for r in report.rows if layer in r.caffe_chain]
+
+
+def test_every_covered_type_has_a_case_and_no_type_is_both():
+    assert set(CASES) == set(COVERED)
+    assert not set(COVERED) & set(NOT_YET)
+
+
+@pytest.mark.parametrize("ctype", sorted(COVERED))
+def test_a_correct_port_passes_with_the_layer_aligned(tmp_path, ctype):
+    case = CASES[ctype](tmp_path, wrong=False)
+    report = compare(case.net, case.model, case.x, **case.kw)
+    assert_clean(report)
+    assert bool(report), report.summary()
+    assert _rows_with(report, case.layer), f"{case.layer!r} in no compared row: {report.summary()}"
+    assert case.layer not in report.unmapped_caffe
+    assert case.layer not in report.coverage.uncovered
+
+
+@pytest.mark.parametrize("ctype", sorted(COVERED))
+def test_a_wrong_port_fails_at_the_layer(tmp_path, ctype):
+    case = CASES[ctype](tmp_path, wrong=True)
+    report = compare(case.net, case.model, case.x, **case.kw)
+    fd = report.first_divergence
+    assert not report and fd is not None, report.summary()
+    assert case.layer in fd.caffe_chain, (fd.caffe_chain, report.summary())
+    if ctype in WRONG_KIND:
+        assert fd.diagnoses and fd.diagnoses[0].kind == WRONG_KIND[ctype], [d.kind for d in fd.diagnoses]
