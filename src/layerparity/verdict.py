@@ -34,9 +34,10 @@ __all__ = ["diverges", "first_divergence", "contaminate", "coverage", "chain_hea
 
 #: Canonical kinds that compute nothing a port could get wrong on their own: inputs,
 #: identities at inference, and pure data movement whose effect every downstream
-#: comparison sees (a Flatten, a Reshape). They are never required to be compared;
+#: comparison sees (a Flatten, a Reshape, a Permute: SSD's Permute(0,2,3,1) before a
+#: Flatten has no TF counterpart in an NHWC port). They are never required to be compared;
 #: an output blob is required whatever its kind.
-NOT_COMPUTING = frozenset({"input", "flatten", "reshape", "squeeze", "expand_dims"}) | TRIVIAL
+NOT_COMPUTING = frozenset({"input", "flatten", "reshape", "squeeze", "expand_dims", "permute"}) | TRIVIAL
 
 #: Canonical kinds of Caffe layers that carry learned parameters.
 WITH_PARAMS = frozenset({"conv", "deconv", "depthwise_conv", "fc", "bn", "scale", "bias", "prelu", "normalize"})

@@ -392,3 +392,40 @@ def test_a_classic_porting_bug_fails_at_the_layer(tmp_path, caffe_type):
     assert layer in fd.caffe_chain, report.summary()
     if kind is not None:
         assert fd.diagnoses and fd.diagnoses[0].kind == kind, [d.kind for d in fd.diagnoses]
+
+
+def _ssd_head(tmp_path, bug):
+    """SSD's head: Permute(0,2,3,1) -> Flatten -> InnerProduct. An NHWC port has no Permute
+    (its tensor already is N,H,W,C): Flatten + Dense with Caffe's rows as they are. The bug
+    reorders the rows from C,H,W as for an InnerProduct on an unpermuted blob."""
+    shape = (1, 4, 3, 5)
+    r = rng(19)
+    w, b = f32(r.standard_normal((6, 60)) * 0.2), f32(r.standard_normal(6) * 0.1)
+    body = ('layer { name: "perm" type: "Permute" bottom: "data" top: "perm"\n'
+            "  permute_param { order: 0 order: 2 order: 3 order: 1 } }\n"
+            'layer { name: "flat" type: "Flatten" bottom: "perm" top: "flat" }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "flat" top: "fc"\n'
+            "  inner_product_param { num_output: 6 } }\n")
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), {"fc": [w, b]})
+    inp = keras_input(shape)
+    dense = keras.layers.Dense(6, name="fc")
+    model = _model(inp, dense(keras.layers.Flatten(name="flat")(inp)))
+    kernel = w.reshape(6, 4, 3, 5).transpose(2, 3, 1, 0).reshape(60, 6) if bug else w.T
+    dense.set_weights([np.ascontiguousarray(kernel), b])
+    return net, model, f32(r.standard_normal(shape)), "perm"
+
+
+def test_a_permute_the_nhwc_port_does_not_need_is_not_a_coverage_failure(tmp_path):
+    net, model, x, _ = _ssd_head(tmp_path, bug=False)
+    report = compare(net, model, x)
+    assert_clean(report)
+    assert bool(report) and "perm" not in report.coverage.uncovered, report.summary()
+    assert report.row("fc").passed
+
+
+def test_a_permute_s_effect_is_seen_downstream(tmp_path):
+    net, model, x, _ = _ssd_head(tmp_path, bug=True)
+    report = compare(net, model, x)
+    fd = report.first_divergence
+    assert not report and fd is not None and "fc" in fd.caffe_chain, report.summary()
+    assert fd.diagnoses and fd.diagnoses[0].kind == "flatten_order", [d.kind for d in fd.diagnoses]
