@@ -797,7 +797,11 @@ class NetSession:
         layers = list(net.layers)
         self.plan = []
         for i, (name, layer) in enumerate(zip(names, layers)):  # noqa: B905 - worker runs on Python < 3.10 too
-            self.plan.append((i, name, layer.type, list(net.bottom_names[name]), list(net.top_names[name]), layer))
+            # the type the prototxt names (the registered one): a fork's C++ type() may differ
+            # (this Caffe's Proposal layer says "ProposalLayer"); auto-inserted Splits have no lp
+            lp = layer_params_by_name.get(name)
+            kind = lp.type if lp is not None and lp.type else layer.type
+            self.plan.append((i, name, kind, list(net.bottom_names[name]), list(net.top_names[name]), layer))
         produced = {t for _, _, _, _, tops, _ in self.plan for t in tops}
         net_inputs = list(getattr(net, "inputs", []) or [])
         self.free_inputs = [b for b in net_inputs if b not in produced]  # very old Caffe: no Input layer
