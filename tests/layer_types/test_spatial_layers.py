@@ -429,3 +429,13 @@ def test_a_permute_s_effect_is_seen_downstream(tmp_path):
     fd = report.first_divergence
     assert not report and fd is not None and "fc" in fd.caffe_chain, report.summary()
     assert fd.diagnoses and fd.diagnoses[0].kind == "flatten_order", [d.kind for d in fd.diagnoses]
+
+
+@pytest.mark.parametrize("caffe_type", ["Resize", "Upsample"])
+def test_a_resize_that_is_not_caffe_s_bilinear_interp_is_not_told_to_align_corners(tmp_path, caffe_type):
+    """Upsample is nearest and this fork's Resize samples dst * in/out: a TF port interpolating
+    otherwise fails, but aligning corners is not the fix (the interp rule used to say so)."""
+    net, model, x, layer, _ = CASES[caffe_type](tmp_path, bug=True)
+    fd = compare(net, model, x).first_divergence
+    assert fd is not None and layer in fd.caffe_chain
+    assert "interp_align_corners" not in [d.kind for d in fd.diagnoses], [d.summary for d in fd.diagnoses]

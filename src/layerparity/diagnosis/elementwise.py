@@ -249,10 +249,17 @@ INTERP_FIX = ("Caffe's Interp/BilinearInterpolate aligns corners: use `tf.compat
               "`in + (in - 1) * (zoom - 1)` for a zoom factor.")
 
 
+#: Caffe resize types whose sampling is not the bilinear align-corners / half-pixel question
+#: :func:`interp_rules` asks: Upsample repeats pixels (nearest); the Resize of some forks samples
+#: ``dst * in/out`` and drops the neighbour past the border. Telling their port to align
+#: corners would be wrong advice.
+NOT_BILINEAR_INTERP = frozenset({"Upsample", "Resize"})
+
+
 def interp_rules(case: Case) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     x, t = case.x0, case.t
-    if t is None:
+    if t is None or case.ckind_raw in NOT_BILINEAR_INTERP:
         return out
     ac = case.cparams.get("align_corners", True)
     caffe_mode = "half_pixel" if ac is False or str(ac).lower() == "false" else "align_corners"
