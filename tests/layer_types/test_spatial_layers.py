@@ -36,7 +36,7 @@ COVERED = {
     "InnerProduct": "keras.layers.Flatten + Dense with the kernel's rows reordered from C,H,W to H,W,C",
     "Crop": "keras.layers.Cropping2D with Caffe's offsets (axis 2)",
     "Pad": "tf.pad(mode='REFLECT') in a Lambda",
-    "Permute": "keras.layers.Permute on the NHWC tensor (Caffe order (0,3,2,1))",
+    "Permute": "keras.layers.Permute on the NHWC tensor (Caffe order (0,3,2,1)); nothing for SSD's (0,2,3,1) before a Flatten (the NHWC tensor already is in that order)",
     "Upsample": "keras.layers.UpSampling2D(interpolation='nearest')",
     "PixelShuffle": "tf.nn.depth_to_space in a Lambda, channels first reordered from Caffe's (c, r*r) grouping to TF's (r*r, c)",
     "BilinearInterpolate": "tf.compat.v1.image.resize_bilinear(align_corners=True) in a Lambda",
@@ -48,8 +48,7 @@ COVERED = {
 }
 
 #: Caffe types of this family not covered, and why (honest: what fails or is missing).
-NOT_YET = {
-}
+NOT_YET = {}
 
 
 # -- the cases: each builds (net, model, x, layer) for a correct port or a classic bug ----------
