@@ -31,7 +31,7 @@ from diagnose_cases import (
 #: Caffe type -> the TF/Keras counterpart its correct port in this file uses.
 COVERED = {
     "Convolution": "keras.layers.ZeroPadding2D (Caffe's symmetric pad) + Conv2D(strides=2, groups=2, padding='valid'); Conv2D(dilation_rate=2, padding='same') for pad 2 dilation 2",
-    "Deconvolution": "keras.layers.Conv2DTranspose(strides=2, padding='valid') + Cropping2D(pad) (kernel (in, out, kh, kw) -> (kh, kw, out, in))",
+    "Deconvolution": "keras.layers.Conv2DTranspose(strides=2, padding='valid') + Cropping2D(pad) (kernel (in, out, kh, kw) -> (kh, kw, out, in)); group as a block-diagonal kernel (Conv2DTranspose has no groups)",
     "Pooling": "keras.layers.MaxPooling2D(padding='same') where it equals Caffe's ceil rounding; ZeroPadding2D + AveragePooling2D('valid') for AVE with pad (Caffe counts the pad in the divisor)",
     "InnerProduct": "keras.layers.Flatten + Dense with the kernel's rows reordered from C,H,W to H,W,C",
     "Crop": "keras.layers.Cropping2D with Caffe's offsets (axis 2)",
@@ -89,9 +89,12 @@ def case_deconvolution(tmp_path, bug):
     shape = (1, 3, 5, 6)
     r = rng(3)
     w, b = f32(r.standard_normal((3, 4, 3, 3)) * 0.3), f32(r.standard_normal(4) * 0.1)  # (in, out, kh, kw)
+    wg = f32(r.standard_normal((4, 1, 4, 4)) * 0.3)  # group 4 (FCN's upsampling): (in, out / group, kh, kw)
     body = ('layer { name: "deconv" type: "Deconvolution" bottom: "data" top: "deconv"\n'
-            "  convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 } }\n")  # 2H - 1
-    net = caffe_net(tmp_path, prototxt({"data": shape}, body), {"deconv": [w, b]})
+            "  convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 } }\n"  # 2H - 1
+            'layer { name: "up" type: "Deconvolution" bottom: "deconv" top: "up"\n'
+            "  convolution_param { num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 4 bias_term: false } }\n")
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body), {"deconv": [w, b], "up": [wg]})
     inp = keras_input(shape)
     if bug:  # 'same' gives s*H = 2H, one pixel more than Caffe's s(H-1) + k - 2p
         deconv = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", name="deconv")
@@ -99,8 +102,14 @@ def case_deconvolution(tmp_path, bug):
     else:
         deconv = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="valid", name="deconv")
         out = keras.layers.Cropping2D(1, name="deconv_crop")(deconv(inp))
-    model = _model(inp, out)
+    # Conv2DTranspose has no groups: the grouped kernel as a block-diagonal one
+    up = keras.layers.Conv2DTranspose(4, 4, strides=2, padding="valid", use_bias=False, name="up")
+    model = _model(inp, keras.layers.Cropping2D(1, name="up_crop")(up(out)))
     deconv.set_weights([np.ascontiguousarray(w.transpose(2, 3, 1, 0)), b])
+    block = np.zeros((4, 4, 4, 4), np.float32)  # kh, kw, out, in
+    for g in range(4):
+        block[:, :, g, g] = wg[g, 0]
+    up.set_weights([block])
     return net, model, f32(r.standard_normal(shape)), "deconv", "deconv_same_padding"
 
 
