@@ -415,6 +415,27 @@ class _Aligner:
                 taken[uk] = ((r, -self.cidx[c]), c)
         for uk, (_, c) in sorted(taken.items(), key=lambda kv: self.cidx[kv[1][1]]):
             self.add_pair([c], uk, "name")
+        self._multi_top_by_name()
+
+    def _multi_top_by_name(self) -> None:
+        """A Caffe layer with several tops (probes ``layer/top``, none named alone) against
+        the TF layer of the layer's name with as many outputs of one op (``name``,
+        ``name:1``, ...): top i is output i (a Slice ported as one ``split``)."""
+        tops: dict[str, list[str]] = {}
+        for p in self.c:
+            if p.name.startswith(p.layer + "/"):
+                tops.setdefault(p.layer, []).append(p.name)
+        for layer, names in tops.items():
+            if len(names) < 2 or any(n in self.pair_of_c for n in names):
+                continue
+            for u in self.uorder:
+                if u.key in self.matched or canon(layer) not in tf_name_keys(u.key, self.tp[u.out].kind)[:1]:
+                    continue
+                outs = sorted(u.members, key=_output_index)
+                if len(outs) == len(names) and len({m.rpartition(":")[0] if _output_index(m) else m for m in outs}) == 1:
+                    for c, m in zip(names, outs, strict=True):
+                        self.add_pair([c], u.key, "name", tf_probe=m, extend_tf=False)
+                break
 
     def _fused_name_keys(self, u: _Unit, cindex: dict[str, str]) -> list[str]:
         """For a TFLite op that fused several TF ops (``relu1/Relu;conv1/BiasAdd;conv1/Conv2D``:
@@ -709,6 +730,12 @@ def _grouped_convs(tf: list[Probe]) -> dict[str, str]:
             for n in [*parts, *chain, cat.name]:
                 out[n] = key
     return out
+
+
+def _output_index(name: str) -> int:
+    """The output index of a TF probe name (``split:2`` -> 2; ``split`` -> 0)."""
+    head, sep, tail = name.rpartition(":")
+    return int(tail) if sep and head and tail.isdigit() else 0
 
 
 def _near(name: str, pool: list[str]) -> str:

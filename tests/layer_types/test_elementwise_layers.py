@@ -55,6 +55,18 @@ COVERED = {
     "MVN": "keras Lambda: (x - mean) / (std + eps) over H, W",
     "Normalize": "keras Lambda: x / sqrt(sum_C x^2 + eps) * scale",
     "LRN": "layerparity.keras_layers LRN (tf.nn.local_response_normalization, alpha / local_size)",
+    "Eltwise": "keras Lambda: x1 - 0.5 * x2 (SUM with coeff 1, -0.5)",
+    "Concat": "keras Concatenate(axis=-1)",
+    "Slice": "keras Lambda: keras.ops.split(x, [1, 3], axis=-1), one layer with three outputs",
+    "Split": "nothing: the port reads the tensor twice (each copy compared against the split's input)",
+    "Silence": "nothing: the silenced output left unused (Silence has no top, so no probe)",
+    "Dropout": "keras Dropout (identity at inference)",
+    "Reduction": "keras Lambda: coeff * keras.ops.mean(x, axis=(1, 2))",
+    "ArgMax": "keras Lambda: cast(expand_dims(argmax(x, axis=-1), -1), float32)",
+    "Flatten": "keras Permute((3, 1, 2)) then Reshape (axis 2: a 3-D blob)",
+    "Reshape": "keras Permute((3, 1, 2)) then Reshape",
+    "Unsqueeze": "keras Lambda: keras.ops.expand_dims(x, 2) on an (N, C) blob",
+    "Tile": "keras Lambda: keras.ops.tile(x, (1, 1, 1, tiles))",
 }
 
 #: Caffe types of this family not covered, and why (honest: what fails or is missing).
@@ -333,18 +345,186 @@ def case_lrn(tmp_path, wrong: bool) -> Case:
                        x_scale=2.0)
 
 
+# -- blob plumbing --------------------------------------------------------------------
+
+
+def _two_convs(tmp_path, caffe_layer: str, keras_layer, params=None) -> Case:
+    """data -> conv1, conv2 (4 channels each) -> THE LAYER over both."""
+    w1, b1 = conv_w(4, 3, 3, seed=7)
+    w2, b2 = conv_w(4, 3, 3, seed=8)
+    body = (CONV + 'layer { name: "conv2" type: "Convolution" bottom: "data" top: "conv2"\n'
+            '  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }\n' + caffe_layer + "\n")
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w1, b1], "conv2": [w2, b2], **(params or {})})
+    inp = keras_input(SHAPE)
+    c1 = keras.layers.Conv2D(4, 3, padding="same", name="conv1")
+    c2 = keras.layers.Conv2D(4, 3, padding="same", name="conv2")
+    model = keras.Model(inp, keras_layer([c1(inp), c2(inp)]))
+    c1.set_weights([hwio(w1), b1])
+    c2.set_weights([hwio(w2), b2])
+    return Case(net, model, _normal(), _name_of(caffe_layer))
+
+
+def case_eltwise(tmp_path, wrong: bool) -> Case:
+    # SUM with coefficients (1, -0.5); wrong: a plain Add (coefficients dropped)
+    layer = keras.layers.Add(name="elt1") if wrong else _lambda(lambda ts: ts[0] - 0.5 * ts[1], "elt1")
+    return _two_convs(tmp_path, 'layer { name: "elt1" type: "Eltwise" bottom: "conv1" bottom: "conv2" top: "elt1"\n'
+                      "  eltwise_param { operation: SUM coeff: 1 coeff: -0.5 } }", layer)
+
+
+def case_concat(tmp_path, wrong: bool) -> Case:
+    # channels (Caffe axis 1) are the last axis in NHWC; wrong: the inputs in the other order
+    layer = keras.layers.Concatenate(axis=-1, name="cat1")
+    if wrong:
+        return _two_convs(tmp_path, 'layer { name: "cat1" type: "Concat" bottom: "conv1" bottom: "conv2" top: "cat1"\n'
+                          "  concat_param { axis: 1 } }", lambda ts: layer(ts[::-1]))
+    return _two_convs(tmp_path, 'layer { name: "cat1" type: "Concat" bottom: "conv1" bottom: "conv2" top: "cat1"\n'
+                      "  concat_param { axis: 1 } }", layer)
+
+
+def case_slice(tmp_path, wrong: bool) -> Case:
+    # C = 4 cut at 1 and 3 into three tops; wrong: cut at Caffe's axis number (1 = H in NHWC)
+    ax = 1 if wrong else -1
+    return _after_conv(tmp_path, 'layer { name: "slice1" type: "Slice" bottom: "conv1" top: "s_a" top: "s_b" top: "s_c"\n'
+                       "  slice_param { axis: 1 slice_point: 1 slice_point: 3 } }",
+                       _lambda(lambda t: keras.ops.split(t, [1, 3], axis=ax), "slice1"))
+
+
+def case_split(tmp_path, wrong: bool) -> Case:
+    # a Split the user wrote: conv1 copied to two tops, each read by its own layer; the port
+    # reads conv1 twice. wrong: the second branch reads the input of conv1's ReLU... there is
+    # no ReLU: it reads a copy the port scaled by mistake
+    body = ('layer { name: "split1" type: "Split" bottom: "conv1" top: "c_a" top: "c_b" }\n'
+            'layer { name: "abs1" type: "AbsVal" bottom: "c_a" top: "abs1" }\n'
+            'layer { name: "sig1" type: "Sigmoid" bottom: "c_b" top: "sig1" }')
+
+    def port(t):
+        b = keras.layers.Lambda(lambda v: v * 0.5, name="split1")(t) if wrong else t
+        return [_lambda(keras.ops.abs, "abs1")(t), keras.layers.Activation("sigmoid", name="sig1")(b)]
+
+    case = _after_conv(tmp_path, body, port)
+    case.layer = "split1"
+    return case
+
+
+def case_dropout(tmp_path, wrong: bool) -> Case:
+    # identity at inference (Caffe scales at training time); wrong: scaled by 1 - ratio at inference
+    # (a port of a non-inverted dropout)
+    layer = _lambda(lambda t: t * 0.7, "drop1") if wrong else keras.layers.Dropout(0.3, name="drop1")
+    return _after_conv(tmp_path, 'layer { name: "drop1" type: "Dropout" bottom: "conv1" top: "conv1"\n'
+                       "  dropout_param { dropout_ratio: 0.3 } }", layer)
+
+
+def case_reduction(tmp_path, wrong: bool) -> Case:
+    # MEAN over every axis from 2 (H, W) -> (N, C), times coeff 2.5; wrong: coeff dropped
+    coeff = 1.0 if wrong else 2.5
+    return _after_conv(tmp_path, 'layer { name: "red1" type: "Reduction" bottom: "conv1" top: "red1"\n'
+                       "  reduction_param { operation: MEAN axis: 2 coeff: 2.5 } }",
+                       _lambda(lambda t: coeff * keras.ops.mean(t, axis=(1, 2)), "red1"))
+
+
+def case_argmax(tmp_path, wrong: bool) -> Case:
+    # the index of the largest channel at each position, (N, 1, H, W) in Caffe, (N, H, W, 1) in NHWC;
+    # wrong: the largest value instead of its index (out_max_val semantics)
+    if wrong:
+        fn = lambda t: keras.ops.max(t, axis=-1, keepdims=True)  # noqa: E731
+    else:
+        fn = lambda t: keras.ops.cast(keras.ops.expand_dims(keras.ops.argmax(t, axis=-1), -1), "float32")  # noqa: E731
+    return _after_conv(tmp_path, 'layer { name: "amax" type: "ArgMax" bottom: "conv1" top: "amax"\n'
+                       "  argmax_param { axis: 1 } }", _lambda(fn, "amax"))
+
+
+def case_flatten(tmp_path, wrong: bool) -> Case:
+    # axis 2: (N, C, H, W) -> (N, C, H*W), a 3-D blob compared as is; the port moves C first
+    # (Permute) then reshapes; wrong: the reshape on NHWC (the classic layout bug)
+    def port(t):
+        if not wrong:
+            t = keras.layers.Permute((3, 1, 2), name="to_nchw")(t)
+        return keras.layers.Reshape((4, 25), name="flat1")(t)
+
+    return _after_conv(tmp_path, 'layer { name: "flat1" type: "Flatten" bottom: "conv1" top: "flat1"\n'
+                       "  flatten_param { axis: 2 } }", port)
+
+
+def case_reshape(tmp_path, wrong: bool) -> Case:
+    # (N, 4, 5, 5) -> (N, 2, 50) by dims 0, 2, -1; the port moves C first then reshapes;
+    # wrong: the reshape on NHWC
+    def port(t):
+        if not wrong:
+            t = keras.layers.Permute((3, 1, 2), name="to_nchw")(t)
+        return keras.layers.Reshape((2, 50), name="rs1")(t)
+
+    return _after_conv(tmp_path, 'layer { name: "rs1" type: "Reshape" bottom: "conv1" top: "rs1"\n'
+                       "  reshape_param { shape { dim: 0 dim: 2 dim: -1 } } }", port)
+
+
+def case_unsqueeze(tmp_path, wrong: bool) -> Case:
+    # (N, C) after a Reduction -> (N, C, 1) (dim 2); wrong: the unit axis inserted at 1
+    body = ('layer { name: "red1" type: "Reduction" bottom: "conv1" top: "red1"\n'
+            "  reduction_param { operation: SUMSQ axis: 2 } }\n"
+            'layer { name: "unsq1" type: "Unsqueeze" bottom: "red1" top: "unsq1" unsqueeze_param { dim: 2 } }')
+
+    def port(t):
+        r = _lambda(lambda v: keras.ops.sum(v * v, axis=(1, 2)), "red1")(t)
+        return _lambda(lambda v: keras.ops.expand_dims(v, 1 if wrong else 2), "unsq1")(r)
+
+    case = _after_conv(tmp_path, body, port)
+    case.layer = "unsq1"
+    return case
+
+
+def case_tile(tmp_path, wrong: bool) -> Case:
+    # the channels copied 3 times as a block (c0..c3, c0..c3, ...); wrong: each channel
+    # repeated in place (c0, c0, c0, c1, ...: repeat, not tile)
+    if wrong:
+        fn = lambda t: keras.ops.repeat(t, 3, axis=-1)  # noqa: E731
+    else:
+        fn = lambda t: keras.ops.tile(t, (1, 1, 1, 3))  # noqa: E731
+    return _after_conv(tmp_path, 'layer { name: "tile1" type: "Tile" bottom: "conv1" top: "tile1"\n'
+                       "  tile_param { axis: 1 tiles: 3 } }", _lambda(fn, "tile1"))
+
+
+def case_silence(tmp_path, wrong: bool) -> Case:
+    # conv1 sliced in two; the second part silenced (read by nothing), the first read by sig1.
+    # The port splits in one layer and leaves its second output unused. wrong: the part nobody
+    # reads cut off by one channel (v[..., 2:]: an off-by-one on the silenced part)
+    body = ('layer { name: "slice1" type: "Slice" bottom: "conv1" top: "s_a" top: "s_b"\n'
+            "  slice_param { axis: 1 slice_point: 1 } }\n"
+            'layer { name: "sil1" type: "Silence" bottom: "s_b" }\n'
+            'layer { name: "sig1" type: "Sigmoid" bottom: "s_a" top: "sig1" }')
+
+    def port(t):
+        cut = (lambda v: [v[..., :1], v[..., 2:]]) if wrong else (lambda v: keras.ops.split(v, [1], axis=-1))
+        a, _b = _lambda(cut, "slice1")(t)
+        return keras.layers.Activation("sigmoid", name="sig1")(a)
+
+    case = _after_conv(tmp_path, body, port)
+    case.layer = "sil1"
+    return case
+
+
 CASES: dict[str, Callable[..., Case]] = {
     "AbsVal": case_absval, "BNLL": case_bnll, "Exp": case_exp, "Log": case_log, "Power": case_power,
     "Threshold": case_threshold, "HardSigmoid": case_hardsigmoid, "HardSwish": case_hardswish,
     "ReLU": case_relu, "ReLU6": case_relu6, "ELU": case_elu, "PReLU": case_prelu, "Sigmoid": case_sigmoid,
     "TanH": case_tanh, "Softmax": case_softmax, "Bias": case_bias, "Scale": case_scale,
     "BatchNorm": case_batchnorm, "BatchNormKyle": case_batchnormkyle, "MVN": case_mvn,
-    "Normalize": case_normalize, "LRN": case_lrn,
+    "Normalize": case_normalize, "LRN": case_lrn, "Eltwise": case_eltwise, "Concat": case_concat,
+    "Slice": case_slice, "Split": case_split, "Dropout": case_dropout, "Reduction": case_reduction,
+    "ArgMax": case_argmax, "Flatten": case_flatten, "Reshape": case_reshape, "Unsqueeze": case_unsqueeze,
+    "Tile": case_tile, "Silence": case_silence,
 }
 
 
 #: The diagnosis a wrong port of this file gets, where one names the bug as it is.
 WRONG_KIND = {
+    "Slice": "shape_mismatch",  # cut along H
+    "Unsqueeze": "shape_mismatch",
+    "Silence": "shape_mismatch",
+    "Dropout": "constant_scale",  # times 1 - ratio
+    "Reduction": "constant_scale",  # coeff dropped
+    "Flatten": "reshape_not_transpose",
+    "Reshape": "reshape_not_transpose",
+    "Eltwise": "eltwise_coeff",
     "Log": "constant_scale",  # log(v) vs log10(v): a constant factor ln(10)
     "ReLU": "leaky_slope",
     "Softmax": "softmax_axis",
@@ -355,8 +535,21 @@ WRONG_KIND = {
 }
 
 
+#: Trivial types whose wrong port cannot diverge at the layer itself, and the Caffe probe the
+#: first divergence names instead. Split: a copy, compared against the TF value of its input
+#: (``how="identity"``), so a bug on one branch is named at the branch's layer and the copies
+#: pass. Silence: no top, so no probe: the engine never sees it; the top it silences is still
+#: its producer's output and compared (a wrong silenced part is named there).
+WRONG_AT = {"Split": "sig1", "Silence": "slice1/s_b"}
+
+
+def _probes_of(names, layer: str) -> list[str]:
+    """The Caffe probes of ``layer`` among ``names``: ``layer``, or ``layer/top`` for several tops."""
+    return [n for n in names if n == layer or n.startswith(layer + "/")]
+
+
 def _rows_with(report, layer: str):
-    return [r for r in report.rows if layer in r.caffe_chain]
+    return [r for r in report.rows if _probes_of(r.caffe_chain, layer)]
 
 
 def test_every_covered_type_has_a_case_and_no_type_is_both():
@@ -370,9 +563,17 @@ def test_a_correct_port_passes_with_the_layer_aligned(tmp_path, ctype):
     report = compare(case.net, case.model, case.x, **case.kw)
     assert_clean(report)
     assert bool(report), report.summary()
+    assert not _probes_of(report.unmapped_caffe, case.layer)
+    assert not _probes_of(report.coverage.uncovered, case.layer)
+    if ctype == "Silence":  # no top, no probe: in no row, and the top it silences is still compared
+        assert not _rows_with(report, case.layer)
+        assert _rows_with(report, "slice1/s_b")
+        return
     assert _rows_with(report, case.layer), f"{case.layer!r} in no compared row: {report.summary()}"
-    assert case.layer not in report.unmapped_caffe
-    assert case.layer not in report.coverage.uncovered
+    if ctype == "Split":  # each copy compared against the TF value of the split's input
+        rows = _rows_with(report, case.layer)
+        assert [r.caffe_chain for r in rows] == [["split1/c_a"], ["split1/c_b"]]
+        assert all(r.tf_layer == "conv1" for r in rows)
 
 
 @pytest.mark.parametrize("ctype", sorted(COVERED))
@@ -381,6 +582,34 @@ def test_a_wrong_port_fails_at_the_layer(tmp_path, ctype):
     report = compare(case.net, case.model, case.x, **case.kw)
     fd = report.first_divergence
     assert not report and fd is not None, report.summary()
-    assert case.layer in fd.caffe_chain, (fd.caffe_chain, report.summary())
+    at = WRONG_AT.get(ctype, case.layer)
+    assert _probes_of(fd.caffe_chain, at), (fd.caffe_chain, report.summary())
+    if ctype == "Split":
+        assert all(r.passed for r in _rows_with(report, case.layer))
     if ctype in WRONG_KIND:
         assert fd.diagnoses and fd.diagnoses[0].kind == WRONG_KIND[ctype], [d.kind for d in fd.diagnoses]
+
+
+def test_a_multi_top_layer_pairs_with_the_outputs_of_the_tf_layer_of_its_name():
+    """Alignment alone (no framework): Caffe ``slice1`` with tops a, b, c against one TF layer
+    ``slice1`` with three outputs pairs top i with output i; a TF layer with another number of
+    outputs is not paired (which output is which top would be a guess)."""
+    from layerparity.alignment import align
+    from layerparity.trace import Probe, Trace
+
+    caffe = Trace("caffe", probes=[
+        Probe("data", "Input"),
+        *(Probe(f"slice1/{t}", "Slice", layer="slice1", blob=t, inputs=["data"]) for t in "abc")])
+
+    def tf(n: int) -> Trace:
+        return Trace("tensorflow", probes=[
+            Probe("data", "InputLayer"),
+            *(Probe("slice1" if i == 0 else f"slice1:{i}", "Lambda", layer="slice1", inputs=["data"])
+              for i in range(n))])
+
+    a = align(caffe, tf(3))
+    assert [(p.caffe_chain, p.tf, p.how) for p in a.pairs][1:] == [
+        (["slice1/a"], "slice1", "name"), (["slice1/b"], "slice1:1", "name"), (["slice1/c"], "slice1:2", "name")]
+    assert not a.unmapped_caffe and not a.unmapped_tf
+    a = align(caffe, tf(2))
+    assert a.unmapped_caffe == ["slice1/a", "slice1/b", "slice1/c"]
