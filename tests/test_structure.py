@@ -316,7 +316,7 @@ SHARED = {"errors", "formatting", "atomic_write", "names", "kinds", "layout", "t
 STAGES = {
     "backends": 0, "inputs": 0, "keras_layers": 0, "caffemodel": 0,  # capture
     "alignment": 1, "weight_pairing": 1, "weights": 1,  # align (weights: pairing and parity of parameters)
-    "compare": 2, "sources": 2, "window": 2, "own_error": 2, "metrics": 2, "_fused": 2, "verdict": 2,  # compare
+    "compare": 2, "sources": 2, "window": 2, "own_error": 2, "detections": 2, "metrics": 2, "_fused": 2, "verdict": 2,  # compare
     "diagnosis": 3,  # diagnose
     "report": 4, "testing": 4, "pytest_plugin": 4, "cli": 4, "sweeper": 4, "model_cache": 4, "api": 4,
     "demo": 4, "": 4,  # report and the surface (the package itself, its verbs, the bundled demo)

@@ -284,7 +284,7 @@ class _Engine:
         elif tp is None or tp.value is None:
             item.notes.append(f"no TF value for {pair.tf!r}")
         else:
-            got, note = to_caffe_layout(tp.value, item.tm, cm)
+            got, note = to_caffe_layout(tp.value, item.tm, cm, cp.value)
             if got is None:
                 item.notes.append(note)
             else:
@@ -336,7 +336,7 @@ class _Engine:
                 continue
             if isinstance(out, BaseException):
                 raise out
-            got, note = to_caffe_layout(np.asarray(out), item.tm, item.cm)
+            got, note = to_caffe_layout(np.asarray(out), item.tm, item.cm, item.cp.value if item.cp is not None else None)
             if got is None:
                 item.notes.append("own error: " + note)
                 continue

@@ -17,6 +17,7 @@ import numpy as np
 
 from .alignment import Pair
 from .backends.base import Replayer
+from .detections import SET_KINDS, in_reference_order
 from .errors import InputError
 from .layout import LayoutMismatch, relayout
 from .trace import Probe
@@ -38,8 +39,11 @@ class OwnRequest:
     group_inputs: list[str] | None = None
 
 
-def to_caffe_layout(value: np.ndarray, tm: Probe, cm: Probe) -> tuple[np.ndarray | None, str]:
-    """A TF value (declared by ``tm``) in the Caffe probe ``cm``'s layout, or None and why not."""
+def to_caffe_layout(value: np.ndarray, tm: Probe, cm: Probe, ref: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
+    """A TF value (declared by ``tm``) in the Caffe probe ``cm``'s layout, or None and why not.
+
+    ``ref``, the Caffe value, puts the rows of a set of detections (a ``DetectionOutput``)
+    in its order (:mod:`layerparity.detections`)."""
     try:
         got = relayout(value, tm.layout, tm.flat_shape, cm.layout, cm.flat_shape)
     except LayoutMismatch as e:
@@ -49,6 +53,8 @@ def to_caffe_layout(value: np.ndarray, tm: Probe, cm: Probe) -> tuple[np.ndarray
         how = f" (as {cm.layout} {tuple(got.shape)})" if tm.layout != cm.layout and cm.layout and tm.layout else ""
         return None, (f"shape mismatch: caffe {tuple(cm.shape)}{' in ' + cm.layout if cm.layout else ''} vs "
                       f"tf {tuple(np.shape(value))}{' in ' + tm.layout if tm.layout else ''}{how}")
+    if ref is not None and cm.kind in SET_KINDS:
+        got = in_reference_order(ref, got)
     return got, ""
 
 

@@ -47,16 +47,15 @@ COVERED = {
     "Proposal": "keras Lambda of TF ops: this Caffe's anchors, box transform and clip (+1 widths), top_k, "
                 "tf.image.non_max_suppression on boxes one pixel larger (Caffe's IoU); R x 5 rois compared "
                 "row by row (both score-descending)",
+    "DetectionOutput": "keras Lambda of TF ops: CENTER_SIZE decoding with the prior variances, per-class "
+                       "tf.image.non_max_suppression, rows listed by score over all labels where Caffe lists "
+                       "them by label: 1 x 1 x K x 7 compared as a set (TF rows matched by image, label, IoU)",
 }
 
 #: Caffe types of this family not covered, and why (honest: what fails or is missing).
 NOT_YET = {
     "PSROIPooling": "this Caffe build has no CPU forward for it (PSROIPoolingLayer::Forward_cpu is "
                     "NOT_IMPLEMENTED, only a CUDA kernel): a CPU-only Caffe cannot run it, so nothing is captured",
-    "DetectionOutput": "the engine compares rows by index only: DetectionOutput's 1 x 1 x K x 7 rows are "
-                       "variable in number and ordered by score, so two correct ports that break a score tie "
-                       "differently, or keep one more box at the NMS boundary, are told apart as a divergence "
-                       "(a set-based comparison matching boxes by label and IoU is the missing piece)",
 }
 
 
@@ -319,6 +318,61 @@ def tf_image():
     return tf.image
 
 
+# -- DetectionOutput: SSD's decoded, per-class NMS'ed detections ----------------------------
+
+N_PRIORS, N_CLASSES, DET_NMS, DET_CONF = 24, 3, 0.45, 0.3
+
+
+def detection_case(tmp_path, bug: str | None = None):
+    """The port decodes and NMS's per class like Caffe, then lists the detections by score
+    over all classes (TF's usual order) where Caffe lists them by label, then score.
+    bug "yx": the boxes written in TF's y, x order (ymin, xmin, ymax, xmax); "variance": the
+    prior variances left out of the box decoding."""
+    body = ('layer { name: "detection_out" type: "DetectionOutput" bottom: "loc" bottom: "conf" '
+            'bottom: "priors" top: "detection_out"\n'
+            f'  detection_output_param {{ num_classes: {N_CLASSES} share_location: true background_label_id: 0\n'
+            f'    nms_param {{ nms_threshold: {DET_NMS} top_k: 100 }} code_type: CENTER_SIZE keep_top_k: 100\n'
+            f'    confidence_threshold: {DET_CONF} }} }}\n')
+    shapes = {"loc": (1, N_PRIORS * 4), "conf": (1, N_PRIORS * N_CLASSES), "priors": (1, 2, N_PRIORS * 4)}
+    net = caffe_net(tmp_path, prototxt(shapes, body))
+    use_var = bug != "variance"
+
+    def detect(ts):
+        loc, conf, priors = ts
+        pb, var = ops.reshape(priors[0, 0], (-1, 4)), ops.reshape(priors[0, 1], (-1, 4))
+        d = ops.reshape(loc[0], (-1, 4)) * (var if use_var else 1.0)
+        pw, ph = pb[:, 2] - pb[:, 0], pb[:, 3] - pb[:, 1]
+        cx, cy = d[:, 0] * pw + (pb[:, 0] + pb[:, 2]) / 2, d[:, 1] * ph + (pb[:, 1] + pb[:, 3]) / 2
+        w, h = ops.exp(d[:, 2]) * pw, ops.exp(d[:, 3]) * ph
+        boxes = ops.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+        scores = ops.reshape(conf[0], (-1, N_CLASSES))
+        yx = ops.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]], -1)
+        rows = []
+        for c in range(1, N_CLASSES):  # 0 is the background
+            keep = tf_image().non_max_suppression(yx, scores[:, c], 100, iou_threshold=DET_NMS,
+                                                  score_threshold=DET_CONF)
+            s = ops.take(scores[:, c], keep)
+            out = ops.take(yx if bug == "yx" else boxes, keep, axis=0)
+            rows.append(ops.concatenate([ops.zeros_like(s)[:, None], ops.full_like(s, c)[:, None], s[:, None], out], -1))
+        rows = ops.concatenate(rows, 0)
+        rows = ops.take(rows, ops.argsort(-rows[:, 2]), axis=0)  # by score, all classes together
+        return ops.reshape(rows, (1, 1, -1, 7))
+
+    ins = [keras.Input((N_PRIORS * 4,), batch_size=1, name="loc"),
+           keras.Input((N_PRIORS * N_CLASSES,), batch_size=1, name="conf"),
+           keras.Input((2, N_PRIORS * 4), batch_size=1, name="priors")]
+    model = keras.Model(ins, keras.layers.Lambda(detect, name="detection_out")(ins))
+    r = rng(31)
+    centers = r.uniform(0.2, 0.8, (N_PRIORS, 2))
+    sizes = r.uniform(0.1, 0.4, (N_PRIORS, 2))
+    pri = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1).reshape(-1)
+    logits = r.standard_normal((N_PRIORS, N_CLASSES)) * 2
+    conf = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    x = {"loc": f32(r.standard_normal(shapes["loc"]) * 0.5), "conf": f32(conf.reshape(1, -1)),
+         "priors": f32(np.stack([pri, np.tile([0.1, 0.1, 0.2, 0.2], N_PRIORS)])[None])}
+    return net, model, x, {}, "detection_out"
+
+
 # -- Python layers: the module reaches the Caffe worker through caffe_pythonpath -------------
 
 SCALE_LAYER = '''
@@ -375,6 +429,7 @@ CASES = {
     "PriorBox": (prior_box_case, "no_clip"),
     "Python": (python_case, "param_str"),
     "Proposal": (proposal_case, "nms_thresh"),
+    "DetectionOutput": (detection_case, "yx"),
 }
 
 
@@ -426,9 +481,10 @@ def test_an_lstm_port_that_ignores_cont_fails_at_the_lstm_only_when_a_sequence_r
     assert err[:3].max() < 1e-5 and err[3:, 1].max() > 1e-2  # only the restarted sequence, from t = 3
 
 
-@pytest.mark.parametrize("bug", ["offset", "variance"])
-def test_other_prior_box_encodings_fail_at_the_prior_box(tmp_path, bug):
-    net, model, x, kw, layer = prior_box_case(tmp_path, bug=bug)
+@pytest.mark.parametrize(("case", "bug"), [(prior_box_case, "offset"), (prior_box_case, "variance"),
+                                           (detection_case, "variance")])
+def test_other_box_encoding_bugs_fail_at_the_layer(tmp_path, case, bug):
+    net, model, x, kw, layer = case(tmp_path, bug=bug)
     report = compare(net, model, x, **kw)
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_chain == [layer], report.summary()
@@ -478,3 +534,19 @@ def test_a_probe_kind_is_the_type_the_prototxt_names(tmp_path):
     assert CaffeBackend.from_net(net).capture(x)["proposal"].kind == "Proposal"
     trace = capture_caffe(str(tmp_path / "net.prototxt"), None, x)
     assert trace["proposal"].kind == "Proposal" and trace["proposal"].params["nms_thresh"] == NMS_THRESH
+
+
+def test_detections_are_compared_as_a_set_not_row_by_row(tmp_path):
+    """The correct DetectionOutput port lists its rows in another order than Caffe: it passes
+    because the rows are matched (by image, label, IoU) before the metrics; its 'yx' bug keeps
+    the same detections and count, and fails on their values."""
+    net, model, x, kw, layer = detection_case(tmp_path)
+    for name, v in x.items():
+        net.blobs[name].data[...] = v
+    caffe_rows = net.forward()[layer][0, 0]
+    tf_rows = np.asarray(model([x["loc"], x["conf"], x["priors"]]))[0, 0]
+    assert caffe_rows.shape == tf_rows.shape and not np.allclose(caffe_rows, tf_rows)
+    assert sorted(map(tuple, caffe_rows.round(4))) == sorted(map(tuple, tf_rows.round(4)))
+    assert compare(net, model, x).row(layer).max_abs_error < 1e-5
+    report = compare(net, detection_case(tmp_path, bug="yx")[1], x)
+    assert not report and report.row(layer).metrics is not None and report.row(layer).max_abs_error > 0.01

@@ -619,6 +619,8 @@ _CHANNEL_KINDS = {"Convolution", "Deconvolution", "Pooling", "LRN", "Input", "SP
 
 #: Recurrent layers: their 3-D tops are time-major, T x N x C (a TF port's are N x T x C).
 _SEQUENCE_KINDS = {"LSTM", "RNN", "LSTMUnit"}
+#: Layers whose top is a table of rows (DetectionOutput: 1 x 1 x K x 7), not an image.
+_TABLE_KINDS = {"DetectionOutput"}
 
 
 def layout_for(kind: str, params: dict, shape: tuple[int, ...], bottoms: list[tuple[str, tuple | None, tuple]]) -> tuple[str, tuple | None]:
@@ -637,6 +639,8 @@ def layout_for(kind: str, params: dict, shape: tuple[int, ...], bottoms: list[tu
         return ("NC", None) if nd == 2 else ("", None)
     if kind in _SEQUENCE_KINDS and nd == 3:
         return "TNC", None
+    if kind in _TABLE_KINDS:
+        return "", None
     if kind in _CHANNEL_KINDS:
         return ("NCHW", None) if nd == 4 else ("NC", None) if nd == 2 else ("", None)
     if bottoms and tuple(shape) == tuple(b_shape):
