@@ -44,6 +44,7 @@ _CAFFE = {
     "Crop": "crop", "Interp": "resize", "Upsample": "resize", "Permute": "permute",
     "Normalize": "normalize", "ArgMax": "argmax", "Reduction": "sum", "Tile": "tile",
     "HardSwish": "hard_swish", "Swish": "swish", "Clip": "clip", "Pad": "pad",
+    "Parameter": "const",  # a learned blob output as is: a constant at inference
 }
 
 _KERAS = {
@@ -106,7 +107,7 @@ _ACTIVATIONS = {
 }
 
 #: Kinds with no computation at inference (Caffe Dropout at TEST, auto-inserted Split...).
-TRIVIAL = frozenset({"dropout", "identity", "split", "silence", "cast", "quantize", "dequantize"})
+TRIVIAL = frozenset({"dropout", "identity", "split", "silence", "cast", "quantize", "dequantize", "const"})
 
 #: Kinds a TF port commonly folds into the preceding layer (Caffe in-place chains).
 ABSORBABLE = frozenset(

@@ -67,6 +67,9 @@ COVERED = {
     "Reshape": "keras Permute((3, 1, 2)) then Reshape",
     "Unsqueeze": "keras Lambda: keras.ops.expand_dims(x, 2) on an (N, C) blob",
     "Tile": "keras Lambda: keras.ops.tile(x, (1, 1, 1, tiles))",
+    "Filter": "keras Lambda: tf.boolean_mask(x, selector != 0) (selector a second input)",
+    "BatchReindex": "keras Lambda: keras.ops.take(x, indices, axis=0) (indices a second input, as long as the batch)",
+    "Parameter": "a keras layer holding the blob as its weight and returning it",
 }
 
 #: Caffe types of this family not covered, and why (honest: what fails or is missing).
@@ -501,6 +504,76 @@ def case_silence(tmp_path, wrong: bool) -> Case:
     case.layer = "sil1"
     return case
 
+# -- batch selection and learned constants ---------------------------------------------
+
+BATCH = (2, 3, 5, 5)
+
+
+def _batch_net(tmp_path, inputs: dict, layer_text: str, params=None):
+    return caffe_net(tmp_path, prototxt(inputs, layer_text + "\n"), params)
+
+
+def case_filter(tmp_path, wrong: bool) -> Case:
+    # the items whose selector is non-zero (here item 1 of 2); wrong: the selector inverted
+    net = _batch_net(tmp_path, {"data": BATCH, "sel": (2, 1)},
+                     'layer { name: "filt" type: "Filter" bottom: "data" bottom: "sel" top: "filt" }')
+    inp, sel = keras_input(BATCH), keras.Input((1,), batch_size=2, name="sel")
+
+    def keep(ts):
+        import tensorflow as tf  # here, not at the top: caffe (diagnose_cases) must be imported first
+
+        mask = ts[1][:, 0] == 0 if wrong else ts[1][:, 0] != 0
+        return tf.boolean_mask(ts[0], mask)
+
+    model = keras.Model([inp, sel], _lambda(keep, "filt")([inp, sel]))
+    return Case(net, model, {"data": _normal(shape=BATCH), "sel": f32([[0], [1]])}, "filt")
+
+
+def case_batchreindex(tmp_path, wrong: bool) -> Case:
+    # the batch reordered by an index blob: item i of the output is item idx[i] (a gather);
+    # wrong: the indices used as destinations (a scatter: the inverse permutation)
+    shape, order = (3, 3, 5, 5), [2, 0, 1]
+    net = _batch_net(tmp_path, {"data": shape, "idx": (3,)},
+                     'layer { name: "reidx" type: "BatchReindex" bottom: "data" bottom: "idx" top: "reidx" }')
+    inp, idx = keras_input(shape), keras.Input((), batch_size=3, name="idx")
+    if wrong:
+        fn = lambda ts: keras.ops.take(ts[0], keras.ops.argsort(keras.ops.cast(ts[1], "int32")), axis=0)  # noqa: E731
+    else:
+        fn = lambda ts: keras.ops.take(ts[0], keras.ops.cast(ts[1], "int32"), axis=0)  # noqa: E731
+    model = keras.Model([inp, idx], _lambda(fn, "reidx")([inp, idx]))
+    return Case(net, model, {"data": _normal(shape=shape), "idx": f32(order)}, "reidx")
+
+
+def _parameter_layer():
+    class LearnedConstant(keras.layers.Layer):
+        """A Caffe ``Parameter``: its blob as the layer's weight, returned whatever the input."""
+
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(3,), initializer="zeros", name="w")
+
+        def call(self, x):
+            return self.w
+
+        def compute_output_shape(self, input_shape):
+            return (3,)
+
+    return LearnedConstant
+
+
+def case_parameter(tmp_path, wrong: bool) -> Case:
+    # a learned (3,) blob added per channel by a two-bottom Bias; the port holds it as the weight
+    # of a layer of the same name; wrong: the weight never copied (left at its zero init)
+    p = f32([0.5, -1.0, 2.0])
+    body = ('layer { name: "p1" type: "Parameter" top: "p1" parameter_param { shape { dim: 3 } } }\n'
+            'layer { name: "bias1" type: "Bias" bottom: "data" bottom: "p1" top: "bias1" }')
+    net = caffe_net(tmp_path, prototxt({"data": BATCH}, body), {"p1": [p]})
+    inp = keras_input(BATCH)
+    const = _parameter_layer()(name="p1")
+    model = keras.Model(inp, _lambda(lambda ts: ts[0] + ts[1], "bias1")([inp, const(inp)]))
+    if not wrong:
+        const.set_weights([p])
+    return Case(net, model, _normal(shape=BATCH), "p1")
+
 
 CASES: dict[str, Callable[..., Case]] = {
     "AbsVal": case_absval, "BNLL": case_bnll, "Exp": case_exp, "Log": case_log, "Power": case_power,
@@ -511,7 +584,8 @@ CASES: dict[str, Callable[..., Case]] = {
     "Normalize": case_normalize, "LRN": case_lrn, "Eltwise": case_eltwise, "Concat": case_concat,
     "Slice": case_slice, "Split": case_split, "Dropout": case_dropout, "Reduction": case_reduction,
     "ArgMax": case_argmax, "Flatten": case_flatten, "Reshape": case_reshape, "Unsqueeze": case_unsqueeze,
-    "Tile": case_tile, "Silence": case_silence,
+    "Tile": case_tile, "Silence": case_silence, "Filter": case_filter, "BatchReindex": case_batchreindex,
+    "Parameter": case_parameter,
 }
 
 
@@ -613,3 +687,24 @@ def test_a_multi_top_layer_pairs_with_the_outputs_of_the_tf_layer_of_its_name():
     assert not a.unmapped_caffe and not a.unmapped_tf
     a = align(caffe, tf(2))
     assert a.unmapped_caffe == ["slice1/a", "slice1/b", "slice1/c"]
+
+
+def test_a_parameter_folded_into_its_consumer_is_not_required(tmp_path):
+    """The other correct port of a ``Parameter``: its blob a constant inside the consumer (no TF
+    layer of its own). A constant computes nothing at inference: the report passes, the layer is
+    not 'uncovered' (it is left unmapped), and its value is still checked through the consumer's row."""
+    p = f32([0.5, -1.0, 2.0])
+    body = ('layer { name: "p1" type: "Parameter" top: "p1" parameter_param { shape { dim: 3 } } }\n'
+            'layer { name: "bias1" type: "Bias" bottom: "data" bottom: "p1" top: "bias1" }')
+    x = _normal(shape=BATCH)
+    for const, ok in ((p, True), (p[::-1].copy(), False)):
+        net = caffe_net(tmp_path, prototxt({"data": BATCH}, body), {"p1": [p]})
+        inp = keras_input(BATCH)
+        model = keras.Model(inp, _lambda(lambda t, c=const: t + c, "bias1")(inp))
+        report = compare(net, model, x)
+        assert report.unmapped_caffe == ["p1"] and not report.coverage.uncovered, report.summary()
+        if ok:
+            assert_clean(report)
+            assert bool(report), report.summary()
+        else:  # the blob in the wrong order: named at the consumer
+            assert not report and report.first_divergence.caffe_chain == ["bias1"], report.summary()
