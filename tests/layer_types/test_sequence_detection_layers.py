@@ -501,6 +501,10 @@ def test_recurrent_blobs_are_declared_time_major_in_caffe_and_batch_major_in_ker
     for kind in ("LSTM", "RNN", "LSTMUnit"):
         assert layout_for(kind, {}, (T, N, H), [("", None, (T, N, C))]) == ("TNC", None)
     assert layout_for("Reshape", {}, (T, N, H), [("", None, (T, N * H))]) == ("", None)  # other 3-D blobs: as is
+    assert layout_for("InnerProduct", {}, (T, N, 6), [("TNC", None, (T, N, H))]) == ("TNC", None)  # axis 2
+    assert layout_for("Reshape", {}, (N, T, H), [("TNC", None, (T, N, H))]) == ("", None)  # T, N not kept
+    assert probe_layout((N, T, 6), in_layouts=["NTC"], in_shape=(N, T, H), default="NHWC") == ("NTC", None)
+    assert probe_layout((N, T * H), op="reshape", in_layouts=["NTC"], in_shape=(N, T, H), default="NHWC")[0] == "NC"
     assert probe_layout((N, T, H), op="sequence", default="NHWC") == ("NTC", None)
     assert probe_layout((N, H), op="sequence", default="NHWC") == ("NC", None)  # return_sequences=False
     y = np.arange(N * T * H).reshape(N, T, H)
@@ -550,3 +554,40 @@ def test_detections_are_compared_as_a_set_not_row_by_row(tmp_path):
     assert compare(net, model, x).row(layer).max_abs_error < 1e-5
     report = compare(net, detection_case(tmp_path, bug="yx")[1], x)
     assert not report and report.row(layer).metrics is not None and report.row(layer).max_abs_error > 0.01
+
+
+def _lstm_classifier(tmp_path, softmax_axis: int = -1):
+    """LSTM -> Dropout (in place) -> InnerProduct (axis 2) -> Softmax (axis 2), as captioning
+    and action nets stack them; the port: Keras LSTM -> Dropout -> Dense -> Softmax."""
+    r = rng(14)
+    o_dim = 6
+    wx, b, wh = f32(r.standard_normal((4 * H, C))), f32(r.standard_normal(4 * H)), f32(r.standard_normal((4 * H, H)))
+    wo, bo = f32(r.standard_normal((o_dim, H))), f32(r.standard_normal(o_dim))
+    body = ('layer { name: "lstm1" type: "LSTM" bottom: "data" bottom: "cont" top: "lstm1"\n'
+            f'  recurrent_param {{ num_output: {H} }} }}\n'
+            'layer { name: "drop" type: "Dropout" bottom: "lstm1" top: "lstm1" }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "lstm1" top: "fc"\n'
+            f'  inner_product_param {{ num_output: {o_dim} axis: 2 }} }}\n'
+            'layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" softmax_param { axis: 2 } }\n')
+    net = caffe_net(tmp_path, prototxt({"data": (T, N, C), "cont": (T, N)}, body), {"lstm1": [wx, b, wh], "fc": [wo, bo]})
+    xin = keras.Input((T, C), batch_size=N, name="data")
+    lstm, fc = keras.layers.LSTM(H, return_sequences=True, name="lstm1"), keras.layers.Dense(o_dim, name="fc")
+    y = fc(keras.layers.Dropout(0.5, name="drop")(lstm(xin)))
+    model = keras.Model(xin, keras.layers.Softmax(axis=softmax_axis, name="prob")(y))
+    lstm.set_weights([_ifog_to_ifco(wx).T.copy(), _ifog_to_ifco(wh).T.copy(), _ifog_to_ifco(b)])
+    fc.set_weights([wo.T.copy(), bo])
+    x, cont = f32(r.standard_normal((T, N, C))), _cont(restart=False)  # a plain LSTM: one sequence per row
+    return net, model, {"data": x, "cont": cont}, {"tf_inputs": {"data": _batch_major(x, cont)["data"]}}
+
+
+def test_layers_after_an_lstm_stay_sequences_and_a_softmax_over_time_is_named(tmp_path):
+    """The tops after the LSTM that keep its T and N axes are sequences too (Caffe TNC, Keras
+    NTC): every row is compared, own error measured past the LSTM; a Keras Softmax over the
+    time axis (axis=1) where Caffe's axis 2 is the features fails at 'prob'."""
+    net, model, x, kw = _lstm_classifier(tmp_path)
+    report = compare(net, model, x, **kw)
+    assert_clean(report)
+    assert bool(report) and [r.caffe_layer for r in report.rows] == ["lstm1", "drop", "fc", "prob"], report.summary()
+    assert report.row("fc").own is not None and report.row("fc").own.passed
+    report = compare(net, _lstm_classifier(tmp_path, softmax_axis=1)[1], x, **kw)
+    assert not report and report.first_divergence.caffe_chain == ["prob"], report.summary()

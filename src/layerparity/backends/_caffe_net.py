@@ -635,10 +635,12 @@ def layout_for(kind: str, params: dict, shape: tuple[int, ...], bottoms: list[tu
         if plain_b and len(params.get("order", [])) == nd:
             return "".join(plain_b[o] for o in params["order"]), None
         return "", None
-    if kind == "InnerProduct":
-        return ("NC", None) if nd == 2 else ("", None)
     if kind in _SEQUENCE_KINDS and nd == 3:
         return "TNC", None
+    if nd == 3 and plain_b == "TNC" and tuple(shape[:2]) == tuple(b_shape[:2]):
+        return "TNC", None  # keeps T and N (InnerProduct with axis 2, elementwise...): still a sequence
+    if kind == "InnerProduct":
+        return ("NC", None) if nd == 2 else ("", None)
     if kind in _TABLE_KINDS:
         return "", None
     if kind in _CHANNEL_KINDS:

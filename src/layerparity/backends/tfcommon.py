@@ -286,7 +286,9 @@ def probe_layout(
     - ``"reshape"``: a reshape; to 2-D keeping every element it is a flatten;
     - ``"transpose"``: ``perm`` (batch axis included) moves the labels with the data;
     - ``"sequence"``: a recurrent layer (Keras ``LSTM``, ``RNN``...): Keras is batch-major,
-      so a 3-D output is ``"NTC"`` (Caffe's recurrent tops are time-major, ``"TNC"``);
+      so a 3-D output is ``"NTC"`` (Caffe's recurrent tops are time-major, ``"TNC"``); any
+      other 3-D output that keeps the N and T axes of an ``"NTC"`` first input (``Dense``,
+      elementwise layers) is ``"NTC"`` too;
     - ``""``: anything else: ``data_format`` (Keras or TF spelling), else inherited
       from the first 4-D input, else ``default`` (see :func:`derive_layout`).
 
@@ -309,6 +311,9 @@ def probe_layout(
         lay = permuted_layout(in_lay, perm)
         if lay and len(lay) == len(out_shape):
             return lay, None
+    elif in_lay == "NTC" and len(out_shape) == 3 and in_shape is not None and len(in_shape) == 3 \
+            and tuple(out_shape[:2]) == tuple(in_shape[:2]):
+        return "NTC", None
     declared = layout_of_format(data_format)
     return derive_layout(len(out_shape), declared=declared, in_layouts=in_layouts, default=default), None
 
