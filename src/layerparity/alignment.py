@@ -29,6 +29,10 @@ Trivial Caffe layers (Dropout at TEST, Split, Silence...) without a TF partner
 are never dropped: in-place ones extend the chain they follow, the others are
 paired with the TF probe of their input (``how="identity"``). Everything else
 left over is listed in ``unmapped_caffe`` / ``unmapped_tf``.
+
+A Caffe layer with several tops (probes ``layer/top``) against one TF op with as
+many outputs (``name``, ``name:1``, ...) pairs top i with output i, by any rule
+(:meth:`_Aligner.pair_tops`).
 """
 
 from __future__ import annotations
@@ -263,6 +267,11 @@ class _Aligner:
                     self.cons[i].append(p.name)
         self.caffe_value = caffe_value
         self.tf_value = tf_value
+        self.tops: dict[str, list[str]] = {}  # Caffe layer -> its probes ``layer/top``, when several
+        for p in caffe:
+            if p.name.startswith(p.layer + "/"):
+                self.tops.setdefault(p.layer, []).append(p.name)
+        self.tops = {k: v for k, v in self.tops.items() if len(v) > 1}
         self._build_units()
         self.pairs: list[Pair] = []
         self.pair_of_c: dict[str, Pair] = {}
@@ -361,11 +370,15 @@ class _Aligner:
         by_layer: dict[str, list[str]] = {}
         for p in self.c:
             by_layer.setdefault(p.layer, []).append(p.name)
+        taken: set[str] = set()  # TF probes mapped so far (outputs of one op may go to several tops)
         for ck, tv in mapping.items():
+            whole = False  # a layer with several tops, mapped as a whole
             if ck in self.cp:
                 cname = ck
             elif ck in by_layer and len(by_layer[ck]) == 1:
                 cname = by_layer[ck][0]
+            elif ck in self.tops:
+                cname, whole = self.tops[ck][0], True
             else:
                 near = _near(ck, list(self.cp))
                 raise MappingError(f"{src}: Caffe layer {ck!r} is not in the Caffe trace{near}")
@@ -373,7 +386,7 @@ class _Aligner:
                 raise MappingError(f"{src}: Caffe layer {ck!r} is mapped twice")
             if tv in self.tp:
                 ukey, probe = self.unit_of[tv], tv
-                if self.units[ukey].out == tv:
+                if self.units[ukey].out == tv and not _op_outputs(self.units[ukey]):
                     probe = None
             elif tv in self.units:
                 ukey, probe = tv, None
@@ -383,9 +396,17 @@ class _Aligner:
                     near = _near(tv, list(self.tp))
                     raise MappingError(f"{src}: TF name {tv!r} (for Caffe layer {ck!r}) is not in the TF trace{near}")
                 ukey, probe = hits[0], None
-            if ukey in self.matched:
+            if ukey in self.matched and (probe is None or whole or not _op_outputs(self.units[ukey]) or probe in taken):
                 raise MappingError(f"{src}: TF name {tv!r} is mapped from two Caffe layers")
+            if whole:
+                if not self.pair_tops(cname, ukey, "explicit"):
+                    raise MappingError(
+                        f"{src}: Caffe layer {ck!r} has {len(self.tops[ck])} tops and TF {tv!r} is not as many "
+                        f"outputs of one op; map each top ({', '.join(map(repr, self.tops[ck]))})")
+                taken.update(self.units[ukey].members)
+                continue
             self.add_pair([cname], ukey, "explicit", tf_probe=probe, extend_tf=probe is None)
+            taken.update([probe] if probe else self.units[ukey].members)
 
     # phase 2 ------------------------------------------------------------------
     def by_name(self) -> None:
@@ -418,24 +439,27 @@ class _Aligner:
         self._multi_top_by_name()
 
     def _multi_top_by_name(self) -> None:
-        """A Caffe layer with several tops (probes ``layer/top``, none named alone) against
-        the TF layer of the layer's name with as many outputs of one op (``name``,
-        ``name:1``, ...): top i is output i (a Slice ported as one ``split``)."""
-        tops: dict[str, list[str]] = {}
-        for p in self.c:
-            if p.name.startswith(p.layer + "/"):
-                tops.setdefault(p.layer, []).append(p.name)
-        for layer, names in tops.items():
-            if len(names) < 2 or any(n in self.pair_of_c for n in names):
+        """A Caffe layer with several tops against the TF layer of the layer's name."""
+        for layer, names in self.tops.items():
+            if any(n in self.pair_of_c for n in names):
                 continue
             for u in self.uorder:
-                if u.key in self.matched or canon(layer) not in tf_name_keys(u.key, self.tp[u.out].kind)[:1]:
-                    continue
-                outs = sorted(u.members, key=_output_index)
-                if len(outs) == len(names) and len({m.rpartition(":")[0] if _output_index(m) else m for m in outs}) == 1:
-                    for c, m in zip(names, outs, strict=True):
-                        self.add_pair([c], u.key, "name", tf_probe=m, extend_tf=False)
-                break
+                if u.key not in self.matched and canon(layer) in tf_name_keys(u.key, self.tp[u.out].kind)[:1]:
+                    self.pair_tops(names[0], u.key, "name")
+                    break
+
+    def pair_tops(self, c: str, unit_key: str, how: str) -> bool:
+        """Pair every top of ``c``'s Caffe layer, if it has several (probes ``layer/top``) and
+        none is paired yet, with the outputs of the TF unit when they are as many outputs of one
+        op (``name``, ``name:1``, ...): top i with output i (a Slice ported as one split).
+        False, pairing nothing, otherwise."""
+        names = self.tops.get(self.cp[c].layer, [])
+        outs = _op_outputs(self.units[unit_key])
+        if c not in names or len(outs) != len(names) or any(n in self.pair_of_c for n in names):
+            return False
+        for n, m in zip(names, outs, strict=True):
+            self.add_pair([n], unit_key, how, tf_probe=m, extend_tf=False)
+        return True
 
     def _fused_name_keys(self, u: _Unit, cindex: dict[str, str]) -> list[str]:
         """For a TFLite op that fused several TF ops (``relu1/Relu;conv1/BiasAdd;conv1/Conv2D``:
@@ -487,13 +511,14 @@ class _Aligner:
                 if linear:
                     u = self._choose(p, self._candidates(p))
                     if u is not None:
-                        self.add_pair([c], u, "structural")
+                        if not self.pair_tops(c, u, "structural"):
+                            self.add_pair([c], u, "structural")
                         continue
                     if in_place or sole:
                         self.extend(P, c, f"no separate TF {k}: compared after it (folded into {P.tf!r}, or missing)")
                         continue
             u = self._choose(p, self._candidates(p))
-            if u is not None:
+            if u is not None and not self.pair_tops(c, u, "structural"):
                 self.add_pair([c], u, "structural")
 
     def inputs_after_preprocessing(self) -> None:
@@ -736,6 +761,13 @@ def _output_index(name: str) -> int:
     """The output index of a TF probe name (``split:2`` -> 2; ``split`` -> 0)."""
     head, sep, tail = name.rpartition(":")
     return int(tail) if sep and head and tail.isdigit() else 0
+
+
+def _op_outputs(u: _Unit) -> list[str]:
+    """The unit's members in output order when they are two or more outputs of one op, else []."""
+    outs = sorted(u.members, key=_output_index)
+    one_op = len({m.rpartition(":")[0] if _output_index(m) else m for m in outs}) == 1
+    return outs if len(outs) > 1 and one_op and [_output_index(m) for m in outs] == list(range(len(outs))) else []
 
 
 def _near(name: str, pool: list[str]) -> str:

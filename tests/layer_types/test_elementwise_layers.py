@@ -664,29 +664,44 @@ def test_a_wrong_port_fails_at_the_layer(tmp_path, ctype):
         assert fd.diagnoses and fd.diagnoses[0].kind == WRONG_KIND[ctype], [d.kind for d in fd.diagnoses]
 
 
-def test_a_multi_top_layer_pairs_with_the_outputs_of_the_tf_layer_of_its_name():
-    """Alignment alone (no framework): Caffe ``slice1`` with tops a, b, c against one TF layer
-    ``slice1`` with three outputs pairs top i with output i; a TF layer with another number of
-    outputs is not paired (which output is which top would be a guess)."""
+def test_a_multi_top_layer_pairs_with_the_outputs_of_one_tf_op():
+    """Alignment alone (no framework): Caffe ``slice1`` with tops a, b, c against one TF op with
+    three outputs pairs top i with output i, by name, by structure (names lost) and by an explicit
+    mapping (each top, or the layer as a whole); a TF op with another number of outputs is not
+    paired (which output is which top would be a guess)."""
     from layerparity.alignment import align
+    from layerparity.errors import MappingError
     from layerparity.trace import Probe, Trace
 
     caffe = Trace("caffe", probes=[
         Probe("data", "Input"),
         *(Probe(f"slice1/{t}", "Slice", layer="slice1", blob=t, inputs=["data"]) for t in "abc")])
 
-    def tf(n: int) -> Trace:
+    def tf(n: int, name: str = "slice1", kind: str = "Lambda") -> Trace:
         return Trace("tensorflow", probes=[
             Probe("data", "InputLayer"),
-            *(Probe("slice1" if i == 0 else f"slice1:{i}", "Lambda", layer="slice1", inputs=["data"])
-              for i in range(n))])
+            *(Probe(name if i == 0 else f"{name}:{i}", kind, layer=name, inputs=["data"]) for i in range(n))])
+
+    def pairs(a):
+        return [(p.caffe_chain, p.tf, p.how) for p in a.pairs][1:]
+
+    def want(how: str, name: str = "slice1"):
+        return [(["slice1/a"], name, how), (["slice1/b"], f"{name}:1", how), (["slice1/c"], f"{name}:2", how)]
 
     a = align(caffe, tf(3))
-    assert [(p.caffe_chain, p.tf, p.how) for p in a.pairs][1:] == [
-        (["slice1/a"], "slice1", "name"), (["slice1/b"], "slice1:1", "name"), (["slice1/c"], "slice1:2", "name")]
-    assert not a.unmapped_caffe and not a.unmapped_tf
-    a = align(caffe, tf(2))
-    assert a.unmapped_caffe == ["slice1/a", "slice1/b", "slice1/c"]
+    assert pairs(a) == want("name") and not a.unmapped_caffe and not a.unmapped_tf
+    a = align(caffe, tf(3, "split", "SplitV"))
+    assert pairs(a) == want("structural", "split") and not a.unmapped_caffe and not a.unmapped_tf
+    a = align(caffe, tf(3, "split", "SplitV"), {"slice1/a": "split", "slice1/b": "split:1", "slice1/c": "split:2"})
+    assert pairs(a) == want("explicit", "split")
+    assert pairs(align(caffe, tf(3, "split", "SplitV"), {"slice1": "split"})) == want("explicit", "split")
+    with pytest.raises(MappingError, match="'slice1' has 3 tops"):
+        align(caffe, tf(2, "split", "SplitV"), {"slice1": "split"})
+    with pytest.raises(MappingError, match="'slice1/a' is mapped twice"):
+        align(caffe, tf(3, "split", "SplitV"), {"slice1": "split", "slice1/a": "split:1"})
+    with pytest.raises(MappingError, match="'split' is mapped from two Caffe layers"):
+        align(caffe, tf(3, "split", "SplitV"), {"data": "split:1", "slice1": "split"})
+    assert align(caffe, tf(2)).unmapped_caffe == ["slice1/a", "slice1/b", "slice1/c"]
 
 
 def test_a_parameter_folded_into_its_consumer_is_not_required(tmp_path):
@@ -708,3 +723,34 @@ def test_a_parameter_folded_into_its_consumer_is_not_required(tmp_path):
             assert bool(report), report.summary()
         else:  # the blob in the wrong order: named at the consumer
             assert not report and report.first_divergence.caffe_chain == ["bias1"], report.summary()
+
+
+def test_a_slice_ported_as_one_tf_split_in_a_saved_model_is_aligned_by_structure(tmp_path):
+    """A converter-style graph (names lost): conv1 then one ``tf.split`` with three outputs in a
+    SavedModel. Each Caffe top pairs with its output of the split (structural), and a split at the
+    wrong points is named at the first top."""
+    import tensorflow as tf  # here: caffe (diagnose_cases) is imported first
+
+    w, b = conv_w(4, 3, 3, seed=7)
+    body = CONV + ('layer { name: "slice1" type: "Slice" bottom: "conv1" top: "s_a" top: "s_b" top: "s_c"\n'
+                   "  slice_param { axis: 1 slice_point: 1 slice_point: 3 } }")
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b]})
+    for sizes in ([1, 2, 1], [2, 1, 1]):
+        @tf.function(input_signature=[tf.TensorSpec((1, 5, 5, 3), tf.float32, name="data")])
+        def port(x, sizes=sizes):
+            c = tf.nn.bias_add(tf.nn.conv2d(x, tf.constant(hwio(w)), 1, "SAME"), b)
+            parts = tf.split(c, sizes, axis=3)
+            return {f"out{i}": tf.identity(p) for i, p in enumerate(parts)}
+
+        path = str(tmp_path / f"sm{sizes[0]}")
+        tf.saved_model.save(tf.Module(), path, signatures=port.get_concrete_function())
+        report = compare(net, path, _normal())
+        rows = _rows_with(report, "slice1")
+        assert [(r.caffe_chain, r.tf_layer.rsplit("/", 1)[-1]) for r in rows] == [
+            (["slice1/s_a"], "split"), (["slice1/s_b"], "split:1"), (["slice1/s_c"], "split:2")]
+        assert not report.unmapped_caffe and not report.coverage.uncovered, report.summary()
+        if sizes == [1, 2, 1]:
+            assert_clean(report)
+            assert bool(report), report.summary()
+        else:
+            assert not report and report.first_divergence.caffe_chain == ["slice1/s_a"], report.summary()
