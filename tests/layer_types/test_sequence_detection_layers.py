@@ -153,7 +153,7 @@ def lstm_case(tmp_path, bug: str | None = None, restart: bool = True):
     net = _recurrent_net(tmp_path, "LSTM", [wx, b, wh], H)
     order = (lambda w: w) if bug == "gate_order" else _ifog_to_ifco
     cell = ContLSTMCell(H, honour_cont=bug != "cont_ignored")
-    model, rnn = _with_cont(cell, "lstm1")
+    model, _ = _with_cont(cell, "lstm1")
     cell.cell.set_weights([order(wx).T.copy(), order(wh).T.copy(), order(b)])
     x, cont = f32(r.standard_normal((T, N, C))), _cont(restart)
     return net, model, {"data": x, "cont": cont}, {"tf_inputs": _batch_major(x, cont)}, "lstm1"
@@ -167,7 +167,7 @@ def rnn_case(tmp_path, bug: str | None = None):
     w_xh, b_h, w_hh, w_ho, b_o = (f32(r.standard_normal(s) * 0.6) for s in shapes)
     net = _recurrent_net(tmp_path, "RNN", [w_xh, b_h, w_hh, w_ho, b_o], o_dim)
     cell = ContRNNCell(H, o_dim, output_tanh=bug != "output_tanh")
-    model, rnn = _with_cont(cell, "rnn1")
+    model, _ = _with_cont(cell, "rnn1")
     cell.set_weights([w_xh.T.copy(), b_h, w_hh.T.copy(), w_ho.T.copy(), b_o])
     x, cont = f32(r.standard_normal((T, N, C))), _cont(True)
     return net, model, {"data": x, "cont": cont}, {"tf_inputs": _batch_major(x, cont)}, "rnn1"
