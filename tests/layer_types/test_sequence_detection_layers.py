@@ -39,9 +39,8 @@ COVERED = {
             "gates reordered i,f,o,g -> i,f,c,o, T x N x C <-> N x T x C",
     "RNN": "keras RNN(return_sequences=True) over a custom cell: h = tanh(W_xh x + b_h + W_hh (cont h)), "
            "o = tanh(W_ho h + b_o), T x N x C <-> N x T x C",
-    "LSTMUnit": "two keras Lambdas of TF ops named after its tops (lstmu_c, lstmu_h: a Caffe top 'layer/top' "
-                "pairs by name with a Keras layer 'layer_top'), gates i,f,o,g, f zeroed where cont is 0, "
-                "1 x N x C <-> N x C",
+    "LSTMUnit": "keras Lambda of TF ops returning [c, h] (top i pairs with output i), gates i,f,o,g, "
+                "f zeroed where cont is 0, 1 x N x C <-> N x C",
     "PriorBox": "keras Lambda returning the priors as a constant 1 x 2 x (H*W*num_priors*4) (boxes, then variances)",
     "Python": "keras Lambda computing the Python layer's forward (module on the worker's path: caffe_pythonpath=)",
     "Proposal": "keras Lambda of TF ops: this Caffe's anchors, box transform and clip (+1 widths), top_k, "
@@ -190,9 +189,11 @@ def lstm_unit_case(tmp_path, bug: str | None = None):
 
     ins = [keras.Input((H,), batch_size=N, name="c_prev"), keras.Input((4 * H,), batch_size=N, name="gates"),
            keras.Input((1,), batch_size=N, name="cont")]
-    c = keras.layers.Lambda(cell, name="lstmu_c")(ins)
-    h = keras.layers.Lambda(lambda ts: ops.sigmoid(gate(ts[1], 2)) * ops.tanh(ts[0]), name="lstmu_h")([c, ins[1]])
-    model = keras.Model(ins, [c, h])
+    def unit(ts):
+        c = cell(ts)
+        return [c, ops.sigmoid(gate(ts[1], 2)) * ops.tanh(c)]
+
+    model = keras.Model(ins, keras.layers.Lambda(unit, name="lstmu")(ins))  # outputs c, h: tops c, h
     c_prev, gates = f32(r.standard_normal((1, N, H))), f32(r.standard_normal((1, N, 4 * H)) * 1.5)
     cont = np.array([[1, 0]], np.float32)  # the second item starts a new sequence: its f is 0
     feed = {"c_prev": c_prev, "gates": gates, "cont": cont}
