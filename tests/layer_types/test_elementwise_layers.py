@@ -59,7 +59,8 @@ COVERED = {
     "Concat": "keras Concatenate(axis=-1)",
     "Slice": "keras Lambda: keras.ops.split(x, [1, 3], axis=-1), one layer with three outputs",
     "Split": "nothing: the port reads the tensor twice (each copy compared against the split's input)",
-    "Silence": "nothing: the silenced output left unused (Silence has no top, so no probe)",
+    "Silence": "nothing: the silenced output computed and left unused (Silence has no top, so no probe; "
+               "a port that never computes the silenced top still fails: it counts as a net output)",
     "Dropout": "keras Dropout (identity at inference)",
     "Reduction": "keras Lambda: coeff * keras.ops.mean(x, axis=(1, 2))",
     "ArgMax": "keras Lambda: cast(expand_dims(argmax(x, axis=-1), -1), float32)",
@@ -68,13 +69,13 @@ COVERED = {
     "Unsqueeze": "keras Lambda: keras.ops.expand_dims(x, 2) on an (N, C) blob",
     "Tile": "keras Lambda: keras.ops.tile(x, (1, 1, 1, tiles))",
     "Filter": "keras Lambda: tf.boolean_mask(x, selector != 0) (selector a second input)",
-    "BatchReindex": "keras Lambda: keras.ops.take(x, indices, axis=0) (indices a second input, as long as the batch)",
+    "BatchReindex": "keras Lambda: keras.ops.take(x, indices, axis=0) (indices a second input; "
+                    "only as many indices as items: inputs must agree on the batch size)",
     "Parameter": "a keras layer holding the blob as its weight and returning it",
 }
 
 #: Caffe types of this family not covered, and why (honest: what fails or is missing).
-NOT_YET = {
-}
+NOT_YET = {}
 
 
 @dataclass
@@ -754,3 +755,23 @@ def test_a_slice_ported_as_one_tf_split_in_a_saved_model_is_aligned_by_structure
             assert bool(report), report.summary()
         else:
             assert not report and report.first_divergence.caffe_chain == ["slice1/s_a"], report.summary()
+
+
+#: More parameter settings of two-input types, each with its correct Keras port (the layer "elt1").
+VARIANTS = {
+    "Eltwise PROD": ("Eltwise", "eltwise_param { operation: PROD }", lambda: keras.layers.Multiply(name="elt1")),
+    "Eltwise MAX": ("Eltwise", "eltwise_param { operation: MAX }", lambda: keras.layers.Maximum(name="elt1")),
+    "Eltwise SUM": ("Eltwise", "", lambda: keras.layers.Add(name="elt1")),
+    "Concat axis 2 (H)": ("Concat", "concat_param { axis: 2 }", lambda: keras.layers.Concatenate(axis=1, name="elt1")),
+    "Concat axis 3 (W)": ("Concat", "concat_param { axis: 3 }", lambda: keras.layers.Concatenate(axis=2, name="elt1")),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_more_settings_of_two_input_layers_pass_with_their_keras_merge_layer(tmp_path, variant):
+    ctype, param, layer = VARIANTS[variant]
+    case = _two_convs(tmp_path, f'layer {{ name: "elt1" type: "{ctype}" bottom: "conv1" bottom: "conv2" top: "elt1"\n'
+                      f"  {param} }}", layer())
+    report = compare(case.net, case.model, case.x)
+    assert_clean(report)
+    assert bool(report) and [r.caffe_chain for r in _rows_with(report, "elt1")] == [["elt1"]], report.summary()
