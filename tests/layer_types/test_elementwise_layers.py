@@ -64,14 +64,15 @@ COVERED = {
     "Dropout": "keras Dropout (identity at inference)",
     "Reduction": "keras Lambda: coeff * keras.ops.mean(x, axis=(1, 2))",
     "ArgMax": "keras Lambda: cast(expand_dims(argmax(x, axis=-1), -1), float32)",
-    "Flatten": "keras Permute((3, 1, 2)) then Reshape (axis 2: a 3-D blob)",
+    "Flatten": "keras Permute((3, 1, 2)) then Reshape (axis 2: a 3-D blob); keras Flatten (axis 1)",
     "Reshape": "keras Permute((3, 1, 2)) then Reshape",
     "Unsqueeze": "keras Lambda: keras.ops.expand_dims(x, 2) on an (N, C) blob",
     "Tile": "keras Lambda: keras.ops.tile(x, (1, 1, 1, tiles))",
     "Filter": "keras Lambda: tf.boolean_mask(x, selector != 0) (selector a second input)",
     "BatchReindex": "keras Lambda: keras.ops.take(x, indices, axis=0) (indices a second input; "
                     "only as many indices as items: inputs must agree on the batch size)",
-    "Parameter": "a keras layer holding the blob as its weight and returning it",
+    "Parameter": "a keras layer holding the blob as its weight and returning it (or the blob folded "
+                 "into its consumer: left unmapped, not required)",
 }
 
 #: Caffe types of this family not covered, and why (honest: what fails or is missing).
@@ -84,7 +85,7 @@ class Case:
 
     net: object
     model: object
-    x: np.ndarray
+    x: np.ndarray | dict[str, np.ndarray]
     layer: str  # the Caffe layer under test
     kw: dict = field(default_factory=dict)  # extra compare() arguments
 
@@ -95,7 +96,7 @@ CONV = ('layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"\n
 
 
 def _after_conv(tmp_path, caffe_layer: str, keras_layer, *, x_scale: float = 1.0, params=None) -> Case:
-    """data -> conv1 (3 -> 4 channels) -> THE LAYER, in place on conv1 (Caffe's usual form);
+    """data -> conv1 (3 -> 4 channels) -> THE LAYER (in place on conv1 where Caffe allows it);
     the port is Conv2D(name conv1) -> ``keras_layer`` (named like the Caffe layer)."""
     w, b = conv_w(4, 3, 3, seed=7)
     body = CONV + caffe_layer + "\n"
@@ -394,16 +395,16 @@ def case_slice(tmp_path, wrong: bool) -> Case:
 
 
 def case_split(tmp_path, wrong: bool) -> Case:
-    # a Split the user wrote: conv1 copied to two tops, each read by its own layer; the port
-    # reads conv1 twice. wrong: the second branch reads the input of conv1's ReLU... there is
-    # no ReLU: it reads a copy the port scaled by mistake
-    body = ('layer { name: "split1" type: "Split" bottom: "conv1" top: "c_a" top: "c_b" }\n'
+    # a Split the user wrote: relu1's output copied to two tops, each read by its own layer; the
+    # port reads relu1 twice. wrong: the second branch taken from before the ReLU (conv1's output)
+    body = ('layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }\n'
+            'layer { name: "split1" type: "Split" bottom: "conv1" top: "c_a" top: "c_b" }\n'
             'layer { name: "abs1" type: "AbsVal" bottom: "c_a" top: "abs1" }\n'
             'layer { name: "sig1" type: "Sigmoid" bottom: "c_b" top: "sig1" }')
 
     def port(t):
-        b = keras.layers.Lambda(lambda v: v * 0.5, name="split1")(t) if wrong else t
-        return [_lambda(keras.ops.abs, "abs1")(t), keras.layers.Activation("sigmoid", name="sig1")(b)]
+        r = keras.layers.ReLU(name="relu1")(t)
+        return [_lambda(keras.ops.abs, "abs1")(r), keras.layers.Activation("sigmoid", name="sig1")(t if wrong else r)]
 
     case = _after_conv(tmp_path, body, port)
     case.layer = "split1"
@@ -648,7 +649,7 @@ def test_a_correct_port_passes_with_the_layer_aligned(tmp_path, ctype):
     if ctype == "Split":  # each copy compared against the TF value of the split's input
         rows = _rows_with(report, case.layer)
         assert [r.caffe_chain for r in rows] == [["split1/c_a"], ["split1/c_b"]]
-        assert all(r.tf_layer == "conv1" for r in rows)
+        assert all(r.tf_layer == "relu1" for r in rows)
 
 
 @pytest.mark.parametrize("ctype", sorted(COVERED))
@@ -775,3 +776,13 @@ def test_more_settings_of_two_input_layers_pass_with_their_keras_merge_layer(tmp
     report = compare(case.net, case.model, case.x)
     assert_clean(report)
     assert bool(report) and [r.caffe_chain for r in _rows_with(report, "elt1")] == [["elt1"]], report.summary()
+
+
+def test_a_flatten_to_2d_passes_against_keras_flatten_in_its_own_order(tmp_path):
+    """Caffe's default Flatten (axis 1: C*H*W order) against Keras' Flatten (H*W*C order): the
+    engine compares the two through their declared flattened layouts, so the correct port passes."""
+    case = _after_conv(tmp_path, 'layer { name: "flat1" type: "Flatten" bottom: "conv1" top: "flat1" }',
+                       keras.layers.Flatten(name="flat1"))
+    report = compare(case.net, case.model, case.x)
+    assert_clean(report)
+    assert bool(report) and [r.caffe_chain for r in _rows_with(report, "flat1")] == [["flat1"]], report.summary()
