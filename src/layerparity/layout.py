@@ -283,3 +283,21 @@ def inner_product_weight_caffe_to_tf(w: np.ndarray, chw: tuple[int, int, int] | 
         return w.T
     c, h, ww = chw
     return w.reshape(n, c, h, ww).transpose(2, 3, 1, 0).reshape(-1, n)
+
+
+def lstm_weight_caffe_to_keras(w: np.ndarray) -> np.ndarray:
+    """A Caffe LSTM blob in Keras' LSTM layout: ``W_xc`` (4H, C) -> kernel (C, 4H), ``W_hc``
+    (4H, H) -> recurrent kernel (H, 4H), ``b_c`` (4H,) -> bias (4H,), the gate blocks
+    reordered from Caffe's i, f, o, g to Keras' i, f, c, o (c is Caffe's g).
+
+    >>> lstm_weight_caffe_to_keras(np.arange(8.0)).tolist()   # H = 2: i i f f o o g g
+    [0.0, 1.0, 2.0, 3.0, 6.0, 7.0, 4.0, 5.0]
+    >>> lstm_weight_caffe_to_keras(np.zeros((8, 3))).shape
+    (3, 8)
+    """
+    w = np.asarray(w)
+    if w.ndim not in (1, 2) or w.shape[0] % 4:
+        raise InputDataError(f"Caffe LSTM blob: expected (4H,) or (4H, K), got shape {w.shape}")
+    i, f, o, g = np.split(w, 4, axis=0)
+    e = np.concatenate([i, f, g, o], 0)
+    return e.T if e.ndim == 2 else e

@@ -60,6 +60,7 @@ from .layout import (
     deconv_weight_caffe_to_tf,
     depthwise_weight,
     inner_product_weight_caffe_to_tf,
+    lstm_weight_caffe_to_keras,
 )
 from .names import fold, normalize_name, tf_name_keys
 
@@ -100,6 +101,9 @@ TRANSFORM_FIXES = {
                          "BatchNorm, not Keras' 1e-3: mul = gamma / sqrt(var / S + eps).",
     "missing_scale": "The Scale layer after the BatchNorm was left out: fold its gamma/beta in "
                      "(mul = gamma / sqrt(var / S + eps), add = beta - mean / S * mul) or port it as its own Mul/Add.",
+    "lstm_gate_order": "Caffe's LSTM gates are i, f, o, g, Keras' i, f, c, o (c is Caffe's g): reorder the "
+                       "blocks of W_xc, W_hc and b_c before copying them "
+                       "(layerparity.layout.lstm_weight_caffe_to_keras).",
 }
 
 
@@ -345,6 +349,9 @@ def _variants(kind: str, role: str, w: np.ndarray, chw: tuple[int, int, int] | N
     own C*H*W order (a converter's transpose back to NCHW before the reshape), so the expected
     kernel is plain ``W.T`` and the Keras-style row permutation is the wrong one."""
     out: list[tuple[str, np.ndarray]] = []
+    if kind == "lstm" and w.ndim in (1, 2) and w.shape[0] % 4 == 0:
+        out.append(("lstm_gate_order", w.T if w.ndim == 2 else w))  # Caffe's i, f, o, g copied as is
+        return out
     if role != "weight":
         return out
     if kind in ("conv", "depthwise_conv") and w.ndim == 4:
@@ -376,6 +383,10 @@ def _variants(kind: str, role: str, w: np.ndarray, chw: tuple[int, int, int] | N
 
 def _expected(kind: str, w: np.ndarray, role: str, chw: tuple[int, int, int] | None, group: int,
               tf_shape: tuple[int, ...] | None) -> np.ndarray:
+    if kind == "lstm" and w.ndim in (1, 2) and w.shape[0] % 4 == 0:
+        return lstm_weight_caffe_to_keras(w)  # every blob: W_xc, b_c, W_hc
+    if kind == "rnn" and w.ndim == 2:
+        return w.T  # W_xh, W_hh, W_ho as Keras kernels (in, out)
     if role != "weight":
         return w
     if kind in ("conv", "depthwise_conv") and w.ndim == 4:
@@ -864,7 +875,7 @@ def iter_transform_names() -> Iterable[str]:
     """Every transform name an ``equal_under:`` status can carry."""
     return ("reshape_not_transpose", "kernel_flipped", "kernel_hw_swapped", "flatten_order",
             "deconv_in_out_swapped", "channel_order", "batchnorm_scale_factor", "prelu_shared_axes",
-            "batchnorm_epsilon", "missing_scale")
+            "batchnorm_epsilon", "missing_scale", "lstm_gate_order")
 
 
 # -- pairing by the alignment, folded and decomposed weights ----------------------------------------

@@ -592,3 +592,23 @@ def test_layers_after_an_lstm_stay_sequences_and_a_softmax_over_time_is_named(tm
     assert report.row("fc").own is not None and report.row("fc").own.passed
     report = compare(net, _lstm_classifier(tmp_path, softmax_axis=1)[1], x, **kw)
     assert not report and report.first_divergence.caffe_chain == ["prob"], report.summary()
+
+
+def test_recurrent_weights_are_equal_under_keras_layout_and_the_gate_order_bug_is_named(tmp_path):
+    """Weight parity: an LSTM's blobs (W_xc, b_c, W_hc) are expected transposed with their gate
+    blocks reordered i,f,o,g -> i,f,c,o, an RNN's matrices transposed; blocks copied in Caffe's
+    order are 'equal_under:lstm_gate_order', on the diverged row of the comparison too."""
+    from layerparity.weights import weight_parity
+
+    for case in (lstm_case, rnn_case):
+        net, model, *_ = case(tmp_path)
+        net.save(str(tmp_path / "w.caffemodel"))
+        report = weight_parity(str(tmp_path / "net.prototxt"), str(tmp_path / "w.caffemodel"), model)
+        assert report and [r.status for r in report.rows] == ["equal"], report.to_text()
+    net, model, x, kw, layer = lstm_case(tmp_path, bug="gate_order")
+    net.save(str(tmp_path / "w.caffemodel"))
+    report = weight_parity(str(tmp_path / "net.prototxt"), str(tmp_path / "w.caffemodel"), model)
+    assert not report and report.row(layer).status == "equal_under:lstm_gate_order", report.to_text()
+    assert "lstm_weight_caffe_to_keras" in report.row(layer).fix
+    fd = compare(net, model, x, **kw).first_divergence
+    assert [w.status for w in fd.weights] == ["equal_under:lstm_gate_order"]
