@@ -597,7 +597,7 @@ def test_layers_after_an_lstm_stay_sequences_and_a_softmax_over_time_is_named(tm
 def test_recurrent_weights_are_equal_under_keras_layout_and_the_gate_order_bug_is_named(tmp_path):
     """Weight parity: an LSTM's blobs (W_xc, b_c, W_hc) are expected transposed with their gate
     blocks reordered i,f,o,g -> i,f,c,o, an RNN's matrices transposed; blocks copied in Caffe's
-    order are 'equal_under:lstm_gate_order', on the diverged row of the comparison too."""
+    order are 'equal_under:lstm_gate_order', which the diverged row's diagnosis names."""
     from layerparity.weights import weight_parity
 
     for case in (lstm_case, rnn_case):
@@ -612,3 +612,4 @@ def test_recurrent_weights_are_equal_under_keras_layout_and_the_gate_order_bug_i
     assert "lstm_weight_caffe_to_keras" in report.row(layer).fix
     fd = compare(net, model, x, **kw).first_divergence
     assert [w.status for w in fd.weights] == ["equal_under:lstm_gate_order"]
+    assert fd.diagnoses[0].kind == "lstm_gate_order" and fd.diagnoses[0].layer == layer, fd.diagnoses

@@ -60,7 +60,7 @@ DIAGNOSIS_KINDS = (
     "lrn_depth_radius", "lrn_parameters", "batchnorm_epsilon", "batchnorm_scale_factor", "missing_scale",
     "softmax_axis", "concat_axis", "eltwise_coeff", "eltwise_operation", "leaky_slope", "relu_capped", "prelu_shared_axes",
     "constant_scale", "constant_offset", "spatial_shift", "interp_align_corners", "layout_declaration", "shape_mismatch",
-    "precision_drift", "spatially_transposed_port", "input_channel_order", "unknown",
+    "precision_drift", "spatially_transposed_port", "input_channel_order", "lstm_gate_order", "unknown",
 )
 
 #: Caffe activation layers a chain can end with (``conv1`` + ``relu1`` held against one

@@ -40,7 +40,7 @@ __all__ = ["attach_weight_check", "WEIGHT_TRANSFORM_KINDS"]
 #: decides them (weights equal under the expected layout contradict such a diagnosis).
 WEIGHT_TRANSFORM_KINDS = frozenset({
     "reshape_not_transpose", "kernel_flipped", "kernel_hw_swapped", "flatten_order", "deconv_in_out_swapped",
-    "batchnorm_scale_factor", "prelu_shared_axes", "missing_scale",
+    "batchnorm_scale_factor", "prelu_shared_axes", "missing_scale", "lstm_gate_order",
 })
 
 #: What each transform did to the weights, for the summary of a diagnosis made from the check.
@@ -55,6 +55,7 @@ _WHAT = {
     "prelu_shared_axes": "one PReLU slope shared where Caffe has one per channel",
     "batchnorm_epsilon": "the BatchNorm folded with another epsilon",
     "missing_scale": "the BatchNorm without the Scale layer's gamma/beta",
+    "lstm_gate_order": "the LSTM's gate blocks copied in Caffe's order i, f, o, g where Keras expects i, f, c, o",
 }
 
 
