@@ -45,6 +45,7 @@ _CAFFE = {
     "Normalize": "normalize", "ArgMax": "argmax", "Reduction": "sum", "Tile": "tile",
     "HardSwish": "hard_swish", "Swish": "swish", "Clip": "clip", "Pad": "pad",
     "Parameter": "const",  # a learned blob output as is: a constant at inference
+    "BatchNormKyle": "bn",
 }
 
 _KERAS = {

@@ -512,6 +512,9 @@ def _compare_bn(blobs: list[np.ndarray], tf: list[np.ndarray], scale_blobs: Sequ
         results.append(BlobParity(2, "scale_factor", tuple(blobs[2].shape), None, "equal",
                                   note=f"S = {s:g}: TF holds mean/S and var/S"))
     extra = tf[:-2]
+    scale_note = "from the Scale layer fused into this BatchNormalization"
+    if scale_blobs is None and len(blobs) == 5:  # BatchNormKyle with use_alpha_beta: its own gamma, beta
+        scale_blobs, scale_note = blobs[3:5], "the layer's own alpha/beta blobs"
     if scale_blobs is not None:
         gamma = np.asarray(scale_blobs[0], np.float64)
         beta = np.asarray(scale_blobs[1], np.float64) if len(scale_blobs) > 1 else None
@@ -526,7 +529,7 @@ def _compare_bn(blobs: list[np.ndarray], tf: list[np.ndarray], scale_blobs: Sequ
                 continue
             ok, err = _squeezed_equal(exp, got)
             results.append(BlobParity(3 + k, role, tuple(exp.shape), tuple(got.shape), "equal" if ok else "different", err,
-                                      note="from the Scale layer fused into this BatchNormalization"))
+                                      note=scale_note))
         if not pairs:
             note = "the TF BatchNormalization has no gamma/beta: the following Scale layer is missing (missing_scale)"
             results.append(BlobParity(3, "gamma", tuple(gamma.shape), None, "missing", note="missing_scale"))

@@ -51,7 +51,7 @@ COVERED = {
     "Bias": "keras Lambda: x + beta (per channel, last axis)",
     "Scale": "keras Lambda: x * gamma + beta (per channel, last axis)",
     "BatchNorm": "keras BatchNormalization(center=False, scale=False), stats divided by the scale factor",
-    "BatchNormKyle": "keras BatchNormalization (gamma, beta = the fork's alpha, beta blobs)",
+    "BatchNormKyle": "keras BatchNormalization (gamma, beta = the fork's alpha, beta blobs); TF FusedBatchNormV3",
     "MVN": "keras Lambda: (x - mean) / (std + eps) over H, W",
     "Normalize": "keras Lambda: x / sqrt(sum_C x^2 + eps) * scale",
     "LRN": "layerparity.keras_layers LRN (tf.nn.local_response_normalization, alpha / local_size)",
@@ -786,3 +786,51 @@ def test_a_flatten_to_2d_passes_against_keras_flatten_in_its_own_order(tmp_path)
     report = compare(case.net, case.model, case.x)
     assert_clean(report)
     assert bool(report) and [r.caffe_chain for r in _rows_with(report, "flat1")] == [["flat1"]], report.summary()
+
+
+def test_batchnormkyle_weights_are_checked_as_a_batchnorm_with_its_own_alpha_beta(tmp_path):
+    """Weight parity (before any forward pass): the fork's BatchNormKyle is a BatchNorm
+    (mean*S, var*S, S) with its own alpha/beta blobs, held against Keras' gamma, beta,
+    moving mean and variance; alpha and beta swapped in the port is named at the layer."""
+    from diagnose_cases import save_caffemodel
+    from layerparity.weights import weight_parity
+
+    case = case_batchnormkyle(tmp_path, wrong=False)
+    caffemodel = save_caffemodel(case.net, tmp_path)
+    report = weight_parity(str(tmp_path / "net.prototxt"), caffemodel, case.model)
+    assert report, str(report)
+    (row,) = [r for r in report.rows if r.caffe_layer == "bnk1"]
+    assert [b.role for b in row.blobs] == ["mean", "var", "scale_factor", "gamma", "beta"], str(report)
+    bn = case.model.get_layer("bnk1")
+    gamma, beta, mean, var = bn.get_weights()
+    bn.set_weights([beta, gamma, mean, var])
+    report = weight_parity(str(tmp_path / "net.prototxt"), caffemodel, case.model)
+    assert not report and [r.caffe_layer for r in report.problems] == ["bnk1"], str(report)
+
+
+def test_batchnormkyle_pairs_by_structure_with_a_fused_batch_norm_op(tmp_path):
+    """A converter-style SavedModel (names lost): conv, FusedBatchNormV3, Relu. The fork's
+    BatchNormKyle is a BatchNorm kind, so it pairs with the TF batch-norm op by structure."""
+    import tensorflow as tf  # here: caffe (diagnose_cases) is imported first
+
+    w, b = conv_w(4, 3, 3, seed=7)
+    mean, var, blobs = _bn_stats(2.0)
+    gamma, beta = _chan(16, 0.5, 2.0), _chan(17, -1.0, 1.0)
+    body = CONV + ('layer { name: "bnk1" type: "BatchNormKyle" bottom: "conv1" top: "bnk1"\n'
+                   "  batch_norm_param { use_global_stats: true eps: 0.01 use_alpha_beta: true } }\n"
+                   'layer { name: "relu1" type: "ReLU" bottom: "bnk1" top: "bnk1" }')
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b], "bnk1": [*blobs, gamma, beta]})
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 5, 5, 3), tf.float32, name="data")])
+    def port(x):
+        c = tf.nn.bias_add(tf.nn.conv2d(x, tf.constant(hwio(w)), 1, "SAME"), b)
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(c, gamma, beta, mean, var, epsilon=0.01, is_training=False)
+        return {"y": tf.nn.relu(y)}
+
+    path = str(tmp_path / "sm")
+    tf.saved_model.save(tf.Module(), path, signatures=port.get_concrete_function())
+    report = compare(net, path, _normal())
+    assert_clean(report)
+    assert bool(report), report.summary()
+    (row,) = _rows_with(report, "bnk1")
+    assert row.tf_layer.endswith("FusedBatchNormV3"), report.summary()
