@@ -1,5 +1,6 @@
-"""Sequence and detection layers (LSTM, RNN, LSTMUnit, PriorBox, Python...): each Caffe type
-of COVERED is captured and aligned by layerparity, proven against real Caffe and real TF.
+"""Sequence and detection layers (LSTM, RNN, LSTMUnit, PriorBox, Proposal, DetectionOutput,
+Python): each Caffe type of COVERED is captured and aligned by layerparity, proven against
+real Caffe and real TF.
 
 For each covered type, a tiny real Caffe net holding the layer and a Keras port of it
 (a Keras layer, or a ``Lambda``/custom layer named like the Caffe layer where Keras has
@@ -10,7 +11,8 @@ Caffe's recurrent layers are time-major (x: T x N x C, ``cont``: T x N, output T
 where a Keras port is batch-major (N x T x C): the port is fed its own inputs
 (``tf_inputs=``, the Caffe ones transposed) and the engine reconciles the outputs by the
 layouts both backends declare (Caffe's recurrent tops ``TNC``, Keras recurrent layers'
-outputs ``NTC``).
+outputs ``NTC``). A DetectionOutput's rows are a set: the engine matches the TF rows to
+Caffe's (by image, label and IoU) before comparing them (layerparity.detections).
 """
 
 from __future__ import annotations
@@ -403,22 +405,22 @@ def python_case(tmp_path, bug: str | None = None):
     the port ignores the layer's param_str (scale 1)."""
     (tmp_path / "scaled_layer.py").write_text(SCALE_LAYER)
     w, b = conv_w(4, 3, 3, seed=9)
-    body = ('layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"\n'
-            '  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }\n'
-            'layer { name: "py1" type: "Python" bottom: "conv1" top: "py1"\n'
-            '  python_param { module: "scaled_layer" layer: "Scaled" param_str: "2.5" } }\n')
+    conv = ('layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"\n'
+            '  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }\n')
+    python = ('layer { name: "py1" type: "Python" bottom: "conv1" top: "py1"\n'
+              '  python_param { module: "scaled_layer" layer: "Scaled" param_str: "2.5" } }\n')
     shape = (1, 3, 6, 6)
     proto = tmp_path / "py.prototxt"
-    proto.write_text(prototxt({"data": shape}, body))
-    net = caffe_net(tmp_path, prototxt({"data": shape}, body.split('layer { name: "py1"')[0]), {"conv1": [w, b]},
-                    name="conv_only.prototxt")
+    proto.write_text(prototxt({"data": shape}, conv + python))
+    # the weights from the net without the Python layer (this process never imports its module)
+    net = caffe_net(tmp_path, prototxt({"data": shape}, conv), {"conv1": [w, b]}, name="conv_only.prototxt")
     weights = tmp_path / "conv.caffemodel"
     net.save(str(weights))
     scale = 1.0 if bug == "param_str" else 2.5
     inp = keras_input(shape)
-    conv = keras.layers.Conv2D(4, 3, padding="same", name="conv1")
-    model = keras.Model(inp, keras.layers.Lambda(lambda t: t * scale, name="py1")(conv(inp)))
-    conv.set_weights([hwio(w), b])
+    conv2d = keras.layers.Conv2D(4, 3, padding="same", name="conv1")
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: t * scale, name="py1")(conv2d(inp)))
+    conv2d.set_weights([hwio(w), b])
     kw = {"caffe_weights": str(weights), "caffe_pythonpath": [str(tmp_path)]}
     return str(proto), model, f32(rng(6).standard_normal(shape)), kw, "py1"
 
