@@ -46,6 +46,7 @@ _CAFFE = {
     "HardSwish": "hard_swish", "Swish": "swish", "Clip": "clip", "Pad": "pad",
     "Parameter": "const",  # a learned blob output as is: a constant at inference
     "BatchNormKyle": "bn",
+    "BNLL": "softplus", "Unsqueeze": "expand_dims",
 }
 
 _KERAS = {
@@ -113,7 +114,7 @@ TRIVIAL = frozenset({"dropout", "identity", "split", "silence", "cast", "quantiz
 #: Kinds a TF port commonly folds into the preceding layer (Caffe in-place chains).
 ABSORBABLE = frozenset(
     {"relu", "relu6", "leaky_relu", "prelu", "elu", "selu", "sigmoid", "tanh", "swish", "hard_swish",
-     "gelu", "clip", "bn", "scale", "bias", "power", "dropout", "identity", "softmax", "log_softmax"}
+     "gelu", "clip", "bn", "scale", "bias", "power", "dropout", "identity", "softmax", "log_softmax", "softplus"}
 )
 
 #: Kinds a TF op/layer of the key kind computes on top of its main job.
@@ -125,6 +126,7 @@ INCLUDES: dict[str, frozenset[str]] = {
     "bn": frozenset({"scale", "bias"}),
     "scale": frozenset({"bias"}),
     "prelu": frozenset(),
+    "argmax": frozenset({"expand_dims", "cast"}),  # Caffe keeps the reduced axis, as a float
 }
 
 #: Kinds a TF graph may insert where Caffe has nothing (skipped when walking edges).

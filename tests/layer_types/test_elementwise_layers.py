@@ -834,3 +834,66 @@ def test_batchnormkyle_pairs_by_structure_with_a_fused_batch_norm_op(tmp_path):
     assert bool(report), report.summary()
     (row,) = _rows_with(report, "bnk1")
     assert row.tf_layer.endswith("FusedBatchNormV3"), report.summary()
+
+
+def _graph_ports():
+    """Caffe layer text after conv1 -> the TF ops a converter writes for it (names lost)."""
+    import tensorflow as tf  # here: caffe (diagnose_cases) is imported first
+
+    return {
+        "AbsVal": ('layer { name: "abs1" type: "AbsVal" bottom: "conv1" top: "abs1" }', tf.abs),
+        "BNLL": ('layer { name: "bnll1" type: "BNLL" bottom: "conv1" top: "conv1" }', tf.nn.softplus),
+        "TanH": ('layer { name: "tanh1" type: "TanH" bottom: "conv1" top: "conv1" }', tf.tanh),
+        "ArgMax": ('layer { name: "amax" type: "ArgMax" bottom: "conv1" top: "amax" argmax_param { axis: 1 } }',
+                   lambda t: tf.cast(tf.expand_dims(tf.argmax(t, axis=-1), -1), tf.float32)),
+        "Tile": ('layer { name: "tile1" type: "Tile" bottom: "conv1" top: "tile1" tile_param { axis: 1 tiles: 3 } }',
+                 lambda t: tf.tile(t, [1, 1, 1, 3])),
+        "Unsqueeze": ('layer { name: "red1" type: "Reduction" bottom: "conv1" top: "red1"\n'
+                      "  reduction_param { operation: SUM axis: 2 } }\n"
+                      'layer { name: "unsq1" type: "Unsqueeze" bottom: "red1" top: "unsq1" unsqueeze_param { dim: 2 } }\n'
+                      'layer { name: "sig1" type: "Sigmoid" bottom: "unsq1" top: "sig1" }',
+                      lambda t: tf.sigmoid(tf.expand_dims(tf.reduce_sum(t, axis=[1, 2]), 2))),
+    }
+
+
+@pytest.mark.parametrize("ctype", ["AbsVal", "ArgMax", "BNLL", "TanH", "Tile", "Unsqueeze"])
+def test_a_converter_style_graph_port_is_aligned_by_structure(tmp_path, ctype):
+    """A SavedModel whose op names say nothing (conv1 is 'Conv2D', the layer 'Softplus', ...):
+    every Caffe layer pairs with its op by structure and kind, and the correct port passes."""
+    import tensorflow as tf
+
+    layer, op = _graph_ports()[ctype]
+    w, b = conv_w(4, 3, 3, seed=7)
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, CONV + layer + "\n"), {"conv1": [w, b]})
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 5, 5, 3), tf.float32, name="data")])
+    def port(x):
+        return {"y": op(tf.nn.bias_add(tf.nn.conv2d(x, tf.constant(hwio(w)), 1, "SAME"), b))}
+
+    path = str(tmp_path / "sm")
+    tf.saved_model.save(tf.Module(), path, signatures=port.get_concrete_function())
+    report = compare(net, path, _normal())
+    assert not report.unmapped_caffe and not report.coverage.uncovered, report.summary()
+    assert_clean(report)
+    assert bool(report), report.summary()
+    if ctype == "ArgMax":  # compared after the ops that give back Caffe's (N, 1, H, W) float blob
+        (row,) = _rows_with(report, "amax")
+        assert row.tf_layer.endswith("Cast") and not report.unmapped_tf, report.summary()
+
+
+@pytest.mark.parametrize(("ctype", "activation"), [("BNLL", "softplus"), ("HardSwish", "hard_swish")])
+def test_a_neuron_fused_into_the_keras_conv_is_compared_in_its_chain(tmp_path, ctype, activation):
+    """conv1 + an in-place neuron against one Keras Conv2D(activation=...): one chain, own error
+    measured (as tests/test_fused_activations.py holds for ReLU, ELU, Sigmoid, TanH, Softmax)."""
+    w, b = conv_w(4, 3, 3, seed=7)
+    body = CONV + f'layer {{ name: "act1" type: "{ctype}" bottom: "conv1" top: "conv1" }}\n'
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, body), {"conv1": [w, b]})
+    inp = keras_input(SHAPE)
+    conv = keras.layers.Conv2D(4, 3, padding="same", activation=activation, name="conv1")
+    model = keras.Model(inp, conv(inp))
+    conv.set_weights([hwio(w), b])
+    report = compare(net, model, _normal(2.0))
+    assert_clean(report)
+    assert bool(report), report.summary()
+    (row,) = _rows_with(report, "act1")
+    assert row.caffe_chain == ["conv1", "act1"] and row.own is not None and row.own.passed
