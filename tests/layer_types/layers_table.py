@@ -63,6 +63,7 @@ LAYER_DIAGNOSES = {
     "BilinearInterpolate": ["interp_align_corners"],
     "Resize": ["interp_align_corners"],
     "Upsample": ["interp_align_corners"],
+    "LSTM": ["lstm_gate_order"],  # from the weight check of the diverged row (diagnosis/weight_check.py)
 }
 
 #: Value relations tried on any divergent layer, whatever its type.
