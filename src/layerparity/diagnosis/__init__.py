@@ -8,9 +8,10 @@ This package is the import path: ``from layerparity.diagnosis import diagnose``.
 - :mod:`.shapes`: output shapes differ (ceil pooling, 'SAME' deconv, Interp zoom, padding)
 - :mod:`.generic`: value-only relations (reshape, channel order, constant scale/offset, shift)
 - :mod:`.conv`: Convolution / Deconvolution / InnerProduct (padding, weight transforms, flatten order)
-- :mod:`.pooling`: rounding, AVE divisor, 'SAME' pooling
-- :mod:`.norm`: LRN, BatchNorm + Scale
-- :mod:`.elementwise`: ReLU/LeakyReLU, PReLU, Softmax, Concat, Eltwise, Crop, Interp
+- :mod:`.pooling`: rounding, AVE divisor, 'SAME' pooling, SPP's pyramid bins
+- :mod:`.norm`: LRN, BatchNorm + Scale, MVN
+- :mod:`.elementwise`: ReLU/LeakyReLU, PReLU, Softmax, Concat, Eltwise, Crop, Interp, PixelShuffle
+- :mod:`.detection`: PriorBox (clip, offset, variance)
 - :mod:`.drift`: precision drift over a whole report
 - :mod:`.decide`: :func:`diagnose`, the decision list over one divergent layer
 - :mod:`.conventions`: :func:`conventions`, port-wide conventions over the finished rows

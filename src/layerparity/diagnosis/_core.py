@@ -60,7 +60,8 @@ DIAGNOSIS_KINDS = (
     "lrn_depth_radius", "lrn_parameters", "batchnorm_epsilon", "batchnorm_scale_factor", "missing_scale",
     "softmax_axis", "concat_axis", "eltwise_coeff", "eltwise_operation", "leaky_slope", "relu_capped", "prelu_shared_axes",
     "constant_scale", "constant_offset", "spatial_shift", "interp_align_corners", "layout_declaration", "shape_mismatch",
-    "precision_drift", "spatially_transposed_port", "input_channel_order", "lstm_gate_order", "unknown",
+    "precision_drift", "spatially_transposed_port", "input_channel_order", "lstm_gate_order",
+    "pixel_shuffle_order", "mvn_parameters", "spp_pyramid", "priorbox_parameters", "unknown",
 )
 
 #: Caffe activation layers a chain can end with (``conv1`` + ``relu1`` held against one
@@ -161,6 +162,16 @@ def fnum(v: Any, default: float | None = None) -> float | None:
         return float(v)
     except (TypeError, ValueError, IndexError):
         return default
+
+
+def flag(v: Any, default: bool) -> bool:
+    """A Caffe bool field (True/False, "true"/"false", 1/0, or missing) as a bool."""
+    if v is None:
+        return default
+    if isinstance(v, str):
+        low = v.strip().lower()
+        return default if low not in ("true", "false", "1", "0") else low in ("true", "1")
+    return bool(v)
 
 
 def f64(a: Any) -> np.ndarray:

@@ -36,18 +36,20 @@ from ._core import (
     strict_mode,
 )
 from .conv import conv_rules, deconv_rules, fc_rules
+from .detection import prior_box_rules
 from .drift import DRIFT_MAX_REL_RMS, precision_drift
 from .elementwise import (
     crop_rules,
     eltwise_rules,
     interp_rules,
+    pixel_shuffle_rules,
     prelu_rules,
     relu_rules,
     softmax_rules,
 )
 from .generic import generic_rules
-from .norm import bn_rules, lrn_rules
-from .pooling import pool_rules
+from .norm import bn_rules, lrn_rules, mvn_rules
+from .pooling import pool_rules, spp_rules
 from .shapes import INTERP_KINDS, shape_rules
 
 Rule = Callable[[Case], list[Diagnosis]]
@@ -71,6 +73,10 @@ RULES_BY_KIND: dict[str, list[Rule]] = {
     "eltwise": [eltwise_rules],
     "crop": [crop_rules],
     "resize": [interp_rules],
+    "pixel_shuffle": [pixel_shuffle_rules],
+    "mvn": [mvn_rules],
+    "spp": [spp_rules],
+    "prior_box": [prior_box_rules],
 }
 
 

@@ -322,3 +322,35 @@ def deconv_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
                           f"(`Cropping2D({p[0]})`), or `tf.nn.conv2d_transpose` with output_shape {c_out} and explicit cropping.",
                           CONF_FORMULA, caffe_out=list(c_out), tf_out=list(got), kernel=list(k), stride=list(s), pad=list(p))]
     return []
+
+
+PIXEL_SHUFFLE_FIX = (
+    "Caffe's PixelShuffle reads input channel c*r*r + i*r + j (channels grouped (c, r*r)); "
+    "`tf.nn.depth_to_space` reads (i*r + j)*C + c (grouped (r*r, c)). Reorder the channels first: "
+    "`t = tf.reshape(tf.transpose(tf.reshape(t, (-1, H, W, C, r * r)), (0, 1, 2, 4, 3)), (-1, H, W, C * r * r))` "
+    "then `tf.nn.depth_to_space(t, r)` (or permute the output channels of the layer before it once, in its weights).")
+
+
+def pixel_shuffle_rules(case: Case) -> list[Diagnosis]:
+    """PixelShuffle ported as ``tf.nn.depth_to_space`` without reordering Caffe's channel grouping:
+    recompute the shuffle reading channels TF's way from the Caffe input."""
+    out: list[Diagnosis] = []
+    x, t = case.x0, case.t
+    if t is None or x is None or x.ndim != 4:
+        return out
+    r = int(fnum(case.cparams.get("upscale_factor"), 1) or 1)
+    if r < 2 or x.shape[1] % (r * r) or x.shape[1] == r * r:  # one output channel: both groupings agree
+        return out
+    case.set_reference(ref.pixel_shuffle(x, r))
+    if case.reference is None:
+        return out
+    c = x.shape[1] // (r * r)
+    case.attempt(out, "pixel_shuffle_order",
+                 f"TF shuffles the {x.shape[1]} input channels as tf.nn.depth_to_space does, grouped (r*r, C) = "
+                 f"({r * r}, {c}): channel (i*r + j)*{c} + c goes to output channel c at offset (i, j). Caffe's "
+                 f"PixelShuffle groups them (C, r*r): channel c*{r * r} + i*{r} + j. Recomputing the shuffle with "
+                 "TF's grouping from the Caffe input reproduces the TF output.",
+                 PIXEL_SHUFFLE_FIX, lambda: ref.pixel_shuffle(x, r, grouping="tf"), upscale_factor=r,
+                 caffe_grouping=f"(C, r*r): q = c*{r * r} + i*{r} + j",
+                 tf_grouping=f"(r*r, C): q = (i*{r} + j)*{c} + c")
+    return out

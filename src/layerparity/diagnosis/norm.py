@@ -8,7 +8,7 @@ import numpy as np
 from ..result import Diagnosis
 from ..weights import TRANSFORM_FIXES, compare_layer
 from . import reference as ref
-from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, channel_affine_fit, f64, fnum, rnd
+from ._core import CONF_FINGERPRINT, CONF_WEIGHTS, Case, channel_affine_fit, f64, flag, fnum, rnd
 
 LRN_FIX = ("TF's LRN divides nothing by the window size: use `tf.nn.local_response_normalization(x, "
            "depth_radius=n // 2, bias=k, alpha=alpha / n, beta=beta)` for Caffe's (local_size=n, alpha, beta, k).")
@@ -203,3 +203,54 @@ def _affine_fingerprints(case: Case, eps: float, teps: float | None, bn: str, sc
                           "(1/gamma): the Scale after the BatchNorm looks missing (not confirmed).", SCALE_FIX,
                           CONF_FINGERPRINT, layer=sc, **ev)]
     return []
+
+
+def mvn_rules(case: Case) -> list[Diagnosis]:
+    """MVN: recompute Caffe's ``(x - mean) / (sqrt(var) + eps)`` with one parameter changed
+    (across_channels, normalize_variance, eps inside the square root)."""
+    out: list[Diagnosis] = []
+    x, t = case.x0, case.t
+    if t is None or x is None or x.ndim < 3 or x.shape != case.y.shape:
+        return out
+    p = case.cparams
+    across = flag(p.get("across_channels"), False)
+    norm_var = flag(p.get("normalize_variance"), True)
+    eps = fnum(p.get("eps"), 1e-9)
+    eps = 1e-9 if eps is None else eps
+    caffe = {"across_channels": across, "normalize_variance": norm_var, "eps_inside_sqrt": False}
+    case.set_reference(ref.mvn(x, across, norm_var, eps))
+    if case.reference is None:
+        return out
+    axes = {True: "C, H, W (across channels)", False: "H, W per channel"}
+    hyps = [
+        ("across_channels", not across,
+         f"TF normalizes over {axes[not across]}, Caffe's MVN over {axes[across]} (across_channels: "
+         f"{str(across).lower()})."),
+        ("normalize_variance", not norm_var,
+         "TF only subtracts the mean; Caffe's MVN also divides by the standard deviation (normalize_variance: true)."
+         if norm_var else
+         "TF divides by the standard deviation; Caffe's MVN only subtracts the mean (normalize_variance: false)."),
+    ]
+    if norm_var:
+        hyps.append(("eps_inside_sqrt", True,
+                     f"TF divides by sqrt(var + eps) (as tf.nn.batch_normalization does); Caffe's MVN divides by "
+                     f"sqrt(var) + eps, eps = {eps:g} added outside the square root."))
+    fixes = {
+        "across_channels": (f"Take the mean and variance over {'axes (1, 2, 3)' if across else 'axes (1, 2)'} of the "
+                            f"NHWC tensor ({axes[across]}), as Caffe's across_channels: {str(across).lower()} does."),
+        "normalize_variance": ("Divide `x - mean` by `sqrt(mean((x - mean)**2)) + eps` (eps outside the square root)."
+                               if norm_var else "Return `x - mean` only: Caffe's normalize_variance is false."),
+        "eps_inside_sqrt": (f"Divide by `sqrt(var) + {eps:g}`, not `sqrt(var + {eps:g})`: Caffe adds eps after the "
+                            "square root (mvn_layer.cpp)."),
+    }
+    for param, tf_value, what in hyps:
+        kw = {**caffe, param: tf_value}
+        if case.attempt(out, "mvn_parameters",
+                        what + " Recomputing Caffe's MVN with that one change reproduces the TF output.",
+                        fixes[param],
+                        lambda kw=kw: ref.mvn(x, kw["across_channels"], kw["normalize_variance"], eps,
+                                              kw["eps_inside_sqrt"]),
+                        parameter=param, caffe_value=caffe[param], tf_value=tf_value, eps=eps,
+                        caffe_formula="(x - mean) / (sqrt(var) + eps)" if norm_var else "x - mean"):
+            return out
+    return out

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..result import Diagnosis
 from . import reference as ref
-from ._core import CONF_EXACT, CONF_FINGERPRINT, CONF_FORMULA, CONF_RECOMPUTED, Case, hw, rnd
+from ._core import CONF_EXACT, CONF_FINGERPRINT, CONF_FORMULA, CONF_RECOMPUTED, Case, fnum, hw, rnd
 from .conv import padding_check
 
 ROUNDING_FIX = (
@@ -162,4 +162,39 @@ def _fingerprints(case: Case, mode: str, p: tuple[int, int]) -> list[Diagnosis]:
                              "Only the last row and/or column differ: the ceil-rounded overhanging window is "
                              "computed differently (Caffe clips it).", ROUNDING_FIX, CONF_FINGERPRINT + 0.1,
                              rows_wrong=int(d.any(axis=(0, 1, 3)).sum()), cols_wrong=int(d.any(axis=(0, 1, 2)).sum())))
+    return out
+
+
+def spp_rules(case: Case) -> list[Diagnosis]:
+    """SPP: recompute the pyramid with adaptive pooling's bins instead of Caffe's per-level
+    kernel ceil(H/b), stride = kernel, pad (kernel*b - H + 1) // 2."""
+    out: list[Diagnosis] = []
+    x, t = case.x0, case.t
+    if t is None or x is None or x.ndim != 4:
+        return out
+    p = case.cparams
+    height = int(fnum(p.get("pyramid_height"), 0) or 0)
+    mode = str(p.get("pool", "MAX")).upper()
+    mode = {"0": "MAX", "1": "AVE", "AVG": "AVE"}.get(mode, mode)
+    if height < 2 or mode not in ("MAX", "AVE"):
+        return out  # one level is a global pooling: no bins to get wrong
+    case.set_reference(ref.spp(x, height, mode))
+    if case.reference is None:
+        return out
+    h, w = x.shape[2:]
+    levels = []
+    for lv in range(height):
+        (kh, ph), (kw, pw) = ref.spp_level_geometry(h, 2**lv), ref.spp_level_geometry(w, 2**lv)
+        levels.append({"bins": 2**lv, "kernel": [kh, kw], "stride": [kh, kw], "pad": [ph, pw]})
+    geom = ", ".join(f"b={v['bins']} kernel {v['kernel']} pad {v['pad']}" for v in levels)
+    case.attempt(out, "spp_pyramid",
+                 f"TF pools each pyramid level with adaptive pooling's bins [floor(i*H/b), ceil((i+1)*H/b)); "
+                 f"Caffe's SPP pools level b with kernel ceil(H/b), stride = kernel and pad (kernel*b - H + 1) // 2 "
+                 f"(input {h}x{w}: {geom}). "
+                 "Recomputing the pyramid with adaptive bins reproduces the TF output.",
+                 "Pool each level like Caffe: kernel k = ceil(H/b) (and W), stride k, pad (k*b - H + 1) // 2 "
+                 "before (the rest after), e.g. `tf.pad(x, ..., constant_values=-inf)` + "
+                 "`tf.nn.max_pool2d(x, k, k, 'VALID')` per level, each level flattened C,H,W, then concatenated.",
+                 lambda: ref.spp(x, height, mode, bins="adaptive"), pyramid_height=height, pool=mode,
+                 caffe_levels=levels)
     return out

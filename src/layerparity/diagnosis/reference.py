@@ -340,3 +340,108 @@ def resize_bilinear(x: np.ndarray, out_hw: tuple[int, int], mode: str = "align_c
 def interp_zoom_out(size: int, zoom: int) -> int:
     """Caffe Interp (PSPNet/DeepLab) output for zoom_factor z: ``in + (in-1)(z-1)``."""
     return size + (size - 1) * (zoom - 1)
+
+
+# -- rearranging, normalizing and pyramid layers of Caffe forks ---------------------
+
+
+def pixel_shuffle(x: np.ndarray, r: int, grouping: str = "caffe") -> np.ndarray:
+    """PixelShuffle (pixelshuffle_layer.cpp): ``out[n, c, i*r + a, j*r + b] = x[n, q, i, j]`` with
+    ``q = c*r*r + a*r + b`` (``grouping="caffe"``: channels grouped (c, r*r)) or ``q = (a*r + b)*C + c``
+    (``"tf"``: what ``tf.nn.depth_to_space`` reads from an NHWC tensor, grouped (r*r, c))."""
+    x = np.asarray(x, np.float64)
+    n, q, h, w = x.shape
+    if r < 1 or q % (r * r):
+        raise ValueError(f"{q} channels do not split into upscale_factor {r} squared")
+    c = q // (r * r)
+    g = x.reshape(n, c, r, r, h, w) if grouping == "caffe" else x.reshape(n, r, r, c, h, w).transpose(0, 3, 1, 2, 4, 5)
+    return g.transpose(0, 1, 4, 2, 5, 3).reshape(n, c, h * r, w * r)
+
+
+def mvn(x: np.ndarray, across_channels: bool = False, normalize_variance: bool = True, eps: float = 1e-9,
+        eps_inside_sqrt: bool = False) -> np.ndarray:
+    """MVN (mvn_layer.cpp): ``(x - mean) / (sqrt(var) + eps)`` per item and channel (per item when
+    ``across_channels``); Caffe adds eps *outside* the square root (``eps_inside_sqrt`` models
+    ``sqrt(var + eps)``, as ``tf.nn.batch_normalization`` does). ``normalize_variance`` False: ``x - mean``."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(range(1 if across_channels else 2, x.ndim))
+    d = x - x.mean(axis=axes, keepdims=True)
+    if not normalize_variance:
+        return d
+    var = (d * d).mean(axis=axes, keepdims=True)
+    return d / (np.sqrt(var + eps) if eps_inside_sqrt else np.sqrt(var) + eps)
+
+
+def spp_level_geometry(size: int, bins: int) -> tuple[int, int]:
+    """Caffe SPP's (kernel, pad) of one level along one axis (spp_layer.cpp): kernel ceil(size / bins),
+    stride = kernel, pad (kernel*bins - size + 1) // 2 on both sides."""
+    k = -(-size // bins)
+    return k, (k * bins - size + 1) // 2
+
+
+def spp(x: np.ndarray, pyramid_height: int, mode: str = "MAX", bins: str = "caffe") -> np.ndarray:
+    """SPP: per level l < pyramid_height, 2**l bins per side, pooled, flattened C,H,W, concatenated:
+    ``(N, C * sum 4**l)``. ``bins="caffe"``: Caffe's pooling (kernel/stride/pad of
+    :func:`spp_level_geometry`, Caffe's AVE divisor); ``"adaptive"``: adaptive pooling's bins
+    ``[floor(i*H/b), ceil((i+1)*H/b))`` (PyTorch's AdaptiveMaxPool2d / a hand-written port)."""
+    x = np.asarray(x, np.float64)
+    n, c, h, w = x.shape
+    levels = []
+    for lv in range(pyramid_height):
+        b = 2**lv
+        if bins == "caffe":
+            if pyramid_height == 1:  # Caffe: one level is a global pooling
+                p = x.max(axis=(2, 3), keepdims=True) if mode == "MAX" else x.mean(axis=(2, 3), keepdims=True)
+            else:
+                (kh, ph), (kw, pw) = spp_level_geometry(h, b), spp_level_geometry(w, b)
+                p = caffe_pool(x, (kh, kw), (kh, kw), (ph, pw), mode)
+        else:
+            p = np.empty((n, c, b, b))
+            for i in range(b):
+                hs, he = (i * h) // b, -(-(i + 1) * h // b)
+                for j in range(b):
+                    ws, we = (j * w) // b, -(-(j + 1) * w // b)
+                    win = x[:, :, hs:he, ws:we]
+                    p[:, :, i, j] = win.max(axis=(2, 3)) if mode == "MAX" else win.mean(axis=(2, 3))
+        levels.append(p.reshape(n, -1))
+    return np.concatenate(levels, axis=1)
+
+
+def prior_box(feat_hw: tuple[int, int], img_hw: tuple[int, int], min_sizes: Sequence[float],
+              max_sizes: Sequence[float] = (), aspect_ratios: Sequence[float] = (), flip: bool = True,
+              clip: bool = False, variance: Sequence[float] = (0.1,), offset: float = 0.5,
+              step_hw: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """SSD's PriorBox (prior_box_layer.cpp): ``1 x 2 x (H*W*num_priors*4)``, boxes (x1, y1, x2, y2)
+    normalized by the image size, clipped to [0, 1] when ``clip``, then the variances. Caffe
+    truncates min/max sizes to int; steps default to image size / feature size."""
+    fh, fw = feat_hw
+    ih, iw = img_hw
+    ars = [1.0]
+    for a in aspect_ratios:
+        if all(abs(a - b) >= 1e-6 for b in ars):
+            ars.append(float(a))
+            if flip:
+                ars.append(1.0 / float(a))
+    sth, stw = step_hw
+    if not sth or not stw:
+        sth, stw = np.float32(ih) / np.float32(fh), np.float32(iw) / np.float32(fw)
+    sizes: list[tuple[float, float]] = []
+    for s, mn in enumerate(min_sizes):
+        mn = int(mn)
+        sizes.append((mn, mn))
+        if max_sizes:
+            sizes.append((math.sqrt(mn * int(max_sizes[s])),) * 2)
+        sizes += [(mn * math.sqrt(a), mn / math.sqrt(a)) for a in ars if abs(a - 1.0) >= 1e-6]
+    bw = np.array([s[0] for s in sizes], np.float64)
+    bh = np.array([s[1] for s in sizes], np.float64)
+    cy = (np.arange(fh) + offset) * float(sth)
+    cx = (np.arange(fw) + offset) * float(stw)
+    cyy, cxx = np.meshgrid(cy, cx, indexing="ij")
+    cxx, cyy = cxx[:, :, None], cyy[:, :, None]
+    boxes = np.stack([(cxx - bw / 2) / iw, (cyy - bh / 2) / ih, (cxx + bw / 2) / iw, (cyy + bh / 2) / ih], -1)
+    boxes = boxes.reshape(-1)
+    if clip:
+        boxes = np.clip(boxes, 0.0, 1.0)
+    var = np.asarray(variance, np.float64).reshape(-1)
+    var = np.full(boxes.size, var[0]) if var.size == 1 else np.tile(var, boxes.size // 4)
+    return np.stack([boxes, var])[None]
