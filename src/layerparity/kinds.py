@@ -8,6 +8,8 @@
 'global_pool'
 >>> canonical_kind("AddV2", n_inputs=1)     # x + constant vector: a bias
 'bias'
+>>> canonical_kind("Reduction", {"operation": "MEAN"}), canonical_kind("Reduction", {"operation": "SUMSQ"})
+('mean', 'sum')
 >>> compatible("conv", "depthwise_conv"), compatible("relu", "conv")
 (True, False)
 >>> compatible("python", "lambda"), compatible("python", "conv")   # a Caffe Python layer
@@ -183,6 +185,8 @@ def canonical_kind(kind: str, params: dict[str, Any] | None = None, n_inputs: in
         return "leaky_relu"
     if k == "ReLU" and params.get("max_value") == 6:
         return "relu6"
+    if k == "Reduction" and str(params.get("operation", "SUM")).upper() in {"MEAN", "4"}:
+        return "mean"
     if k == "Eltwise":
         op = str(params.get("operation", "SUM")).upper()
         return {"SUM": "add", "1": "add", "PROD": "mul", "0": "mul", "MAX": "max", "2": "max"}.get(op, "eltwise")

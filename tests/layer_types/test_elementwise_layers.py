@@ -836,6 +836,9 @@ def test_batchnormkyle_pairs_by_structure_with_a_fused_batch_norm_op(tmp_path):
     assert row.tf_layer.endswith("FusedBatchNormV3"), report.summary()
 
 
+SCALE_GAMMA, SCALE_BETA = f32([0.5, 1.5, 2.0, -1.0]), f32([0.1, -0.2, 0.3, 0.0])
+
+
 def _graph_ports():
     """Caffe layer text after conv1 -> the TF ops a converter writes for it (names lost)."""
     import tensorflow as tf  # here: caffe (diagnose_cases) is imported first
@@ -853,10 +856,22 @@ def _graph_ports():
                       'layer { name: "unsq1" type: "Unsqueeze" bottom: "red1" top: "unsq1" unsqueeze_param { dim: 2 } }\n'
                       'layer { name: "sig1" type: "Sigmoid" bottom: "unsq1" top: "sig1" }',
                       lambda t: tf.sigmoid(tf.expand_dims(tf.reduce_sum(t, axis=[1, 2]), 2))),
+        "Reduction": ('layer { name: "red1" type: "Reduction" bottom: "conv1" top: "red1"\n'
+                      "  reduction_param { operation: MEAN axis: 2 } }", lambda t: tf.reduce_mean(t, axis=[1, 2])),
+        "Scale": ('layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }',
+                  lambda t: t * tf.constant(SCALE_GAMMA) + tf.constant(SCALE_BETA)),
+        "ReLU6": ('layer { name: "r6" type: "ReLU6" bottom: "conv1" top: "conv1" }', tf.nn.relu6),
+        "ELU": ('layer { name: "elu1" type: "ELU" bottom: "conv1" top: "conv1" }', tf.nn.elu),
+        "Softmax": ('layer { name: "prob" type: "Softmax" bottom: "conv1" top: "prob" }', tf.nn.softmax),
+        "LRN": ('layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1" lrn_param { local_size: 3 alpha: 0.3 } }',
+                lambda t: tf.nn.local_response_normalization(t, 1, 1.0, 0.1, 0.75)),
+        "Sigmoid": ('layer { name: "sig1" type: "Sigmoid" bottom: "conv1" top: "conv1" }', tf.sigmoid),
+        "Dropout": ('layer { name: "drop1" type: "Dropout" bottom: "conv1" top: "conv1" }', tf.identity),
     }
 
 
-@pytest.mark.parametrize("ctype", ["AbsVal", "ArgMax", "BNLL", "TanH", "Tile", "Unsqueeze"])
+@pytest.mark.parametrize("ctype", ["AbsVal", "ArgMax", "BNLL", "Dropout", "ELU", "LRN", "ReLU6", "Reduction", "Scale",
+                                   "Sigmoid", "Softmax", "TanH", "Tile", "Unsqueeze"])
 def test_a_converter_style_graph_port_is_aligned_by_structure(tmp_path, ctype):
     """A SavedModel whose op names say nothing (conv1 is 'Conv2D', the layer 'Softplus', ...):
     every Caffe layer pairs with its op by structure and kind, and the correct port passes."""
@@ -864,7 +879,8 @@ def test_a_converter_style_graph_port_is_aligned_by_structure(tmp_path, ctype):
 
     layer, op = _graph_ports()[ctype]
     w, b = conv_w(4, 3, 3, seed=7)
-    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, CONV + layer + "\n"), {"conv1": [w, b]})
+    params = {"scale1": [SCALE_GAMMA, SCALE_BETA]} if ctype == "Scale" else {}
+    net = caffe_net(tmp_path, prototxt({"data": SHAPE}, CONV + layer + "\n"), {"conv1": [w, b], **params})
 
     @tf.function(input_signature=[tf.TensorSpec((1, 5, 5, 3), tf.float32, name="data")])
     def port(x):
