@@ -64,6 +64,10 @@ LAYER_DIAGNOSES = {
     "Resize": ["interp_align_corners"],
     "Upsample": ["interp_align_corners"],
     "LSTM": ["lstm_gate_order"],  # from the weight check of the diverged row (diagnosis/weight_check.py)
+    "PixelShuffle": ["pixel_shuffle_order"],
+    "MVN": ["mvn_parameters"],
+    "SPP": ["spp_pyramid"],
+    "PriorBox": ["priorbox_parameters"],
 }
 
 #: Value relations tried on any divergent layer, whatever its type.
