@@ -30,6 +30,7 @@ NETS: dict[str, ZooNet] = {
         ZooNet("resnet50", "resnet50.prototxt", (1, 3, 224, 224), "ResNet-50 (KaimingHe deploy)"),
         ZooNet("mobilenet_v1", "mobilenet_v1.prototxt", (1, 3, 128, 128), "MobileNet v1 (shicai/MobileNet-Caffe)"),
         ZooNet("fcn_head", "fcn_head.prototxt", (1, 3, 64, 64), "FCN-32s-style head (Deconvolution + Crop)"),
+        ZooNet("fcn8s", "fcn8s.prototxt", (1, 3, 64, 64), "FCN-8s-style net (three Deconvolutions, Crop + Eltwise skips)"),
         ZooNet("ssd_head", "ssd_head.prototxt", (1, 3, 64, 64), "SSD-style head (Normalize, Permute, Flatten, Concat)"),
         ZooNet("mtcnn_onet", "mtcnn_onet.prototxt", (1, 3, 48, 48), "MTCNN O-Net (PReLU)"),
         ZooNet("ops_tour", "ops_tour.prototxt", (1, 3, 24, 24), "synthetic: the layers the real nets lack"),
