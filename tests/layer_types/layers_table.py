@@ -63,7 +63,7 @@ LAYER_DIAGNOSES = {
     "BilinearInterpolate": ["interp_align_corners"],
     "Resize": ["interp_align_corners"],
     "Upsample": ["interp_align_corners"],
-    "LSTM": ["lstm_gate_order"],  # from the weight check of the diverged row (diagnosis/weight_check.py)
+    "LSTM": ["lstm_gate_order", "lstm_sequence_start"],  # gate order: from the weight check of the diverged row (diagnosis/weight_check.py)
     "PixelShuffle": ["pixel_shuffle_order"],
     "MVN": ["mvn_parameters"],
     "SPP": ["spp_pyramid"],

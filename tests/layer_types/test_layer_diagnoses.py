@@ -1,6 +1,6 @@
 """Layer-specific diagnosis kinds of Caffe fork layers (issue 15): PixelShuffle
 (``pixel_shuffle_order``), MVN (``mvn_parameters``), SPP (``spp_pyramid``) and PriorBox
-(``priorbox_parameters``). For each, a real Caffe net and a Keras port with the classic bug:
+(``priorbox_parameters``) and LSTM (``lstm_sequence_start``). For each, a real Caffe net and a Keras port with the classic bug:
 the first divergence's top diagnosis is the kind, confirmed by recomputing Caffe's formula
 with the bug (confidence 0.95), naming what differs; the correct port stays clean (no false
 alarm). Real Caffe, real TF. The ports are the family modules' cases where they exist."""
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 from test_elementwise_layers import case_mvn
-from test_sequence_detection_layers import prior_box_case
+from test_sequence_detection_layers import lstm_case, prior_box_case
 from test_spatial_layers import case_pixelshuffle, case_spp
 
 from diagnose_cases import (
@@ -29,7 +29,7 @@ from diagnose_cases import (
 )
 from layerparity.diagnosis import DIAGNOSIS_KINDS
 
-NEW_KINDS = ("pixel_shuffle_order", "mvn_parameters", "spp_pyramid", "priorbox_parameters")
+NEW_KINDS = ("pixel_shuffle_order", "mvn_parameters", "spp_pyramid", "priorbox_parameters", "lstm_sequence_start")
 
 
 def _assert_top(report, kind: str, layer: str):
@@ -166,3 +166,25 @@ def test_priorbox_with_one_switch_changed_names_it(tmp_path, bug, parameter, caf
 def test_a_correct_priorbox_port_is_clean(tmp_path):
     net, model, x, kw, _ = prior_box_case(tmp_path)
     assert_clean(compare(net, model, x, **kw))
+
+
+# -- LSTM ----------------------------------------------------------------------------------
+
+
+def test_an_lstm_port_that_ignores_cont_is_diagnosed_at_the_restart(tmp_path):
+    net, model, x, kw, layer = lstm_case(tmp_path, bug="cont_ignored")
+    d = _assert_top(compare(net, model, x, **kw), "lstm_sequence_start", layer)
+    assert d.evidence["sequence_starts"] == [[3, 1]]  # item 1 starts a new sequence at t = 3
+
+
+def test_a_correct_lstm_port_is_clean(tmp_path):
+    net, model, x, kw, _ = lstm_case(tmp_path)
+    assert_clean(compare(net, model, x, **kw))
+
+
+def test_an_lstm_gate_order_bug_keeps_its_weight_proven_kind(tmp_path):
+    """Ignoring cont does not explain swapped gates: the weight check's kind stays first, alone."""
+    net, model, x, kw, layer = lstm_case(tmp_path, bug="gate_order")
+    report = compare(net, model, x, **kw)
+    assert not report and top(report).kind == "lstm_gate_order"
+    assert "lstm_sequence_start" not in [d.kind for d in report.first_divergence.diagnoses]

@@ -12,6 +12,7 @@ This package is the import path: ``from layerparity.diagnosis import diagnose``.
 - :mod:`.norm`: LRN, BatchNorm + Scale, MVN
 - :mod:`.elementwise`: ReLU/LeakyReLU, PReLU, Softmax, Concat, Eltwise, Crop, Interp, PixelShuffle
 - :mod:`.detection`: PriorBox (clip, offset, variance)
+- :mod:`.recurrent`: LSTM (the sequence starts of ``cont`` ignored)
 - :mod:`.drift`: precision drift over a whole report
 - :mod:`.decide`: :func:`diagnose`, the decision list over one divergent layer
 - :mod:`.conventions`: :func:`conventions`, port-wide conventions over the finished rows

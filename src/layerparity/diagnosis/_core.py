@@ -61,7 +61,8 @@ DIAGNOSIS_KINDS = (
     "softmax_axis", "concat_axis", "eltwise_coeff", "eltwise_operation", "leaky_slope", "relu_capped", "prelu_shared_axes",
     "constant_scale", "constant_offset", "spatial_shift", "interp_align_corners", "layout_declaration", "shape_mismatch",
     "precision_drift", "spatially_transposed_port", "input_channel_order", "lstm_gate_order",
-    "pixel_shuffle_order", "mvn_parameters", "spp_pyramid", "priorbox_parameters", "unknown",
+    "pixel_shuffle_order", "mvn_parameters", "spp_pyramid", "priorbox_parameters", "lstm_sequence_start",
+    "unknown",
 )
 
 #: Caffe activation layers a chain can end with (``conv1`` + ``relu1`` held against one

@@ -50,6 +50,7 @@ from .elementwise import (
 from .generic import generic_rules
 from .norm import bn_rules, lrn_rules, mvn_rules
 from .pooling import pool_rules, spp_rules
+from .recurrent import lstm_rules
 from .shapes import INTERP_KINDS, shape_rules
 
 Rule = Callable[[Case], list[Diagnosis]]
@@ -77,6 +78,7 @@ RULES_BY_KIND: dict[str, list[Rule]] = {
     "mvn": [mvn_rules],
     "spp": [spp_rules],
     "prior_box": [prior_box_rules],
+    "lstm": [lstm_rules],
 }
 
 

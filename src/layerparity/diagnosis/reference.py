@@ -445,3 +445,26 @@ def prior_box(feat_hw: tuple[int, int], img_hw: tuple[int, int], min_sizes: Sequ
     var = np.asarray(variance, np.float64).reshape(-1)
     var = np.full(boxes.size, var[0]) if var.size == 1 else np.tile(var, boxes.size // 4)
     return np.stack([boxes, var])[None]
+
+
+def lstm(x: np.ndarray, cont: np.ndarray, w_xc: np.ndarray, b_c: np.ndarray, w_hc: np.ndarray) -> np.ndarray:
+    """Caffe's LSTM (lstm_layer.cpp + lstm_unit_layer.cpp): ``x`` T x N x C, ``cont`` T x N, gate blocks
+    i, f, o, g; the previous h and c are multiplied by ``cont`` (0 starts a new sequence), the
+    state before t = 0 is zero. Returns h, T x N x H."""
+    x = np.asarray(x, np.float64)
+    cont = np.asarray(cont, np.float64).reshape(x.shape[0], x.shape[1], 1)
+    w_xc, b_c, w_hc = (np.asarray(a, np.float64) for a in (w_xc, b_c, w_hc))
+    hd = w_hc.shape[1]
+    if w_xc.shape != (4 * hd, x.shape[2]) or b_c.reshape(-1).shape != (4 * hd,) or w_hc.shape != (4 * hd, hd):
+        raise ValueError("LSTM blobs do not match the input and hidden sizes")
+    h = np.zeros((x.shape[1], hd))
+    c = np.zeros_like(h)
+    out = np.empty((x.shape[0], x.shape[1], hd))
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    for t in range(x.shape[0]):
+        g = x[t] @ w_xc.T + b_c.reshape(-1) + (cont[t] * h) @ w_hc.T
+        i, f, o, gg = sig(g[:, :hd]), sig(g[:, hd:2 * hd]), sig(g[:, 2 * hd:3 * hd]), np.tanh(g[:, 3 * hd:])
+        c = cont[t] * f * c + i * gg
+        h = o * np.tanh(c)
+        out[t] = h
+    return out
