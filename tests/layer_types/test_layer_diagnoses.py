@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 from test_elementwise_layers import case_mvn
-from test_sequence_detection_layers import lstm_case, prior_box_case
+from test_sequence_detection_layers import FEAT, IMG, lstm_case, prior_box_case, prior_boxes
 from test_spatial_layers import case_pixelshuffle, case_spp
 
 from diagnose_cases import (
@@ -166,6 +166,19 @@ def test_priorbox_with_one_switch_changed_names_it(tmp_path, bug, parameter, caf
 def test_a_correct_priorbox_port_is_clean(tmp_path):
     net, model, x, kw, _ = prior_box_case(tmp_path)
     assert_clean(compare(net, model, x, **kw))
+
+
+def test_priors_no_switch_explains_are_not_claimed(tmp_path):
+    """Priors laid out for another image size (step 18/4 instead of 16/4): neither clip, offset nor
+    variance recomputes them, so no priorbox_parameters (the family case's net, other TF priors)."""
+    net, model, x, kw, layer = prior_box_case(tmp_path)
+    wrong = prior_boxes(FEAT, FEAT, IMG + 2, IMG + 2)
+    port = keras.Model(model.inputs, [model.outputs[0], keras.layers.Lambda(
+        lambda t: keras.ops.convert_to_tensor(wrong), name=layer)(model.outputs[0])])
+    report = compare(net, port, x, **kw)
+    fd = report.first_divergence
+    assert not report and fd is not None and fd.caffe_chain == [layer], report.summary()
+    assert "priorbox_parameters" not in [d.kind for d in fd.diagnoses], [d.summary for d in fd.diagnoses]
 
 
 # -- LSTM ----------------------------------------------------------------------------------
