@@ -11,6 +11,7 @@ import caffe  # noqa: F401  (Caffe before TensorFlow: the other order segfaults)
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from test_elementwise_layers import case_mvn
 from test_sequence_detection_layers import FEAT, IMG, lstm_case, prior_box_case, prior_boxes
 from test_spatial_layers import case_pixelshuffle, case_spp
@@ -77,6 +78,30 @@ def test_spp_with_adaptive_pooling_bins(tmp_path):
 def test_a_correct_spp_port_is_clean(tmp_path):
     net, model, x, _, _ = case_spp(tmp_path, bug=False)
     assert_clean(compare(net, model, x))
+
+
+def test_spp_with_a_wrong_pyramid_height(tmp_path):
+    """Caffe's pyramid_height 3 (bins 1, 2, 4) ported with two levels, Caffe's windows each: the
+    output is shorter (3 * 5 values, not 3 * 21); recomputing a height-2 pyramid confirms it."""
+    shape = (1, 3, 9, 7)
+    body = ('layer { name: "spp" type: "SPP" bottom: "data" top: "spp"\n'
+            "  spp_param { pyramid_height: 3 pool: MAX } }\n")
+    net = caffe_net(tmp_path, prototxt({"data": shape}, body))
+    n, _, h, w = shape
+
+    def level(t, bins):
+        kh, kw = -(-h // bins), -(-w // bins)
+        ph, pw = (kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2
+        t = tf.pad(t, [[0, 0], [ph, kh * bins - h - ph], [pw, kw * bins - w - pw], [0, 0]], constant_values=-3.0e38)
+        p = tf.nn.max_pool2d(t, (kh, kw), (kh, kw), "VALID")
+        return tf.reshape(tf.transpose(p, (0, 3, 1, 2)), (n, -1))
+
+    inp = keras_input(shape)
+    out = keras.layers.Lambda(lambda t: tf.concat([level(t, 2**i) for i in range(2)], axis=1), name="spp")(inp)
+    d = top(compare(net, keras.Model(inp, out), f32(rng(14).standard_normal(shape))))
+    assert d.kind == "spp_pyramid" and d.confidence == pytest.approx(0.95), (d.kind, d.summary)
+    assert (d.evidence["caffe_pyramid_height"], d.evidence["tf_pyramid_height"]) == (3, 2)
+    assert d.evidence["confirmed_by"] == "recomputation" and d.evidence["tf_bins"] == "caffe"
 
 
 # -- MVN ---------------------------------------------------------------------------------

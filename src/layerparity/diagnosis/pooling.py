@@ -6,7 +6,17 @@ import numpy as np
 
 from ..result import Diagnosis
 from . import reference as ref
-from ._core import CONF_EXACT, CONF_FINGERPRINT, CONF_FORMULA, CONF_RECOMPUTED, Case, fnum, hw, rnd
+from ._core import (
+    CONF_EXACT,
+    CONF_FINGERPRINT,
+    CONF_FORMULA,
+    CONF_RECOMPUTED,
+    CONFIRM_RTOL,
+    Case,
+    fnum,
+    hw,
+    rnd,
+)
 from .conv import padding_check
 
 ROUNDING_FIX = (
@@ -198,3 +208,35 @@ def spp_rules(case: Case) -> list[Diagnosis]:
                  lambda: ref.spp(x, height, mode, bins="adaptive"), pyramid_height=height, pool=mode,
                  caffe_levels=levels)
     return out
+
+
+def spp_shape_rule(case: Case, t_shape: tuple[int, ...]) -> list[Diagnosis]:
+    """SPP output lengths differ: TF's length is C * sum(4**l) for another pyramid_height; recomputing
+    that pyramid (Caffe's windows, or adaptive bins) from the Caffe input confirms it."""
+    x = case.x0
+    p = case.cparams
+    height = int(fnum(p.get("pyramid_height"), 0) or 0)
+    mode = {"0": "MAX", "1": "AVE", "AVG": "AVE"}.get(str(p.get("pool", "MAX")).upper(), str(p.get("pool", "MAX")).upper())
+    if x is None or x.ndim != 4 or len(t_shape) != 2 or t_shape[0] != x.shape[0] or height < 1 or mode not in ("MAX", "AVE"):
+        return []
+    c = x.shape[1]
+    tf_height = next((h2 for h2 in range(1, 9) if h2 != height and c * sum(4**lv for lv in range(h2)) == t_shape[1]), None)
+    if tf_height is None:
+        return []
+    t = case.tf_relayout()
+    ref_ok = case.resid(ref.spp(x, height, mode), target=case.y) <= 1e-4
+    summary = (f"TF's SPP output has {t_shape[1]} values per item = C * (sum of 4**l for l < {tf_height}): a pyramid "
+               f"of height {tf_height}; Caffe's pyramid_height is {height} ({case.y.shape[1]} values).")
+    fix = (f"Pool {height} levels (2**l bins per side for l < {height}), each with Caffe's kernel ceil(H/b), stride "
+           "kernel and pad (kernel*b - H + 1) // 2, flattened C,H,W and concatenated.")
+    ev = {"caffe_pyramid_height": height, "tf_pyramid_height": tf_height, "caffe_shape": list(case.y.shape),
+          "tf_shape": list(t_shape)}
+    if ref_ok and t is not None and t.shape == tuple(t_shape):
+        for bins in ("caffe", "adaptive"):
+            cand = ref.spp(x, tf_height, mode, bins=bins)
+            if cand.shape == t.shape and case.resid(cand, target=t) <= CONFIRM_RTOL:
+                how = "Caffe's windows" if bins == "caffe" else "adaptive pooling's bins"
+                return [case.diag("spp_pyramid", summary + f" Recomputing a height-{tf_height} pyramid with {how} "
+                                  "reproduces the TF output.", fix, CONF_RECOMPUTED, confirmed_by="recomputation",
+                                  tf_bins=bins, residual=rnd(case.resid(cand, target=t)), **ev)]
+    return [case.diag("spp_pyramid", summary, fix, CONF_FORMULA, confirmed_by="shapes", **ev)]

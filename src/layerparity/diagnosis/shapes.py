@@ -11,7 +11,7 @@ from ..result import Diagnosis
 from . import reference as ref
 from ._core import CONF_FINGERPRINT, CONF_FORMULA, Case, pad_fix, rnd
 from .elementwise import concat_shape_rule, deconv_shape_rule, interp_shape_rule
-from .pooling import pool_shape_rule
+from .pooling import pool_shape_rule, spp_shape_rule
 
 INTERP_KINDS = {"Interp", "BilinearInterpolate", "Resize", "Upsample"}
 
@@ -113,6 +113,8 @@ def shape_rules(case: Case) -> list[Diagnosis]:
         out += concat_shape_rule(case, t_shape)
     elif case.ckind_raw in INTERP_KINDS or k == "resize":
         out += interp_shape_rule(case, t_shape)
+    elif k == "spp":
+        out += spp_shape_rule(case, t_shape)
     for d in reshaped_memory_rule(case):  # ranked with the size rules by confidence
         d.layer = case.output_layer(d.kind)  # the TF tensor's layout, not a member of a chain
         out.append(d)
