@@ -615,6 +615,30 @@ def permute_order(order: list[int], nd: int) -> list[int]:
     return out
 
 
+def squeezed_layout(in_layout: str, in_shape: tuple, out_shape: tuple) -> str:
+    """A Reshape that only drops size-1 axes keeps the labels of the axes it keeps (matched
+    left to right): ``WNCH`` (7, 1, 16, 1) -> (7, 1, 16) is ``WNC``; ``""`` for any other.
+    The TF backends' ``tfcommon.squeezed_layout`` is the same rule (this module imports
+    nothing of layerparity).
+
+    >>> squeezed_layout("WNCH", (7, 1, 16, 1), (7, 1, 16))
+    'WNC'
+    >>> squeezed_layout("WNCH", (7, 1, 16, 2), (7, 1, 32))
+    ''
+    """
+    if not in_layout or in_layout.startswith("flat:") or len(in_layout) != len(in_shape) \
+            or not 2 < len(out_shape) < len(in_shape):
+        return ""
+    kept, j = [], 0
+    for label, d in zip(in_layout, in_shape):  # noqa: B905 - worker runs on Python < 3.10 too
+        if j < len(out_shape) and d == out_shape[j]:
+            kept.append(label)
+            j += 1
+        elif d != 1:
+            return ""
+    return "".join(kept) if j == len(out_shape) else ""
+
+
 _CHANNEL_KINDS = {"Convolution", "Deconvolution", "Pooling", "LRN", "Input", "SPP", "Im2col"}
 
 #: Recurrent layers: their 3-D tops are time-major, T x N x C (a TF port's are N x T x C).
@@ -647,6 +671,8 @@ def layout_for(kind: str, params: dict, shape: tuple[int, ...], bottoms: list[tu
         return ("NCHW", None) if nd == 4 else ("NC", None) if nd == 2 else ("", None)
     if bottoms and tuple(shape) == tuple(b_shape):
         return b_layout, b_flat  # elementwise, in place, BatchNorm/Scale, Dropout, Softmax...
+    if kind in ("Reshape", "Flatten") and squeezed_layout(plain_b, b_shape, shape):
+        return squeezed_layout(plain_b, b_shape, shape), None  # only size-1 axes dropped
     if nd == 2 and plain_b and len(b_shape) >= 3 and shape[0] == b_shape[0] and shape[1] == int(np.prod(b_shape[1:])):
         return "flat:" + plain_b, tuple(int(d) for d in b_shape[1:])  # Flatten / Reshape to 2-D
     if nd == 4:

@@ -128,12 +128,21 @@ def softmax_rules(case: Case) -> list[Diagnosis]:
     ca = ca % y.ndim
     fix = ("Caffe's Softmax axis 1 (channels) is the last axis in NHWC: `Softmax(axis=-1)` / `tf.nn.softmax(x, "
            "axis=-1)`; for other Caffe axes map NCHW axis a to NHWC (1->3, 2->1, 3->2).")
-    axes = [a for a in range(1, y.ndim) if a != ca] + ([tuple(range(1, y.ndim))] if y.ndim > 2 else [])
+    # a time-major blob (Caffe's recurrent tops and what keeps their T, N axes: "TNC") has no
+    # batch axis first: a TF port (batch-major) normalizing over its axis 1 normalizes over T
+    time_major = (case.cp.layout or "").startswith("T") and y.ndim == 3
+    first = 0 if time_major else 1
+    axes = [a for a in range(first, y.ndim) if a != ca] + ([tuple(range(1, y.ndim))] if y.ndim > 2 else [])
+    if time_major:
+        fix = ("Caffe's T x N x C blob is N x T x C in a batch-major TF port: Caffe axis 2 is TF axis -1, "
+               "axis 0 (T) is TF axis 1: `Softmax(axis=-1)` for Caffe's axis 2.")
     for a in axes:
         if x is not None:
+            where = (f"axis {a} of Caffe's {case.cp.layout} blob, Caffe over axis {ca}" if time_major else
+                     f"NCHW axis {a} (NHWC axis {_nhwc(a, y.ndim)}), Caffe over axis {ca} "
+                     f"(NHWC axis {_nhwc(ca, y.ndim)})")
             if case.attempt(out, "softmax_axis",
-                    f"TF normalizes over NCHW axis {a} (NHWC axis {_nhwc(a, y.ndim)}), Caffe over axis {ca} "
-                    f"(NHWC axis {_nhwc(ca, y.ndim)}): recomputing softmax over that axis reproduces the TF output.",
+                    f"TF normalizes over {where}: recomputing softmax over that axis reproduces the TF output.",
                     fix, lambda a=a: ref.softmax(x, a), caffe_axis=ca, tf_axis_nchw=a, tf_axis_nhwc=_nhwc(a, y.ndim)):
                 return out
         else:

@@ -1,0 +1,61 @@
+"""Time-major blobs before and after a recurrent layer (CRNN-style nets, issue 15).
+
+- A Reshape that only drops size-1 axes keeps the labels of the axes it keeps, in the Caffe
+  worker and in the TF backends alike: CRNN's ``Permute(3, 0, 1, 2)`` top (``WNCH``, T x N x C x 1)
+  reshaped to T x N x C is ``WNC`` in Caffe and ``NWC`` in a batch-major Keras port, so the two
+  are compared through a transpose instead of as is (a shape mismatch before).
+- ``softmax_axis`` is named on a time-major (``TNC``) blob: a port normalizing over the time
+  axis (Caffe axis 0, which is not a batch axis there) is recomputed and confirmed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from layerparity.backends._caffe_net import layout_for
+from layerparity.backends._caffe_net import squeezed_layout as caffe_squeezed
+from layerparity.backends.tfcommon import probe_layout
+from layerparity.backends.tfcommon import squeezed_layout as tf_squeezed
+from layerparity.diagnosis import DiagnosisContext, diagnose
+from layerparity.diagnosis.reference import softmax
+from layerparity.layout import relayout
+from layerparity.result import LayerResult
+from layerparity.trace import Probe
+
+T, N, C = 7, 1, 5
+
+
+def test_a_squeezing_reshape_keeps_the_labels_of_the_kept_axes_on_both_sides():
+    for rule in (caffe_squeezed, tf_squeezed):
+        assert rule("WNCH", (T, N, C, 1), (T, N, C)) == "WNC"
+        assert rule("NWCH", (N, T, C, 1), (N, T, C)) == "NWC"
+        assert rule("NCHW", (1, C, 1, T), (1, C, T)) == "NCW"
+        assert rule("WNCH", (T, N, C, 2), (T, N, 2 * C)) == ""  # merges two axes: not a squeeze
+        assert rule("WNCH", (T, N, C, 1), (T, N, C, 1)) == ""  # same rank: not this rule
+        assert rule("", (T, N, C, 1), (T, N, C)) == ""
+        assert rule("flat:NCHW", (1, 20), (1, 20)) == ""
+    # Caffe: Reshape (0, 0, -1) of the WNCH Permute top; 2-D results keep the flatten rule
+    assert layout_for("Reshape", {}, (T, N, C), [("WNCH", None, (T, N, C, 1))]) == ("WNC", None)
+    assert layout_for("Reshape", {}, (N, C * T), [("NCHW", None, (N, C, 1, T))])[0] == "flat:NCHW"
+    # Keras: Reshape((T, C)) of the Permute((2, 3, 1)) output
+    assert probe_layout((N, T, C), op="reshape", in_layouts=["NWCH"], in_shape=(N, T, C, 1),
+                        default="NHWC") == ("NWC", None)
+    assert probe_layout((N, T * C), op="reshape", in_layouts=["NWCH"], in_shape=(N, T, C, 1),
+                        default="NHWC")[0] != "NWC"
+    # and the two labels are one transpose apart
+    x = np.arange(T * N * C, dtype=np.float32).reshape(T, N, C)
+    np.testing.assert_array_equal(relayout(x, "WNC", None, "NWC"), x.transpose(1, 0, 2))
+
+
+def test_softmax_over_the_time_axis_of_a_time_major_blob_is_named():
+    r = np.random.default_rng(3)
+    x = r.standard_normal((T, 2, C)).astype(np.float32)  # T x N x C, Caffe's Softmax axis 2
+    y = softmax(x, 2).astype(np.float32)
+    t = softmax(x, 0).astype(np.float32)  # the port's Softmax(axis=1) on N x T x C: over T
+    row = LayerResult("prob", "prob", "prob", caffe_kind="Softmax", tf_kind="Softmax", caffe_chain=["prob"])
+    cp = Probe("prob", "Softmax", y, layout="TNC", layer="prob", params={"axis": 2})
+    ctx = DiagnosisContext(caffe_probes={"prob": cp})
+    d = diagnose(row, cp, Probe("prob", "Softmax", t, layout="TNC"), caffe_inputs=[x], caffe_weights=None,
+                 tf_weights=None, context=ctx)
+    assert d and d[0].kind == "softmax_axis", [(e.kind, e.summary) for e in d]
+    assert d[0].evidence["confirmed_by"] == "recomputation" and d[0].evidence["tf_axis_nchw"] == 0
