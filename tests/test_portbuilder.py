@@ -24,7 +24,7 @@ from zoo_nets import NETS, ZOO  # noqa: E402
 import portbuilder as pb  # noqa: E402
 
 #: Nets small enough for the fast suite; the others run with the slow matrix.
-SMALL = ("lenet", "fcn_head", "ssd_head", "mtcnn_onet", "ops_tour")
+SMALL = ("lenet", "fcn_head", "ssd_head", "mtcnn_onet", "ops_tour", "crnn")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,8 @@ def keras_outputs(model, x_nchw) -> dict[str, np.ndarray]:
 
 def as_caffe(info, layer_name: str, value: np.ndarray) -> np.ndarray:
     """A Keras layer output in Caffe's axis order (SSD's Permute output is already NHWC in Caffe)."""
+    if _time_major(info, layer_name):
+        return value.swapaxes(0, 1)  # Caffe T x N x ..., Keras N x T x ...
     after_permute = _after_permute(info, layer_name)
     if value.ndim == 4 and not after_permute:
         return value.transpose(0, 3, 1, 2)
@@ -67,6 +69,20 @@ def _after_permute(info, layer_name: str) -> bool:
     for lp in info.layers:
         srcs = [seen.get(b, False) for b in lp.bottom]
         flag = lp.type == "Permute" or (lp.type not in ("InnerProduct",) and any(srcs))
+        for t in lp.top:
+            seen[t] = flag
+        if lp.name == layer_name:
+            return flag
+    return False
+
+
+def _time_major(info, layer_name: str) -> bool:
+    """The layer's top is time-major in Caffe (CRNN's Permute(3, 0, 1, 2), a recurrent layer,
+    and what follows them), batch-major in the Keras port."""
+    seen = {}
+    for lp in info.layers:
+        flag = (lp.type == "Permute" and list(lp.permute_param.order)[:2] == [3, 0]) or lp.type in ("LSTM", "RNN") \
+            or any(seen.get(b, False) for b in lp.bottom)
         for t in lp.top:
             seen[t] = flag
         if lp.name == layer_name:

@@ -8,8 +8,11 @@ k*k-divided sum over the zero-padded input (Caffe's divisor counts the padding),
 ``BatchNormalization(center=False, scale=False)`` fed mean/S and var/S plus a
 ``Scale`` layer, InnerProduct after a spatial blob as ``Flatten`` + ``Dense``
 with its rows permuted from C*H*W to H*W*C order, Caffe axis 1 as NHWC axis -1,
-Dropout left out, SSD's ``Permute(0,2,3,1)`` as an identity. Helper layers are
-named ``<layer>_pad`` / ``<layer>_flatten``.
+Dropout left out, SSD's ``Permute(0,2,3,1)`` as an identity. Time-major blobs (CRNN's
+``Permute(3,0,1,2)`` top and after it: T x N x ...) are batch-major in Keras (N x T x ...);
+an LSTM is ``RNN(ContLSTMCell)`` over the sequence with Caffe's ``cont`` (a ``Parameter``
+constant, ``Const``) appended to each step, gates reordered i,f,o,g -> i,f,c,o. Helper layers are
+named ``<layer>_pad`` / ``<layer>_flatten`` / ``<layer>_cont`` / ``<layer>_x_and_cont``.
 
 ``bugs`` injects the classic porting mistakes, each named after the diagnosis kind
 that should explain it (see :data:`BUGS`), at the first layer it applies to or
@@ -30,6 +33,7 @@ from layerparity.layout import (
     deconv_weight_caffe_to_tf,
     depthwise_weight,
     inner_product_weight_caffe_to_tf,
+    lstm_weight_caffe_to_keras,
 )
 
 from .netspec import NetInfo, net_info, read_params, with_input_shape
@@ -57,6 +61,7 @@ BUG_DOC = {
     "constant_offset": "a Convolution's bias shifted by +1",
     "spatial_shift": "Crop offsets off by one",
     "interp_align_corners": "bilinear Interp ported as tf.image.resize (half-pixel) instead of align_corners",
+    "lstm_gate_order": "LSTM weights copied in Caffe's gate order i,f,o,g where Keras reads i,f,c,o",
 }
 
 SCALE_BUG_FACTOR = 255.0
@@ -216,6 +221,8 @@ def _applies(kind: str, info: NetInfo, lp) -> bool:
         return t == "Crop"
     if kind == "interp_align_corners":
         return t == "BilinearInterpolate" and lp.bilinear_interpolate_param.align_corners
+    if kind == "lstm_gate_order":
+        return t == "LSTM"
     raise ValueError(f"unknown bug kind {kind!r}; known: {sorted(BUG_DOC)}")
 
 
@@ -287,7 +294,8 @@ class _T:
     """A Caffe blob on the Keras side: the tensor and how its axes relate to Caffe's."""
 
     x: object
-    layout: str  # "nhwc": Caffe NCHW transposed; "same": same axes as Caffe; "flat": Keras Flatten of NHWC
+    layout: str  # "nhwc": Caffe NCHW transposed; "same": same axes as Caffe; "flat": Keras Flatten of NHWC;
+    # "tnc": a time-major Caffe blob (T x N x ...) batch-major in Keras (its axes 0 and 1 swapped)
     chw: tuple[int, int, int] | None = None  # for "flat": the (C, H, W) that was flattened
 
 
@@ -445,6 +453,8 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
             src = ins[0]
             x = src.x
             chw = None
+            if src.layout == "tnc" and lp.inner_product_param.axis != len(sh[lp.bottom[0]]) - 1:
+                raise NotImplementedError(f"{lp.name}: InnerProduct of a sequence over more than its last axis")
             if src.layout == "nhwc":
                 chw = tuple(sh[lp.bottom[0]][1:])
                 x = keras.layers.Flatten(name=name + "_flatten")(x)
@@ -457,11 +467,14 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
                 kernel = inner_product_weight_caffe_to_tf(wk, chw)
             use_bias = lp.inner_product_param.bias_term
             layer = keras.layers.Dense(lp.inner_product_param.num_output, use_bias=use_bias, name=name)
-            blobs[top] = _T(add(layer, [kernel, p[1]] if use_bias else [kernel])(x), "same")
+            blobs[top] = _T(add(layer, [kernel, p[1]] if use_bias else [kernel])(x),
+                            "tnc" if src.layout == "tnc" else "same")
         elif t == "Softmax":
             rank = len(sh[lp.bottom[0]])
             caffe_axis = lp.softmax_param.axis % rank
             axis = rank - 1 if (ins[0].layout == "nhwc" and caffe_axis == 1) else caffe_axis
+            if ins[0].layout == "tnc":
+                axis = {0: 1, 1: 0}.get(caffe_axis, caffe_axis)
             if bug == "softmax_axis":
                 axis = 1
             blobs[top] = _T(keras.layers.Softmax(axis=axis, name=name)(ins[0].x), ins[0].layout, ins[0].chw)
@@ -472,6 +485,12 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
                 blobs[top] = _T(y, "flat", tuple(sh[lp.bottom[0]][1:]))
             else:
                 blobs[top] = _T(y, "same")
+        elif t == "Reshape" and ins[0].layout == "tnc":
+            # Caffe's T x N x ... reshaped keeping T and N: Keras reshapes the rest of N x T x ...
+            if tuple(out_shape[:2]) != tuple(sh[lp.bottom[0]][:2]):
+                raise NotImplementedError(f"{lp.name}: Reshape of a sequence that moves T or N")
+            y = keras.layers.Reshape((out_shape[0], *out_shape[2:]), name=name)(ins[0].x)
+            blobs[top] = _T(y, "tnc")
         elif t == "Reshape":
             if ins[0].layout not in ("same",):
                 raise NotImplementedError(f"{lp.name}: Reshape of an NHWC blob")
@@ -481,9 +500,13 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
             blobs[top] = _T(y, "same")
         elif t == "Permute":
             order = list(lp.permute_param.order)
-            if order != [0, 2, 3, 1] or ins[0].layout != "nhwc":
+            if order == [0, 2, 3, 1] and ins[0].layout == "nhwc":
+                blobs[top] = _T(keras.layers.Identity(name=name)(ins[0].x), "same")
+            elif order == [3, 0, 1, 2] and ins[0].layout == "nhwc":
+                # CRNN: N x C x H x W -> W x N x C x H, time-major; Keras keeps N first: N x W x C x H
+                blobs[top] = _T(keras.layers.Permute((2, 3, 1), name=name)(ins[0].x), "tnc")
+            else:
                 raise NotImplementedError(f"{lp.name}: Permute {order}")
-            blobs[top] = _T(keras.layers.Identity(name=name)(ins[0].x), "same")
         elif t == "Normalize":
             npar = lp.norm_param
             layer = L.Normalize(npar.across_spatial, npar.channel_shared, npar.eps, name=name)
@@ -494,6 +517,11 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
             size = tuple(out_shape[2:])
             y = L.Interp(size, align_corners=bug != "interp_align_corners", name=name)(ins[0].x)
             blobs[top] = _T(y, "nhwc")
+        elif t == "Parameter":
+            # a constant of the deploy net (a recurrent layer's cont), in Caffe's own shape
+            blobs[top] = _T(L.Const(p[0], name=name)(inp), "const")
+        elif t == "LSTM":
+            blobs[top] = _T(_lstm(keras, L, lp, name, ins, p, bug, add), "tnc")
         elif t == "Sigmoid":
             blobs[top] = _T(keras.layers.Activation("sigmoid", name=name)(ins[0].x), ins[0].layout, ins[0].chw)
         elif t == "TanH":
@@ -522,6 +550,24 @@ def _outputs(info: NetInfo, blobs: dict[str, _T]) -> list:
             if lp.type != "Input" and top not in consumed and blobs[top].x not in outs:
                 outs.append(blobs[top].x)
     return outs
+
+
+def _lstm(keras, L, lp, name, ins: list[_T], p, bug, add: Callable):
+    """Caffe LSTM (x: T x N x C, cont: T x N) as Keras RNN(ContLSTMCell) over N x T x (C + 1):
+    the cont flags transposed to batch-major and appended to each step's input."""
+    rp = lp.recurrent_param
+    if len(ins) != 2 or rp.expose_hidden or ins[0].layout != "tnc" or ins[1].layout != "const":
+        raise NotImplementedError(f"{lp.name}: LSTM other than x (a sequence) + cont (a constant)")
+    cont = keras.layers.Lambda(lambda c: keras.ops.expand_dims(keras.ops.transpose(c), -1),
+                               name=name + "_cont")(ins[1].x)
+    seq = keras.layers.Concatenate(name=name + "_x_and_cont")([ins[0].x, cont])
+    wx, b, wh = p
+    if bug == "lstm_gate_order":
+        ws = [wx.T, wh.T, b]
+    else:
+        ws = [lstm_weight_caffe_to_keras(wx), lstm_weight_caffe_to_keras(wh), lstm_weight_caffe_to_keras(b)]
+    layer = keras.layers.RNN(L.ContLSTMCell(int(rp.num_output)), return_sequences=True, name=name)
+    return add(layer, [np.ascontiguousarray(w) for w in ws])(seq)
 
 
 def _conv(keras, lp, name, src: _T, sh, p, bug, info, add: Callable):

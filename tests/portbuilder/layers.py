@@ -8,6 +8,7 @@ type names so that ``layerparity.kinds`` maps both sides to the same kind.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -130,4 +131,48 @@ class Interp(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "align_corners": self.align_corners}
 
 
-CUSTOM_OBJECTS = {c.__name__: c for c in (Scale, LRN, Pad, Normalize, Eltwise, Interp)}
+
+
+class Const(keras.layers.Layer):
+    """A constant of the deploy net (Caffe ``Parameter``: a blob output as is), in Caffe's
+    own shape; it takes the model input only to sit in the graph."""
+
+    def __init__(self, value, **kw):
+        super().__init__(**kw)
+        self.value = np.asarray(value, np.float32)
+
+    def call(self, x):
+        return tf.constant(self.value)
+
+    def compute_output_shape(self, s):
+        return tuple(self.value.shape)
+
+    def get_config(self):
+        return {**super().get_config(), "value": self.value.tolist()}
+
+
+class ContLSTMCell(keras.layers.Layer):
+    """Caffe's LSTM step: a Keras ``LSTMCell`` (gates i, f, c, o) whose input carries Caffe's
+    ``cont`` flag as its last feature; the previous state is multiplied by it (0: a new
+    sequence starts), as Caffe does."""
+
+    def __init__(self, units: int, **kw):
+        super().__init__(**kw)
+        self.units = int(units)
+        self.cell = keras.layers.LSTMCell(self.units)
+        self.state_size = [self.units, self.units]
+        self.output_size = self.units
+
+    def build(self, input_shape):
+        self.cell.build((input_shape[0], input_shape[-1] - 1))
+        self.built = True
+
+    def call(self, inputs, states):
+        x, cont = inputs[:, :-1], inputs[:, -1:]
+        return self.cell(x, [s * cont for s in states])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+CUSTOM_OBJECTS = {c.__name__: c for c in (Scale, LRN, Pad, Normalize, Eltwise, Interp, Const, ContLSTMCell)}

@@ -101,6 +101,23 @@ def _he(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.nda
     return (rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32)
 
 
+#: Caffe's recurrent layers: their second bottom is ``cont``, T x N, 0 where a sequence starts.
+RECURRENT = ("LSTM", "RNN")
+
+
+def sequence_starts(shape: tuple[int, ...]) -> np.ndarray:
+    """Caffe's ``cont`` for one sequence per item starting at t = 0: T x N, 0 at t = 0, else 1."""
+    cont = np.ones(shape, np.float32)
+    cont[0] = 0
+    return cont
+
+
+def _cont_parameters(layers) -> set[str]:
+    """Parameter layers whose top is a recurrent layer's ``cont`` bottom (a constant of the deploy net)."""
+    conts = {lp.bottom[1] for lp in layers if lp.type in RECURRENT and len(lp.bottom) > 1}
+    return {lp.name for lp in layers if lp.type == "Parameter" and set(lp.top) & conts}
+
+
 def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """Seeded weights for every layer of ``prototxt``, written through pycaffe to ``out``.
 
@@ -108,7 +125,8 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
     normal biases. BatchNorm: mean and variance calibrated on ``x`` (the statistics
     of the layer's actual input; variance floored at a tenth of the layer mean, times U(0.5, 1.5)), stored as
     ``[mean*S, var*S, S]`` with S = BN_SCALE_FACTOR. Scale: gamma U(0.5, 1.5),
-    beta N(0, 0.2). PReLU: slopes U(0.05, 0.5). Normalize: 20 + N(0, 1).
+    beta N(0, 0.2). PReLU: slopes U(0.05, 0.5). Normalize: 20 + N(0, 1). A Parameter
+    layer feeding a recurrent layer's ``cont``: :func:`sequence_starts`. Others: N(0, 0.1).
     Returns the parameters in Caffe's layout.
     """
     caffe = _caffe()
@@ -116,6 +134,7 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
     net = caffe.Net(prototxt, caffe.TEST)
     names = list(net._layer_names)
     spec = {lp.name: lp for lp in parse(prototxt).layer}
+    cont_layers = _cont_parameters(spec.values())
     for name in names:
         if name not in net.params:
             continue
@@ -145,6 +164,9 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
             continue
         elif t == "BatchNorm":
             continue  # calibrated below
+        elif t == "Parameter" and name in cont_layers:
+            blobs[0].data[...] = sequence_starts(blobs[0].data.shape)
+            continue
         else:
             for b in blobs:
                 b.data[...] = rng.normal(0.0, 0.1, b.data.shape)
