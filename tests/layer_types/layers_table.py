@@ -170,7 +170,7 @@ def render(types: list[str]) -> str:
         "from layerparity.kinds import canonical_kind, compatible",
         "",
         'print(canonical_kind("BNLL"), canonical_kind("Deconvolution"), canonical_kind("Conv2DTranspose"))',
-        "# bnll deconv deconv",
+        "# softplus deconv deconv",
         'print(compatible("deconv", canonical_kind("CONV_2D")))',
         "# False",
         "```",

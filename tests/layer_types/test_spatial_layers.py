@@ -214,7 +214,7 @@ def case_pixelshuffle(tmp_path, bug):
         return tf.nn.depth_to_space(t, r)
 
     out = _lambda(shuffle, "ps")(inp)
-    return net, _model(inp, out), f32(rng(11).standard_normal(shape)), "ps", None
+    return net, _model(inp, out), f32(rng(11).standard_normal(shape)), "ps", "pixel_shuffle_order"
 
 
 def case_bilinearinterpolate(tmp_path, bug):
@@ -283,7 +283,7 @@ def case_spp(tmp_path, bug):
         return tf.reshape(tf.transpose(p, (0, 3, 1, 2)), (n, -1))  # Caffe flattens each level C, H, W
 
     out = _lambda(lambda t: tf.concat([level(t, 2**i) for i in range(3)], axis=1), "spp")(inp)
-    return net, _model(inp, out), f32(rng(14).standard_normal(shape)), "spp", None
+    return net, _model(inp, out), f32(rng(14).standard_normal(shape)), "spp", "spp_pyramid"
 
 
 def case_im2col(tmp_path, bug):
