@@ -82,6 +82,13 @@ RULES_BY_KIND: dict[str, list[Rule]] = {
 }
 
 
+#: Layers whose output is a constant of shapes and parameters (no data flows through them): a
+#: value relation (TF = Caffe + a constant) cannot say why, so their own rule still recomputes,
+#: and a confirmed recomputation outranks it (an unclipped PriorBox with offset 0 is Caffe's
+#: priors shifted by -offset * step / image size: a "constant offset" otherwise).
+CONSTANT_OUTPUT_KINDS = frozenset({"prior_box"})
+
+
 def _rules_for(case: Case) -> list[Rule]:
     rules = list(RULES_BY_KIND.get(case.ckind, []))
     if case.ckind_raw in INTERP_KINDS and interp_rules not in rules:
@@ -185,7 +192,7 @@ def diagnose(
         # exact relations between the two values are cheap: first. A hit makes the
         # layer rules skip their recomputations (weight evidence still runs: it can rank higher)
         cands += _run(generic_rules, case)
-        if any(d.confidence >= CONF_EXACT for d in cands):
+        if any(d.confidence >= CONF_EXACT for d in cands) and case.ckind not in CONSTANT_OUTPUT_KINDS:
             case.proven = True
         for rule in _rules_for(case):
             cands += _run(rule, case)
