@@ -62,6 +62,7 @@ BUG_DOC = {
     "spatial_shift": "Crop offsets off by one",
     "interp_align_corners": "bilinear Interp ported as tf.image.resize (half-pixel) instead of align_corners",
     "lstm_gate_order": "LSTM weights copied in Caffe's gate order i,f,o,g where Keras reads i,f,c,o",
+    "priorbox_parameters": "PriorBox priors centred at (w + 0) * step instead of Caffe's offset (0.5)",
 }
 
 SCALE_BUG_FACTOR = 255.0
@@ -223,6 +224,8 @@ def _applies(kind: str, info: NetInfo, lp) -> bool:
         return t == "BilinearInterpolate" and lp.bilinear_interpolate_param.align_corners
     if kind == "lstm_gate_order":
         return t == "LSTM"
+    if kind == "priorbox_parameters":
+        return t == "PriorBox" and lp.prior_box_param.offset != 0
     raise ValueError(f"unknown bug kind {kind!r}; known: {sorted(BUG_DOC)}")
 
 
@@ -522,6 +525,18 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
             blobs[top] = _T(L.Const(p[0], name=name)(inp), "const")
         elif t == "LSTM":
             blobs[top] = _T(_lstm(keras, L, lp, name, ins, p, bug, add), "tnc")
+        elif t == "PriorBox":
+            img = sh[lp.bottom[1]] if len(lp.bottom) > 1 else None
+            pri = prior_boxes(lp.prior_box_param, sh[lp.bottom[0]][2:], img[2:] if img is not None else None,
+                              offset=0.0 if bug == "priorbox_parameters" else None)
+            blobs[top] = _T(L.PriorBox(pri, name=name)(ins[0].x), "const")
+        elif t == "DetectionOutput":
+            dp = lp.detection_output_param
+            if not dp.share_location or dp.code_type != 2 or dp.variance_encoded_in_target:
+                raise NotImplementedError(f"{lp.name}: DetectionOutput other than shared CENTER_SIZE locations")
+            layer = L.DetectionOutput(dp.num_classes, dp.background_label_id, dp.confidence_threshold,
+                                      dp.nms_param.nms_threshold, dp.nms_param.top_k, dp.keep_top_k, name=name)
+            blobs[top] = _T(layer([i.x for i in ins]), "same")
         elif t == "Sigmoid":
             blobs[top] = _T(keras.layers.Activation("sigmoid", name=name)(ins[0].x), ins[0].layout, ins[0].chw)
         elif t == "TanH":
@@ -550,6 +565,40 @@ def _outputs(info: NetInfo, blobs: dict[str, _T]) -> list:
             if lp.type != "Input" and top not in consumed and blobs[top].x not in outs:
                 outs.append(blobs[top].x)
     return outs
+
+
+def prior_boxes(pp, feat_hw, img_hw, offset: float | None = None) -> np.ndarray:
+    """Caffe's PriorBox (this build's prior_box_layer.cpp): 1 x 2 x (H*W*P*4), boxes then variances.
+    Min and max sizes are read as ints, the aspect ratios start with 1 (then each new one and,
+    with flip, its inverse), per cell: min box, sqrt(min*max) box, the other ratios."""
+    fh, fw = (int(v) for v in feat_hw)
+    ih, iw = (pp.img_h, pp.img_w) if pp.img_h and pp.img_w else (int(pp.img_size),) * 2 if pp.img_size else img_hw
+    sh_, sw_ = (pp.step_h, pp.step_w) if pp.step_h and pp.step_w else (pp.step,) * 2 if pp.step else (ih / fh, iw / fw)
+    offset = pp.offset if offset is None else offset
+    ars = [1.0]
+    for a in pp.aspect_ratio:
+        if all(abs(a - b) >= 1e-6 for b in ars):
+            ars.append(a)
+            if pp.flip:
+                ars.append(1.0 / a)
+    out = []
+    for h in range(fh):
+        for w in range(fw):
+            cx, cy = (w + offset) * sw_, (h + offset) * sh_
+            for s, mn in enumerate(pp.min_size):
+                mn = int(mn)
+                sizes = [(mn, mn)]
+                if len(pp.max_size):
+                    sizes.append((np.sqrt(mn * int(pp.max_size[s])),) * 2)
+                sizes += [(mn * np.sqrt(a), mn / np.sqrt(a)) for a in ars if abs(a - 1.0) >= 1e-6]
+                for bw, bh in sizes:
+                    out += [(cx - bw / 2.0) / iw, (cy - bh / 2.0) / ih, (cx + bw / 2.0) / iw, (cy + bh / 2.0) / ih]
+    boxes = np.asarray(out, np.float32)
+    if pp.clip:
+        boxes = np.clip(boxes, 0.0, 1.0)
+    var = list(pp.variance) or [0.1]
+    var = np.full(boxes.shape, var[0], np.float32) if len(var) == 1 else np.tile(np.asarray(var, np.float32), len(boxes) // 4)
+    return np.stack([boxes, var])[None]
 
 
 def _lstm(keras, L, lp, name, ins: list[_T], p, bug, add: Callable):

@@ -175,4 +175,58 @@ class ContLSTMCell(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-CUSTOM_OBJECTS = {c.__name__: c for c in (Scale, LRN, Pad, Normalize, Eltwise, Interp, Const, ContLSTMCell)}
+class PriorBox(Const):
+    """SSD's ``PriorBox``: a constant of the shapes (boxes, then variances: 1 x 2 x (H*W*P*4)),
+    computed by :func:`portbuilder.keras_port.prior_boxes`."""
+
+
+class DetectionOutput(keras.layers.Layer):
+    """SSD's ``DetectionOutput`` (shared locations, CENTER_SIZE, variances not in the target):
+    priors decoded with their variances, per class the ``top_k`` best scores above the
+    threshold NMS'ed (``tf.image.non_max_suppression``), the best ``keep_top_k`` over all
+    classes kept; rows [image, label, score, xmin, ymin, xmax, ymax] listed by score (Caffe
+    lists them by label: the engine compares the rows as a set)."""
+
+    def __init__(self, num_classes: int, background: int, conf: float, nms: float, top_k: int,
+                 keep_top_k: int, **kw):
+        super().__init__(**kw)
+        self.num_classes, self.background = int(num_classes), int(background)
+        self.conf, self.nms, self.top_k, self.keep_top_k = float(conf), float(nms), int(top_k), int(keep_top_k)
+
+    def call(self, ts):
+        loc, conf, priors = ts
+        pb, var = tf.reshape(priors[0, 0], (-1, 4)), tf.reshape(priors[0, 1], (-1, 4))
+        d = tf.reshape(loc[0], (-1, 4)) * var
+        pw, ph = pb[:, 2] - pb[:, 0], pb[:, 3] - pb[:, 1]
+        cx, cy = d[:, 0] * pw + (pb[:, 0] + pb[:, 2]) / 2, d[:, 1] * ph + (pb[:, 1] + pb[:, 3]) / 2
+        w, h = tf.exp(d[:, 2]) * pw, tf.exp(d[:, 3]) * ph
+        boxes = tf.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+        yx = tf.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]], -1)
+        scores = tf.reshape(conf[0], (-1, self.num_classes))
+        rows = []
+        for c in range(self.num_classes):
+            if c == self.background:
+                continue
+            sc = scores[:, c]
+            k = tf.minimum(self.top_k, tf.shape(sc)[0])
+            best = tf.math.top_k(sc, k=k, sorted=True).indices  # Caffe's top_k before its NMS
+            keep = tf.image.non_max_suppression(tf.gather(yx, best), tf.gather(sc, best), self.top_k,
+                                                iou_threshold=self.nms, score_threshold=self.conf)
+            idx = tf.gather(best, keep)
+            s = tf.gather(sc, idx)
+            rows.append(tf.concat([tf.zeros_like(s)[:, None], tf.fill(tf.shape(s[:, None]), float(c)),
+                                   s[:, None], tf.gather(boxes, idx)], -1))
+        rows = tf.concat(rows, 0)
+        order = tf.argsort(-rows[:, 2], stable=True)[: self.keep_top_k]
+        return tf.reshape(tf.gather(rows, order), (1, 1, -1, 7))
+
+    def compute_output_shape(self, s):
+        return (1, 1, None, 7)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "background": self.background,
+                "conf": self.conf, "nms": self.nms, "top_k": self.top_k, "keep_top_k": self.keep_top_k}
+
+
+CUSTOM_OBJECTS = {c.__name__: c for c in (Scale, LRN, Pad, Normalize, Eltwise, Interp, Const, ContLSTMCell, PriorBox,
+                                                DetectionOutput)}

@@ -32,6 +32,7 @@ NETS: dict[str, ZooNet] = {
         ZooNet("fcn_head", "fcn_head.prototxt", (1, 3, 64, 64), "FCN-32s-style head (Deconvolution + Crop)"),
         ZooNet("fcn8s", "fcn8s.prototxt", (1, 3, 64, 64), "FCN-8s-style net (three Deconvolutions, Crop + Eltwise skips)"),
         ZooNet("ssd_head", "ssd_head.prototxt", (1, 3, 64, 64), "SSD-style head (Normalize, Permute, Flatten, Concat)"),
+        ZooNet("ssd_full", "ssd_full.prototxt", (1, 3, 64, 64), "SSD-style head up to PriorBox + DetectionOutput"),
         ZooNet("mtcnn_onet", "mtcnn_onet.prototxt", (1, 3, 48, 48), "MTCNN O-Net (PReLU)"),
         ZooNet("crnn", "crnn.prototxt", (1, 1, 32, 100), "CRNN-style OCR net (conv stack, Permute/Reshape, LSTM with cont)"),
         ZooNet("ops_tour", "ops_tour.prototxt", (1, 3, 24, 24), "synthetic: the layers the real nets lack"),
