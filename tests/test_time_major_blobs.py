@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerparity.backends._caffe_net import layout_for
-from layerparity.backends._caffe_net import squeezed_layout as caffe_squeezed
+from layerparity.backends._caffe_net import layout_for, squeezed_layout
 from layerparity.backends.tfcommon import probe_layout
-from layerparity.backends.tfcommon import squeezed_layout as tf_squeezed
 from layerparity.diagnosis import DiagnosisContext, diagnose
 from layerparity.diagnosis.reference import softmax
 from layerparity.layout import relayout
@@ -26,14 +24,14 @@ T, N, C = 7, 1, 5
 
 
 def test_a_squeezing_reshape_keeps_the_labels_of_the_kept_axes_on_both_sides():
-    for rule in (caffe_squeezed, tf_squeezed):
-        assert rule("WNCH", (T, N, C, 1), (T, N, C)) == "WNC"
-        assert rule("NWCH", (N, T, C, 1), (N, T, C)) == "NWC"
-        assert rule("NCHW", (1, C, 1, T), (1, C, T)) == "NCW"
-        assert rule("WNCH", (T, N, C, 2), (T, N, 2 * C)) == ""  # merges two axes: not a squeeze
-        assert rule("WNCH", (T, N, C, 1), (T, N, C, 1)) == ""  # same rank: not this rule
-        assert rule("", (T, N, C, 1), (T, N, C)) == ""
-        assert rule("flat:NCHW", (1, 20), (1, 20)) == ""
+    # one rule, used by the Caffe worker's layout_for and the TF backends' probe_layout
+    assert squeezed_layout("WNCH", (T, N, C, 1), (T, N, C)) == "WNC"
+    assert squeezed_layout("NWCH", (N, T, C, 1), (N, T, C)) == "NWC"
+    assert squeezed_layout("NCHW", (1, C, 1, T), (1, C, T)) == "NCW"
+    assert squeezed_layout("WNCH", (T, N, C, 2), (T, N, 2 * C)) == ""  # merges two axes: not a squeeze
+    assert squeezed_layout("WNCH", (T, N, C, 1), (T, N, C, 1)) == ""  # same rank: not this rule
+    assert squeezed_layout("", (T, N, C, 1), (T, N, C)) == ""
+    assert squeezed_layout("flat:NCHW", (1, 20), (1, 20)) == ""
     # Caffe: Reshape (0, 0, -1) of the WNCH Permute top; 2-D results keep the flatten rule
     assert layout_for("Reshape", {}, (T, N, C), [("WNCH", None, (T, N, C, 1))]) == ("WNC", None)
     assert layout_for("Reshape", {}, (N, C * T), [("NCHW", None, (N, C, 1, T))])[0] == "flat:NCHW"

@@ -618,8 +618,8 @@ def permute_order(order: list[int], nd: int) -> list[int]:
 def squeezed_layout(in_layout: str, in_shape: tuple, out_shape: tuple) -> str:
     """A Reshape that only drops size-1 axes keeps the labels of the axes it keeps (matched
     left to right): ``WNCH`` (7, 1, 16, 1) -> (7, 1, 16) is ``WNC``; ``""`` for any other.
-    The TF backends' ``tfcommon.squeezed_layout`` is the same rule (this module imports
-    nothing of layerparity).
+    The TF backends' :func:`~.tfcommon.probe_layout` uses this same function (this module
+    imports nothing of layerparity, so the rule lives here).
 
     >>> squeezed_layout("WNCH", (7, 1, 16, 1), (7, 1, 16))
     'WNC'

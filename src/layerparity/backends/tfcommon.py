@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import FrameworkMissingError, InputDataError, ModelLoadError
 from ..layout import axes_permutation
 from ..names import CALL_WRAPPER, COPY_SUFFIX
+from ._caffe_net import squeezed_layout  # the same rule as the Caffe worker (pure NumPy)
 from .base import Backend, InputSpec
 
 __all__ = [
@@ -266,29 +267,6 @@ def permuted_layout(in_layout: str, perm: Sequence[int]) -> str:
         return ""
 
 
-def squeezed_layout(in_layout: str, in_shape: Sequence[int | None], out_shape: Sequence[int | None]) -> str:
-    """A reshape that only drops size-1 axes keeps the labels of the axes it keeps (matched
-    left to right): ``NWCH`` (1, 7, 16, 1) -> (1, 7, 16) is ``NWC``; ``""`` for any other reshape.
-    (The Caffe worker's ``_caffe_net.squeezed_layout`` is the same rule.)
-
-    >>> squeezed_layout("NWCH", (1, 7, 16, 1), (1, 7, 16))
-    'NWC'
-    >>> squeezed_layout("NWCH", (1, 7, 16, 2), (1, 7, 32))
-    ''
-    """
-    if not in_layout or in_layout.startswith("flat:") or len(in_layout) != len(in_shape) \
-            or not 2 < len(out_shape) < len(in_shape):
-        return ""
-    kept, j = [], 0
-    for label, d in zip(in_layout, in_shape, strict=True):
-        if j < len(out_shape) and d == out_shape[j]:
-            kept.append(label)
-            j += 1
-        elif d != 1:
-            return ""
-    return "".join(kept) if j == len(out_shape) else ""
-
-
 def probe_layout(
     out_shape: Sequence[int],
     *,
@@ -329,8 +307,8 @@ def probe_layout(
         return flat_layout(in_lay, in_shape, out_shape)
     if op == "reshape" and in_shape is not None and len(out_shape) == 2:
         return flat_layout(in_lay, in_shape, out_shape)
-    if op == "reshape" and in_shape is not None and squeezed_layout(in_lay, in_shape, out_shape):
-        return squeezed_layout(in_lay, in_shape, out_shape), None
+    if op == "reshape" and in_shape is not None and (kept := squeezed_layout(in_lay, in_shape, out_shape)):
+        return kept, None
     if op == "sequence" and len(out_shape) == 3:
         return "NTC", None
     if op == "transpose" and perm is not None:
