@@ -11,4 +11,7 @@ set -euo pipefail
 PY=$(realpath -s "${1:?usage: make-converter-ports.sh VENV_PYTHON}")
 here=$(cd "$(dirname "$0")" && pwd)
 CONVERTER=$("$here/build-converter-venv.sh" | tail -n1)
-exec env GLOG_minloglevel="${GLOG_minloglevel:-2}" "$PY" "$here/make_converter_ports.py" --converter-python "$CONVERTER"
+export GLOG_minloglevel="${GLOG_minloglevel:-2}"
+"$PY" "$here/make_converter_ports.py" --converter-python "$CONVERTER"
+# and the zoo nets the converter cannot port: what it says of each (scripts/converter_refusals.py)
+exec "$PY" "$here/converter_refusals.py" --converter-python "$CONVERTER"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, os.fspath(Path(__file__).parent))
-from thirdparty_ports import NETS, ROOT  # noqa: E402
+from thirdparty_ports import NETS, ROOT, TRIED, refusal_probe  # noqa: E402
 
 # -- results and docs/validation.md ---------------------------------------------------------
 
@@ -65,4 +65,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for f in sorted(d.glob("results-*.jsonl")):
             entries += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         if entries:
-            write_section(ROOT / "docs" / "validation.md", entries, NETS)
+            f = refusal_probe.refused_path()
+            refusals = json.loads(f.read_text()) if f.exists() else {}
+            refusals = {n: {**r, "why": TRIED[n]["why"]} for n, r in refusals.items() if n in TRIED}
+            write_section(ROOT / "docs" / "validation.md", entries, NETS, refusals)

@@ -24,6 +24,11 @@ sys.modules.setdefault("make_converter_ports", ports)
 _spec.loader.exec_module(ports)
 
 NETS = ports.NETS
+_spec = importlib.util.spec_from_file_location("converter_refusals", ROOT / "scripts" / "converter_refusals.py")
+refusal_probe = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("converter_refusals", refusal_probe)
+_spec.loader.exec_module(refusal_probe)
+TRIED = refusal_probe.TRIED
 
 
 @dataclass
@@ -75,3 +80,13 @@ def load_ports(name: str) -> PortSet:
             pytest.fail(f"{d / rel} is missing from a built port set: delete {d} and run `make converter-ports`",
                         pytrace=False)
     return PortSet(name, d, manifest)
+
+
+def load_refusals() -> dict:
+    """What caffe2onnx did with each zoo net of ``TRIED`` (scripts/converter_refusals.py:
+    ``probe``), ``{net: {"converted", "converter_said", "layer_types"}}``."""
+    f = refusal_probe.refused_path()
+    if not f.exists():
+        pytest.fail(f"the converter has not been tried on the zoo nets {sorted(TRIED)}: {f} is missing. "
+                    "Run `make converter-ports`; `make test` runs it first.", pytrace=False)
+    return json.loads(f.read_text())
