@@ -6,6 +6,8 @@
   are compared through a transpose instead of as is (a shape mismatch before).
 - ``softmax_axis`` is named on a time-major (``TNC``) blob: a port normalizing over the time
   axis (Caffe axis 0, which is not a batch axis there) is recomputed and confirmed.
+- A gather along T (CRNN's backward direction: BatchReindex over Caffe's axis 0, a Keras
+  ``take`` along axis 1) keeps the sequence's labels on both sides, ``WNC``/``NWC`` included.
 """
 
 from __future__ import annotations
@@ -57,3 +59,17 @@ def test_softmax_over_the_time_axis_of_a_time_major_blob_is_named():
                  tf_weights=None, context=ctx)
     assert d and d[0].kind == "softmax_axis", [(e.kind, e.summary) for e in d]
     assert d[0].evidence["confirmed_by"] == "recomputation" and d[0].evidence["tf_axis_nchw"] == 0
+
+
+def test_a_gather_along_t_keeps_the_sequence_labels_on_both_sides():
+    # CRNN's backward direction: its sequence (still labelled W, the image columns) reversed along
+    # T before the backward LSTM (Caffe BatchReindex over axis 0; a Keras gather along axis 1)
+    assert layout_for("BatchReindex", {}, (T, N, C), [("WNC", None, (T, N, C))]) == ("WNC", None)
+    assert layout_for("BatchReindex", {}, (T, N, C), [("TNC", None, (T, N, C))]) == ("TNC", None)
+    assert probe_layout((N, T, C), in_layouts=["NWC", ""], in_shape=(N, T, C), default="NHWC") == ("NWC", None)
+    assert probe_layout((N, T, C), in_layouts=["NTC", ""], in_shape=(N, T, C), default="NHWC") == ("NTC", None)
+    # only a batch-major sequence (N, one sequence axis, C): not other squeezed 3-D labels
+    assert probe_layout((N, C, T), in_layouts=["NCW"], in_shape=(N, C, T), default="NHWC") == ("", None)
+    # and the two labels are one transpose apart, reversed or not
+    x = np.arange(T * N * C, dtype=np.float32).reshape(T, N, C)[::-1]
+    np.testing.assert_array_equal(relayout(x, "WNC", None, "NWC"), x.transpose(1, 0, 2))

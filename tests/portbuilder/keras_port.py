@@ -11,7 +11,9 @@ with its rows permuted from C*H*W to H*W*C order, Caffe axis 1 as NHWC axis -1,
 Dropout left out, SSD's ``Permute(0,2,3,1)`` as an identity. Time-major blobs (CRNN's
 ``Permute(3,0,1,2)`` top and after it: T x N x ...) are batch-major in Keras (N x T x ...);
 an LSTM is ``RNN(ContLSTMCell)`` over the sequence with Caffe's ``cont`` (a ``Parameter``
-constant, ``Const``) appended to each step, gates reordered i,f,o,g -> i,f,c,o. Helper layers are
+constant, ``Const``) appended to each step, gates reordered i,f,o,g -> i,f,c,o; a BatchReindex of a
+sequence by a constant index (CRNN's time reversals around its backward LSTM) is a gather along
+Keras' T axis (``keras.ops.take(x, index, axis=1)``). Helper layers are
 named ``<layer>_pad`` / ``<layer>_flatten`` / ``<layer>_cont`` / ``<layer>_x_and_cont``.
 
 ``bugs`` injects the classic porting mistakes, each named after the diagnosis kind
@@ -525,6 +527,8 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
             blobs[top] = _T(L.Const(p[0], name=name)(inp), "const")
         elif t == "LSTM":
             blobs[top] = _T(_lstm(keras, L, lp, name, ins, p, bug, add), "tnc")
+        elif t == "BatchReindex":
+            blobs[top] = _T(_batch_reindex(keras, lp, name, ins), "tnc")
         elif t == "PriorBox":
             img = sh[lp.bottom[1]] if len(lp.bottom) > 1 else None
             pri = prior_boxes(lp.prior_box_param, sh[lp.bottom[0]][2:], img[2:] if img is not None else None,
@@ -617,6 +621,17 @@ def _lstm(keras, L, lp, name, ins: list[_T], p, bug, add: Callable):
         ws = [lstm_weight_caffe_to_keras(wx), lstm_weight_caffe_to_keras(wh), lstm_weight_caffe_to_keras(b)]
     layer = keras.layers.RNN(L.ContLSTMCell(int(rp.num_output)), return_sequences=True, name=name)
     return add(layer, [np.ascontiguousarray(w) for w in ws])(seq)
+
+
+def _batch_reindex(keras, lp, name, ins: list[_T]):
+    """Caffe BatchReindex (top[i] = bottom[index[i]] along axis 0) of a time-major sequence, its
+    index a constant of the deploy net: a gather along T, which is axis 1 of Keras' N x T x C.
+    (CRNN's index reverses T: the input of the backward LSTM, and that LSTM's output back in
+    time order; the port mirrors both reversals, so each Keras output holds Caffe's blob.)"""
+    if len(ins) != 2 or ins[0].layout != "tnc" or ins[1].layout != "const":
+        raise NotImplementedError(f"{lp.name}: BatchReindex other than a sequence reordered along T by a constant")
+    return keras.layers.Lambda(lambda ts: keras.ops.take(ts[0], keras.ops.cast(ts[1], "int32"), axis=1),
+                               name=name)([ins[0].x, ins[1].x])
 
 
 def _conv(keras, lp, name, src: _T, sh, p, bug, info, add: Callable):

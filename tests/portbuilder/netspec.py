@@ -118,6 +118,23 @@ def _cont_parameters(layers) -> set[str]:
     return {lp.name for lp in layers if lp.type == "Parameter" and set(lp.top) & conts}
 
 
+def _reindex_parameters(layers) -> dict[str, str]:
+    """Parameter layers whose top is a BatchReindex's index bottom -> the blob that BatchReindex
+    reorders along its axis 0 (T of CRNN's T x N x C sequence)."""
+    layers = list(layers)
+    tops = {}  # blob -> the Parameter layer writing it
+    for lp in layers:
+        if lp.type == "Parameter":
+            tops.update({t: lp.name for t in lp.top})
+    return {tops[lp.bottom[1]]: lp.bottom[0] for lp in layers
+            if lp.type == "BatchReindex" and len(lp.bottom) > 1 and lp.bottom[1] in tops}
+
+
+def reversed_index(n: int) -> np.ndarray:
+    """BatchReindex's index that reverses its axis 0 (a Caffe CRNN's backward direction): n-1, ..., 0."""
+    return np.arange(n - 1, -1, -1, dtype=np.float32)
+
+
 def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """Seeded weights for every layer of ``prototxt``, written through pycaffe to ``out``.
 
@@ -126,7 +143,9 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
     of the layer's actual input; variance floored at a tenth of the layer mean, times U(0.5, 1.5)), stored as
     ``[mean*S, var*S, S]`` with S = BN_SCALE_FACTOR. Scale: gamma U(0.5, 1.5),
     beta N(0, 0.2). PReLU: slopes U(0.05, 0.5). Normalize: 20 + N(0, 1). A Parameter
-    layer feeding a recurrent layer's ``cont``: :func:`sequence_starts`. Others: N(0, 0.1).
+    layer feeding a recurrent layer's ``cont``: :func:`sequence_starts`; one feeding a
+    BatchReindex's index: :func:`reversed_index` (it must be as long as the reordered axis).
+    Others: N(0, 0.1).
     Returns the parameters in Caffe's layout.
     """
     caffe = _caffe()
@@ -135,6 +154,7 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
     names = list(net._layer_names)
     spec = {lp.name: lp for lp in parse(prototxt).layer}
     cont_layers = _cont_parameters(spec.values())
+    reindexed = _reindex_parameters(spec.values())  # Parameter layer -> the blob it reindexes
     for name in names:
         if name not in net.params:
             continue
@@ -166,6 +186,12 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
             continue  # calibrated below
         elif t == "Parameter" and name in cont_layers:
             blobs[0].data[...] = sequence_starts(blobs[0].data.shape)
+            continue
+        elif t == "Parameter" and name in reindexed:
+            n, axis0 = blobs[0].data.shape, net.blobs[reindexed[name]].data.shape[0]
+            if n != (axis0,):
+                raise ValueError(f"{name}: a BatchReindex index of shape {n} cannot reverse an axis of {axis0}")
+            blobs[0].data[...] = reversed_index(axis0)
             continue
         else:
             for b in blobs:

@@ -34,7 +34,7 @@ NETS: dict[str, ZooNet] = {
         ZooNet("ssd_head", "ssd_head.prototxt", (1, 3, 64, 64), "SSD-style head (Normalize, Permute, Flatten, Concat)"),
         ZooNet("ssd_full", "ssd_full.prototxt", (1, 3, 64, 64), "SSD-style head up to PriorBox + DetectionOutput"),
         ZooNet("mtcnn_onet", "mtcnn_onet.prototxt", (1, 3, 48, 48), "MTCNN O-Net (PReLU)"),
-        ZooNet("crnn", "crnn.prototxt", (1, 1, 32, 100), "CRNN-style OCR net (conv stack, Permute/Reshape, LSTM with cont)"),
+        ZooNet("crnn", "crnn.prototxt", (1, 1, 32, 100), "CRNN-style OCR net (conv stack, Permute/Reshape, bidirectional LSTM with cont, FC)"),
         ZooNet("ops_tour", "ops_tour.prototxt", (1, 3, 24, 24), "synthetic: the layers the real nets lack"),
     ]
 }

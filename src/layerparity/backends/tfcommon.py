@@ -289,8 +289,9 @@ def probe_layout(
     - ``"transpose"``: ``perm`` (batch axis included) moves the labels with the data;
     - ``"sequence"``: a recurrent layer (Keras ``LSTM``, ``RNN``...): Keras is batch-major,
       so a 3-D output is ``"NTC"`` (Caffe's recurrent tops are time-major, ``"TNC"``); any
-      other 3-D output that keeps the N and T axes of an ``"NTC"`` first input (``Dense``,
-      elementwise layers) is ``"NTC"`` too;
+      other 3-D output that keeps the first two axes of an ``"NTC"`` first input (``Dense``,
+      elementwise layers, a gather along T) is ``"NTC"`` too, and likewise for ``"NWC"``
+      (a squeezed image's columns: CRNN's sequence before its first recurrent layer);
     - ``""``: anything else: ``data_format`` (Keras or TF spelling), else inherited
       from the first 4-D input, else ``default`` (see :func:`derive_layout`).
 
@@ -315,11 +316,17 @@ def probe_layout(
         lay = permuted_layout(in_lay, perm)
         if lay and len(lay) == len(out_shape):
             return lay, None
-    elif in_lay == "NTC" and len(out_shape) == 3 and in_shape is not None and len(in_shape) == 3 \
+    elif _is_sequence_layout(in_lay) and len(out_shape) == 3 and in_shape is not None and len(in_shape) == 3 \
             and tuple(out_shape[:2]) == tuple(in_shape[:2]):
-        return "NTC", None
+        return in_lay, None
     declared = layout_of_format(data_format)
     return derive_layout(len(out_shape), declared=declared, in_layouts=in_layouts, default=default), None
+
+
+def _is_sequence_layout(layout: str) -> bool:
+    """A batch-major sequence: N, one sequence axis, C (``"NTC"``, or ``"NWC"`` for CRNN's
+    squeezed image columns before its first recurrent layer)."""
+    return len(layout) == 3 and layout[0] == "N" and layout[2] == "C" and layout[1] in "TWH"
 
 
 def to_model_layout(x: np.ndarray, layout: str) -> np.ndarray:
