@@ -1,0 +1,119 @@
+"""The zoo's CRNN: its bidirectional LSTM is compared honestly (issue 15), real Caffe and real TF.
+
+Caffe builds the backward direction by reversing the sequence along T (BatchReindex over
+axis 0 with the index T-1, ..., 0), running a second LSTM and reversing its output back; the
+correct port mirrors both reversals (a gather along Keras' T axis), so every Keras layer named
+after a Caffe layer holds that layer's blob (the backward LSTM's in reversed time order on both
+sides). These tests make that pairing fail where it should: a port that skips either reversal
+diverges at that reversal, not earlier and not never; a gate-order bug in the backward LSTM is
+named there (the matrix injects it in the forward one, the first LSTM); the backward LSTM's
+``cont`` starts its own reversed sequence, and a port that reverses the flags with the data
+(a reset at the last step instead of the first) diverges at the backward LSTM.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+import portbuilder as pb
+from portbuilder import layers as L
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("zoo-crnn")]
+
+BACK, REV_IN, REV_OUT = "lstm1_back", "data_reversed", "lstm1_back_reversed"
+
+
+def _variant(case, keep_input_order: bool = False, keep_output_order: bool = False, cont_reversed: bool = False):
+    """The correct port with its backward branch rebuilt: a reversal left out (an identity
+    named after it), or the backward LSTM's cont flags reversed along with its input."""
+    import keras
+
+    from layerparity.layout import lstm_weight_caffe_to_keras
+
+    m = pb.build_keras(case.info, case.params)
+    seq, cont, fw, idx = (m.get_layer(n).output for n in ("data_reshape", "cont", "lstm1", "reverse_index"))
+
+    def take(ts):
+        return keras.ops.take(ts[0], keras.ops.cast(ts[1], "int32"), axis=1)
+
+    def first(ts):
+        return ts[0]
+
+    flags = keras.layers.Lambda(lambda c: keras.ops.expand_dims(keras.ops.transpose(c), -1), name=BACK + "_cont")(cont)
+    if cont_reversed:
+        flags = keras.layers.Lambda(lambda c: keras.ops.flip(c, axis=1), name=BACK + "_cont_reversed")(flags)
+    rev = keras.layers.Lambda(first if keep_input_order else take, name=REV_IN)([seq, idx])
+    rnn = keras.layers.RNN(L.ContLSTMCell(32), return_sequences=True, name=BACK)
+    y = rnn(keras.layers.Concatenate(name=BACK + "_x_and_cont")([rev, flags]))
+    out = keras.layers.Lambda(first if keep_output_order else take, name=REV_OUT)([y, idx])
+    fc = keras.layers.Dense(37, name="fc1")
+    prob = keras.layers.Softmax(axis=2, name="prob")(fc(keras.layers.Concatenate(axis=2, name="blstm1")([fw, out])))
+    model = keras.Model(m.input, prob)
+    wx, b, wh = case.params[BACK]
+    rnn.set_weights([lstm_weight_caffe_to_keras(w) for w in (wx, wh, b)])
+    fc.set_weights([case.params["fc1"][0].T, case.params["fc1"][1]])
+    return model
+
+
+def _report(case, model):
+    import keras
+
+    import layerparity as lp
+    from layerparity.backends.tensorflow import load_tf
+
+    tb = load_tf(model)
+    try:
+        return lp.compare_traces(case.caffe_trace, tb.capture(case.x), replay=tb, caffe_weights=case.params,
+                                 tf_weights=tb.weights())
+    finally:
+        tb.close()
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+
+
+def _rows(report) -> dict:
+    return {r.caffe_layer: r for r in report.rows}
+
+
+def test_the_backward_branch_is_compared_blob_for_blob(zoo):
+    case = zoo("crnn")
+    assert np.array_equal(case.params["reverse_index"][0], np.arange(25, -1, -1))
+    rows = _rows(_report(case, pb.build_keras(case.info, case.params)))
+    for layer in (REV_IN, BACK, REV_OUT, "blstm1"):
+        assert rows[layer].tf_layer == layer and rows[layer].caffe_chain == [layer], rows[layer]
+        assert rows[layer].passed, (layer, rows[layer].max_rel_error)
+
+
+@pytest.mark.parametrize("skipped", [REV_IN, REV_OUT])
+def test_a_port_that_skips_a_reversal_diverges_there(zoo, skipped):
+    case = zoo("crnn")
+    report = _report(case, _variant(case, keep_input_order=skipped == REV_IN, keep_output_order=skipped == REV_OUT))
+    fd = report.first_divergence
+    assert not report and fd is not None and fd.caffe_layer == skipped, fd
+    rows = _rows(report)
+    before = [r.caffe_layer for r in report.rows][: [r.caffe_layer for r in report.rows].index(skipped)]
+    assert all(rows[c].passed for c in before)
+
+
+def test_a_gate_order_bug_in_the_backward_lstm_is_named_there(zoo):
+    case = zoo("crnn")
+    assert pb.applicable_layers(case.info, "lstm_gate_order") == ["lstm1", BACK]
+    report = _report(case, pb.build_keras(case.info, case.params, bugs=[("lstm_gate_order", BACK)]))
+    fd = report.first_divergence
+    assert fd is not None and fd.caffe_layer == BACK
+    assert fd.diagnoses and fd.diagnoses[0].kind == "lstm_gate_order" and fd.diagnoses[0].layer == BACK
+    assert _rows(report)["lstm1"].passed
+
+
+def test_the_backward_lstm_starts_its_own_reversed_sequence(zoo):
+    # Caffe's one cont (0 at t = 0) serves both directions: the reversed sequence starts at its
+    # own first step. Reversing the flags with the data resets the state at the last step.
+    case = zoo("crnn")
+    report = _report(case, _variant(case, cont_reversed=True))
+    fd = report.first_divergence
+    assert not report and fd is not None and fd.caffe_layer == BACK, fd
+    assert _rows(report)[REV_IN].passed
