@@ -127,6 +127,14 @@ def test_a_python_layer_is_captured_like_any_other_layer(files):
     assert t.meta["pythonpath"] == [files["mods"]]
 
 
+def test_the_top_level_capture_caffe_takes_pythonpath_too(files):
+    import layerparity
+
+    t = layerparity.capture_caffe(files["proto"], files["weights"], files["x"], pythonpath=files["mods"])
+    assert t["affine"].kind == "Python" and t.meta["pythonpath"] == [files["mods"]]
+    np.testing.assert_allclose(t["affine"].value, t["conv1"].value * 2 + 1, rtol=1e-6)
+
+
 def test_a_correct_keras_port_passes_and_the_python_layer_is_a_row(files):
     report = compare_models(files["proto"], keras_port(files), files["x"], caffe_weights=files["weights"],
                             caffe_pythonpath=[files["mods"]])

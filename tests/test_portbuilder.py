@@ -19,12 +19,14 @@ import pytest
 
 sys.path.insert(0, os.fspath(Path(__file__).parent / "zoo"))
 
-from zoo_nets import NETS, ZOO  # noqa: E402
+from zoo_nets import NETS, ZOO, use_pythonpath  # noqa: E402
+
+use_pythonpath()  # faster_rcnn's Python layers, for pycaffe in this process
 
 import portbuilder as pb  # noqa: E402
 
 #: Nets small enough for the fast suite; the others run with the slow matrix.
-SMALL = ("lenet", "fcn_head", "ssd_head", "mtcnn_onet", "ops_tour", "crnn", "ssd_full")
+SMALL = ("lenet", "fcn_head", "ssd_head", "mtcnn_onet", "ops_tour", "crnn", "ssd_full", "faster_rcnn")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,8 @@ def as_caffe(info, layer_name: str, value: np.ndarray) -> np.ndarray:
     """A Keras layer output in Caffe's axis order (SSD's Permute output is already NHWC in Caffe)."""
     if _time_major(info, layer_name):
         return value.swapaxes(0, 1)  # Caffe T x N x ..., Keras N x T x ...
+    if info.layer(layer_name).type == "Reshape" and value.ndim == 4:
+        return value  # a 4-D Reshape's Keras layer reshapes in NCHW order (portbuilder/rcnn.py)
     after_permute = _after_permute(info, layer_name)
     if value.ndim == 4 and not after_permute:
         return value.transpose(0, 3, 1, 2)

@@ -58,14 +58,16 @@ def capture_caffe(
     python: str | os.PathLike[str] | None = None,
     timeout: float = 600,
     env: Mapping[str, str] | None = None,
+    pythonpath: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
 ) -> Trace:
     """Run a Caffe net once on ``inputs`` (an NCHW array, or a dict input name -> array) and return its :class:`Trace`.
 
     The net runs in a worker process (:class:`~layerparity.backends.caffe.CaffeBackend`):
     ``batch`` reshapes the inputs at load, ``phase`` is ``"TEST"`` or ``"TRAIN"``,
     ``python`` is the interpreter of a legacy Caffe install, ``timeout`` the seconds
-    to wait for any answer of the worker, ``env`` extra environment variables for it.
-    A malformed prototxt or a caffemodel that does not fit raises
+    to wait for any answer of the worker, ``env`` extra environment variables for it,
+    ``pythonpath`` the folder(s) holding the modules of the net's Python layers
+    (docs/python-layers.md). A malformed prototxt or a caffemodel that does not fit raises
     :class:`~layerparity.errors.CaffeError`.
 
     >>> trace = capture_caffe("deploy.prototxt", "weights.caffemodel", x_nchw)   # doctest: +SKIP
@@ -74,7 +76,8 @@ def capture_caffe(
     """
     from .backends.caffe import capture_caffe as _capture
 
-    return _capture(prototxt, weights, inputs, batch=batch, phase=phase, python=python, timeout=timeout, env=env)
+    return _capture(prototxt, weights, inputs, batch=batch, phase=phase, python=python, timeout=timeout, env=env,
+                    pythonpath=pythonpath)
 
 
 def capture_tf(

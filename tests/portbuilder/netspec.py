@@ -135,11 +135,21 @@ def reversed_index(n: int) -> np.ndarray:
     return np.arange(n - 1, -1, -1, dtype=np.float32)
 
 
+def _gaussian_std(lp) -> float | None:
+    """The std of a Convolution / InnerProduct's explicit ``weight_filler { type: "gaussian" }``
+    (Faster R-CNN's RPN heads: std 0.01, so the deltas stay O(0.1) and the scores unsaturated)."""
+    param = lp.convolution_param if lp.type == "Convolution" else lp.inner_product_param
+    if param.HasField("weight_filler") and param.weight_filler.type == "gaussian":
+        return float(param.weight_filler.std)
+    return None
+
+
 def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """Seeded weights for every layer of ``prototxt``, written through pycaffe to ``out``.
 
-    Convolution / InnerProduct / Deconvolution: He-scaled normal kernels, small
-    normal biases. BatchNorm: mean and variance calibrated on ``x`` (the statistics
+    Convolution / InnerProduct / Deconvolution: He-scaled normal kernels (N(0, std) where the
+    prototxt gives a gaussian weight_filler), small normal biases. BatchNorm: mean and variance
+    calibrated on ``x`` (the statistics
     of the layer's actual input; variance floored at a tenth of the layer mean, times U(0.5, 1.5)), stored as
     ``[mean*S, var*S, S]`` with S = BN_SCALE_FACTOR. Scale: gamma U(0.5, 1.5),
     beta N(0, 0.2). PReLU: slopes U(0.05, 0.5). Normalize: 20 + N(0, 1). A Parameter
@@ -164,7 +174,8 @@ def make_caffemodel(prototxt: str, out: str | os.PathLike[str], x: np.ndarray, s
         if t in ("Convolution", "InnerProduct"):
             w = blobs[0].data
             fan_in = int(np.prod(w.shape[1:]))
-            blobs[0].data[...] = _he(rng, w.shape, fan_in)
+            std = _gaussian_std(spec[name])
+            blobs[0].data[...] = _he(rng, w.shape, fan_in) if std is None else rng.normal(0.0, std, w.shape)
         elif t == "Deconvolution":
             w = blobs[0].data  # (C_in, C_out/g, k, k)
             cin, _, kh, kw = w.shape

@@ -24,7 +24,9 @@ from pathlib import Path
 import caffe  # noqa: F401  - before TensorFlow (the other order segfaults in caffe.Net)
 import numpy as np
 import pytest
-from zoo_nets import NETS, ROOT, ZOO, ZooNet
+from zoo_nets import NETS, ROOT, ZOO, ZooNet, use_pythonpath
+
+use_pythonpath()  # the port builder's in-process pycaffe imports the nets' Python layers too
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,7 +79,7 @@ class _Zoo:
         x = pb.random_input(net.input_shape, seed=1000 + net.seed)
         model = d / "weights.caffemodel"
         params = pb.make_caffemodel(proto, model, x, seed=net.seed)
-        trace = lp.capture_caffe(proto, os.fspath(model), x)
+        trace = lp.capture_caffe(proto, os.fspath(model), x, pythonpath=[os.fspath(d) for d in net.pythonpath] or None)
         archive = d / "caffe-trace.npz"
         trace.save(archive)
         del trace

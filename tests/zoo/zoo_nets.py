@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "fixtures" / "zoo"
+#: The modules of the zoo's Python layers (faster_rcnn's proposal and ROI pooling layers).
+PYLAYERS = ZOO / "pylayers"
 
 
 @dataclass(frozen=True)
@@ -16,6 +20,8 @@ class ZooNet:
     input_shape: tuple[int, int, int, int]  # Caffe NCHW, batch 1
     what: str
     seed: int = 0
+    #: folders of the net's Python layer modules: the Caffe worker gets them as ``pythonpath=``
+    pythonpath: tuple[Path, ...] = ()
 
 
 #: The nets and the input each runs at (see fixtures/zoo/README.md for why each size).
@@ -35,6 +41,19 @@ NETS: dict[str, ZooNet] = {
         ZooNet("ssd_full", "ssd_full.prototxt", (1, 3, 64, 64), "SSD-style head up to PriorBox + DetectionOutput"),
         ZooNet("mtcnn_onet", "mtcnn_onet.prototxt", (1, 3, 48, 48), "MTCNN O-Net (PReLU)"),
         ZooNet("crnn", "crnn.prototxt", (1, 1, 32, 100), "CRNN-style OCR net (conv stack, Permute/Reshape, bidirectional LSTM with cont, FC)"),
+        ZooNet("faster_rcnn", "faster_rcnn.prototxt", (1, 3, 64, 64),
+               "Faster R-CNN-style net (ZF-style backbone, RPN, Python proposal + ROI pooling layers)",
+               seed=4, pythonpath=(PYLAYERS,)),
         ZooNet("ops_tour", "ops_tour.prototxt", (1, 3, 24, 24), "synthetic: the layers the real nets lack"),
     ]
 }
+
+
+def use_pythonpath() -> None:
+    """Put every zoo net's Python-layer folders on this process's ``sys.path``: the port builder
+    runs pycaffe in this process (``net_info``, ``make_caffemodel``), where Caffe imports a Python
+    layer's module when it builds the net. layerparity's Caffe worker gets them as ``pythonpath=``."""
+    for net in NETS.values():
+        for d in net.pythonpath:
+            if os.fspath(d) not in sys.path:
+                sys.path.insert(0, os.fspath(d))
