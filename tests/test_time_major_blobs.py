@@ -7,7 +7,8 @@
 - ``softmax_axis`` is named on a time-major (``TNC``) blob: a port normalizing over the time
   axis (Caffe axis 0, which is not a batch axis there) is recomputed and confirmed.
 - A gather along T (CRNN's backward direction: BatchReindex over Caffe's axis 0, a Keras
-  ``take`` along axis 1) keeps the sequence's labels on both sides, ``WNC``/``NWC`` included.
+  ``take`` along axis 1) keeps the sequence's labels on both sides, ``WNC``/``NWC`` included;
+  a sequence left in reversed time order is named ``axis_reversed`` (axis T), nothing else is.
 """
 
 from __future__ import annotations
@@ -73,3 +74,23 @@ def test_a_gather_along_t_keeps_the_sequence_labels_on_both_sides():
     # and the two labels are one transpose apart, reversed or not
     x = np.arange(T * N * C, dtype=np.float32).reshape(T, N, C)[::-1]
     np.testing.assert_array_equal(relayout(x, "WNC", None, "NWC"), x.transpose(1, 0, 2))
+
+
+def _lstm_row_diagnoses(y: np.ndarray, t: np.ndarray):
+    row = LayerResult("lstm1_back_reversed", "lstm1_back_reversed", "lstm1_back_reversed", caffe_kind="BatchReindex",
+                      tf_kind="Lambda", caffe_chain=["lstm1_back_reversed"])
+    cp = Probe("lstm1_back_reversed", "BatchReindex", y, layout="TNC", layer="lstm1_back_reversed")
+    return diagnose(row, cp, Probe("lstm1_back_reversed", "Lambda", t.transpose(1, 0, 2), layout="NTC"),
+                    caffe_inputs=None, caffe_weights=None, tf_weights=None,
+                    context=DiagnosisContext(caffe_probes={"lstm1_back_reversed": cp}))
+
+
+def test_a_sequence_left_in_reversed_time_order_is_named_axis_reversed():
+    # CRNN's backward LSTM output not reversed back (or a go_backwards output used as is)
+    y = np.random.default_rng(5).standard_normal((T, 2, C)).astype(np.float32)
+    d = _lstm_row_diagnoses(y, y[::-1])
+    assert d and d[0].kind == "axis_reversed", [(e.kind, e.summary) for e in d]
+    assert d[0].evidence["axis"] == 0 and d[0].evidence["axis_label"] == "T" and d[0].confidence >= 0.9
+    # the values moved otherwise (rolled by one step): no reversal claimed
+    d = _lstm_row_diagnoses(y, np.roll(y, 1, axis=0))
+    assert d and all(e.kind != "axis_reversed" for e in d), [(e.kind, e.summary) for e in d]

@@ -68,6 +68,7 @@ LAYER_DIAGNOSES = {
     "MVN": ["mvn_parameters"],
     "SPP": ["spp_pyramid"],
     "PriorBox": ["priorbox_parameters"],
+    "DetectionOutput": ["detection_output_parameters"],
 }
 
 #: Value relations tried on any divergent layer, whatever its type.

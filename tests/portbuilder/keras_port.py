@@ -64,6 +64,7 @@ BUG_DOC = {
     "spatial_shift": "Crop offsets off by one",
     "interp_align_corners": "bilinear Interp ported as tf.image.resize (half-pixel) instead of align_corners",
     "lstm_gate_order": "LSTM weights copied in Caffe's gate order i,f,o,g where Keras reads i,f,c,o",
+    "axis_reversed": "a BatchReindex reversing a sequence along T (CRNN's backward direction) left out",
     "priorbox_parameters": "PriorBox priors centred at (w + 0) * step instead of Caffe's offset (0.5)",
 }
 
@@ -226,6 +227,8 @@ def _applies(kind: str, info: NetInfo, lp) -> bool:
         return t == "BilinearInterpolate" and lp.bilinear_interpolate_param.align_corners
     if kind == "lstm_gate_order":
         return t == "LSTM"
+    if kind == "axis_reversed":
+        return t == "BatchReindex"
     if kind == "priorbox_parameters":
         return t == "PriorBox" and lp.prior_box_param.offset != 0
     raise ValueError(f"unknown bug kind {kind!r}; known: {sorted(BUG_DOC)}")
@@ -532,7 +535,7 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
         elif t == "LSTM":
             blobs[top] = _T(_lstm(keras, L, lp, name, ins, p, bug, add), "tnc")
         elif t == "BatchReindex":
-            blobs[top] = _T(_batch_reindex(keras, lp, name, ins), "tnc")
+            blobs[top] = _T(_batch_reindex(keras, lp, name, ins, bug), "tnc")
         elif t == "PriorBox":
             img = sh[lp.bottom[1]] if len(lp.bottom) > 1 else None
             pri = prior_boxes(lp.prior_box_param, sh[lp.bottom[0]][2:], img[2:] if img is not None else None,
@@ -632,13 +635,16 @@ def _lstm(keras, L, lp, name, ins: list[_T], p, bug, add: Callable):
     return add(layer, [np.ascontiguousarray(w) for w in ws])(seq)
 
 
-def _batch_reindex(keras, lp, name, ins: list[_T]):
+def _batch_reindex(keras, lp, name, ins: list[_T], bug=None):
     """Caffe BatchReindex (top[i] = bottom[index[i]] along axis 0) of a time-major sequence, its
     index a constant of the deploy net: a gather along T, which is axis 1 of Keras' N x T x C.
     (CRNN's index reverses T: the input of the backward LSTM, and that LSTM's output back in
-    time order; the port mirrors both reversals, so each Keras output holds Caffe's blob.)"""
+    time order; the port mirrors both reversals, so each Keras output holds Caffe's blob.)
+    Bug ``axis_reversed``: the reordering left out (the layer passes its sequence through)."""
     if len(ins) != 2 or ins[0].layout != "tnc" or ins[1].layout != "const":
         raise NotImplementedError(f"{lp.name}: BatchReindex other than a sequence reordered along T by a constant")
+    if bug == "axis_reversed":
+        return keras.layers.Lambda(lambda ts: ts[0], name=name)([ins[0].x, ins[1].x])
     return keras.layers.Lambda(lambda ts: keras.ops.take(ts[0], keras.ops.cast(ts[1], "int32"), axis=1),
                                name=name)([ins[0].x, ins[1].x])
 

@@ -5,7 +5,8 @@ axis 0 with the index T-1, ..., 0), running a second LSTM and reversing its outp
 correct port mirrors both reversals (a gather along Keras' T axis), so every Keras layer named
 after a Caffe layer holds that layer's blob (the backward LSTM's in reversed time order on both
 sides). These tests make that pairing fail where it should: a port that skips either reversal
-diverges at that reversal, not earlier and not never; a gate-order bug in the backward LSTM is
+diverges at that reversal, not earlier and not never, named ``axis_reversed`` (the matrix
+injects that bug at the first reversal); a gate-order bug in the backward LSTM is
 named there (the matrix injects it in the forward one, the first LSTM); the backward LSTM's
 ``cont`` starts its own reversed sequence, and a port that reverses the flags with the data
 (a reset at the last step instead of the first) diverges at the backward LSTM.
@@ -94,6 +95,8 @@ def test_a_port_that_skips_a_reversal_diverges_there(zoo, skipped):
     report = _report(case, _variant(case, keep_input_order=skipped == REV_IN, keep_output_order=skipped == REV_OUT))
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_layer == skipped, fd
+    assert fd.diagnoses and fd.diagnoses[0].kind == "axis_reversed" and fd.diagnoses[0].layer == skipped
+    assert fd.diagnoses[0].evidence["axis"] == 0  # T (labelled W before the first LSTM: image columns)
     rows = _rows(report)
     before = [r.caffe_layer for r in report.rows][: [r.caffe_layer for r in report.rows].index(skipped)]
     assert all(rows[c].passed for c in before)

@@ -55,7 +55,8 @@ MIN_PER_CHANNEL = 4
 #: (Not to be confused with :data:`layerparity.kinds.KINDS`, the canonical *layer* kinds.)
 DIAGNOSIS_KINDS = (
     "padding_asymmetry", "padding_mismatch", "pool_rounding", "avg_pool_padding_divisor",
-    "reshape_not_transpose", "wrong_transpose", "flatten_order", "channel_order", "kernel_flipped",
+    "reshape_not_transpose", "wrong_transpose", "axis_reversed", "flatten_order", "channel_order",
+    "kernel_flipped",
     "kernel_hw_swapped", "deconv_in_out_swapped", "deconv_same_padding", "lrn_alpha_scaling",
     "lrn_depth_radius", "lrn_parameters", "batchnorm_epsilon", "batchnorm_scale_factor", "missing_scale",
     "softmax_axis", "concat_axis", "eltwise_coeff", "eltwise_operation", "leaky_slope", "relu_capped", "prelu_shared_axes",

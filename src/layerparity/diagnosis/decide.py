@@ -36,7 +36,7 @@ from ._core import (
     strict_mode,
 )
 from .conv import conv_rules, deconv_rules, fc_rules
-from .detection import prior_box_rules
+from .detection import detection_output_rules, prior_box_rules
 from .drift import DRIFT_MAX_REL_RMS, precision_drift
 from .elementwise import (
     crop_rules,
@@ -78,6 +78,7 @@ RULES_BY_KIND: dict[str, list[Rule]] = {
     "mvn": [mvn_rules],
     "spp": [spp_rules],
     "prior_box": [prior_box_rules],
+    "detection_output": [detection_output_rules],
     "lstm": [lstm_rules],
 }
 

@@ -83,6 +83,31 @@ def _which_permutation(case: Case) -> Diagnosis | None:
                 "Use `tf.transpose(x, [0, 2, 3, 1])` for NCHW->NHWC and `[0, 3, 1, 2]` back.",
                 CONF_EXACT, permutation="H<->W",
             )
+    return _reversed_axis(case)
+
+
+def _reversed_axis(case: Case) -> Diagnosis | None:
+    """TF holds Caffe's value reversed along one axis: a reversal left out or added (CRNN's
+    backward direction reverses its sequence along T before the backward LSTM and the LSTM's
+    output after it; a Keras ``go_backwards`` output is in reversed time order)."""
+    y, t = case.y, case.t
+    assert t is not None
+    for a in range(y.ndim):
+        if y.shape[a] < 2 or case.resid(np.flip(y, a)) > CONFIRM_RTOL:
+            continue
+        lay = case.cp.layout if case.cp.layout and len(case.cp.layout) == y.ndim else ""
+        label = f" ({lay[a]} of {lay})" if lay else ""
+        return case.diag(
+            "axis_reversed",
+            f"The TF output is Caffe's reversed along axis {a}{label}: TF[..., i, ...] == "
+            f"Caffe[..., {y.shape[a] - 1} - i, ...]. A reversal is missing or extra: a sequence not "
+            "reversed for (or back after) a backward recurrent layer, a `go_backwards` output used "
+            "in reversed time order, or a flipped image.",
+            "Reverse where Caffe does: a Caffe BatchReindex/Reverse over T is `keras.ops.flip(x, axis=1)` "
+            "(or a gather along T) on a batch-major sequence, and a Keras RNN with `go_backwards=True` "
+            "returns its outputs last step first: reverse them back before the Concat.",
+            CONF_EXACT, axis=a, axis_label=lay[a] if lay else "",
+        )
     return None
 
 

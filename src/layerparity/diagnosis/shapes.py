@@ -10,6 +10,7 @@ from ..layout import relayout_shape
 from ..result import Diagnosis
 from . import reference as ref
 from ._core import CONF_FINGERPRINT, CONF_FORMULA, Case, pad_fix, rnd
+from .detection import detection_output_rules
 from .elementwise import concat_shape_rule, deconv_shape_rule, interp_shape_rule
 from .pooling import pool_shape_rule, spp_shape_rule
 
@@ -115,6 +116,8 @@ def shape_rules(case: Case) -> list[Diagnosis]:
         out += interp_shape_rule(case, t_shape)
     elif k == "spp":
         out += spp_shape_rule(case, t_shape)
+    elif k == "detection_output":  # another number of detections: which parameter gives TF's
+        out += detection_output_rules(case)
     for d in reshaped_memory_rule(case):  # ranked with the size rules by confidence
         d.layer = case.output_layer(d.kind)  # the TF tensor's layout, not a member of a chain
         out.append(d)
