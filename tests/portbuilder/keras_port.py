@@ -66,9 +66,12 @@ BUG_DOC = {
     "lstm_gate_order": "LSTM weights copied in Caffe's gate order i,f,o,g where Keras reads i,f,c,o",
     "axis_reversed": "a BatchReindex reversing a sequence along T (CRNN's backward direction) left out",
     "priorbox_parameters": "PriorBox priors centred at (w + 0) * step instead of Caffe's offset (0.5)",
+    "detection_output_parameters": "DetectionOutput NMS with IoU threshold 0.6 (the TF Object Detection API's SSD "
+                                   "configs) instead of Caffe's nms_threshold",
 }
 
 SCALE_BUG_FACTOR = 255.0
+BUG_NMS = 0.6
 OFFSET_BUG_SHIFT = 1.0
 
 
@@ -231,6 +234,9 @@ def _applies(kind: str, info: NetInfo, lp) -> bool:
         return t == "BatchReindex"
     if kind == "priorbox_parameters":
         return t == "PriorBox" and lp.prior_box_param.offset != 0
+    if kind == "detection_output_parameters":
+        dp = lp.detection_output_param
+        return t == "DetectionOutput" and dp.HasField("nms_param") and abs(dp.nms_param.nms_threshold - BUG_NMS) > 1e-6
     raise ValueError(f"unknown bug kind {kind!r}; known: {sorted(BUG_DOC)}")
 
 
@@ -546,7 +552,8 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
             if not dp.share_location or dp.code_type != 2 or dp.variance_encoded_in_target:
                 raise NotImplementedError(f"{lp.name}: DetectionOutput other than shared CENTER_SIZE locations")
             layer = L.DetectionOutput(dp.num_classes, dp.background_label_id, dp.confidence_threshold,
-                                      dp.nms_param.nms_threshold, dp.nms_param.top_k, dp.keep_top_k, name=name)
+                                      BUG_NMS if bug == "detection_output_parameters" else dp.nms_param.nms_threshold,
+                                      dp.nms_param.top_k, dp.keep_top_k, name=name)
             blobs[top] = _T(layer([i.x for i in ins]), "same")
         elif t == "Sigmoid":
             blobs[top] = _T(keras.layers.Activation("sigmoid", name=name)(ins[0].x), ins[0].layout, ins[0].chw)

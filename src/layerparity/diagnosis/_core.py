@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..detections import SET_KINDS, in_reference_order
 from ..errors import InputError
 from ..kinds import canonical_kind
 from ..layout import relayout
@@ -63,6 +64,7 @@ DIAGNOSIS_KINDS = (
     "constant_scale", "constant_offset", "spatial_shift", "interp_align_corners", "layout_declaration", "shape_mismatch",
     "precision_drift", "spatially_transposed_port", "input_channel_order", "lstm_gate_order",
     "pixel_shuffle_order", "mvn_parameters", "spp_pyramid", "priorbox_parameters", "lstm_sequence_start",
+    "detection_output_parameters",
     "unknown",
 )
 
@@ -273,7 +275,10 @@ class Case:
 
     def _tf_in_caffe_layout(self) -> np.ndarray | None:
         t = self.tf_relayout()
-        return t if t is not None and t.shape == self.y.shape else None
+        if t is None or t.shape != self.y.shape:
+            return None
+        # a set of detections (DetectionOutput): TF's rows in Caffe's order, as the engine compared them
+        return in_reference_order(self.y, t) if self.ckind_raw in SET_KINDS else t
 
     def kind_of(self, name: str) -> str:
         return self._kind_of(name)
