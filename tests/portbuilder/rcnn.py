@@ -68,8 +68,12 @@ class RPNProposal(keras.layers.Layer):
     """
 
     def __init__(self, feat_stride: int, scales, ratios=(0.5, 1, 2), pre_nms_topn: int = 6000,
-                 post_nms_topn: int = 300, nms_thresh: float = 0.7, min_size: float = 16, **kw):
+                 post_nms_topn: int = 300, nms_thresh: float = 0.7, min_size: float = 16,
+                 pixel_boxes: bool = True, **kw):
         super().__init__(**kw)
+        #: False: TF's box convention (width x2 - x1, IoU on the boxes as they are) where Caffe's
+        #: counts pixels (x2 - x1 + 1), in the deltas' decoding and the NMS: a porting bug
+        self.pixel_boxes = bool(pixel_boxes)
         self.feat_stride, self.scales, self.ratios = int(feat_stride), [float(s) for s in scales], [float(r) for r in ratios]
         self.pre_nms_topn, self.post_nms_topn = int(pre_nms_topn), int(post_nms_topn)
         self.nms_thresh, self.min_size = float(nms_thresh), float(min_size)
@@ -86,7 +90,8 @@ class RPNProposal(keras.layers.Layer):
         scores = tf.reshape(cls[0, :, :, a:], [-1])
         d = tf.reshape(deltas[0], [-1, 4])
         one, half = tf.constant(1.0), tf.constant(0.5)
-        w, h = box[:, 2] - box[:, 0] + one, box[:, 3] - box[:, 1] + one
+        grow = one if self.pixel_boxes else tf.constant(0.0)
+        w, h = box[:, 2] - box[:, 0] + grow, box[:, 3] - box[:, 1] + grow
         cx, cy = box[:, 0] + half * w, box[:, 1] + half * h
         pcx, pcy = d[:, 0] * w + cx, d[:, 1] * h + cy
         pw, ph = tf.exp(d[:, 2]) * w, tf.exp(d[:, 3]) * h
@@ -97,7 +102,7 @@ class RPNProposal(keras.layers.Layer):
         boxes = tf.gather(tf.stack([x1, y1, x2, y2], 1), idx)
         # Caffe's IoU counts pixels (x2 - x1 + 1): TF's on boxes one pixel larger; the filtered
         # boxes (score -1) fall under the score threshold
-        yx = tf.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] + one, boxes[:, 2] + one], 1)
+        yx = tf.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] + grow, boxes[:, 2] + grow], 1)
         keep = tf.image.non_max_suppression(yx, top, self.post_nms_topn, iou_threshold=self.nms_thresh,
                                             score_threshold=-0.5)
         kept = tf.gather(boxes, keep)
@@ -110,7 +115,7 @@ class RPNProposal(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "feat_stride": self.feat_stride, "scales": self.scales, "ratios": self.ratios,
                 "pre_nms_topn": self.pre_nms_topn, "post_nms_topn": self.post_nms_topn,
-                "nms_thresh": self.nms_thresh, "min_size": self.min_size}
+                "nms_thresh": self.nms_thresh, "min_size": self.min_size, "pixel_boxes": self.pixel_boxes}
 
 
 @keras.saving.register_keras_serializable(package="portbuilder")
