@@ -499,6 +499,10 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
                 blobs[top] = _T(y, "flat", tuple(sh[lp.bottom[0]][1:]))
             else:
                 blobs[top] = _T(y, "same")
+        elif t == "Reshape" and ins[0].layout == "nhwc" and len(out_shape) == 4:
+            from . import rcnn  # Faster R-CNN's RPN score reshapes: on NCHW memory order
+
+            blobs[top] = _T(rcnn.nchw_reshape(lp, name, ins[0].x), "nhwc")
         elif t == "Reshape" and ins[0].layout == "tnc":
             # Caffe's T x N x ... reshaped keeping T and N: Keras reshapes the rest of N x T x ...
             if tuple(out_shape[:2]) != tuple(sh[lp.bottom[0]][:2]):
@@ -508,10 +512,6 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
         elif t == "Reshape":
             if ins[0].layout not in ("same",):
                 raise NotImplementedError(f"{lp.name}: Reshape of an NHWC blob")
-        elif t == "Reshape" and ins[0].layout == "nhwc" and len(out_shape) == 4:
-            from . import rcnn  # Faster R-CNN's RPN score reshapes: on NCHW memory order
-
-            blobs[top] = _T(rcnn.nchw_reshape(lp, name, ins[0].x), "nhwc")
             dims = list(lp.reshape_param.shape.dim)[1:]
             target = tuple(int(ins[0].x.shape[i + 1]) if d == 0 else int(d) for i, d in enumerate(dims))
             y = keras.layers.Reshape(target, name=name)(ins[0].x)
@@ -559,6 +559,11 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
             blobs[top] = _T(keras.layers.Activation("sigmoid", name=name)(ins[0].x), ins[0].layout, ins[0].chw)
         elif t == "TanH":
             blobs[top] = _T(keras.layers.Activation("tanh", name=name)(ins[0].x), ins[0].layout, ins[0].chw)
+        elif t == "Python":
+            from . import rcnn  # the zoo's Python layers (fixtures/zoo/pylayers) ported in TF ops
+
+            y = rcnn.python_layer(lp, name, [i.x for i in ins])
+            blobs[top] = _T(y, "nhwc" if len(out_shape) == 4 else "same")
         else:
             raise NotImplementedError(f"{info.prototxt}: layer {lp.name!r} of type {t!r} has no port")
 
@@ -569,11 +574,6 @@ def _build(info: NetInfo, params, plan: dict[str, str], shapes_only: bool = Fals
                 raise ValueError(f"layer {layer.name}: weights {[np.shape(a) for a in ws]} do not fit {want}")
         return None
     outputs = _outputs(info, blobs)
-        elif t == "Python":
-            from . import rcnn  # the zoo's Python layers (fixtures/zoo/pylayers) ported in TF ops
-
-            y = rcnn.python_layer(lp, name, [i.x for i in ins])
-            blobs[top] = _T(y, "nhwc" if len(out_shape) == 4 else "same")
     model = keras.Model(inp, outputs, name=model_name)
     for layer, ws in weights:
         layer.set_weights([np.asarray(a, np.float32) for a in ws])
