@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from test_elementwise_layers import case_mvn
-from test_sequence_detection_layers import FEAT, IMG, lstm_case, prior_box_case, prior_boxes
+from test_sequence_detection_layers import (
+    FEAT,
+    IMG,
+    detection_case,
+    lstm_case,
+    prior_box_case,
+    prior_boxes,
+)
 from test_spatial_layers import case_pixelshuffle, case_spp
 
 from diagnose_cases import (
@@ -326,6 +333,16 @@ def test_detections_no_parameter_explains_are_not_claimed(tmp_path, shift):
     """Boxes decoded against other priors (shifted): no one-parameter change of Caffe's
     DetectionOutput gives those rows, so no detection_output_parameters."""
     net, model, x, layer = _detection_case(tmp_path, prior_shift=shift)
+    report = compare(net, model, x)
+    fd = report.first_divergence
+    assert not report and fd is not None and fd.caffe_chain == [layer], report.summary()
+    assert "detection_output_parameters" not in [d.kind for d in fd.diagnoses], [d.summary for d in fd.diagnoses]
+
+
+def test_detections_with_swapped_coordinates_are_not_a_parameter(tmp_path):
+    """The family module's port writing its boxes in TF's y, x order keeps Caffe's detections
+    and count; no parameter of Caffe's DetectionOutput swaps coordinates: not claimed."""
+    net, model, x, _, layer = detection_case(tmp_path, bug="yx")
     report = compare(net, model, x)
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_chain == [layer], report.summary()

@@ -161,13 +161,15 @@ def greedy_nms(boxes: np.ndarray, threshold: float, eta: float = 1.0) -> np.ndar
     keep = np.zeros(n, bool)
     if n == 0:
         return keep
-    iou = jaccard(boxes, boxes)
+    boxes = np.asarray(boxes, _F32)
     thr = _F32(threshold)
-    kept: list[int] = []
+    kept = np.empty((n, 4), _F32)  # the kept boxes so far (memory linear in n, not n x n)
+    m = 0
     for i in range(n):
-        if not kept or bool(np.all(iou[i, kept] <= thr)):
+        if m == 0 or bool(np.all(jaccard(boxes[i:i + 1], kept[:m])[0] <= thr)):
             keep[i] = True
-            kept.append(i)
+            kept[m] = boxes[i]
+            m += 1
             if eta < 1 and thr > 0.5:
                 thr = _F32(thr * _F32(eta))
     return keep
@@ -275,6 +277,8 @@ _NAMED_NMS = {0.5: "0.5 (tf.image.non_max_suppression's default)",
 #: thresholds and counts a port writes by hand
 _ROUND_SCORES = (0.5, 0.3, 0.1, 0.05, 0.01, 0.2, 0.25, 0.4, 0.6, 0.7, 0.8, 0.9, 0.001, 0.0)
 _ROUND_COUNTS = (100, 200, 50, 10, 20, 300, 400, 500, 1000)
+#: the top_k values tried reach this far (or Caffe's own top_k when larger)
+_TOP_K_SCAN = 1000
 #: which explanation to name when several one-parameter changes give TF's rows (it happens: a
 #: keep_top_k cut is also a score threshold between two kept scores): a value a port writes
 #: (a round one) first, in this order; a count that is exactly a round number rarely is one by
@@ -384,7 +388,8 @@ def detection_output_rules(case: Case) -> list[Diagnosis]:
     except ValueError:
         pass
     if s.nms:
-        full = with_(top_k=-1)  # every candidate above the threshold: the rows of any top_k
+        # the candidates above the threshold, as many as a port's top_k plausibly keeps: the rows of any top_k
+        full = with_(top_k=max(s.top_k, _TOP_K_SCAN))
         longest = max((len(idx) for im in full.per_image for idx, _ in im.values()), default=0)
         ks = [k for k in range(1, longest + 1) if k != s.top_k and resid(full.rows(top_k=k), t) <= CONFIRM_RTOL]
         run = ks[-1:]
@@ -395,10 +400,11 @@ def detection_output_rules(case: Case) -> list[Diagnosis]:
         ks = run
         if ks:
             lo, hi = ks[0], ks[-1]
-            top = float("inf") if hi == longest else hi + 1.0
+            every = hi == longest < max(s.top_k, _TOP_K_SCAN)  # no class has more candidates: any larger top_k too
+            top = float("inf") if every else hi + 1.0
             named = _in_range(tuple(float(c) for c in _ROUND_COUNTS), lo, top)
             check(full.rows(top_k=lo), "top_k", int(named) if named is not None else lo, named is not None,
-                  tf_range=[lo, hi if hi < longest else None])
+                  tf_range=[lo, None if every else hi])
     n_tf = len(real)
     if s.nms and n_tf:  # a threshold just below TF's lowest score
         s_min = np.float32(np.min(real[:, 2]))
