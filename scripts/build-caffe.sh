@@ -14,6 +14,10 @@
 # options and defines (CMAKE_FEATURES, CXX_DEFINES) and this script, so a change
 # to any of them builds afresh.
 #
+# PSROIPooling (R-FCN) gets a CPU forward: the fork has only its CUDA kernel
+# (Forward_cpu is NOT_IMPLEMENTED), and scripts/caffe-cpu/psroi_pooling_forward_cpu.inc
+# is that kernel as a CPU loop, statement for statement, put in place of the stub.
+#
 # Python layers (`type: "Python"`) are compiled in. The fork's CMake has
 # BUILD_python_layer OFF by default (upstream calls it WITH_PYTHON_LAYER), and
 # as it builds only _caffe.so it never applies the WITH_PYTHON_LAYER define that
@@ -44,7 +48,8 @@ VERSION=9.0.2
 PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
 CMAKE_FEATURES="-DBUILD_python_layer=ON"
 CXX_DEFINES="-DWITH_PYTHON_LAYER"
-KEY=$( (echo "brocolli-caffe==$VERSION py$PYVER $(uname -m) $CMAKE_FEATURES $CXX_DEFINES"; cat "$0") | sha256sum | cut -c1-16)
+PSROI_CPU="$here/caffe-cpu/psroi_pooling_forward_cpu.inc"
+KEY=$( (echo "brocolli-caffe==$VERSION py$PYVER $(uname -m) $CMAKE_FEATURES $CXX_DEFINES"; cat "$0" "$PSROI_CPU") | sha256sum | cut -c1-16)
 CACHE=${LAYERPARITY_CACHE:-$HOME/.cache/layerparity}
 DEST="$CACHE/caffe-$KEY"
 
@@ -64,6 +69,17 @@ tar xzf brocolli-caffe-$VERSION.tar.gz
 SRC=$(find . -maxdepth 3 -name CMakeLists.txt -path '*/python/*' -printf '%h\n' | head -n1)
 SRC=$(cd "$SRC/.." && pwd)
 sed -i "s/-lboost_python\b/-lboost_python$PYVER/; s/boost_python\([^0-9]\)/boost_python$PYVER\1/g" "$SRC/python/CMakeLists.txt"
+# PSROIPooling (R-FCN) has only a CUDA forward in this fork; give it the same kernel as a CPU loop.
+"$PY" - "$SRC/src/caffe/layers/psroi_pooling_layer.cpp" "$PSROI_CPU" <<'PATCH'
+import re, sys
+path, body = sys.argv[1], open(sys.argv[2]).read()
+src = open(path).read()
+pat = re.compile(r"(void PSROIPoolingLayer<Dtype>::Forward_cpu\([^)]*\)\s*\{)\s*NOT_IMPLEMENTED;")
+new, n = pat.subn(lambda m: m.group(1) + "\n" + body, src, count=1)
+if n != 1:
+    sys.exit(f"{path}: PSROIPooling's Forward_cpu is not the NOT_IMPLEMENTED stub this patch expects")
+open(path, "w").write(new)
+PATCH
 
 PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')

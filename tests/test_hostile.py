@@ -357,6 +357,27 @@ def test_input_batch_mismatch_between_inputs(tmp_path):
     assert "'a'" in str(ei.value) or "'b'" in str(ei.value), str(ei.value)
 
 
+ROIS_BESIDE_IMAGE = """name: "rois"
+layer { name: "a" type: "Input" top: "a" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 4 } } }
+layer { name: "r" type: "Input" top: "r" input_param { shape { dim: 2 dim: 5 } } }
+layer { name: "a2" type: "Power" bottom: "a" top: "a2" power_param { scale: 2 } }
+layer { name: "r2" type: "Power" bottom: "r" top: "r2" power_param { scale: 2 } }
+"""
+
+
+def test_inputs_with_their_declared_leading_sizes_need_not_agree(tmp_path):
+    """R-FCN/Faster R-CNN nets declare rois R x 5 beside a 1 x C x H x W image: axis 0 is not a
+    batch there, so inputs given exactly as declared are taken; once one is resized (batched),
+    the sizes must agree again."""
+    proto = _write(tmp_path / "rois.prototxt", ROIS_BESIDE_IMAGE)
+    a, r = np.ones((1, 3, 4, 4), np.float32), np.ones((2, 5), np.float32)
+    with _caffe(proto) as cb:
+        t = cb.capture({"a": a, "r": r})
+        assert t["a2"].shape == (1, 3, 4, 4) and t["r2"].shape == (2, 5)
+        with pytest.raises(InputDataError, match=r"disagree on the batch size: 'a' has 3, 'r' has 2"):
+            cb.capture({"a": np.ones((3, 3, 4, 4), np.float32), "r": r})
+
+
 def test_input_batch_mismatch_between_inputs_tf():
     import keras
 

@@ -51,13 +51,13 @@ COVERED = {
     "DetectionOutput": "keras Lambda of TF ops: CENTER_SIZE decoding with the prior variances, per-class "
                        "tf.image.non_max_suppression, rows listed by score over all labels where Caffe lists "
                        "them by label: 1 x 1 x K x 7 compared as a set (TF rows matched by image, label, IoU)",
+    "PSROIPooling": "keras Lambda of TF ops: the bins' rounded bounds as masks over H and W, the average of "
+                    "channel (c * G + i) * G + j per bin (tf.einsum); Caffe's R x D x G x G <-> R x G x G x D. "
+                    "This Caffe's CPU forward is the fork's CUDA kernel as a loop, added by scripts/build-caffe.sh",
 }
 
 #: Caffe types of this family not covered, and why (honest: what fails or is missing).
-NOT_YET = {
-    "PSROIPooling": "this Caffe build has no CPU forward for it (PSROIPoolingLayer::Forward_cpu is "
-                    "NOT_IMPLEMENTED, only a CUDA kernel): a CPU-only Caffe cannot run it, so nothing is captured",
-}
+NOT_YET: dict[str, str] = {}
 
 
 # -- recurrent layers: T x N x C in Caffe, N x T x C in Keras ------------------------------
@@ -425,7 +425,56 @@ def python_case(tmp_path, bug: str | None = None):
     return str(proto), model, f32(rng(6).standard_normal(shape)), kw, "py1"
 
 
+# -- PSROIPooling: R-FCN's position-sensitive average pooling -------------------------------
+
+PS_D, PS_G, PS_SCALE = 2, 3, 0.25  # output_dim, group_size, spatial_scale
+
+
+def psroi_case(tmp_path, bug: str | None = None):
+    """R rois pooled from a D * G * G channel map: bin (i, j) of output channel c averages input
+    channel (c * G + i) * G + j over the bin's pixels, bounds rounded as Caffe's kernel does.
+    bug "group_order": the port reads the channels as (i, j, c), G x G x D (bins outermost), as a
+    port that reshapes an NHWC score map the TF way does."""
+    ch, hw = PS_D * PS_G * PS_G, 12
+    body = ('layer { name: "ps" type: "PSROIPooling" bottom: "data" bottom: "rois" top: "ps"\n'
+            f'  psroi_pooling_param {{ spatial_scale: {PS_SCALE} output_dim: {PS_D} group_size: {PS_G} }} }}\n')
+    rois = np.array([[0, 0, 0, 47, 47], [0, 4.4, 8.6, 30.2, 41.5], [0, 20, 4, 27, 13], [0, 33, 30, 46, 46]],
+                    np.float32)
+    shapes = {"data": (1, ch, hw, hw), "rois": rois.shape}
+    net = caffe_net(tmp_path, prototxt(shapes, body))
+    g, d = PS_G, PS_D
+
+    def psroi(ts):
+        x, r = ts  # (1, H, W, D*G*G) NHWC; (R, 5)
+        rnd = lambda v: ops.floor(v + 0.5)  # noqa: E731  C's round() (coordinates are >= 0)
+        x1, y1 = rnd(r[:, 1]) * PS_SCALE, rnd(r[:, 2]) * PS_SCALE
+        x2, y2 = (rnd(r[:, 3]) + 1) * PS_SCALE, (rnd(r[:, 4]) + 1) * PS_SCALE
+        bw, bh = ops.maximum(x2 - x1, 0.1) / g, ops.maximum(y2 - y1, 0.1) / g
+        k = ops.arange(g, dtype="float32")[None]
+
+        def bins(start, size):  # (R, G) pixel bounds [lo, hi) of each bin, clipped to the map
+            lo = ops.clip(ops.floor(k * size[:, None] + start[:, None]), 0, hw)
+            hi = ops.clip(ops.ceil((k + 1) * size[:, None] + start[:, None]), 0, hw)
+            pix = ops.arange(hw, dtype="float32")[None, None]
+            return ops.cast((pix >= lo[..., None]) & (pix < hi[..., None]), "float32"), ops.maximum(hi - lo, 0)
+
+        hm, hn = bins(y1, bh)
+        wm, wn = bins(x1, bw)
+        grouped = ops.reshape(x[0], (hw, hw, g, g, d) if bug == "group_order" else (hw, hw, d, g, g))
+        if bug == "group_order":
+            grouped = ops.transpose(grouped, (0, 1, 4, 2, 3))
+        total = ops.einsum("rih,rjw,hwcij->rijc", hm, wm, grouped)
+        area = hn[:, :, None] * wn[:, None, :]
+        return ops.where(area[..., None] > 0, total / ops.maximum(area[..., None], 1.0), 0.0)
+
+    ins = [keras.Input((hw, hw, ch), batch_size=1, name="data"), keras.Input((5,), batch_size=len(rois), name="rois")]
+    model = keras.Model(ins, keras.layers.Lambda(psroi, name="ps")(ins))
+    x = {"data": f32(rng(31).standard_normal(shapes["data"])), "rois": rois}
+    return net, model, x, {}, "ps"
+
+
 CASES = {
+    "PSROIPooling": (psroi_case, "group_order"),
     "LSTM": (lstm_case, "gate_order"),
     "RNN": (rnn_case, "output_tanh"),
     "LSTMUnit": (lstm_unit_case, "gate_order"),
@@ -515,20 +564,22 @@ def test_recurrent_blobs_are_declared_time_major_in_caffe_and_batch_major_in_ker
     assert relayout(np.zeros((N, H)), "NC", None, "TNC").shape == (1, N, H)  # an LSTMUnit step
 
 
-def test_psroi_pooling_has_no_cpu_forward_in_this_caffe(tmp_path):
-    """NOT_YET's reason, checked: Caffe aborts in PSROIPooling's CPU forward, and layerparity
-    says so as a CaffeError instead of dying with the worker."""
-    from layerparity.errors import CaffeError
-
-    body = ('layer { name: "ps" type: "PSROIPooling" bottom: "data" bottom: "rois" top: "ps"\n'
-            '  psroi_pooling_param { spatial_scale: 1.0 output_dim: 2 group_size: 2 } }\n')
-    proto = tmp_path / "ps.prototxt"
-    proto.write_text(prototxt({"data": (1, 8, 6, 6), "rois": (1, 5)}, body))
-    ins = [keras.Input((6, 6, 8), batch_size=1, name="data"), keras.Input((5,), batch_size=1, name="rois")]
-    model = keras.Model(ins, keras.layers.Lambda(lambda ts: ts[0][:, :2, :2, :2], name="ps")(ins))
-    x = {"data": f32(rng(2).standard_normal((1, 8, 6, 6))), "rois": np.array([[0, 0, 0, 4, 4]], np.float32)}
-    with pytest.raises(CaffeError, match="Not Implemented"):
-        compare(str(proto), model, x)
+def test_psroi_pooling_bins_read_their_own_channel_and_average_it(tmp_path):
+    """What position-sensitive pooling means (R-FCN), held against this Caffe's CPU forward
+    (scripts/caffe-cpu/psroi_pooling_forward_cpu.inc): with channel k constant k, bin (i, j) of
+    output channel c is (c * G + i) * G + j; over a ramp along W, a bin is the mean of its columns."""
+    net, _, x, _, layer = psroi_case(tmp_path)
+    ch = PS_D * PS_G * PS_G
+    rois = x["rois"]
+    net.blobs["rois"].data[...] = rois
+    net.blobs["data"].data[...] = np.arange(ch, dtype=np.float32)[None, :, None, None]
+    got = net.forward()[layer]
+    want = np.arange(ch, dtype=np.float32).reshape(PS_D, PS_G, PS_G)
+    np.testing.assert_array_equal(got, np.broadcast_to(want, got.shape))
+    net.blobs["data"].data[...] = np.arange(12, dtype=np.float32)[None, None, None, :]
+    got = net.forward()[layer]
+    # roi 0 covers the 12 x 12 map (48 px at scale 1/4): bins of 4 columns, means 1.5, 5.5, 9.5
+    np.testing.assert_allclose(got[0, :, :, :], np.broadcast_to([1.5, 5.5, 9.5], (PS_D, PS_G, PS_G)))
 
 
 def test_a_probe_kind_is_the_type_the_prototxt_names(tmp_path):

@@ -145,7 +145,12 @@ class Backend:
         for name, arr in inputs.items():
             out[name] = check_input_array(self.source, name, arr, known[name])
         batches = {n: a.shape[0] for n, a in out.items() if a.ndim}
-        if len(set(batches.values())) > 1:
+        # Inputs that all have the leading size the model declares for them are taken as
+        # declared: axis 0 need not be a batch (R-FCN's rois are R x 5 beside a 1 x C x H x W
+        # image). Once one input's leading size is not its declared one, the inputs are being
+        # batched, and Caffe and TF would broadcast a mismatch silently, so they must agree.
+        as_declared = all(known[n].shape and known[n].shape[0] == b for n, b in batches.items())
+        if len(set(batches.values())) > 1 and not as_declared:
             desc = ", ".join(f"{n!r} has {b}" for n, b in batches.items())
             raise InputDataError(f"{self.source}: inputs disagree on the batch size: {desc}")
         return out
