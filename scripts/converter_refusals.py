@@ -66,21 +66,6 @@ def converter_words(message: str) -> str:
     return " ".join(picked[:2]) if picked else (lines[-1] if lines else "no output")
 
 
-def _without_dropout(net) -> None:
-    """What make_converter_ports gives caffe2onnx: Dropout (identity at test time) removed, its
-    consumers reading its bottom."""
-    rename: dict[str, str] = {}
-    kept = []
-    for lay in net.layer:
-        lay.bottom[:] = [rename.get(b, b) for b in lay.bottom]
-        if lay.type == "Dropout":
-            rename[lay.top[0]] = lay.bottom[0]
-            continue
-        kept.append(lay)
-    del net.layer[:]
-    net.layer.extend(kept)
-
-
 def probe(converter_python: str) -> dict:
     """Run caffe2onnx on each TRIED net (seeded weights written by pycaffe); ``{net: {"converted":
     bool, "converter_said": str, "layer_types": [...]}}``, also written to :func:`refused_path`."""
@@ -104,7 +89,7 @@ def probe(converter_python: str) -> dict:
             net = caffe_pb2.NetParameter()
             text_format.Merge(src.read_text(), net)
             types = sorted({lay.type for lay in net.layer})
-            _without_dropout(net)
+            ports.without_dropout(net)
             (d / "deploy_nodropout.prototxt").write_text(text_format.MessageToString(net))
             live = caffe.Net(os.fspath(src), caffe.TEST)
             rng = np.random.default_rng(7)

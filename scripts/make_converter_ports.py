@@ -174,6 +174,21 @@ def ports_dir() -> Path:
 # -- Caffe side (pycaffe in this process) -------------------------------------------------
 
 
+def without_dropout(net) -> None:
+    """What caffe2onnx gets: the net without Dropout (identity at test time), a non-in-place
+    Dropout's consumers reading its bottom instead."""
+    rename: dict[str, str] = {}
+    kept = []
+    for lay in net.layer:
+        lay.bottom[:] = [rename.get(b, b) for b in lay.bottom]
+        if lay.type == "Dropout":
+            rename[lay.top[0]] = lay.bottom[0]
+            continue
+        kept.append(lay)
+    del net.layer[:]
+    net.layer.extend(kept)
+
+
 def _write_prototxts(name: str, d: Path) -> tuple[Path, Path]:
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
@@ -194,18 +209,7 @@ def _write_prototxts(name: str, d: Path) -> tuple[Path, Path]:
                 lay.convolution_param.num_output //= divisor
     deploy = d / "deploy.prototxt"
     deploy.write_text(text_format.MessageToString(net))
-    # caffe2onnx gets the net without Dropout (identity at test time); a non-in-place Dropout's
-    # consumers read its bottom instead.
-    rename: dict[str, str] = {}
-    kept = []
-    for lay in net.layer:
-        lay.bottom[:] = [rename.get(b, b) for b in lay.bottom]
-        if lay.type == "Dropout":
-            rename[lay.top[0]] = lay.bottom[0]
-            continue
-        kept.append(lay)
-    del net.layer[:]
-    net.layer.extend(kept)
+    without_dropout(net)
     stripped = d / "deploy_nodropout.prototxt"
     stripped.write_text(text_format.MessageToString(net))
     return deploy, stripped
