@@ -17,6 +17,7 @@ from test_sequence_detection_layers import (
     FEAT,
     IMG,
     detection_case,
+    detection_output_case,
     lstm_case,
     prior_box_case,
     prior_boxes,
@@ -238,68 +239,6 @@ def test_an_lstm_gate_order_bug_keeps_its_weight_proven_kind(tmp_path):
 
 # -- DetectionOutput -----------------------------------------------------------------------
 
-#: Caffe's parameters of the DetectionOutput case: 3 classes (0 the background), 40 priors in 5
-#: clusters (overlapping boxes, so that NMS, top_k and keep_top_k all cut something)
-DET_CAFFE = {"nms": 0.45, "top_k": 10, "keep_top_k": 12, "conf": 0.2}
-DET_PRIORS, DET_CLASSES = 40, 3
-
-
-def _detection_case(tmp_path, *, variance: bool = True, prior_shift: float = 0.0, **tf_params):
-    """A Caffe DetectionOutput (shared CENTER_SIZE locations, ``DET_CAFFE``) fed loc, conf and
-    priors as inputs, against a Keras port with ``tf_params`` changed (``nms``, ``top_k``,
-    ``keep_top_k``, ``conf``), ``variance=False`` (offsets not scaled by the prior variances) or
-    its priors shifted by ``prior_shift``. The port per class: top_k best scores,
-    tf.image.non_max_suppression, then the keep_top_k best over all classes, listed by score."""
-    import tensorflow as tf
-
-    c = DET_CAFFE
-    body = ('layer { name: "detection_out" type: "DetectionOutput" bottom: "loc" bottom: "conf" '
-            'bottom: "priors" top: "detection_out"\n'
-            f'  detection_output_param {{ num_classes: {DET_CLASSES} share_location: true background_label_id: 0\n'
-            f'    nms_param {{ nms_threshold: {c["nms"]} top_k: {c["top_k"]} }} code_type: CENTER_SIZE\n'
-            f'    keep_top_k: {c["keep_top_k"]} confidence_threshold: {c["conf"]} }} }}\n')
-    shapes = {"loc": (1, DET_PRIORS * 4), "conf": (1, DET_PRIORS * DET_CLASSES), "priors": (1, 2, DET_PRIORS * 4)}
-    net = caffe_net(tmp_path, prototxt(shapes, body))
-    p = {**c, **tf_params}
-
-    def detect(ts):
-        loc, conf, priors = ts
-        pb, var = tf.reshape(priors[0, 0], (-1, 4)) + prior_shift, tf.reshape(priors[0, 1], (-1, 4))
-        d = tf.reshape(loc[0], (-1, 4)) * (var if variance else 1.0)
-        pw, ph = pb[:, 2] - pb[:, 0], pb[:, 3] - pb[:, 1]
-        cx, cy = d[:, 0] * pw + (pb[:, 0] + pb[:, 2]) / 2, d[:, 1] * ph + (pb[:, 1] + pb[:, 3]) / 2
-        w, h = tf.exp(d[:, 2]) * pw, tf.exp(d[:, 3]) * ph
-        boxes = tf.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-        yx = tf.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]], -1)
-        scores = tf.reshape(conf[0], (-1, DET_CLASSES))
-        rows = []
-        for k in range(1, DET_CLASSES):
-            best = tf.math.top_k(scores[:, k], k=p["top_k"]).indices
-            keep = tf.image.non_max_suppression(tf.gather(yx, best), tf.gather(scores[:, k], best), p["top_k"],
-                                                iou_threshold=p["nms"], score_threshold=p["conf"])
-            idx = tf.gather(best, keep)
-            s = tf.gather(scores[:, k], idx)
-            rows.append(tf.concat([tf.zeros_like(s)[:, None], tf.fill(tf.shape(s[:, None]), float(k)), s[:, None],
-                                   tf.gather(boxes, idx)], -1))
-        rows = tf.concat(rows, 0)
-        rows = tf.gather(rows, tf.argsort(-rows[:, 2], stable=True)[: p["keep_top_k"]])
-        return tf.reshape(rows, (1, 1, -1, 7))
-
-    ins = [keras.Input((DET_PRIORS * 4,), batch_size=1, name="loc"),
-           keras.Input((DET_PRIORS * DET_CLASSES,), batch_size=1, name="conf"),
-           keras.Input((2, DET_PRIORS * 4), batch_size=1, name="priors")]
-    model = keras.Model(ins, keras.layers.Lambda(detect, name="detection_out")(ins))
-    r = rng(41)
-    centers = np.repeat(r.uniform(0.25, 0.75, (5, 2)), DET_PRIORS // 5, 0) + r.normal(0, 0.03, (DET_PRIORS, 2))
-    sizes = r.uniform(0.15, 0.3, (DET_PRIORS, 2))
-    pri = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1).reshape(-1)
-    logits = r.standard_normal((DET_PRIORS, DET_CLASSES)) * 2
-    conf = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    x = {"loc": f32(r.standard_normal(shapes["loc"]) * 0.3), "conf": f32(conf.reshape(1, -1)),
-         "priors": f32(np.stack([pri, np.tile([0.1, 0.1, 0.2, 0.2], DET_PRIORS)])[None])}
-    return net, model, x, "detection_out"
-
-
 @pytest.mark.parametrize(("tf_params", "parameter", "tf_value"), [
     ({"nms": 0.6}, "nms_threshold", 0.6),           # the TF Object Detection API's SSD configs
     ({"nms": 0.5}, "nms_threshold", 0.5),           # tf.image.non_max_suppression's default
@@ -309,7 +248,7 @@ def _detection_case(tmp_path, *, variance: bool = True, prior_shift: float = 0.0
     ({"variance": False}, "variance_encoded_in_target", True),
 ])
 def test_detection_output_with_one_parameter_changed_names_it(tmp_path, tf_params, parameter, tf_value):
-    net, model, x, layer = _detection_case(tmp_path, **tf_params)
+    net, model, x, _, layer = detection_output_case(tmp_path, **tf_params)
     d = _assert_top(compare(net, model, x), "detection_output_parameters", layer)
     assert d.evidence["parameter"] == parameter, d.summary
     caffe_value = {"nms_threshold": 0.45, "top_k": 10, "keep_top_k": 12, "confidence_threshold": 0.2,
@@ -324,7 +263,7 @@ def test_detection_output_with_one_parameter_changed_names_it(tmp_path, tf_param
 
 
 def test_a_correct_detection_output_port_is_clean(tmp_path):
-    net, model, x, _ = _detection_case(tmp_path)
+    net, model, x, _, _ = detection_output_case(tmp_path)
     assert_clean(compare(net, model, x))
 
 
@@ -332,7 +271,7 @@ def test_a_correct_detection_output_port_is_clean(tmp_path):
 def test_detections_no_parameter_explains_are_not_claimed(tmp_path, shift):
     """Boxes decoded against other priors (shifted): no one-parameter change of Caffe's
     DetectionOutput gives those rows, so no detection_output_parameters."""
-    net, model, x, layer = _detection_case(tmp_path, prior_shift=shift)
+    net, model, x, _, layer = detection_output_case(tmp_path, prior_shift=shift)
     report = compare(net, model, x)
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_chain == [layer], report.summary()

@@ -323,57 +323,75 @@ def tf_image():
 
 # -- DetectionOutput: SSD's decoded, per-class NMS'ed detections ----------------------------
 
-N_PRIORS, N_CLASSES, DET_NMS, DET_CONF = 24, 3, 0.45, 0.3
+#: Caffe's parameters of the DetectionOutput case: 3 classes (0 the background), 40 priors in 5
+#: clusters (overlapping boxes, so that NMS, top_k and keep_top_k all cut something)
+DET_CAFFE = {"nms": 0.45, "top_k": 10, "keep_top_k": 12, "conf": 0.2}
+DET_PRIORS, DET_CLASSES = 40, 3
 
 
-def detection_case(tmp_path, bug: str | None = None):
-    """The port decodes and NMS's per class like Caffe, then lists the detections by score
-    over all classes (TF's usual order) where Caffe lists them by label, then score.
-    bug "yx": the boxes written in TF's y, x order (ymin, xmin, ymax, xmax); "variance": the
-    prior variances left out of the box decoding."""
+def detection_output_case(tmp_path, *, variance: bool = True, prior_shift: float = 0.0, yx_rows: bool = False,
+                          **tf_params):
+    """A Caffe DetectionOutput (shared CENTER_SIZE locations, ``DET_CAFFE``) fed loc, conf and
+    priors as inputs, against a Keras port with ``tf_params`` changed (``nms``, ``top_k``,
+    ``keep_top_k``, ``conf``), ``variance=False`` (offsets not scaled by the prior variances) or
+    its priors shifted by ``prior_shift``, or ``yx_rows`` (its boxes written in TF's y, x order:
+    ymin, xmin, ymax, xmax). The port per class: top_k best scores, tf.image.non_max_suppression,
+    then the keep_top_k best over all classes, listed by score (TF's usual order) where Caffe lists
+    them by label, then score."""
+    import tensorflow as tf
+
+    c = DET_CAFFE
     body = ('layer { name: "detection_out" type: "DetectionOutput" bottom: "loc" bottom: "conf" '
             'bottom: "priors" top: "detection_out"\n'
-            f'  detection_output_param {{ num_classes: {N_CLASSES} share_location: true background_label_id: 0\n'
-            f'    nms_param {{ nms_threshold: {DET_NMS} top_k: 100 }} code_type: CENTER_SIZE keep_top_k: 100\n'
-            f'    confidence_threshold: {DET_CONF} }} }}\n')
-    shapes = {"loc": (1, N_PRIORS * 4), "conf": (1, N_PRIORS * N_CLASSES), "priors": (1, 2, N_PRIORS * 4)}
+            f'  detection_output_param {{ num_classes: {DET_CLASSES} share_location: true background_label_id: 0\n'
+            f'    nms_param {{ nms_threshold: {c["nms"]} top_k: {c["top_k"]} }} code_type: CENTER_SIZE\n'
+            f'    keep_top_k: {c["keep_top_k"]} confidence_threshold: {c["conf"]} }} }}\n')
+    shapes = {"loc": (1, DET_PRIORS * 4), "conf": (1, DET_PRIORS * DET_CLASSES), "priors": (1, 2, DET_PRIORS * 4)}
     net = caffe_net(tmp_path, prototxt(shapes, body))
-    use_var = bug != "variance"
+    p = {**c, **tf_params}
 
     def detect(ts):
         loc, conf, priors = ts
-        pb, var = ops.reshape(priors[0, 0], (-1, 4)), ops.reshape(priors[0, 1], (-1, 4))
-        d = ops.reshape(loc[0], (-1, 4)) * (var if use_var else 1.0)
+        pb, var = tf.reshape(priors[0, 0], (-1, 4)) + prior_shift, tf.reshape(priors[0, 1], (-1, 4))
+        d = tf.reshape(loc[0], (-1, 4)) * (var if variance else 1.0)
         pw, ph = pb[:, 2] - pb[:, 0], pb[:, 3] - pb[:, 1]
         cx, cy = d[:, 0] * pw + (pb[:, 0] + pb[:, 2]) / 2, d[:, 1] * ph + (pb[:, 1] + pb[:, 3]) / 2
-        w, h = ops.exp(d[:, 2]) * pw, ops.exp(d[:, 3]) * ph
-        boxes = ops.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
-        scores = ops.reshape(conf[0], (-1, N_CLASSES))
-        yx = ops.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]], -1)
+        w, h = tf.exp(d[:, 2]) * pw, tf.exp(d[:, 3]) * ph
+        boxes = tf.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+        yx = tf.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3], boxes[:, 2]], -1)
+        scores = tf.reshape(conf[0], (-1, DET_CLASSES))
         rows = []
-        for c in range(1, N_CLASSES):  # 0 is the background
-            keep = tf_image().non_max_suppression(yx, scores[:, c], 100, iou_threshold=DET_NMS,
-                                                  score_threshold=DET_CONF)
-            s = ops.take(scores[:, c], keep)
-            out = ops.take(yx if bug == "yx" else boxes, keep, axis=0)
-            rows.append(ops.concatenate([ops.zeros_like(s)[:, None], ops.full_like(s, c)[:, None], s[:, None], out], -1))
-        rows = ops.concatenate(rows, 0)
-        rows = ops.take(rows, ops.argsort(-rows[:, 2]), axis=0)  # by score, all classes together
-        return ops.reshape(rows, (1, 1, -1, 7))
+        for k in range(1, DET_CLASSES):
+            best = tf.math.top_k(scores[:, k], k=p["top_k"]).indices
+            keep = tf.image.non_max_suppression(tf.gather(yx, best), tf.gather(scores[:, k], best), p["top_k"],
+                                                iou_threshold=p["nms"], score_threshold=p["conf"])
+            idx = tf.gather(best, keep)
+            s = tf.gather(scores[:, k], idx)
+            rows.append(tf.concat([tf.zeros_like(s)[:, None], tf.fill(tf.shape(s[:, None]), float(k)), s[:, None],
+                                   tf.gather(yx if yx_rows else boxes, idx)], -1))
+        rows = tf.concat(rows, 0)
+        rows = tf.gather(rows, tf.argsort(-rows[:, 2], stable=True)[: p["keep_top_k"]])
+        return tf.reshape(rows, (1, 1, -1, 7))
 
-    ins = [keras.Input((N_PRIORS * 4,), batch_size=1, name="loc"),
-           keras.Input((N_PRIORS * N_CLASSES,), batch_size=1, name="conf"),
-           keras.Input((2, N_PRIORS * 4), batch_size=1, name="priors")]
+    ins = [keras.Input((DET_PRIORS * 4,), batch_size=1, name="loc"),
+           keras.Input((DET_PRIORS * DET_CLASSES,), batch_size=1, name="conf"),
+           keras.Input((2, DET_PRIORS * 4), batch_size=1, name="priors")]
     model = keras.Model(ins, keras.layers.Lambda(detect, name="detection_out")(ins))
-    r = rng(31)
-    centers = r.uniform(0.2, 0.8, (N_PRIORS, 2))
-    sizes = r.uniform(0.1, 0.4, (N_PRIORS, 2))
+    r = rng(41)
+    centers = np.repeat(r.uniform(0.25, 0.75, (5, 2)), DET_PRIORS // 5, 0) + r.normal(0, 0.03, (DET_PRIORS, 2))
+    sizes = r.uniform(0.15, 0.3, (DET_PRIORS, 2))
     pri = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1).reshape(-1)
-    logits = r.standard_normal((N_PRIORS, N_CLASSES)) * 2
+    logits = r.standard_normal((DET_PRIORS, DET_CLASSES)) * 2
     conf = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    x = {"loc": f32(r.standard_normal(shapes["loc"]) * 0.5), "conf": f32(conf.reshape(1, -1)),
-         "priors": f32(np.stack([pri, np.tile([0.1, 0.1, 0.2, 0.2], N_PRIORS)])[None])}
+    x = {"loc": f32(r.standard_normal(shapes["loc"]) * 0.3), "conf": f32(conf.reshape(1, -1)),
+         "priors": f32(np.stack([pri, np.tile([0.1, 0.1, 0.2, 0.2], DET_PRIORS)])[None])}
     return net, model, x, {}, "detection_out"
+
+
+def detection_case(tmp_path, bug: str | None = None):
+    """The DetectionOutput port of :func:`detection_output_case`; bug "yx": the boxes written in
+    TF's y, x order; "variance": the prior variances left out of the box decoding."""
+    return detection_output_case(tmp_path, variance=bug != "variance", yx_rows=bug == "yx")
 
 
 # -- Python layers: the module reaches the Caffe worker through caffe_pythonpath -------------
