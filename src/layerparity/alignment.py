@@ -51,6 +51,8 @@ from .kinds import (
     ABSORBABLE,
     INCLUDES,
     PASS_THROUGH,
+    RECURRENT,
+    REORDER,
     TRIVIAL,
     canonical_kind,
     compatible,
@@ -491,6 +493,9 @@ class _Aligner:
             if k == "input":
                 self._match_input(p)
                 continue
+            if (k in RECURRENT or k in REORDER) and (
+                    self._bidirectional(p) or (k in REORDER and self._reversal_into_backward_rnn(p))):
+                continue
             ins = [i for i in p.inputs if i in self.cp]
             if len(ins) == 1 and ins[0] in self.pair_of_c and (k in TRIVIAL or k in ABSORBABLE):
                 P = self.pair_of_c[ins[0]]
@@ -520,6 +525,146 @@ class _Aligner:
             u = self._choose(p, self._candidates(p))
             if u is not None and not self.pair_tops(c, u, "structural"):
                 self.add_pair([c], u, "structural")
+
+    # recurrent layers run backwards -------------------------------------------
+    def _seq_inputs(self, p: Probe) -> list[str]:
+        """``p``'s Caffe inputs other than constants (an LSTM's cont, a BatchReindex's index)."""
+        return [i for i in p.inputs if i in self.cp and self.ckind[i] != "const"]
+
+    def _go_backwards(self, u: _Unit) -> bool:
+        return u.primary in RECURRENT and self.tp[u.out].params.get("go_backwards") is True
+
+    def _reverses_time(self, p: Probe) -> bool:
+        """A Caffe reordering (BatchReindex) whose index reverses its axis 0 (T of a T x N x C
+        sequence): n-1, ..., 0. Without values (weight pairing aligns graphs only) the index
+        cannot be read and the reordering is taken as it comes: the values compared after it
+        (the backward layer's own row) decide, as for every pairing."""
+        idx = [i for i in p.inputs if i in self.cp and self.ckind[i] == "const"]
+        if len(idx) != 1 or self.caffe_value is None:
+            return len(idx) == 1
+        try:
+            v = self.caffe_value(idx[0])
+        except Exception:  # noqa: BLE001 - an unreadable index is not a known reversal
+            return False
+        if v is None:
+            return True
+        v = np.asarray(v).ravel()
+        n = int(p.shape[0]) if p.shape else v.size
+        return v.size == n and np.array_equal(v, np.arange(n - 1, -1, -1))
+
+    def _reversal_into_backward_rnn(self, p: Probe) -> bool:
+        """Caffe's backward direction reverses the sequence (a BatchReindex by n-1, ..., 0) and
+        runs a recurrent layer over it; a Keras recurrent layer with ``go_backwards=True`` does
+        both. Pair the two Caffe layers as one chain with that TF layer (its output is in
+        reversed time order on both sides, so the chain's last value is compared as is): the
+        reversal is compared within the backward layer's row, never dropped. A reversal back
+        after the backward layer has a TF layer of its own (a flip, a gather) and is paired
+        like any other layer."""
+        xs = self._seq_inputs(p)
+        if len(xs) != 1 or xs[0] not in self.pair_of_c:
+            return False
+        cons = self.cons.get(p.name, [])
+        if len(cons) != 1 or self.ckind[cons[0]] not in RECURRENT:
+            return False
+        r = self.cp[cons[0]]
+        if self._seq_inputs(r) != [p.name] or not self._reverses_time(p):
+            return False
+        want = self._tf_inputs_of(p)
+        if want is None:
+            return False
+
+        def backward(u: _Unit) -> bool:
+            return self._go_backwards(u) and compatible(self.ckind[r.name], u.primary) and self._resolved_inputs(u) == want
+
+        why = (f"reversed in time inside TF {{}} (go_backwards=True): compared within {r.name!r}, whose "
+               f"output is in reversed time order on both sides")
+        pr = self.pair_of_c.get(r.name)
+        if pr is not None:  # the backward layer is paired already (by name, or explicitly)
+            units = self.pair_units.get(id(pr), [])
+            if pr.caffe_chain[0] != r.name or not units or not backward(self.units[units[0]]):
+                return False
+            pr.caffe_chain.insert(0, p.name)
+            self.pair_of_c[p.name] = pr
+            self.absorbed[p.name] = why.format(repr(pr.tf))
+            return True
+        cands = [u for u in self.uorder if u.key not in self.matched and backward(u)]
+        key = self._choose(r, cands)
+        if key is None:
+            return False
+        pair = self.add_pair([p.name, r.name], key, "structural")
+        self.absorbed[p.name] = why.format(repr(pair.tf))
+        return True
+
+    def _recurrent_block(self, x: str) -> list[str] | None:
+        """Caffe's bidirectional recurrent layer over ``x``, as Caffe CRNNs build it: recurrent
+        layers and reorderings (BatchReindex) reading ``x`` or each other, at least two
+        recurrent ones, all joined by one layer (a Concat, an Eltwise) that reads nothing
+        else. Returns those layers in Caffe order, the join last, or None."""
+        inside = {x}
+        region: list[str] = []
+        for q in self.c[self.cidx[x] + 1:]:  # Caffe order is topological
+            if self.ckind[q.name] not in RECURRENT and self.ckind[q.name] not in REORDER:
+                continue
+            ins = self._seq_inputs(q)
+            if ins and all(i in inside for i in ins):
+                region.append(q.name)
+                inside.add(q.name)
+        if sum(self.ckind[n] in RECURRENT for n in region) < 2:
+            return None
+        if any(not self.cons.get(n) for n in region):
+            return None  # a branch that ends inside: an output of its own, not one layer's part
+        outside = {c for n in region for c in self.cons[n] if c not in inside}
+        if len(outside) != 1:
+            return None
+        j = outside.pop()
+        if self.ckind[j] not in ("concat", "add", "mul", "max", "eltwise"):
+            return None
+        if not all(i in region for i in self._seq_inputs(self.cp[j])):
+            return None
+        return [*region, j]
+
+    def _bidirectional(self, p: Probe) -> bool:
+        """A Caffe bidirectional block (:meth:`_recurrent_block`) against one Keras
+        ``Bidirectional`` layer reading the TF counterpart of the block's input: every layer
+        of the block is one chain with it (a many-to-one group), compared at the join, whose
+        value the Bidirectional layer outputs. Any Caffe layer of the block already paired
+        with another TF layer leaves the block to the per-layer rules."""
+        xs = self._seq_inputs(p)
+        if len(xs) != 1 or xs[0] not in self.pair_of_c:
+            return False
+        block = self._recurrent_block(xs[0])
+        if block is None or p.name not in block:
+            return False
+        want = self._tf_inputs_of(p)
+        if want is None:
+            return False
+        owners = {id(self.pair_of_c[n]): self.pair_of_c[n] for n in block if n in self.pair_of_c}
+        owner_units = {k for q in owners.values() for k in self.pair_units.get(id(q), [])}
+        if any(set(q.caffe_chain) - set(block) for q in owners.values()) or len(owner_units) > 1:
+            return False
+        cands = [u for u in self.uorder
+                 if u.primary == "bidirectional" and (u.key not in self.matched or u.key in owner_units)
+                 and self._resolved_inputs(u) == want]
+        if owner_units:
+            cands = [u for u in cands if u.key in owner_units]
+        key = self._choose(self.cp[block[-1]], cands)
+        if key is None:
+            return False
+        how = "structural"
+        for q in owners.values():
+            how = q.how
+            self.pairs.remove(q)
+            self.pair_units.pop(id(q), None)
+            for n in q.caffe_chain:
+                self.pair_of_c.pop(n, None)
+                self.absorbed.pop(n, None)
+        self.matched.discard(key)
+        pair = self.add_pair(block, key, how)
+        kind = self.tp[self.units[key].out].kind
+        for n in block[:-1]:
+            self.absorbed[n] = (f"computed inside TF {pair.tf!r} ({kind}: both directions, the time reversals "
+                                f"and their join): compared at the block's end, {block[-1]!r}")
+        return True
 
     def inputs_after_preprocessing(self) -> None:
         """The TF side was fed its own inputs: hold each Caffe input against the end of the
@@ -565,6 +710,7 @@ class _Aligner:
 
     def _tf_inputs_of(self, p: Probe) -> set[str] | None:
         want: set[str] = set()
+        skipped_const = False
         for i in p.inputs:
             if i not in self.cp:
                 continue
@@ -573,11 +719,18 @@ class _Aligner:
                 if self.ckind[i] == "input":
                     want.add(ROOT)
                     continue
+                if self.ckind[i] == "const":
+                    # a Caffe constant (a Parameter: an LSTM's cont, a BatchReindex's index) the
+                    # TF layer holds inside itself or does without (a Keras LSTM has no cont)
+                    skipped_const = True
+                    continue
                 return None
             units = self.pair_units.get(id(P), [])
             if not units:
                 return None
             want.add(units[-1])
+        if not want and skipped_const:
+            return None
         return want or {ROOT}
 
     def _resolved_inputs(self, u: _Unit) -> set[str]:
@@ -619,6 +772,8 @@ class _Aligner:
                 continue
             if not compatible(k, u.primary):
                 continue
+            if k in RECURRENT and self._go_backwards(u):
+                continue  # pairs only behind a Caffe time reversal (_reversal_into_backward_rnn)
             if self._resolved_inputs(u) == want:
                 out.append(u)
         return out

@@ -149,7 +149,19 @@ _EQUIV = [
     {"slice", "split", "crop"},
     {"relu", "leaky_relu", "relu6", "clip"},
     {"fc", "conv"},
+    {"lstm", "rnn"},  # a Keras RNN(cell) running Caffe's LSTM step
+    {"batch_reindex", "gather", "flip", "reverse", "reverse_v2"},  # a reordering along one axis (CRNN's time reversal)
 ]
+
+#: Recurrent kinds (Caffe LSTM/RNN, Keras LSTM/GRU/SimpleRNN/RNN): a TF one with
+#: ``go_backwards`` runs over its sequence reversed in time (alignment.py).
+RECURRENT = frozenset({"lstm", "rnn", "gru", "simple_rnn"})
+
+#: Caffe kinds that reorder a blob along one axis by a constant index (``BatchReindex``:
+#: CRNN's time reversals). Their TF counterpart is often a custom ``Lambda`` (a gather, a
+#: flip), so like :data:`OPAQUE` they also pair with a TF layer of a kind no table knows;
+#: the values compared after them say whether the order is right.
+REORDER = frozenset({"batch_reindex"})
 
 
 #: Caffe kinds that run the user's own code (a ``Python`` layer): a computing layer like
@@ -218,12 +230,14 @@ def compatible(a: str, b: str) -> bool:
     if a in OPAQUE or b in OPAQUE:
         other = b if a in OPAQUE else a
         return bool(other) and other not in _KNOWN
+    if a in REORDER and b and b not in _KNOWN:
+        return True
     return any(a in s and b in s for s in _EQUIV)
 
 
 #: Every kind the tables produce: a TF kind outside it is a custom layer (``"lambda"``).
 _KNOWN = KINDS | OPAQUE | frozenset().union(*(t.values() for t in (_CAFFE, _KERAS, _TF_OPS, _TFLITE, _ACTIVATIONS))) | {
-    "pool_other", "activation"}
+    "pool_other", "activation"} | RECURRENT | REORDER | {"bidirectional", "flip", "reverse", "reverse_v2"}
 
 
 def fused_kinds(fused: list[str]) -> set[str]:

@@ -19,6 +19,7 @@ from .alignment import Pair
 from .backends.base import Replayer
 from .detections import SET_KINDS, in_reference_order
 from .errors import InputError
+from .kinds import probe_kind
 from .layout import LayoutMismatch, relayout
 from .trace import Probe
 
@@ -95,6 +96,13 @@ def own_request(
         return f"own error not measured ({type(e).__name__}: {e})"
     c0 = caffe[pair.caffe_chain[0]]
     cnames = [i for i in c0.inputs if i in caffe]
+    if cin is not None and len(cin) == len(cnames) != len(tnames):
+        # Caffe constants the TF layer holds inside itself or does without (an LSTM's cont
+        # against a Keras LSTM, a BatchReindex's index against a go_backwards layer): feed
+        # the rest; a cont that does more than start the sequence then shows in the own error
+        data = [k for k, n in enumerate(cnames) if probe_kind(caffe[n]) != "const"]
+        if len(data) == len(tnames):
+            cnames, cin = [cnames[k] for k in data], [cin[k] for k in data]
     if cin is None or len(cnames) != len(tnames) or not cnames:
         return f"own error not measured: {len(cnames)} Caffe input(s) vs {len(tnames)} TF input(s)"
     feed = []

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from .errors import WeightParityError
+from .kinds import RECURRENT
 from .layout import (
     conv_weight_caffe_to_tf,
     deconv_weight_caffe_to_tf,
@@ -1305,6 +1306,28 @@ def _solve_eps(cw: Mapping[str, list[np.ndarray]], ch: _Chain, c: int, u: np.nda
     return guess
 
 
+def _per_layer_arrays(layers: Sequence[str], cw: Mapping[str, list[np.ndarray]], kinds: Mapping[str, str],
+                      ops: Sequence[Any]) -> dict[str, list[np.ndarray]] | None:
+    """Several recurrent Caffe layers of one chain held by one TF layer (a Keras
+    ``Bidirectional``: the forward layer's arrays, then the backward one's): each Caffe
+    layer's share of the arrays, in chain order, when the counts and sizes fit; else None."""
+    with_params = [c for c in layers if cw.get(c)]
+    if len(ops) != 1 or len(with_params) < 2 or any(kinds[c] not in RECURRENT for c in with_params):
+        return None
+    arrays = list(ops[0].arrays)
+    if sum(len(cw[c]) for c in with_params) != len(arrays):
+        return None
+    out: dict[str, list[np.ndarray]] = {}
+    at = 0
+    for c in with_params:
+        part = arrays[at: at + len(cw[c])]
+        at += len(cw[c])
+        if sorted(np.asarray(b).size for b in cw[c]) != sorted(np.asarray(a).size for a in part):
+            return None
+        out[c] = part
+    return out
+
+
 def _check_aligned(
     cw: dict[str, list[np.ndarray]],
     tw: dict[str, list[np.ndarray]],
@@ -1383,12 +1406,15 @@ def _check_aligned(
              and (main is None or ops[0].kind in KERNEL_KINDS))
             or (set(layers) == {bn, sc} and ops[0].kind == "bn"))
         if others or simple:
+            split = _per_layer_arrays(layers, cw, kinds, ops)
             for c in layers:
                 k, g, cchw, raw = metas[c]
                 if c == sc and bn is not None and simple:
                     continue
                 scale_blobs = cw[sc] if (c == bn and sc is not None and simple) else None
                 arrays = ops[0].arrays if len(ops) == 1 else [a for o in ops for a in o.arrays]
+                if split is not None:
+                    arrays = split[c]
                 status, results, note = compare_layer(k, cw[c], arrays, chw if c == main else cchw, g,
                                                       scale_blobs, caffe_chw if c == main else None)
                 rows[c] = WeightRow(c, raw or k, wp.tf, status, results, amb or note, wp.how, tf_ops)

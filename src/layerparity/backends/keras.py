@@ -79,6 +79,8 @@ PARAM_KEYS = (
     "rate",
     "keepdims",
     "output_padding",
+    "go_backwards",  # a recurrent layer run over its sequence reversed (alignment.py pairs it with a time reversal)
+    "merge_mode",  # Bidirectional: how the two directions are joined
 )
 
 #: Keras layers that move data between axes, or (a recurrent layer) lay a sequence out

@@ -310,6 +310,8 @@ def fc_rules(case: Case) -> list[Diagnosis]:
     n = x.shape[0]
     flat_caffe = x.reshape(n, -1)
     base = ref.inner_product(x, w, b)
+    if base.shape != t.shape:
+        return out  # an InnerProduct over a later axis (axis: 2 on a T x N x C sequence): the rules below flatten from axis 1
     cands = [chw] if chw is not None else _flat_chw_candidates(flat_caffe.shape[1])
     for c_, h_, w_ in cands:
         if h_ * w_ <= 1:
