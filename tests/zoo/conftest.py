@@ -14,6 +14,7 @@ the complete table).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -47,6 +48,24 @@ class ZooCase:
     caffe_trace: str  # archive path
     setup_seconds: float
     extra: dict = field(default_factory=dict)
+
+    def compare(self, model):
+        """Capture the Keras ``model`` on this case's input and compare it with the shared Caffe
+        trace (weights checked too); the model's TF state is released afterwards."""
+        import keras
+
+        import layerparity as lp
+        from layerparity.backends.tensorflow import load_tf
+
+        tb = load_tf(model)
+        try:
+            return lp.compare_traces(self.caffe_trace, tb.capture(self.x), replay=tb, caffe_weights=self.params,
+                                     tf_weights=tb.weights())
+        finally:
+            tb.close()
+            del model
+            keras.backend.clear_session()
+            gc.collect()
 
 
 class _Zoo:

@@ -14,8 +14,6 @@ named there (the matrix injects it in the forward one, the first LSTM); the back
 
 from __future__ import annotations
 
-import gc
-
 import numpy as np
 import pytest
 
@@ -59,23 +57,6 @@ def _variant(case, keep_input_order: bool = False, keep_output_order: bool = Fal
     return model
 
 
-def _report(case, model):
-    import keras
-
-    import layerparity as lp
-    from layerparity.backends.tensorflow import load_tf
-
-    tb = load_tf(model)
-    try:
-        return lp.compare_traces(case.caffe_trace, tb.capture(case.x), replay=tb, caffe_weights=case.params,
-                                 tf_weights=tb.weights())
-    finally:
-        tb.close()
-        del model
-        keras.backend.clear_session()
-        gc.collect()
-
-
 def _rows(report) -> dict:
     return {r.caffe_layer: r for r in report.rows}
 
@@ -83,7 +64,7 @@ def _rows(report) -> dict:
 def test_the_backward_branch_is_compared_blob_for_blob(zoo):
     case = zoo("crnn")
     assert np.array_equal(case.params["reverse_index"][0], np.arange(25, -1, -1))
-    rows = _rows(_report(case, pb.build_keras(case.info, case.params)))
+    rows = _rows(case.compare(pb.build_keras(case.info, case.params)))
     for layer in (REV_IN, BACK, REV_OUT, "blstm1"):
         assert rows[layer].tf_layer == layer and rows[layer].caffe_chain == [layer], rows[layer]
         assert rows[layer].passed, (layer, rows[layer].max_rel_error)
@@ -92,7 +73,7 @@ def test_the_backward_branch_is_compared_blob_for_blob(zoo):
 @pytest.mark.parametrize("skipped", [REV_IN, REV_OUT])
 def test_a_port_that_skips_a_reversal_diverges_there(zoo, skipped):
     case = zoo("crnn")
-    report = _report(case, _variant(case, keep_input_order=skipped == REV_IN, keep_output_order=skipped == REV_OUT))
+    report = case.compare(_variant(case, keep_input_order=skipped == REV_IN, keep_output_order=skipped == REV_OUT))
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_layer == skipped, fd
     assert fd.diagnoses and fd.diagnoses[0].kind == "axis_reversed" and fd.diagnoses[0].layer == skipped
@@ -105,7 +86,7 @@ def test_a_port_that_skips_a_reversal_diverges_there(zoo, skipped):
 def test_a_gate_order_bug_in_the_backward_lstm_is_named_there(zoo):
     case = zoo("crnn")
     assert pb.applicable_layers(case.info, "lstm_gate_order") == ["lstm1", BACK]
-    report = _report(case, pb.build_keras(case.info, case.params, bugs=[("lstm_gate_order", BACK)]))
+    report = case.compare(pb.build_keras(case.info, case.params, bugs=[("lstm_gate_order", BACK)]))
     fd = report.first_divergence
     assert fd is not None and fd.caffe_layer == BACK
     assert fd.diagnoses and fd.diagnoses[0].kind == "lstm_gate_order" and fd.diagnoses[0].layer == BACK
@@ -116,7 +97,7 @@ def test_the_backward_lstm_starts_its_own_reversed_sequence(zoo):
     # Caffe's one cont (0 at t = 0) serves both directions: the reversed sequence starts at its
     # own first step. Reversing the flags with the data resets the state at the last step.
     case = zoo("crnn")
-    report = _report(case, _variant(case, cont_reversed=True))
+    report = case.compare(_variant(case, cont_reversed=True))
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_layer == BACK, fd
     assert _rows(report)[REV_IN].passed

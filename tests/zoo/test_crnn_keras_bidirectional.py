@@ -20,8 +20,6 @@ LSTM's gates in Caffe's order, the two directions' weights swapped.
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 
 import portbuilder as pb
@@ -90,23 +88,6 @@ def go_backwards_port(case, caffe_names: bool = True, bug: str | None = None):
     return model, {"forward": fw.name, "backward": bw.name}
 
 
-def _report(case, model):
-    import keras
-
-    import layerparity as lp
-    from layerparity.backends.tensorflow import load_tf
-
-    tb = load_tf(model)
-    try:
-        return lp.compare_traces(case.caffe_trace, tb.capture(case.x), replay=tb, caffe_weights=case.params,
-                                 tf_weights=tb.weights())
-    finally:
-        tb.close()
-        del model
-        keras.backend.clear_session()
-        gc.collect()
-
-
 def _rows(report) -> dict:
     return {c: r for r in report.rows for c in r.caffe_chain}
 
@@ -130,7 +111,7 @@ def _every_layer_compared(case, report) -> None:
 def test_a_correct_bidirectional_port_passes_with_the_block_grouped_under_it(zoo, caffe_names):
     case = zoo("crnn")
     model, bi = bidirectional_port(case, caffe_names)
-    report = _report(case, model)
+    report = case.compare(model)
     assert report, (report.first_divergence, report.coverage)
     rows = _rows(report)
     row = rows["blstm1"]
@@ -145,7 +126,7 @@ def test_a_correct_go_backwards_and_flip_port_passes(zoo, caffe_names):
     # Was reported as failing with data_reversed uncovered: the go_backwards LSTM reverses its input itself.
     case = zoo("crnn")
     model, names = go_backwards_port(case, caffe_names)
-    report = _report(case, model)
+    report = case.compare(model)
     assert report, (report.first_divergence, report.coverage)
     rows = _rows(report)
     assert rows["lstm1"].caffe_chain == ["lstm1"] and rows["lstm1"].tf_layer == names["forward"]
@@ -163,7 +144,7 @@ def test_a_correct_go_backwards_and_flip_port_passes(zoo, caffe_names):
 def test_a_go_backwards_output_not_flipped_back_fails(zoo, caffe_names):
     case = zoo("crnn")
     model, _ = go_backwards_port(case, caffe_names, bug="not_flipped_back")
-    report = _report(case, model)
+    report = case.compare(model)
     assert not report
     assert "lstm1_back_reversed" in report.coverage.uncovered  # no TF layer reverses it back: said, not dropped
     assert report.first_divergence is not None
@@ -176,7 +157,7 @@ def test_a_go_backwards_output_not_flipped_back_fails(zoo, caffe_names):
 def test_a_gate_order_bug_in_the_go_backwards_lstm_is_named_there(zoo, caffe_names):
     case = zoo("crnn")
     model, names = go_backwards_port(case, caffe_names, bug="lstm_gate_order")
-    report = _report(case, model)
+    report = case.compare(model)
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_layer == "lstm1_back" and fd.tf_layer == names["backward"]
     assert fd.caffe_chain == ["data_reversed", "lstm1_back"]
@@ -189,7 +170,7 @@ def test_a_gate_order_bug_in_the_go_backwards_lstm_is_named_there(zoo, caffe_nam
 def test_a_buggy_bidirectional_port_fails_at_the_block(zoo, bug):
     case = zoo("crnn")
     model, bi = bidirectional_port(case, caffe_names=False, bug=bug)
-    report = _report(case, model)
+    report = case.compare(model)
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_chain == BLOCK and fd.tf_layer == bi, fd
     assert fd.own is not None and not fd.own.passed  # the layer's own error: not inherited from before it

@@ -8,7 +8,6 @@ the injected kind. Outcomes feed docs/validation.md (``make validation``).
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import tempfile
 import time
@@ -93,23 +92,8 @@ def _group(net: str):
 
 def _compare(case, bugs=()):
     """Build the port, capture it, compare against the shared Caffe trace archive."""
-    import keras
-
-    import layerparity as lp
-    from layerparity.backends.tensorflow import load_tf
-
     t0 = time.perf_counter()
-    model = pb.build_keras(case.info, case.params, bugs=bugs)
-    tb = load_tf(model)
-    try:
-        tf_trace = tb.capture(case.x)
-        report = lp.compare_traces(case.caffe_trace, tf_trace, replay=tb, caffe_weights=case.params,
-                                   tf_weights=tb.weights())
-    finally:
-        tb.close()
-        del model
-        keras.backend.clear_session()
-        gc.collect()
+    report = case.compare(pb.build_keras(case.info, case.params, bugs=bugs))
     return report, time.perf_counter() - t0
 
 
