@@ -94,3 +94,28 @@ def test_a_sequence_left_in_reversed_time_order_is_named_axis_reversed():
     # the values moved otherwise (rolled by one step): no reversal claimed
     d = _lstm_row_diagnoses(y, np.roll(y, 1, axis=0))
     assert d and all(e.kind != "axis_reversed" for e in d), [(e.kind, e.summary) for e in d]
+
+
+def _concat_row_diagnoses(fw: np.ndarray, bw: np.ndarray, t: np.ndarray):
+    """CRNN's join (Concat axis 2 of two T x N x H sequences) with TF's value ``t`` (T x N x 2H)."""
+    y = np.concatenate([fw, bw], axis=2)
+    row = LayerResult("blstm1", "blstm1", "blstm1", caffe_kind="Concat", tf_kind="Concatenate", caffe_chain=["blstm1"])
+    cp = Probe("blstm1", "Concat", y, inputs=["lstm1", "lstm1_back_reversed"], layout="TNC", layer="blstm1",
+               params={"axis": 2})
+    return diagnose(row, cp, Probe("blstm1", "Concatenate", t.transpose(1, 0, 2), layout="NTC"),
+                    caffe_inputs=[fw, bw], caffe_weights=None, tf_weights=None,
+                    context=DiagnosisContext(caffe_probes={"blstm1": cp}))
+
+
+def test_a_concat_input_left_in_reversed_time_order_is_named_with_that_input():
+    # a go_backwards output joined without its flip back: only the backward half is reversed
+    r = np.random.default_rng(6)
+    fw, bw = (r.standard_normal((T, 2, C)).astype(np.float32) for _ in range(2))
+    d = _concat_row_diagnoses(fw, bw, np.concatenate([fw, bw[::-1]], axis=2))
+    assert d and d[0].kind == "axis_reversed", [(e.kind, e.summary) for e in d]
+    ev = d[0].evidence
+    assert ev["axis"] == 0 and ev["axis_label"] == "T" and ev["concat_input_name"] == "lstm1_back_reversed"
+    # the backward half rolled by a step, or the forward half reversed too: no one-input reversal claimed
+    for t in (np.concatenate([fw, np.roll(bw, 1, axis=0)], axis=2), np.concatenate([fw[::-1], bw[::-1]], axis=2)):
+        d = _concat_row_diagnoses(fw, bw, t)
+        assert all("concat_input" not in e.evidence for e in d), [(e.kind, e.summary) for e in d]

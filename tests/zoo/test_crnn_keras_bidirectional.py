@@ -147,7 +147,12 @@ def test_a_go_backwards_output_not_flipped_back_fails(zoo, caffe_names):
     report = case.compare(model)
     assert not report
     assert "lstm1_back_reversed" in report.coverage.uncovered  # no TF layer reverses it back: said, not dropped
-    assert report.first_divergence is not None
+    fd = report.first_divergence
+    assert fd is not None
+    if caffe_names:  # the join is paired: Caffe's Concat recomputed with that input reversed along T gives TF's
+        assert fd.caffe_chain == ["blstm1"] and fd.diagnoses and fd.diagnoses[0].kind == "axis_reversed"
+        assert fd.diagnoses[0].evidence["concat_input_name"] == "lstm1_back_reversed"
+        assert fd.diagnoses[0].evidence["axis_label"] == "T"
     rows = _rows(report)
     assert rows["lstm1"].passed and rows["lstm1_back"].passed  # the backward LSTM itself is right
     assert not rows["prob"].passed

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..result import Diagnosis
-from ._core import CONF_EXACT, CONF_FINGERPRINT, CONFIRM_RTOL, MIN_PER_CHANNEL, Case, rnd
+from ._core import CONF_EXACT, CONF_FINGERPRINT, CONFIRM_RTOL, MIN_PER_CHANNEL, Case, fnum, rnd
 
 #: Constants a preprocessing bug typically leaves, by name.
 NAMED_SCALES = {255.0: "255 (raw_scale)", 1 / 255.0: "1/255", 256.0: "256", 1 / 256.0: "1/256",
@@ -108,6 +108,43 @@ def _reversed_axis(case: Case) -> Diagnosis | None:
             "returns its outputs last step first: reverse them back before the Concat.",
             CONF_EXACT, axis=a, axis_label=lay[a] if lay else "",
         )
+    return _reversed_concat_input(case)
+
+
+def _reversed_concat_input(case: Case) -> Diagnosis | None:
+    """At a Concat: TF holds Caffe's output with one input's part reversed along one axis (a
+    bidirectional layer whose backward output was not reversed back before the join): Caffe's
+    Concat recomputed from its bottoms with that one bottom flipped gives TF's value."""
+    xs, y = case.x, case.y
+    if case.ckind != "concat" or len(xs) < 2 or any(v.ndim != y.ndim for v in xs):
+        return None
+    ca = int(fnum(case.cparams.get("axis"), 1)) % max(y.ndim, 1)
+    names = list(case.cp.inputs or [])
+    for i, v in enumerate(xs):
+        for a in range(y.ndim):
+            if a == ca or v.shape[a] < 2:
+                continue
+            try:
+                cand = np.concatenate([np.flip(u, a) if j == i else u for j, u in enumerate(xs)], axis=ca)
+            except ValueError:
+                return None
+            if cand.shape != y.shape or case.resid(cand) > CONFIRM_RTOL:
+                continue
+            lay = case.cp.layout if case.cp.layout and len(case.cp.layout) == y.ndim else ""
+            label = f" ({lay[a]} of {lay})" if lay else ""
+            src = f"input {i} ({names[i]!r})" if i < len(names) else f"input {i}"
+            return case.diag(
+                "axis_reversed",
+                f"The TF Concat output is Caffe's with the part from {src} reversed along axis {a}{label}: "
+                "that input reaches the join in reversed order. A reversal is missing or extra: a backward "
+                "recurrent layer's output (`go_backwards`, or a reversed sequence) not reversed back before "
+                "the Concat.",
+                "Reverse that input where Caffe does before the Concat: a Caffe BatchReindex/Reverse over T is "
+                "`keras.ops.flip(x, axis=1)` on a batch-major sequence; a Keras RNN with `go_backwards=True` "
+                "returns its outputs last step first.",
+                CONF_EXACT, axis=a, axis_label=lay[a] if lay else "", concat_input=i,
+                concat_input_name=names[i] if i < len(names) else "",
+            )
     return None
 
 
