@@ -265,11 +265,16 @@ class WeightReport:
             else "Weights differ!"
         folded = f" ({n_fold} more folded into TF ops, formula checked)" if n_fold else ""
         lines = [f"{head} {n_ok} / {len(self.rows)} Caffe layers with params equal under the expected layout{folded}."]
-        if undecided:
-            lines.append(f"  {len(undecided)} Caffe layer(s) could not be paired from the graph alone "
-                         f"({', '.join(undecided[:4])}{', ...' if len(undecided) > 4 else ''}): their rows below are no "
+        consts = [c for c in undecided if self.row(c).note == CONSTANT_NOTE]
+        unpaired = [c for c in undecided if c not in consts]
+        if unpaired:
+            lines.append(f"  {len(unpaired)} Caffe layer(s) could not be paired from the graph alone "
+                         f"({', '.join(unpaired[:4])}{', ...' if len(unpaired) > 4 else ''}): their rows below are no "
                          "verdict on their weights; pair by value (weight_parity(..., by_value=input) / "
                          "layerparity weights --by-value INPUT)")
+        if consts:
+            lines.append(f"  {len(consts)} Parameter layer(s) ({', '.join(consts[:4])}{', ...' if len(consts) > 4 else ''}) "
+                         "hold constants of the net, not weights: not judged here")
         for r in problems[:max_rows]:
             tf = r.tf_layer or "-"
             lines.append(f"  {r.caffe_layer} ({r.caffe_kind}) -> {tf}: {r.status}" + (f"  [{r.note}]" if r.note else ""))
@@ -763,6 +768,10 @@ def check_weights(
         arrays = tw.get(tf_name) if tf_name else None
         if tf_name:
             matched.add(tf_name)
+        const = _constant_row(name, raw, None) if arrays is None else None
+        if const is not None:
+            rows.append(const)
+            continue
         scale_blobs = cw.get(scale_of_bn[name]) if name in scale_of_bn else None
         status, results, note = compare_layer(kind, blobs, arrays, chw, group, scale_blobs)
         if name in mapping and arrays is None:
@@ -783,7 +792,22 @@ def check_weights(
             if brow.tf_layer is not None:
                 srow.note = f"{brow.tf_layer!r} has no gamma/beta: the Scale is missing (missing_scale)"
     unmatched = [t for t in tw if t not in matched and any(np.asarray(a).size for a in tw[t])]
-    return WeightReport(rows, unmatched)
+    return WeightReport(rows, unmatched, undecided=[r.caffe_layer for r in rows if r.note == CONSTANT_NOTE])
+
+
+#: The note of a Parameter layer's row when the TF side holds its blob in no weights.
+CONSTANT_NOTE = ("a Parameter layer's blob is a constant of the net (an LSTM's cont, a BatchReindex's index), "
+                 "which a port holds as a tensor or computes, not as weights: the weight check cannot judge it "
+                 "(compare checks the layers that read it)")
+
+
+def _constant_row(name: str, raw: str, tf_layer: str | None, how: str = "") -> WeightRow | None:
+    """The row of a Caffe Parameter layer whose TF partner holds no weights: not judged (it is
+    listed in ``undecided``), never "missing" (a correct port holds no weights for it) nor
+    "equal" (nothing was compared). None for any other layer."""
+    if raw != "Parameter":
+        return None
+    return WeightRow(name, raw, tf_layer, "missing", [], CONSTANT_NOTE, how)
 
 
 def _mapped(t: str | None, tw: Mapping[str, Any], tf_by_norm: dict[str, str], tf_keys: Any) -> str | None:
@@ -1366,6 +1390,9 @@ def _check_aligned(
     done: set[int] = set()
     for name in cw:
         wp = pairings.get(name)
+        if wp is None and metas[name][3] == "Parameter":
+            rows[name] = _constant_row(name, "Parameter", None)
+            continue
         if wp is None:
             rows[name] = WeightRow(
                 name, metas[name][3] or metas[name][0], None, "missing", [],
@@ -1387,7 +1414,8 @@ def _check_aligned(
         if not ops:
             note = wp.note or (f"paired with TF {wp.tf!r} ({wp.how}), whose group holds no weights")
             for c in layers:
-                rows[c] = WeightRow(c, metas[c][3] or kinds[c], wp.tf, "missing", [], note, wp.how, [])
+                rows[c] = _constant_row(c, metas[c][3], wp.tf, wp.how) or WeightRow(
+                    c, metas[c][3] or kinds[c], wp.tf, "missing", [], note, wp.how, [])
             continue
         main = next((c for c in layers if kinds[c] in KERNEL_KINDS), None)
         bn = next((c for c in layers if kinds[c] == "bn"), None)
@@ -1445,7 +1473,8 @@ def _check_aligned(
         else:
             undecided.add(c)
             notes.append(f"{c}: {r.note} (weight_parity(..., by_value=input) / layerparity weights --by-value INPUT)")
-    missing = [c for c, r in rows.items() if r.status == "missing" and not r.tf_layer]
+    undecided.update(c for c, r in rows.items() if r.note == CONSTANT_NOTE)
+    missing = [c for c, r in rows.items() if r.status == "missing" and not r.tf_layer and r.note != CONSTANT_NOTE]
     if missing and not by_value:
         undecided.update(missing)
         notes.append(f"{len(missing)} Caffe layer(s) with params ({', '.join(missing[:5])}"

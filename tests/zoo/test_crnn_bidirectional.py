@@ -101,3 +101,22 @@ def test_the_backward_lstm_starts_its_own_reversed_sequence(zoo):
     fd = report.first_divergence
     assert not report and fd is not None and fd.caffe_layer == BACK, fd
     assert _rows(report)[REV_IN].passed
+
+
+def test_the_weight_check_does_not_call_the_parameter_constants_missing(zoo):
+    """cont and the reversal index are Parameter layers: constants a port computes or does
+    without, not weights. The weight check of the correct port says they are not judged (never
+    "Weights differ!") and finds every learned layer equal."""
+    from layerparity.weights import CONSTANT_NOTE, weight_parity
+
+    case = zoo("crnn")
+    rep = weight_parity(case.prototxt, case.caffemodel, pb.build_keras(case.info, case.params))
+    consts = {"cont", "reverse_index"}
+    assert set(rep.undecided) == consts and not rep and not rep.judged, rep.to_text()
+    assert {r.caffe_layer for r in rep.problems} == consts and all(rep.row(c).note == CONSTANT_NOTE for c in consts)
+    assert rep.counts()["equal"] == len(rep.rows) - 2
+    assert rep.to_text().startswith("Weights not judged:"), rep.to_text()
+    # a learned weight that differs is still a verdict: the backward LSTM's gate order
+    bad = weight_parity(case.prototxt, case.caffemodel,
+                        pb.build_keras(case.info, case.params, bugs=[("lstm_gate_order", BACK)]))
+    assert bad.row(BACK).status == "equal_under:lstm_gate_order" and bad.to_text().startswith("Weights differ!"), bad.to_text()
