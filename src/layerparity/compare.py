@@ -285,9 +285,9 @@ class _Engine:
             item.notes.append(f"no TF value for {pair.tf!r}")
         else:
             got, note = to_caffe_layout(tp.value, item.tm, cm, cp.value)
-            if got is None:
+            if note:  # why not compared, or how it was read (ssd_keras's table of detections)
                 item.notes.append(note)
-            else:
+            if got is not None:
                 item.metrics = pool.submit(compute_metrics, cp.value, got, row.tolerance)
         return item
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .alignment import Pair
 from .backends.base import Replayer
-from .detections import SET_KINDS, in_reference_order
+from .detections import SET_KINDS, in_reference_order, read_table
 from .errors import InputError
 from .kinds import probe_kind
 from .layout import LayoutMismatch, relayout
@@ -44,7 +44,18 @@ def to_caffe_layout(value: np.ndarray, tm: Probe, cm: Probe, ref: np.ndarray | N
     """A TF value (declared by ``tm``) in the Caffe probe ``cm``'s layout, or None and why not.
 
     ``ref``, the Caffe value, puts the rows of a set of detections (a ``DetectionOutput``)
-    in its order (:mod:`layerparity.detections`)."""
+    in its order (:mod:`layerparity.detections`); ssd_keras's N x top_k x 6 table of detections
+    is read as Caffe's rows first, and the note (returned with the value too) says so."""
+    if ref is not None and cm.kind in SET_KINDS:
+        table, read = read_table(ref, value)
+        if table is None and read:
+            return None, f"shape mismatch: caffe {tuple(cm.shape)} vs {read}"
+        if table is not None:
+            if table.shape != tuple(cm.shape):
+                r = np.asarray(ref).reshape(-1, ref.shape[-1])
+                kept = 0 if len(r) and np.all(r[:, 1:] == -1) else len(r)  # Caffe's [image, -1, ...]: none
+                return None, f"shape mismatch: caffe {tuple(cm.shape)} vs {read}, where Caffe has {kept}"
+            return in_reference_order(ref, table), read
     try:
         got = relayout(value, tm.layout, tm.flat_shape, cm.layout, cm.flat_shape)
     except LayoutMismatch as e:

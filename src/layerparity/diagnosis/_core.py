@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..detections import SET_KINDS, in_reference_order
+from ..detections import SET_KINDS, in_reference_order, read_table
 from ..errors import InputError
 from ..kinds import canonical_kind
 from ..layout import relayout
@@ -267,7 +267,12 @@ class Case:
 
     def tf_relayout(self) -> np.ndarray | None:
         """TF's raw value in the Caffe probe's layout, whatever its shape (None when the
-        layouts cannot be reconciled); :attr:`t` is this when the shapes agree."""
+        layouts cannot be reconciled); :attr:`t` is this when the shapes agree. ssd_keras's table
+        of detections (N x top_k x 6) is read as Caffe's rows, as the engine compared it."""
+        if self.ckind_raw in SET_KINDS:
+            table, _ = read_table(self.y, self.t_raw)
+            if table is not None:
+                return f64(table)
         try:
             return f64(relayout(self.t_raw, self.tp.layout, self.tp.flat_shape, self.cp.layout, self.cp.flat_shape))
         except (ValueError, InputError):

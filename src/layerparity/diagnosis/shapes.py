@@ -125,13 +125,27 @@ def shape_rules(case: Case) -> list[Diagnosis]:
         y = case.y
         ev = {"caffe_shape": list(y.shape), "caffe_layout": case.cp.layout, "tf_shape": list(case.t_raw.shape),
               "tf_layout": case.tp.layout, "tf_shape_in_caffe_layout": list(t_shape)}
-        if int(np.prod(y.shape)) == int(np.prod(case.t_raw.shape)):
+        t = case.tf_relayout() if k == "detection_output" else None
+        rows = t is not None and t.ndim == 4 and t.shape[-1] == y.shape[-1] == 7  # ssd_keras's table read as rows
+        if int(np.prod(y.shape)) == int(np.prod(case.t_raw.shape)) and not rows:
             ev["same_number_of_elements"] = True
             out.append(case.diag("shape_mismatch",
                                  f"Same number of elements, different shapes (Caffe {tuple(y.shape)} {case.cp.layout}, TF "
                                  f"{tuple(case.t_raw.shape)} {case.tp.layout}): a reshape or a wrongly declared layout.",
                                  "Check the Reshape/Flatten/Permute feeding this layer and the layout declared for it.",
                                  CONF_FINGERPRINT - 0.2, layer=case.output_layer(), **ev))
+        elif rows and t is not None:  # another number of detections
+            r = y.reshape(-1, 7)
+            kept = 0 if len(r) and np.all(r[:, 1:] == -1) else len(r)
+            ev.update(caffe_detections=kept, tf_detections=int(t.shape[2]))
+            out.append(case.diag("shape_mismatch",
+                                 f"TF lists {t.shape[2]} detection(s) where Caffe lists {kept}, and no single "
+                                 "DetectionOutput parameter changed alone gives TF's rows.",
+                                 "Check the detection parameters together: Caffe takes each class's best "
+                                 "nms_param.top_k scores above confidence_threshold, NMS's them at nms_threshold, then "
+                                 "keeps the keep_top_k best over all classes (ssd_keras: its top_k is keep_top_k, its "
+                                 "nms_max_output_size caps NMS's output where nms_param.top_k caps its input).",
+                                 CONF_FINGERPRINT - 0.3, layer=case.output_layer(), **ev))
         else:
             out.append(case.diag("shape_mismatch",
                                  f"The output shapes differ (Caffe {tuple(y.shape)} {case.cp.layout}, TF "
