@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SET_KINDS", "in_reference_order", "iou", "read_table"]
+__all__ = ["SET_KINDS", "detection_count", "in_reference_order", "iou", "read_table"]
 
 #: Caffe layer types whose output rows are a set of detections (width 7), in no order a
 #: port must share.
@@ -89,6 +89,17 @@ def in_reference_order(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     return g[perm].reshape(got.shape)
 
 
+def detection_count(ref: np.ndarray) -> int:
+    """How many detections Caffe's DetectionOutput blob lists: its rows, or 0 when it holds only
+    the rows Caffe writes when nothing is kept (``[image, -1, -1, ...]``).
+
+    >>> detection_count(np.array([[[[0, -1, -1, -1, -1, -1, -1]]]], np.float32))
+    0
+    """
+    r = np.asarray(ref).reshape(-1, _WIDTH)
+    return 0 if len(r) and np.all(r[:, 1:] == -1) else len(r)
+
+
 def read_table(ref: np.ndarray, got: np.ndarray) -> tuple[np.ndarray | None, str]:
     """TF's ``got`` read as Caffe's detection rows when it is ssd_keras's table, and how.
 
@@ -122,7 +133,7 @@ def read_table(ref: np.ndarray, got: np.ndarray) -> tuple[np.ndarray | None, str
         padding += len(zero) - used
         rows += [np.concatenate([[n], r]) for r in table[:used].astype(np.float64)]
     r = ref.reshape(-1, _WIDTH)
-    none = bool(len(r)) and bool(np.all(r[:, 1:] == -1))  # Caffe writes [image, -1, ...] when nothing is kept
+    none = len(r) > 0 and detection_count(r) == 0
     how = f"{conv}: {len(rows)} detection(s), {padding} padding row(s)"
     if not rows and none and len(r) == len(got):
         return np.array([[n] + [-1] * (_WIDTH - 1) for n in range(len(got))], got.dtype)[None, None], \

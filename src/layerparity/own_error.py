@@ -17,7 +17,7 @@ import numpy as np
 
 from .alignment import Pair
 from .backends.base import Replayer
-from .detections import SET_KINDS, in_reference_order, read_table
+from .detections import SET_KINDS, detection_count, in_reference_order, read_table
 from .errors import InputError
 from .kinds import probe_kind
 from .layout import LayoutMismatch, relayout
@@ -52,9 +52,7 @@ def to_caffe_layout(value: np.ndarray, tm: Probe, cm: Probe, ref: np.ndarray | N
             return None, f"shape mismatch: caffe {tuple(cm.shape)} vs {read}"
         if table is not None:
             if table.shape != tuple(cm.shape):
-                r = np.asarray(ref).reshape(-1, ref.shape[-1])
-                kept = 0 if len(r) and np.all(r[:, 1:] == -1) else len(r)  # Caffe's [image, -1, ...]: none
-                return None, f"shape mismatch: caffe {tuple(cm.shape)} vs {read}, where Caffe has {kept}"
+                return None, f"shape mismatch: caffe {tuple(cm.shape)} vs {read}, where Caffe has {detection_count(ref)}"
             return in_reference_order(ref, table), read
     try:
         got = relayout(value, tm.layout, tm.flat_shape, cm.layout, cm.flat_shape)

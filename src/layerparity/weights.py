@@ -802,9 +802,9 @@ CONSTANT_NOTE = ("a Parameter layer's blob is a constant of the net (an LSTM's c
 
 
 def _constant_row(name: str, raw: str, tf_layer: str | None, how: str = "") -> WeightRow | None:
-    """The row of a Caffe Parameter layer whose TF partner holds no weights: not judged (it is
-    listed in ``undecided``), never "missing" (a correct port holds no weights for it) nor
-    "equal" (nothing was compared). None for any other layer."""
+    """The row of a Caffe Parameter layer whose TF partner holds no weights: status "missing"
+    like any row without TF arrays, but listed in ``undecided`` (a correct port holds no
+    weights for it: no verdict either way) by its note. None for any other layer."""
     if raw != "Parameter":
         return None
     return WeightRow(name, raw, tf_layer, "missing", [], CONSTANT_NOTE, how)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..detections import detection_count
 from ..errors import InputError
 from ..layout import relayout_shape
 from ..result import Diagnosis
@@ -135,8 +136,7 @@ def shape_rules(case: Case) -> list[Diagnosis]:
                                  "Check the Reshape/Flatten/Permute feeding this layer and the layout declared for it.",
                                  CONF_FINGERPRINT - 0.2, layer=case.output_layer(), **ev))
         elif rows and t is not None:  # another number of detections
-            r = y.reshape(-1, 7)
-            kept = 0 if len(r) and np.all(r[:, 1:] == -1) else len(r)
+            kept = detection_count(y)
             ev.update(caffe_detections=kept, tf_detections=int(t.shape[2]))
             out.append(case.diag("shape_mismatch",
                                  f"TF lists {t.shape[2]} detection(s) where Caffe lists {kept}, and no single "
